@@ -1,0 +1,465 @@
+//! `IoContext`: the run loop, work counting, stop/restart, post/dispatch/defer.
+
+use crate::cancel::CancellationType;
+use crate::error::Error;
+use crate::op::Completion;
+use crate::queue::Ready;
+use crate::reactor::Reactor;
+use crate::timer::{TimerQueue, TimerTarget};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::ops::Deref;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+/// The state behind an `IoContext`; everything else holds it weakly.
+pub(crate) struct Inner {
+    pub(crate) queue: RefCell<VecDeque<Ready>>,
+    /// Pending operations, pending timer waits and live work guards.
+    outstanding: Cell<usize>,
+    stopped: Cell<bool>,
+    /// How many `run*`/`poll*` calls of this context are on the stack.
+    depth: Cell<usize>,
+    /// Set while the context is being dropped: nothing new is queued.
+    shut: Cell<bool>,
+    pub(crate) reactor: Reactor,
+    pub(crate) timers: RefCell<TimerQueue>,
+}
+
+impl Inner {
+    /// The one place the loop reads the clock.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    pub(crate) fn add_work(&self) {
+        self.outstanding.set(self.outstanding.get() + 1);
+    }
+
+    fn remove_work(&self) {
+        self.outstanding.set(self.outstanding.get().saturating_sub(1));
+    }
+
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shut.get()
+    }
+
+    fn push(&self, r: Ready) {
+        self.queue.borrow_mut().push_back(r);
+    }
+
+    pub(crate) fn post_boxed(&self, f: Box<dyn FnOnce()>) {
+        if self.shut.get() {
+            log::debug!("handler posted while the context is being dropped: dropped unrun");
+            return;
+        }
+        self.push(Ready::Fn(f));
+    }
+
+    /// Completes a pending operation: records the result, removes its timer
+    /// entries and queues it to have its handler run. The single path by which
+    /// every operation leaves the pending state.
+    pub(crate) fn finish(&self, op: Rc<dyn Completion>, err: Error, n: usize) {
+        let core = op.core();
+        if core.is_done() {
+            return;
+        }
+        core.set_result(err, n);
+        for key in [core.timer_key.take(), core.cancel_key.take()].into_iter().flatten() {
+            let removed = self.timers.borrow_mut().remove(key);
+            drop(removed);
+        }
+        self.remove_work();
+        log::trace!("operation completed: {err:?} {n}");
+        self.push(Ready::Op(op));
+    }
+
+    /// Cancels `op` if it is pending and honours a kind in `ty`.
+    pub(crate) fn cancel_op(&self, op: Rc<dyn Completion>, ty: CancellationType) -> bool {
+        if op.core().is_done() || !op.supports().intersects(ty) {
+            return false;
+        }
+        self.finish(op, Error::OPERATION_ABORTED, 0);
+        true
+    }
+
+    /// Fires every timer entry that is due.
+    fn fire_timers(&self) {
+        if self.timers.borrow().len() == 0 {
+            return;
+        }
+        let now = self.now();
+        loop {
+            let due = self.timers.borrow_mut().pop_due(now);
+            match due {
+                None => break,
+                Some(TimerTarget::Wait(op)) => {
+                    op.core().timer_key.set(None);
+                    self.finish(op, Error::NONE, 0);
+                }
+                Some(TimerTarget::CancelAfter(w, ty)) => {
+                    if let Some(op) = w.upgrade() {
+                        op.core().cancel_key.set(None);
+                        self.cancel_op(op, ty);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One turn of the reactor: wait for I/O at most `timeout` (bounded by the
+    /// nearest deadline), perform the operations that became ready, fire timers.
+    fn reactor_turn(&self, mut timeout: Option<Duration>) {
+        if self.reactor.has_backlog() {
+            timeout = Some(Duration::ZERO);
+            self.reactor.run_backlog(self);
+        }
+        if let Some(at) = self.timers.borrow().next_deadline() {
+            let t = at.saturating_duration_since(self.now());
+            timeout = Some(timeout.map_or(t, |x| x.min(t)));
+        }
+        // Nothing can become ready without a registration: skip the system call.
+        if timeout != Some(Duration::ZERO) || self.reactor.has_registrations() {
+            self.reactor.poll(self, timeout);
+        }
+        self.fire_timers();
+    }
+
+    /// True when a handler is queued besides the marker.
+    fn has_ready(&self) -> bool {
+        self.queue.borrow().len() > 1
+    }
+}
+
+/// Pushes the reactor marker back when a pass ends, even by unwinding.
+struct MarkerGuard<'a>(&'a Inner);
+impl Drop for MarkerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.push(Ready::Marker);
+    }
+}
+
+/// Counts this context's `run*` calls on the stack, even through a panic.
+struct DepthGuard<'a>(&'a Inner);
+impl<'a> DepthGuard<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        inner.depth.set(inner.depth.get() + 1);
+        DepthGuard(inner)
+    }
+}
+impl Drop for DepthGuard<'_> {
+    fn drop(&mut self) {
+        self.0.depth.set(self.0.depth.get() - 1);
+    }
+}
+
+/// The event loop: it owns the reactor, the ready queue, the timers and every
+/// socket registered with it (Asio's `io_context`).
+///
+/// Single-threaded (`!Send`, `!Sync`) and not `Clone`: handlers capture an
+/// [`Executor`] instead. `IoContext` derefs to `Executor`, so `ctx.post(..)`
+/// works and every constructor that takes `&Executor` takes `&ctx`.
+///
+/// Dropping it closes its sockets and drops every pending handler without
+/// running it.
+pub struct IoContext {
+    exec: Executor,
+    inner: Rc<Inner>,
+}
+
+impl fmt::Debug for IoContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoContext")
+            .field("stopped", &self.inner.stopped.get())
+            .field("outstanding", &self.inner.outstanding.get())
+            .finish()
+    }
+}
+
+impl Deref for IoContext {
+    type Target = Executor;
+    fn deref(&self) -> &Executor {
+        &self.exec
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RunMode {
+    /// Return after one handler.
+    one: bool,
+    /// Wait for work (`run*`) or never (`poll*`).
+    block: bool,
+    deadline: Option<Instant>,
+}
+
+impl IoContext {
+    /// Creates a context and its reactor (an epoll instance).
+    pub fn new() -> io::Result<IoContext> {
+        let mut queue = VecDeque::with_capacity(64);
+        queue.push_back(Ready::Marker);
+        let inner = Rc::new(Inner {
+            queue: RefCell::new(queue),
+            outstanding: Cell::new(0),
+            stopped: Cell::new(false),
+            depth: Cell::new(0),
+            shut: Cell::new(false),
+            reactor: Reactor::new()?,
+            timers: RefCell::new(TimerQueue::default()),
+        });
+        Ok(IoContext { exec: Executor { inner: Rc::downgrade(&inner) }, inner })
+    }
+
+    /// The light handle that handlers capture (it does not keep the context alive).
+    pub fn executor(&self) -> Executor {
+        self.exec.clone()
+    }
+
+    /// Runs handlers until there is no more work or `stop()` is called; returns
+    /// how many ran. Running out of work leaves the context stopped, as in
+    /// Asio: call [`restart`](Self::restart) before running it again.
+    pub fn run(&self) -> usize {
+        self.run_impl(RunMode { one: false, block: true, deadline: None })
+    }
+
+    /// Runs at most one handler, waiting for one if needed; returns 0 or 1.
+    pub fn run_one(&self) -> usize {
+        self.run_impl(RunMode { one: true, block: true, deadline: None })
+    }
+
+    /// As [`run`](Self::run), but returns when `d` has passed. Returning on the
+    /// deadline does not stop the context.
+    pub fn run_for(&self, d: Duration) -> usize {
+        self.run_until(self.inner.now() + d)
+    }
+
+    /// As [`run`](Self::run), but returns at `deadline`. Returning on the
+    /// deadline does not stop the context.
+    pub fn run_until(&self, deadline: Instant) -> usize {
+        self.run_impl(RunMode { one: false, block: true, deadline: Some(deadline) })
+    }
+
+    /// As [`run_one`](Self::run_one), waiting at most `d`.
+    pub fn run_one_for(&self, d: Duration) -> usize {
+        self.run_one_until(self.inner.now() + d)
+    }
+
+    /// As [`run_one`](Self::run_one), waiting until `deadline` at most.
+    pub fn run_one_until(&self, deadline: Instant) -> usize {
+        self.run_impl(RunMode { one: true, block: true, deadline: Some(deadline) })
+    }
+
+    /// Runs every handler that is ready, polling for I/O without waiting,
+    /// until none is ready; never blocks. As in Asio, handlers posted while it
+    /// runs are run too (so a handler that always re-posts itself keeps it
+    /// busy: use [`poll_one`](Self::poll_one) for a bounded step).
+    pub fn poll(&self) -> usize {
+        self.run_impl(RunMode { one: false, block: false, deadline: None })
+    }
+
+    /// Runs at most one ready handler without blocking.
+    pub fn poll_one(&self) -> usize {
+        self.run_impl(RunMode { one: true, block: false, deadline: None })
+    }
+
+    /// Makes `run*` and `poll*` return as soon as possible; ready handlers stay
+    /// queued for after [`restart`](Self::restart).
+    pub fn stop(&self) {
+        self.exec.stop();
+    }
+
+    /// True after `stop()` or after `run()` ran out of work.
+    pub fn stopped(&self) -> bool {
+        self.inner.stopped.get()
+    }
+
+    /// Clears the stopped state so that `run*` can be called again.
+    pub fn restart(&self) {
+        self.inner.stopped.set(false);
+    }
+
+    fn run_impl(&self, mode: RunMode) -> usize {
+        let inner = &*self.inner;
+        let _depth = DepthGuard::enter(inner);
+        let mut n = 0;
+        loop {
+            if inner.stopped.get() {
+                return n;
+            }
+            if let Some(d) = mode.deadline {
+                if inner.now() >= d {
+                    return n;
+                }
+            }
+            let entry = inner.queue.borrow_mut().pop_front();
+            match entry {
+                Some(Ready::Fn(f)) => {
+                    f();
+                    n += 1;
+                }
+                Some(Ready::Op(op)) => {
+                    op.invoke();
+                    n += 1;
+                }
+                Some(Ready::Marker) | None => {
+                    let marker = MarkerGuard(inner);
+                    let more = !inner.queue.borrow().is_empty();
+                    if !more && inner.outstanding.get() == 0 {
+                        inner.stopped.set(true);
+                        log::debug!("io context out of work: stopped");
+                        return n;
+                    }
+                    let timeout = if more || !mode.block {
+                        Some(Duration::ZERO)
+                    } else {
+                        mode.deadline.map(|d| d.saturating_duration_since(inner.now()))
+                    };
+                    inner.reactor_turn(timeout);
+                    drop(marker);
+                    if !mode.block && !inner.has_ready() {
+                        return n;
+                    }
+                    continue;
+                }
+            }
+            if mode.one {
+                return n;
+            }
+        }
+    }
+}
+
+impl Drop for IoContext {
+    fn drop(&mut self) {
+        let inner = &*self.inner;
+        inner.shut.set(true);
+        inner.stopped.set(true);
+        // Dropping a handler can drop sockets and timers, which may cancel
+        // more operations: repeat until nothing is left anywhere.
+        loop {
+            let mut ops: Vec<Rc<dyn Completion>> = Vec::new();
+            let objects = inner.reactor.take_all();
+            for o in &objects {
+                o.teardown(&mut ops);
+            }
+            let targets = inner.timers.borrow_mut().take_all();
+            let ready: Vec<Ready> = inner.queue.borrow_mut().drain(..).collect();
+            if objects.is_empty() && targets.is_empty() && ready.iter().all(|r| matches!(r, Ready::Marker)) && ops.is_empty() {
+                break;
+            }
+            for t in &targets {
+                if let TimerTarget::Wait(op) = t {
+                    op.abandon();
+                }
+            }
+            for r in &ready {
+                if let Ready::Op(op) = r {
+                    op.abandon();
+                }
+            }
+            for op in &ops {
+                op.abandon();
+            }
+            drop((ops, objects, targets, ready));
+        }
+        log::debug!("io context dropped");
+    }
+}
+
+/// The light, cloneable handle on a context that handlers capture (Asio's
+/// `io_context::executor_type`). It does not keep the context alive: once
+/// the context is gone, `post` drops the closure unrun.
+#[derive(Clone)]
+pub struct Executor {
+    pub(crate) inner: Weak<Inner>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor").field("alive", &self.is_alive()).finish()
+    }
+}
+
+impl Executor {
+    pub(crate) fn upgrade(&self) -> Option<Rc<Inner>> {
+        self.inner.upgrade()
+    }
+
+    /// True while the context exists.
+    pub fn is_alive(&self) -> bool {
+        self.inner.strong_count() > 0
+    }
+
+    /// Queues `f` to run from `run*`/`poll*`; never runs it inline.
+    pub fn post<F: FnOnce() + 'static>(&self, f: F) {
+        match self.inner.upgrade() {
+            Some(inner) => inner.post_boxed(Box::new(f)),
+            None => log::debug!("post after the context was dropped: handler dropped unrun"),
+        }
+    }
+
+    /// As [`post`](Self::post) (Asio's hint that `f` continues the current
+    /// handler; in a single-threaded loop both queue at the back).
+    pub fn defer<F: FnOnce() + 'static>(&self, f: F) {
+        self.post(f)
+    }
+
+    /// Runs `f` at once when called from inside this context's `run*`/`poll*`,
+    /// otherwise posts it.
+    pub fn dispatch<F: FnOnce() + 'static>(&self, f: F) {
+        match self.inner.upgrade() {
+            Some(inner) if inner.depth.get() > 0 && !inner.is_shut() => {
+                drop(inner);
+                f()
+            }
+            Some(inner) => inner.post_boxed(Box::new(f)),
+            None => log::debug!("dispatch after the context was dropped: handler dropped unrun"),
+        }
+    }
+
+    /// Stops the context (see [`IoContext::stop`]).
+    pub fn stop(&self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.stopped.set(true);
+            log::debug!("io context stopped");
+        }
+    }
+
+    /// Keeps `run()` from returning for lack of work until the guard is dropped.
+    pub fn work_guard(&self) -> WorkGuard {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.add_work();
+        }
+        WorkGuard { inner: self.inner.clone(), active: self.is_alive() }
+    }
+}
+
+/// Counts as work while it lives (Asio's `executor_work_guard`).
+#[derive(Debug)]
+pub struct WorkGuard {
+    inner: Weak<Inner>,
+    active: bool,
+}
+
+impl WorkGuard {
+    /// Releases the work now instead of at drop.
+    pub fn reset(&mut self) {
+        if std::mem::take(&mut self.active) {
+            if let Some(inner) = self.inner.upgrade() {
+                inner.remove_work();
+            }
+        }
+    }
+
+    /// True until [`reset`](Self::reset) or drop.
+    pub fn owns_work(&self) -> bool {
+        self.active
+    }
+}
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}

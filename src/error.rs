@@ -1,0 +1,189 @@
+//! `Error`: the one-word result code that every completion handler receives.
+
+use std::fmt;
+use std::io;
+
+/// The outcome of an asynchronous operation, one word wide, like Asio's
+/// `boost::system::error_code`.
+///
+/// `Error::NONE` means success. Positive values are the OS error numbers
+/// (`errno`); the few conditions that have no OS number (`EOF`,
+/// `ALREADY_OPEN`, ...) are small negative values. Convert to and from
+/// [`io::Error`] with `From`/`Into`.
+///
+/// ```
+/// use ioctx::Error;
+/// let e = Error::OPERATION_ABORTED;
+/// assert!(e.is_err());
+/// assert!(Error::NONE.is_ok());
+/// let io: std::io::Error = e.into();
+/// assert_eq!(Error::from(io), e);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Error(i32);
+
+// Codes below zero: conditions without an errno.
+const C_EOF: i32 = -1;
+const C_ALREADY_OPEN: i32 = -2;
+const C_OTHER: i32 = -3;
+
+impl Error {
+    /// Success.
+    pub const NONE: Error = Error(0);
+    /// The operation was cancelled (`ECANCELED`): `cancel()`, `close()`, a
+    /// dropped last handle or [`crate::Operation::cancel`].
+    pub const OPERATION_ABORTED: Error = Error(libc::ECANCELED);
+    /// The socket is closed (`EBADF`).
+    pub const BAD_DESCRIPTOR: Error = Error(libc::EBADF);
+    /// The peer closed the stream (no OS number).
+    pub const EOF: Error = Error(C_EOF);
+    /// The datagram is too large for the socket (`EMSGSIZE`).
+    pub const MESSAGE_SIZE: Error = Error(libc::EMSGSIZE);
+    /// The peer refused the connection or a datagram was answered by an ICMP
+    /// port unreachable (`ECONNREFUSED`).
+    pub const CONNECTION_REFUSED: Error = Error(libc::ECONNREFUSED);
+    /// The connection was reset by the peer (`ECONNRESET`).
+    pub const CONNECTION_RESET: Error = Error(libc::ECONNRESET);
+    /// The socket is not connected (`ENOTCONN`), or has no destination
+    /// (`EDESTADDRREQ` is mapped here too).
+    pub const NOT_CONNECTED: Error = Error(libc::ENOTCONN);
+    /// An argument was out of range, for example more buffers than the OS
+    /// takes in one call (`EINVAL`).
+    pub const INVALID_ARGUMENT: Error = Error(libc::EINVAL);
+    /// The object is already open (no OS number).
+    pub const ALREADY_OPEN: Error = Error(C_ALREADY_OPEN);
+    /// The operation timed out (`ETIMEDOUT`).
+    pub const TIMED_OUT: Error = Error(libc::ETIMEDOUT);
+    /// The operation would block (`EAGAIN`); seen only from non-blocking
+    /// synchronous calls, never in a completion handler.
+    pub const WOULD_BLOCK: Error = Error(libc::EAGAIN);
+    /// An error with no OS number and no better name.
+    pub const OTHER: Error = Error(C_OTHER);
+
+    /// Builds an `Error` from an OS error number.
+    pub const fn from_raw_os_error(code: i32) -> Error {
+        Error(code)
+    }
+
+    /// True for [`Error::NONE`].
+    pub const fn is_ok(self) -> bool {
+        self.0 == 0
+    }
+
+    /// True for anything but [`Error::NONE`].
+    pub const fn is_err(self) -> bool {
+        self.0 != 0
+    }
+
+    /// The OS error number, when this error has one.
+    pub const fn raw_os_error(self) -> Option<i32> {
+        if self.0 > 0 { Some(self.0) } else { None }
+    }
+
+    /// The matching [`io::ErrorKind`] (`Other` for success).
+    pub fn kind(self) -> io::ErrorKind {
+        match self.0 {
+            0 => io::ErrorKind::Other,
+            C_EOF => io::ErrorKind::UnexpectedEof,
+            C_ALREADY_OPEN => io::ErrorKind::AlreadyExists,
+            C_OTHER => io::ErrorKind::Other,
+            code => io::Error::from_raw_os_error(code).kind(),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match *self {
+            Error::NONE => "NONE",
+            Error::OPERATION_ABORTED => "OPERATION_ABORTED",
+            Error::BAD_DESCRIPTOR => "BAD_DESCRIPTOR",
+            Error::EOF => "EOF",
+            Error::MESSAGE_SIZE => "MESSAGE_SIZE",
+            Error::CONNECTION_REFUSED => "CONNECTION_REFUSED",
+            Error::CONNECTION_RESET => "CONNECTION_RESET",
+            Error::NOT_CONNECTED => "NOT_CONNECTED",
+            Error::INVALID_ARGUMENT => "INVALID_ARGUMENT",
+            Error::ALREADY_OPEN => "ALREADY_OPEN",
+            Error::TIMED_OUT => "TIMED_OUT",
+            Error::WOULD_BLOCK => "WOULD_BLOCK",
+            Error::OTHER => "OTHER",
+            Error(code) => return write!(f, "Error({code})"),
+        };
+        f.write_str(name)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("success"),
+            C_EOF => f.write_str("end of file"),
+            C_ALREADY_OPEN => f.write_str("already open"),
+            C_OTHER => f.write_str("other error"),
+            code => write!(f, "{}", io::Error::from_raw_os_error(code)),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        if let Some(code) = e.raw_os_error() {
+            // A destination-less send reports EDESTADDRREQ; users think of it as "not connected".
+            if code == libc::EDESTADDRREQ {
+                return Error::NOT_CONNECTED;
+            }
+            return Error(code);
+        }
+        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+            return *inner;
+        }
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => Error::EOF,
+            io::ErrorKind::InvalidInput => Error::INVALID_ARGUMENT,
+            io::ErrorKind::TimedOut => Error::TIMED_OUT,
+            io::ErrorKind::WouldBlock => Error::WOULD_BLOCK,
+            io::ErrorKind::NotConnected => Error::NOT_CONNECTED,
+            io::ErrorKind::ConnectionRefused => Error::CONNECTION_REFUSED,
+            io::ErrorKind::ConnectionReset => Error::CONNECTION_RESET,
+            io::ErrorKind::Interrupted => Error::OPERATION_ABORTED,
+            _ => Error::OTHER,
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        match e.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(e.kind(), e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_io_error() {
+        for e in [
+            Error::OPERATION_ABORTED,
+            Error::EOF,
+            Error::ALREADY_OPEN,
+            Error::MESSAGE_SIZE,
+            Error::OTHER,
+        ] {
+            let io: io::Error = e.into();
+            assert_eq!(Error::from(io), e);
+        }
+        assert_eq!(Error::EOF.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(Error::CONNECTION_REFUSED.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert_eq!(Error::EOF.raw_os_error(), None);
+        assert_eq!(std::mem::size_of::<Error>(), 4);
+        assert_eq!(format!("{:?}", Error::MESSAGE_SIZE), "MESSAGE_SIZE");
+        assert!(!Error::MESSAGE_SIZE.to_string().is_empty());
+    }
+}

@@ -1,0 +1,94 @@
+//! # ioctx
+//!
+//! A single-threaded, callback-driven I/O event loop in the spirit of
+//! Boost.Asio's `io_context`, with no async/await. An [`IoContext`] owns
+//! sockets, timers and a queue of ready handlers; [`IoContext::run`] drives
+//! them. An operation such as `sock.async_send(buffers, |err, n| ...)` starts
+//! at once, and its handler is always run later by the loop, never from inside
+//! the call that started it, even when the work finished immediately.
+//!
+//! ```
+//! use ioctx::{IoContext, Error, net::UdpSocket};
+//! use std::cell::Cell;
+//! use std::rc::Rc;
+//!
+//! let ctx = IoContext::new()?;
+//! let server = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+//! let client = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+//! client.connect(server.local_addr()?)?;
+//!
+//! // Echo one datagram back to whoever sent it.
+//! let echo = server.clone();
+//! server.async_receive_from(vec![0u8; 1500], move |err, n, mut buf, from| {
+//!     assert_eq!(err, Error::NONE);
+//!     buf.truncate(n);
+//!     echo.async_send_to(buf, from, |err, _| assert!(err.is_ok()));
+//! });
+//!
+//! let got = Rc::new(Cell::new(0));
+//! let g = got.clone();
+//! // A sequence of buffers leaves as ONE datagram.
+//! client.async_send((b"hello, ".to_vec(), "world"), |err, n| {
+//!     assert_eq!((err, n), (Error::NONE, 12));
+//! });
+//! client.async_receive(vec![0u8; 64], move |err, n, buf| {
+//!     assert_eq!(&buf[..n], b"hello, world");
+//!     g.set(n);
+//! });
+//!
+//! ctx.run(); // returns when no work is left
+//! assert_eq!(got.get(), 12);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! ## Asio names and ours
+//!
+//! | Boost.Asio | ioctx |
+//! |---|---|
+//! | `io_context` | [`IoContext`] |
+//! | `io_context::executor_type`, `any_io_executor` | [`Executor`] (weak: does not keep the context alive) |
+//! | `io_context::run`, `run_one`, `run_for`, `run_until`, `run_one_for`, `run_one_until`, `poll`, `poll_one` | the same names on [`IoContext`] |
+//! | `io_context::stop`, `stopped`, `restart` | [`IoContext::stop`], [`IoContext::stopped`], [`IoContext::restart`] |
+//! | `asio::post`, `asio::dispatch`, `asio::defer` | [`Executor::post`], [`Executor::dispatch`], [`Executor::defer`] |
+//! | `make_work_guard`, `executor_work_guard` | [`Executor::work_guard`], [`WorkGuard`] |
+//! | `boost::system::error_code` | [`Error`] (`Error::NONE` is success) |
+//! | `asio::error::operation_aborted`, `bad_descriptor`, `eof`, `message_size`, `connection_refused` | `Error::OPERATION_ABORTED`, `BAD_DESCRIPTOR`, `EOF`, `MESSAGE_SIZE`, `CONNECTION_REFUSED` |
+//! | `asio::buffer(...)`, `ConstBufferSequence`, `MutableBufferSequence` | owned buffers: [`ConstBufferSequence`], [`MutableBufferSequence`] (`Vec<u8>`, `Rc<[u8]>`, tuples, arrays, `Vec` of buffers) |
+//! | `ip::udp::socket` | [`net::UdpSocket`] |
+//! | `socket.async_send`, `async_send_to`, `async_receive`, `async_receive_from`, `async_wait` | the same names; each returns an [`Operation`] |
+//! | `socket_base::message_flags` (`message_peek`, ...) | [`net::MessageFlags`] (`PEEK`, `OUT_OF_BAND`, `DO_NOT_ROUTE`) |
+//! | `socket_base::wait_type` | [`net::WaitType`] |
+//! | `socket.cancel()`, `close()`, `release()`, `available()` | the same names |
+//! | `cancellation_signal` / `cancellation_slot`, `cancellation_type` | [`Operation::cancel`], [`CancellationType`] |
+//! | `asio::cancel_after` | [`Operation::cancel_after`] |
+//! | `steady_timer` | [`SteadyTimer`] |
+//! | `async_immediate` completion | every immediate completion is posted |
+//!
+//! ## Rules every operation follows
+//!
+//! - A handler is never run from inside the call that started its operation.
+//! - Sends drop their buffers before the handler runs, so a handler holding
+//!   a clone of an `Rc<[u8]>` finds it unique again (`Rc::get_mut` succeeds).
+//! - Handlers run in FIFO order; timers with equal deadlines fire in the
+//!   order they were set; no hidden threads and no randomness in the loop.
+//! - A handler that panics unwinds out of `run()`; the context stays
+//!   consistent and `run()` can be called again.
+//! - Dropping the context drops every pending handler without running it.
+#![deny(missing_docs)]
+
+mod buffer;
+mod cancel;
+mod context;
+mod error;
+pub mod net;
+mod op;
+mod queue;
+mod reactor;
+mod sys;
+mod timer;
+
+pub use buffer::{ConstBuffer, ConstBufferSequence, MAX_BUFFERS, MutableBuffer, MutableBufferSequence};
+pub use cancel::{CancellationType, Operation};
+pub use context::{Executor, IoContext, WorkGuard};
+pub use error::Error;
+pub use timer::SteadyTimer;

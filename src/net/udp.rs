@@ -1,0 +1,433 @@
+//! `UdpSocket`: a datagram socket on the reactor, with Asio's `async_send`
+//! semantics (speculative send, per-socket FIFO, completions always posted).
+
+use super::{MessageFlags, WaitType};
+use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
+use crate::cancel::Operation;
+use crate::context::{Executor, Inner};
+use crate::error::Error;
+use crate::op::{Completion, RecvOp, SendOp, SocketOp, WaitOp};
+use crate::reactor::{Dir, IoObject};
+use crate::sys::{self, Readiness};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+/// Closes the socket when the last clone of a `UdpSocket` goes.
+struct Handle {
+    io: Rc<IoObject>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        drop(self.io.detach());
+    }
+}
+
+/// A UDP socket registered with an [`IoContext`](crate::IoContext) (Asio's
+/// `ip::udp::socket`).
+///
+/// A cheap `Clone` handle: the socket closes on [`close`](Self::close), when
+/// the last clone is dropped, or when its context is dropped. Every `async_*`
+/// call starts at once and returns an [`Operation`]; its handler always runs
+/// later from the loop, never from inside the call.
+///
+/// - **S1** `async_send` tries the system call at once when nothing is queued
+///   on the socket, so the datagram may leave before `run()` is called.
+/// - **S2** Sends queue behind sends, receives behind receives (FIFO).
+/// - **S3** A send that would block waits for writability; an event drains
+///   the queue until would-block (at most a bounded number per turn).
+/// - **S4** `cancel`, `close`, dropping the last handle and
+///   `Operation::cancel` complete pending operations with
+///   `OPERATION_ABORTED` through the queue.
+/// - **S5** On a closed socket every operation completes with
+///   `BAD_DESCRIPTOR`.
+/// - **S6** Errors arrive in the handler and the socket stays usable.
+/// - **S7** Zero-length datagrams are sent and received.
+/// - **S8** A datagram longer than the receive buffers is truncated; the
+///   handler gets the truncated length.
+#[derive(Clone)]
+pub struct UdpSocket {
+    h: Rc<Handle>,
+}
+
+impl fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdpSocket")
+            .field("local", &self.local_addr().ok())
+            .field("peer", &self.peer_addr().ok())
+            .field("open", &self.is_open())
+            .finish()
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the io context was dropped")
+}
+
+fn too_many_buffers() -> io::Error {
+    io::Error::from(Error::INVALID_ARGUMENT)
+}
+
+impl UdpSocket {
+    /// Creates a socket bound to `addr` (`127.0.0.1:0` for an ephemeral port).
+    pub fn bind(ex: &Executor, addr: SocketAddr) -> io::Result<UdpSocket> {
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        sock.bind(&addr.into())?;
+        Self::adopt(ex, sock)
+    }
+
+    /// Creates an unbound socket of `domain` (`Domain::IPV4` or `IPV6`).
+    pub fn open(ex: &Executor, domain: Domain) -> io::Result<UdpSocket> {
+        Self::adopt(ex, Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?)
+    }
+
+    /// Takes over a standard socket.
+    pub fn from_std(ex: &Executor, sock: std::net::UdpSocket) -> io::Result<UdpSocket> {
+        Self::adopt(ex, Socket::from(sock))
+    }
+
+    fn adopt(ex: &Executor, sock: Socket) -> io::Result<UdpSocket> {
+        let inner = ex.upgrade().ok_or_else(gone)?;
+        sock.set_nonblocking(true)?;
+        let io = IoObject::register(&inner, sock)?;
+        Ok(UdpSocket { h: Rc::new(Handle { io }) })
+    }
+
+    /// Takes the socket out of the context and returns it as a standard,
+    /// blocking socket. Pending operations complete with `OPERATION_ABORTED`.
+    pub fn release(&self) -> io::Result<std::net::UdpSocket> {
+        let sock = self.h.io.detach().ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))?;
+        let sock = Rc::try_unwrap(sock)
+            .map_err(|_| io::Error::other("socket is in use inside with_socket2; it will close"))?;
+        sock.set_nonblocking(false)?;
+        Ok(sock.into())
+    }
+
+    fn io(&self) -> &IoObject {
+        &self.h.io
+    }
+
+    fn sock(&self) -> io::Result<Rc<Socket>> {
+        self.io().socket().ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))
+    }
+
+    /// The executor of the socket's context.
+    pub fn executor(&self) -> Executor {
+        Executor { inner: self.io().context().as_ref().map_or_else(std::rc::Weak::new, Rc::downgrade) }
+    }
+
+    /// Sets the default peer: `send`/`async_send` go to it and only its
+    /// datagrams are received.
+    pub fn connect(&self, addr: SocketAddr) -> io::Result<()> {
+        self.sock()?.connect(&addr.into())
+    }
+
+    /// As [`connect`](Self::connect) (immediate for a datagram socket), with
+    /// the result posted to `handler`.
+    pub fn async_connect<F: FnOnce(Error) + 'static>(&self, addr: SocketAddr, handler: F) -> Operation {
+        let Some(inner) = self.live_context() else { return Operation::detached() };
+        let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
+        inner.add_work();
+        let err = match self.io().socket() {
+            Some(s) => s.connect(&addr.into()).err().map_or(Error::NONE, Error::from),
+            None => Error::BAD_DESCRIPTOR,
+        };
+        log::trace!("udp async_connect {addr}: {err:?}");
+        let handle = Operation::new(&inner, &op);
+        inner.finish(op, err, 0);
+        handle
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        sockaddr(self.sock()?.local_addr()?)
+    }
+
+    /// The connected peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        sockaddr(self.sock()?.peer_addr()?)
+    }
+
+    fn live_context(&self) -> Option<Rc<Inner>> {
+        let inner = self.io().context().filter(|i| !i.is_shut());
+        if inner.is_none() {
+            log::debug!("operation started after the context was dropped: handler dropped unrun");
+        }
+        inner
+    }
+
+    fn start(&self, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
+        let Some(inner) = self.live_context() else { return Operation::detached() };
+        let handle = Operation::new(&inner, &(op.clone() as Rc<dyn Completion>));
+        self.io().start(&inner, op, dir);
+        handle
+    }
+
+    /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
+    pub fn async_send<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        self.async_send_with_flags(bufs, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_send`](Self::async_send) with message flags.
+    pub fn async_send_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        log::trace!("udp async_send {} buffers", bufs.buffer_count());
+        self.start(Rc::new(SendOp::new(bufs, None, flags.bits(), handler)), Dir::Write)
+    }
+
+    /// Sends `bufs` as one datagram to `dest`; `handler(err, n)`.
+    pub fn async_send_to<B, F>(&self, bufs: B, dest: SocketAddr, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        self.async_send_to_with_flags(bufs, dest, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_send_to`](Self::async_send_to) with message flags.
+    pub fn async_send_to_with_flags<B, F>(
+        &self,
+        bufs: B,
+        dest: SocketAddr,
+        flags: MessageFlags,
+        handler: F,
+    ) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        log::trace!("udp async_send_to {dest}, {} buffers", bufs.buffer_count());
+        self.start(Rc::new(SendOp::new(bufs, Some(dest.into()), flags.bits(), handler)), Dir::Write)
+    }
+
+    /// Receives one datagram from the connected peer into `bufs`;
+    /// `handler(err, n, bufs)` gets the buffers back.
+    pub fn async_receive<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B) + 'static,
+    {
+        self.async_receive_with_flags(bufs, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_receive`](Self::async_receive) with message flags.
+    pub fn async_receive_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B) + 'static,
+    {
+        log::trace!("udp async_receive");
+        let h = move |e, n, b, _from| handler(e, n, b);
+        self.start(Rc::new(RecvOp::new(bufs, flags.bits(), false, h)), Dir::Read)
+    }
+
+    /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets
+    /// the buffers back and the sender (the unspecified address on error).
+    pub fn async_receive_from<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B, SocketAddr) + 'static,
+    {
+        self.async_receive_from_with_flags(bufs, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_receive_from`](Self::async_receive_from) with message flags.
+    pub fn async_receive_from_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B, SocketAddr) + 'static,
+    {
+        log::trace!("udp async_receive_from");
+        self.start(Rc::new(RecvOp::new(bufs, flags.bits(), true, handler)), Dir::Read)
+    }
+
+    /// Waits until the socket is readable, writable or has an error, without
+    /// transferring data. Readiness that already holds is reported.
+    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
+        log::trace!("udp async_wait {what:?}");
+        match what {
+            WaitType::Read => self.start(Rc::new(WaitOp::new(handler)), Dir::Read),
+            WaitType::Write => self.start(Rc::new(WaitOp::new(handler)), Dir::Write),
+            WaitType::Error => {
+                let Some(inner) = self.live_context() else { return Operation::detached() };
+                let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
+                let handle = Operation::new(&inner, &op);
+                self.io().start_error_wait(&inner, op);
+                handle
+            }
+        }
+    }
+
+    /// Runs a synchronous call, blocking on `poll(2)` while it would block
+    /// unless `set_nonblocking(true)`.
+    fn blocking<R>(&self, what: Readiness, mut f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
+        let sock = self.sock()?;
+        loop {
+            match f(&sock) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.io().user_nonblocking.get() => {
+                    sys::wait_fd(sock.as_raw_fd(), what, None)?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Sends `bufs` as one datagram to the connected peer, blocking.
+    pub fn send<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
+        self.send_with_flags(bufs, MessageFlags::NONE)
+    }
+
+    /// [`send`](Self::send) with message flags.
+    pub fn send_with_flags<B: ConstBufferSequence>(&self, bufs: B, flags: MessageFlags) -> io::Result<usize> {
+        let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
+        self.blocking(Readiness::Write, |s| sys::send(s, &slices, None, flags.bits()))
+    }
+
+    /// Sends `bufs` as one datagram to `dest`, blocking.
+    pub fn send_to<B: ConstBufferSequence>(&self, bufs: B, dest: SocketAddr) -> io::Result<usize> {
+        let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
+        let dest = SockAddr::from(dest);
+        self.blocking(Readiness::Write, |s| sys::send(s, &slices, Some(&dest), 0))
+    }
+
+    /// Receives one datagram from the connected peer, blocking; returns its
+    /// (possibly truncated) length.
+    pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
+        let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
+        self.blocking(Readiness::Read, |s| sys::recv(s, &mut slices, 0, false).map(|r| r.len))
+    }
+
+    /// Receives one datagram, blocking; returns its length and sender.
+    pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
+        let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
+        self.blocking(Readiness::Read, |s| {
+            sys::recv(s, &mut slices, 0, true).map(|r| (r.len, r.from.unwrap_or_else(sys::unspecified_addr)))
+        })
+    }
+
+    /// With `true`, the synchronous calls return `WouldBlock` instead of
+    /// waiting. Asynchronous operations are not affected.
+    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
+        self.sock()?;
+        self.io().user_nonblocking.set(yes);
+        Ok(())
+    }
+
+    /// The mode set by [`set_nonblocking`](Self::set_nonblocking).
+    pub fn nonblocking(&self) -> bool {
+        self.io().user_nonblocking.get()
+    }
+
+    /// Completes every pending operation with `OPERATION_ABORTED` (through the
+    /// queue). Errs with `BAD_DESCRIPTOR` when the socket is closed.
+    pub fn cancel(&self) -> io::Result<()> {
+        self.sock()?;
+        let inner = self.io().context().ok_or_else(gone)?;
+        let n = self.io().cancel_all(&inner);
+        log::debug!("udp cancel: {n} operations aborted");
+        Ok(())
+    }
+
+    /// Closes the socket; pending operations complete with
+    /// `OPERATION_ABORTED`. Closing a closed socket does nothing.
+    pub fn close(&self) {
+        drop(self.io().detach());
+    }
+
+    /// True until closed.
+    pub fn is_open(&self) -> bool {
+        self.io().is_open()
+    }
+
+    /// Size of the next datagram waiting to be received (0 when none).
+    pub fn available(&self) -> io::Result<usize> {
+        sys::available(&*self.sock()?)
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.sock()?.shutdown(how)
+    }
+
+    /// Runs `f` on the socket for any option socket2 offers. Errs with
+    /// `BAD_DESCRIPTOR` when closed.
+    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
+        let sock = self.sock()?;
+        Ok(f(SockRef::from(&*sock)))
+    }
+
+    /// `SO_BROADCAST`.
+    pub fn set_broadcast(&self, on: bool) -> io::Result<()> {
+        self.sock()?.set_broadcast(on)
+    }
+
+    /// `SO_REUSEADDR`.
+    pub fn set_reuse_address(&self, on: bool) -> io::Result<()> {
+        self.sock()?.set_reuse_address(on)
+    }
+
+    /// `SO_SNDBUF`.
+    pub fn set_send_buffer_size(&self, size: usize) -> io::Result<()> {
+        self.sock()?.set_send_buffer_size(size)
+    }
+
+    /// `SO_RCVBUF`.
+    pub fn set_recv_buffer_size(&self, size: usize) -> io::Result<()> {
+        self.sock()?.set_recv_buffer_size(size)
+    }
+
+    /// `SO_SNDBUF` as the kernel reports it.
+    pub fn send_buffer_size(&self) -> io::Result<usize> {
+        self.sock()?.send_buffer_size()
+    }
+
+    /// `SO_RCVBUF` as the kernel reports it.
+    pub fn recv_buffer_size(&self) -> io::Result<usize> {
+        self.sock()?.recv_buffer_size()
+    }
+
+    /// `IP_TTL`.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        self.sock()?.set_ttl_v4(ttl)
+    }
+
+    /// `IP_TTL` as the kernel reports it.
+    pub fn ttl(&self) -> io::Result<u32> {
+        self.sock()?.ttl_v4()
+    }
+
+    /// Joins an IPv4 multicast group on `interface` (`0.0.0.0` for any).
+    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> io::Result<()> {
+        self.sock()?.join_multicast_v4(&group, &interface)
+    }
+
+    /// Leaves an IPv4 multicast group.
+    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> io::Result<()> {
+        self.sock()?.leave_multicast_v4(&group, &interface)
+    }
+
+    /// Joins an IPv6 multicast group on interface index `interface` (0 for any).
+    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> io::Result<()> {
+        self.sock()?.join_multicast_v6(&group, interface)
+    }
+
+    /// Leaves an IPv6 multicast group.
+    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> io::Result<()> {
+        self.sock()?.leave_multicast_v6(&group, interface)
+    }
+}
+
+fn sockaddr(a: SockAddr) -> io::Result<SocketAddr> {
+    a.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP address"))
+}

@@ -1,0 +1,217 @@
+//! One pending operation: its handler, its buffers and its result, in one
+//! allocation. While pending it sits in its socket's queue (or the timer
+//! queue); when done it moves itself onto the ready queue, like Asio's
+//! `reactor_op`.
+
+use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
+use crate::cancel::CancellationType;
+use crate::error::Error;
+use crate::sys;
+use socket2::{SockAddr, Socket};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// State shared by every kind of operation.
+#[derive(Default)]
+pub(crate) struct OpCore {
+    done: Cell<bool>,
+    err: Cell<Option<Error>>,
+    n: Cell<usize>,
+    /// The operation's own entry in the timer queue (timer waits).
+    pub(crate) timer_key: Cell<Option<usize>>,
+    /// The entry of a `cancel_after` watching this operation.
+    pub(crate) cancel_key: Cell<Option<usize>>,
+}
+
+impl OpCore {
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.get()
+    }
+
+    pub(crate) fn set_result(&self, err: Error, n: usize) {
+        self.done.set(true);
+        self.err.set(Some(err));
+        self.n.set(n);
+    }
+
+    fn result(&self) -> (Error, usize) {
+        (self.err.get().unwrap_or(Error::NONE), self.n.get())
+    }
+}
+
+/// What the ready queue and `Operation` see of any operation.
+pub(crate) trait Completion {
+    fn core(&self) -> &OpCore;
+    /// Runs the handler with the stored result; called once, by the loop.
+    fn invoke(self: Rc<Self>);
+    /// Drops handler and buffers without running anything (context teardown).
+    fn abandon(&self);
+    /// The kinds of cancellation this operation honours.
+    fn supports(&self) -> CancellationType {
+        CancellationType::ALL
+    }
+}
+
+/// An operation on a socket: it can attempt its system call.
+pub(crate) trait SocketOp: Completion {
+    /// Attempts the operation; `None` means it would block.
+    fn perform(&self, sock: &Socket) -> Option<(Error, usize)>;
+    /// Readiness waits complete on an event and are never tried speculatively.
+    fn is_wait(&self) -> bool {
+        false
+    }
+}
+
+/// A send (`async_send`, `async_send_to`).
+pub(crate) struct SendOp<B, F> {
+    core: OpCore,
+    bufs: RefCell<Option<B>>,
+    dest: Option<SockAddr>,
+    flags: i32,
+    handler: Cell<Option<F>>,
+}
+
+impl<B, F> SendOp<B, F> {
+    pub(crate) fn new(bufs: B, dest: Option<SockAddr>, flags: i32, handler: F) -> Self {
+        SendOp {
+            core: OpCore::default(),
+            bufs: RefCell::new(Some(bufs)),
+            dest,
+            flags,
+            handler: Cell::new(Some(handler)),
+        }
+    }
+}
+
+impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        // Buffers go first, so a handler holding a clone of an `Rc<[u8]>` finds it unique.
+        drop(self.bufs.take());
+        let (err, n) = self.core.result();
+        if let Some(h) = self.handler.take() {
+            drop(self);
+            h(err, n);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.bufs.take());
+        drop(self.handler.take());
+    }
+}
+
+impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
+    fn perform(&self, sock: &Socket) -> Option<(Error, usize)> {
+        let bufs = self.bufs.borrow();
+        let bufs = bufs.as_ref()?;
+        let Some(slices) = const_slices(bufs) else {
+            return Some((Error::INVALID_ARGUMENT, 0));
+        };
+        sys::result(sys::send(sock, &slices, self.dest.as_ref(), self.flags))
+    }
+}
+
+/// A receive (`async_receive`, `async_receive_from`); the handler gets the
+/// buffers back and the sender's address.
+pub(crate) struct RecvOp<B, F> {
+    core: OpCore,
+    bufs: RefCell<Option<B>>,
+    flags: i32,
+    want_from: bool,
+    from: Cell<Option<SocketAddr>>,
+    handler: Cell<Option<F>>,
+}
+
+impl<B, F> RecvOp<B, F> {
+    pub(crate) fn new(bufs: B, flags: i32, want_from: bool, handler: F) -> Self {
+        RecvOp {
+            core: OpCore::default(),
+            bufs: RefCell::new(Some(bufs)),
+            flags,
+            want_from,
+            from: Cell::new(None),
+            handler: Cell::new(Some(handler)),
+        }
+    }
+}
+
+impl<B: 'static, F: FnOnce(Error, usize, B, SocketAddr) + 'static> Completion for RecvOp<B, F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, n) = self.core.result();
+        let from = self.from.get().unwrap_or_else(sys::unspecified_addr);
+        if let (Some(h), Some(b)) = (self.handler.take(), self.bufs.take()) {
+            drop(self);
+            h(err, n, b, from);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.bufs.take());
+        drop(self.handler.take());
+    }
+}
+
+impl<B, F> SocketOp for RecvOp<B, F>
+where
+    B: MutableBufferSequence + 'static,
+    F: FnOnce(Error, usize, B, SocketAddr) + 'static,
+{
+    fn perform(&self, sock: &Socket) -> Option<(Error, usize)> {
+        let mut bufs = self.bufs.borrow_mut();
+        let bufs = bufs.as_mut()?;
+        let Some(mut slices) = mut_slices(bufs) else {
+            return Some((Error::INVALID_ARGUMENT, 0));
+        };
+        match sys::recv(sock, &mut slices, self.flags, self.want_from) {
+            Ok(r) => {
+                self.from.set(r.from);
+                Some((Error::NONE, r.len))
+            }
+            Err(e) => sys::result(Err(e)),
+        }
+    }
+}
+
+/// A completion with only an `Error`: readiness waits, timer waits, and
+/// operations that finish at once (`async_connect` on a datagram socket).
+pub(crate) struct WaitOp<F> {
+    core: OpCore,
+    handler: Cell<Option<F>>,
+}
+
+impl<F> WaitOp<F> {
+    pub(crate) fn new(handler: F) -> Self {
+        WaitOp { core: OpCore::default(), handler: Cell::new(Some(handler)) }
+    }
+}
+
+impl<F: FnOnce(Error) + 'static> Completion for WaitOp<F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, _) = self.core.result();
+        if let Some(h) = self.handler.take() {
+            drop(self);
+            h(err);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.handler.take());
+    }
+}
+
+impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
+    fn perform(&self, _sock: &Socket) -> Option<(Error, usize)> {
+        // Reached only on a readiness event: the wait is satisfied.
+        Some((Error::NONE, 0))
+    }
+    fn is_wait(&self) -> bool {
+        true
+    }
+}
