@@ -92,7 +92,9 @@ pub struct Operation {
 
 impl std::fmt::Debug for Operation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Operation").field("pending", &self.is_pending()).finish()
+        f.debug_struct("Operation")
+            .field("pending", &self.is_pending())
+            .finish()
     }
 }
 
@@ -104,7 +106,9 @@ impl Operation {
     }
 
     pub(crate) fn new(inner: &Rc<Inner>, op: &Rc<dyn Completion>) -> Operation {
-        Operation { link: Some((Rc::downgrade(inner), Rc::downgrade(op))) }
+        Operation {
+            link: Some((Rc::downgrade(inner), Rc::downgrade(op))),
+        }
     }
 
     fn upgrade(&self) -> Option<(Rc<Inner>, Rc<dyn Completion>)> {
@@ -132,18 +136,18 @@ impl Operation {
     /// The timer is removed as soon as the operation completes, so it never
     /// keeps `run()` busy on its own.
     pub fn cancel_after(&self, after: Duration, ty: CancellationType) -> &Self {
-        if let Some((inner, op)) = self.upgrade() {
-            if !op.core().is_done() {
-                let at = inner.now() + after;
-                let key = inner
-                    .timers
-                    .borrow_mut()
-                    .insert(at, TimerTarget::CancelAfter(Rc::downgrade(&op), ty));
-                // A second cancel_after replaces the first.
-                if let Some(old) = op.core().cancel_key.replace(Some(key)) {
-                    let removed = inner.timers.borrow_mut().remove(old);
-                    drop(removed);
-                }
+        if let Some((inner, op)) = self.upgrade()
+            && !op.core().is_done()
+        {
+            let at = inner.now() + after;
+            let key = inner
+                .timers
+                .borrow_mut()
+                .insert(at, TimerTarget::CancelAfter(Rc::downgrade(&op), ty));
+            // A second cancel_after replaces the first.
+            if let Some(old) = op.core().cancel_key.replace(Some(key)) {
+                let removed = inner.timers.borrow_mut().remove(old);
+                drop(removed);
             }
         }
         self

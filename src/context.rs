@@ -39,7 +39,8 @@ impl Inner {
     }
 
     fn remove_work(&self) {
-        self.outstanding.set(self.outstanding.get().saturating_sub(1));
+        self.outstanding
+            .set(self.outstanding.get().saturating_sub(1));
     }
 
     pub(crate) fn is_shut(&self) -> bool {
@@ -67,7 +68,10 @@ impl Inner {
             return;
         }
         core.set_result(err, n);
-        for key in [core.timer_key.take(), core.cancel_key.take()].into_iter().flatten() {
+        for key in [core.timer_key.take(), core.cancel_key.take()]
+            .into_iter()
+            .flatten()
+        {
             let removed = self.timers.borrow_mut().remove(key);
             drop(removed);
         }
@@ -208,7 +212,12 @@ impl IoContext {
             reactor: Reactor::new()?,
             timers: RefCell::new(TimerQueue::default()),
         });
-        Ok(IoContext { exec: Executor { inner: Rc::downgrade(&inner) }, inner })
+        Ok(IoContext {
+            exec: Executor {
+                inner: Rc::downgrade(&inner),
+            },
+            inner,
+        })
     }
 
     /// The light handle that handlers capture (it does not keep the context alive).
@@ -220,12 +229,20 @@ impl IoContext {
     /// how many ran. Running out of work leaves the context stopped, as in
     /// Asio: call [`restart`](Self::restart) before running it again.
     pub fn run(&self) -> usize {
-        self.run_impl(RunMode { one: false, block: true, deadline: None })
+        self.run_impl(RunMode {
+            one: false,
+            block: true,
+            deadline: None,
+        })
     }
 
     /// Runs at most one handler, waiting for one if needed; returns 0 or 1.
     pub fn run_one(&self) -> usize {
-        self.run_impl(RunMode { one: true, block: true, deadline: None })
+        self.run_impl(RunMode {
+            one: true,
+            block: true,
+            deadline: None,
+        })
     }
 
     /// As [`run`](Self::run), but returns when `d` has passed. Returning on the
@@ -237,7 +254,11 @@ impl IoContext {
     /// As [`run`](Self::run), but returns at `deadline`. Returning on the
     /// deadline does not stop the context.
     pub fn run_until(&self, deadline: Instant) -> usize {
-        self.run_impl(RunMode { one: false, block: true, deadline: Some(deadline) })
+        self.run_impl(RunMode {
+            one: false,
+            block: true,
+            deadline: Some(deadline),
+        })
     }
 
     /// As [`run_one`](Self::run_one), waiting at most `d`.
@@ -247,7 +268,11 @@ impl IoContext {
 
     /// As [`run_one`](Self::run_one), waiting until `deadline` at most.
     pub fn run_one_until(&self, deadline: Instant) -> usize {
-        self.run_impl(RunMode { one: true, block: true, deadline: Some(deadline) })
+        self.run_impl(RunMode {
+            one: true,
+            block: true,
+            deadline: Some(deadline),
+        })
     }
 
     /// Runs every handler that is ready, polling for I/O without waiting,
@@ -255,12 +280,20 @@ impl IoContext {
     /// runs are run too (so a handler that always re-posts itself keeps it
     /// busy: use [`poll_one`](Self::poll_one) for a bounded step).
     pub fn poll(&self) -> usize {
-        self.run_impl(RunMode { one: false, block: false, deadline: None })
+        self.run_impl(RunMode {
+            one: false,
+            block: false,
+            deadline: None,
+        })
     }
 
     /// Runs at most one ready handler without blocking.
     pub fn poll_one(&self) -> usize {
-        self.run_impl(RunMode { one: true, block: false, deadline: None })
+        self.run_impl(RunMode {
+            one: true,
+            block: false,
+            deadline: None,
+        })
     }
 
     /// Makes `run*` and `poll*` return as soon as possible; ready handlers stay
@@ -287,10 +320,10 @@ impl IoContext {
             if inner.stopped.get() {
                 return n;
             }
-            if let Some(d) = mode.deadline {
-                if inner.now() >= d {
-                    return n;
-                }
+            if let Some(d) = mode.deadline
+                && inner.now() >= d
+            {
+                return n;
             }
             let entry = inner.queue.borrow_mut().pop_front();
             match entry {
@@ -313,7 +346,8 @@ impl IoContext {
                     let timeout = if more || !mode.block {
                         Some(Duration::ZERO)
                     } else {
-                        mode.deadline.map(|d| d.saturating_duration_since(inner.now()))
+                        mode.deadline
+                            .map(|d| d.saturating_duration_since(inner.now()))
                     };
                     inner.reactor_turn(timeout);
                     drop(marker);
@@ -345,7 +379,11 @@ impl Drop for IoContext {
             }
             let targets = inner.timers.borrow_mut().take_all();
             let ready: Vec<Ready> = inner.queue.borrow_mut().drain(..).collect();
-            if objects.is_empty() && targets.is_empty() && ready.iter().all(|r| matches!(r, Ready::Marker)) && ops.is_empty() {
+            if objects.is_empty()
+                && targets.is_empty()
+                && ready.iter().all(|r| matches!(r, Ready::Marker))
+                && ops.is_empty()
+            {
                 break;
             }
             for t in &targets {
@@ -377,7 +415,9 @@ pub struct Executor {
 
 impl fmt::Debug for Executor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Executor").field("alive", &self.is_alive()).finish()
+        f.debug_struct("Executor")
+            .field("alive", &self.is_alive())
+            .finish()
     }
 }
 
@@ -431,7 +471,10 @@ impl Executor {
         if let Some(inner) = self.inner.upgrade() {
             inner.add_work();
         }
-        WorkGuard { inner: self.inner.clone(), active: self.is_alive() }
+        WorkGuard {
+            inner: self.inner.clone(),
+            active: self.is_alive(),
+        }
     }
 }
 
@@ -445,10 +488,10 @@ pub struct WorkGuard {
 impl WorkGuard {
     /// Releases the work now instead of at drop.
     pub fn reset(&mut self) {
-        if std::mem::take(&mut self.active) {
-            if let Some(inner) = self.inner.upgrade() {
-                inner.remove_work();
-            }
+        if std::mem::take(&mut self.active)
+            && let Some(inner) = self.inner.upgrade()
+        {
+            inner.remove_work();
         }
     }
 

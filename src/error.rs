@@ -180,7 +180,10 @@ mod tests {
             assert_eq!(Error::from(io), e);
         }
         assert_eq!(Error::EOF.kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(Error::CONNECTION_REFUSED.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert_eq!(
+            Error::CONNECTION_REFUSED.raw_os_error(),
+            Some(libc::ECONNREFUSED)
+        );
         assert_eq!(Error::EOF.raw_os_error(), None);
         assert_eq!(std::mem::size_of::<Error>(), 4);
         assert_eq!(format!("{:?}", Error::MESSAGE_SIZE), "MESSAGE_SIZE");

@@ -87,7 +87,9 @@ mod reactor;
 mod sys;
 mod timer;
 
-pub use buffer::{ConstBuffer, ConstBufferSequence, MAX_BUFFERS, MutableBuffer, MutableBufferSequence};
+pub use buffer::{
+    ConstBuffer, ConstBufferSequence, MAX_BUFFERS, MutableBuffer, MutableBufferSequence,
+};
 pub use cancel::{CancellationType, Operation};
 pub use context::{Executor, IoContext, WorkGuard};
 pub use error::Error;

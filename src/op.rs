@@ -103,7 +103,9 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
     }
 }
 
-impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
+impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp
+    for SendOp<B, F>
+{
     fn perform(&self, sock: &Socket) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
         let bufs = bufs.as_ref()?;
@@ -186,7 +188,10 @@ pub(crate) struct WaitOp<F> {
 
 impl<F> WaitOp<F> {
     pub(crate) fn new(handler: F) -> Self {
-        WaitOp { core: OpCore::default(), handler: Cell::new(Some(handler)) }
+        WaitOp {
+            core: OpCore::default(),
+            handler: Cell::new(Some(handler)),
+        }
     }
 }
 

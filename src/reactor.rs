@@ -26,7 +26,9 @@ pub(crate) enum Dir {
     Write = 1,
 }
 
-const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE).add(Interest::PRIORITY);
+const INTEREST: Interest = Interest::READABLE
+    .add(Interest::WRITABLE)
+    .add(Interest::PRIORITY);
 
 #[derive(Default)]
 struct IoState {
@@ -70,12 +72,19 @@ impl IoObject {
             ctx: Rc::downgrade(inner),
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
-            st: RefCell::new(IoState { ready: [true, true], ..IoState::default() }),
+            st: RefCell::new(IoState {
+                ready: [true, true],
+                ..IoState::default()
+            }),
             user_nonblocking: Cell::new(false),
         });
         let r = &inner.reactor;
         let token = r.regs.borrow_mut().insert(obj.clone());
-        let res = r.poll.borrow().registry().register(&mut SourceFd(&sock.as_raw_fd()), Token(token), INTEREST);
+        let res = r.poll.borrow().registry().register(
+            &mut SourceFd(&sock.as_raw_fd()),
+            Token(token),
+            INTEREST,
+        );
         if let Err(e) = res {
             r.regs.borrow_mut().remove(token);
             return Err(e);
@@ -156,7 +165,9 @@ impl IoObject {
     /// Performs queued operations in `dir` until one would block, the queue
     /// is empty or `budget` completed. Returns true when stopped by the budget.
     fn run_queue(&self, inner: &Inner, dir: Dir, budget: usize) -> bool {
-        let Some(sock) = self.socket() else { return false };
+        let Some(sock) = self.socket() else {
+            return false;
+        };
         let mut done = 0;
         loop {
             let op = {
@@ -231,7 +242,11 @@ impl IoObject {
     fn take_ops(&self) -> Vec<Rc<dyn Completion>> {
         let mut st = self.st.borrow_mut();
         let [r, w] = &mut st.ops;
-        let mut v: Vec<Rc<dyn Completion>> = r.drain(..).chain(w.drain(..)).map(|o| o as Rc<dyn Completion>).collect();
+        let mut v: Vec<Rc<dyn Completion>> = r
+            .drain(..)
+            .chain(w.drain(..))
+            .map(|o| o as Rc<dyn Completion>)
+            .collect();
         v.extend(st.error_waits.drain(..));
         v
     }
@@ -243,7 +258,12 @@ impl IoObject {
         match self.ctx.upgrade() {
             Some(inner) => {
                 let token = self.token.get();
-                let res = inner.reactor.poll.borrow().registry().deregister(&mut SourceFd(&sock.as_raw_fd()));
+                let res = inner
+                    .reactor
+                    .poll
+                    .borrow()
+                    .registry()
+                    .deregister(&mut SourceFd(&sock.as_raw_fd()));
                 if let Err(e) = res {
                     log::debug!("deregistering token {token} failed: {e}");
                 }
@@ -325,7 +345,10 @@ impl Reactor {
             let error = ev.is_error();
             let readable = ev.is_readable() || ev.is_read_closed() || error;
             let writable = ev.is_writable() || ev.is_write_closed() || error;
-            log::trace!("event token {} r={readable} w={writable} e={error}", ev.token().0);
+            log::trace!(
+                "event token {} r={readable} w={writable} e={error}",
+                ev.token().0
+            );
             obj.on_event(inner, readable, writable, error || ev.is_priority());
         }
     }

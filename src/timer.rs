@@ -51,7 +51,11 @@ impl TimerQueue {
         let pos = self.heap.len();
         let key = self.slots.insert(Slot { pos, target });
         self.seq += 1;
-        self.heap.push(HeapEntry { at, seq: self.seq, key });
+        self.heap.push(HeapEntry {
+            at,
+            seq: self.seq,
+            key,
+        });
         self.sift_up(pos);
         key
     }
@@ -148,14 +152,18 @@ struct TimerObj {
 impl TimerObj {
     /// Cancels pending waits, oldest first, at most `limit` of them.
     fn cancel_waits(&self, limit: usize) -> usize {
-        let Some(inner) = self.exec.upgrade() else { return 0 };
+        let Some(inner) = self.exec.upgrade() else {
+            return 0;
+        };
         let mut n = 0;
         while n < limit {
-            let Some(w) = self.waits.borrow_mut().pop_front() else { break };
-            if let Some(op) = w.upgrade() {
-                if inner.cancel_op(op, CancellationType::ALL) {
-                    n += 1;
-                }
+            let Some(w) = self.waits.borrow_mut().pop_front() else {
+                break;
+            };
+            if let Some(op) = w.upgrade()
+                && inner.cancel_op(op, CancellationType::ALL)
+            {
+                n += 1;
             }
         }
         n
@@ -192,7 +200,9 @@ pub struct SteadyTimer {
 
 impl std::fmt::Debug for SteadyTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SteadyTimer").field("expiry", &self.obj.expiry.get()).finish()
+        f.debug_struct("SteadyTimer")
+            .field("expiry", &self.obj.expiry.get())
+            .finish()
     }
 }
 
@@ -218,7 +228,11 @@ impl SteadyTimer {
     /// Sets the expiry to `now + d`; cancels the pending waits and returns how
     /// many it cancelled.
     pub fn expires_after(&self, d: Duration) -> usize {
-        let now = self.obj.exec.upgrade().map_or_else(Instant::now, |i| i.now());
+        let now = self
+            .obj
+            .exec
+            .upgrade()
+            .map_or_else(Instant::now, |i| i.now());
         self.expires_at(now + d)
     }
 
@@ -246,7 +260,10 @@ impl SteadyTimer {
             .insert(self.obj.expiry.get(), TimerTarget::Wait(op.clone()));
         op.core().timer_key.set(Some(key));
         let mut waits = self.obj.waits.borrow_mut();
-        while waits.front().is_some_and(|w| w.upgrade().is_none_or(|o| o.core().is_done())) {
+        while waits
+            .front()
+            .is_some_and(|w| w.upgrade().is_none_or(|o| o.core().is_done()))
+        {
             waits.pop_front();
         }
         waits.push_back(Rc::downgrade(&op));
@@ -278,7 +295,17 @@ mod tests {
         // Deadlines repeat so that the sequence decides ties.
         for i in 0..200u64 {
             let at = t0 + Duration::from_micros((i * 7919) % 50);
-            keys.push((at, i, q.insert(at, TimerTarget::CancelAfter(Weak::<WaitOp<fn(Error)>>::new(), CancellationType::ALL))));
+            keys.push((
+                at,
+                i,
+                q.insert(
+                    at,
+                    TimerTarget::CancelAfter(
+                        Weak::<WaitOp<fn(Error)>>::new(),
+                        CancellationType::ALL,
+                    ),
+                ),
+            ));
         }
         for (_, i, k) in keys.iter() {
             if i % 3 == 0 {
@@ -286,7 +313,11 @@ mod tests {
                 assert!(q.remove(*k).is_none());
             }
         }
-        let mut expect: Vec<_> = keys.iter().filter(|(_, i, _)| i % 3 != 0).map(|(at, i, _)| (*at, *i)).collect();
+        let mut expect: Vec<_> = keys
+            .iter()
+            .filter(|(_, i, _)| i % 3 != 0)
+            .map(|(at, i, _)| (*at, *i))
+            .collect();
         expect.sort();
         let mut got = Vec::new();
         while let Some(at) = q.next_deadline() {

@@ -94,13 +94,19 @@ impl UdpSocket {
         let inner = ex.upgrade().ok_or_else(gone)?;
         sock.set_nonblocking(true)?;
         let io = IoObject::register(&inner, sock)?;
-        Ok(UdpSocket { h: Rc::new(Handle { io }) })
+        Ok(UdpSocket {
+            h: Rc::new(Handle { io }),
+        })
     }
 
     /// Takes the socket out of the context and returns it as a standard,
     /// blocking socket. Pending operations complete with `OPERATION_ABORTED`.
     pub fn release(&self) -> io::Result<std::net::UdpSocket> {
-        let sock = self.h.io.detach().ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))?;
+        let sock = self
+            .h
+            .io
+            .detach()
+            .ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))?;
         let sock = Rc::try_unwrap(sock)
             .map_err(|_| io::Error::other("socket is in use inside with_socket2; it will close"))?;
         sock.set_nonblocking(false)?;
@@ -112,12 +118,20 @@ impl UdpSocket {
     }
 
     fn sock(&self) -> io::Result<Rc<Socket>> {
-        self.io().socket().ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))
+        self.io()
+            .socket()
+            .ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))
     }
 
     /// The executor of the socket's context.
     pub fn executor(&self) -> Executor {
-        Executor { inner: self.io().context().as_ref().map_or_else(std::rc::Weak::new, Rc::downgrade) }
+        Executor {
+            inner: self
+                .io()
+                .context()
+                .as_ref()
+                .map_or_else(std::rc::Weak::new, Rc::downgrade),
+        }
     }
 
     /// Sets the default peer: `send`/`async_send` go to it and only its
@@ -128,12 +142,21 @@ impl UdpSocket {
 
     /// As [`connect`](Self::connect) (immediate for a datagram socket), with
     /// the result posted to `handler`.
-    pub fn async_connect<F: FnOnce(Error) + 'static>(&self, addr: SocketAddr, handler: F) -> Operation {
-        let Some(inner) = self.live_context() else { return Operation::detached() };
+    pub fn async_connect<F: FnOnce(Error) + 'static>(
+        &self,
+        addr: SocketAddr,
+        handler: F,
+    ) -> Operation {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
         let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
         inner.add_work();
         let err = match self.io().socket() {
-            Some(s) => s.connect(&addr.into()).err().map_or(Error::NONE, Error::from),
+            Some(s) => s
+                .connect(&addr.into())
+                .err()
+                .map_or(Error::NONE, Error::from),
             None => Error::BAD_DESCRIPTOR,
         };
         log::trace!("udp async_connect {addr}: {err:?}");
@@ -161,7 +184,9 @@ impl UdpSocket {
     }
 
     fn start(&self, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
-        let Some(inner) = self.live_context() else { return Operation::detached() };
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
         let handle = Operation::new(&inner, &(op.clone() as Rc<dyn Completion>));
         self.io().start(&inner, op, dir);
         handle
@@ -183,7 +208,10 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send {} buffers", bufs.buffer_count());
-        self.start(Rc::new(SendOp::new(bufs, None, flags.bits(), handler)), Dir::Write)
+        self.start(
+            Rc::new(SendOp::new(bufs, None, flags.bits(), handler)),
+            Dir::Write,
+        )
     }
 
     /// Sends `bufs` as one datagram to `dest`; `handler(err, n)`.
@@ -208,7 +236,10 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send_to {dest}, {} buffers", bufs.buffer_count());
-        self.start(Rc::new(SendOp::new(bufs, Some(dest.into()), flags.bits(), handler)), Dir::Write)
+        self.start(
+            Rc::new(SendOp::new(bufs, Some(dest.into()), flags.bits(), handler)),
+            Dir::Write,
+        )
     }
 
     /// Receives one datagram from the connected peer into `bufs`;
@@ -222,14 +253,22 @@ impl UdpSocket {
     }
 
     /// [`async_receive`](Self::async_receive) with message flags.
-    pub fn async_receive_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    pub fn async_receive_with_flags<B, F>(
+        &self,
+        bufs: B,
+        flags: MessageFlags,
+        handler: F,
+    ) -> Operation
     where
         B: MutableBufferSequence + 'static,
         F: FnOnce(Error, usize, B) + 'static,
     {
         log::trace!("udp async_receive");
         let h = move |e, n, b, _from| handler(e, n, b);
-        self.start(Rc::new(RecvOp::new(bufs, flags.bits(), false, h)), Dir::Read)
+        self.start(
+            Rc::new(RecvOp::new(bufs, flags.bits(), false, h)),
+            Dir::Read,
+        )
     }
 
     /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets
@@ -243,13 +282,21 @@ impl UdpSocket {
     }
 
     /// [`async_receive_from`](Self::async_receive_from) with message flags.
-    pub fn async_receive_from_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    pub fn async_receive_from_with_flags<B, F>(
+        &self,
+        bufs: B,
+        flags: MessageFlags,
+        handler: F,
+    ) -> Operation
     where
         B: MutableBufferSequence + 'static,
         F: FnOnce(Error, usize, B, SocketAddr) + 'static,
     {
         log::trace!("udp async_receive_from");
-        self.start(Rc::new(RecvOp::new(bufs, flags.bits(), true, handler)), Dir::Read)
+        self.start(
+            Rc::new(RecvOp::new(bufs, flags.bits(), true, handler)),
+            Dir::Read,
+        )
     }
 
     /// Waits until the socket is readable, writable or has an error, without
@@ -260,7 +307,9 @@ impl UdpSocket {
             WaitType::Read => self.start(Rc::new(WaitOp::new(handler)), Dir::Read),
             WaitType::Write => self.start(Rc::new(WaitOp::new(handler)), Dir::Write),
             WaitType::Error => {
-                let Some(inner) = self.live_context() else { return Operation::detached() };
+                let Some(inner) = self.live_context() else {
+                    return Operation::detached();
+                };
                 let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
                 let handle = Operation::new(&inner, &op);
                 self.io().start_error_wait(&inner, op);
@@ -271,11 +320,18 @@ impl UdpSocket {
 
     /// Runs a synchronous call, blocking on `poll(2)` while it would block
     /// unless `set_nonblocking(true)`.
-    fn blocking<R>(&self, what: Readiness, mut f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
+    fn blocking<R>(
+        &self,
+        what: Readiness,
+        mut f: impl FnMut(&Socket) -> io::Result<R>,
+    ) -> io::Result<R> {
         let sock = self.sock()?;
         loop {
             match f(&sock) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.io().user_nonblocking.get() => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && !self.io().user_nonblocking.get() =>
+                {
                     sys::wait_fd(sock.as_raw_fd(), what, None)?;
                 }
                 r => return r,
@@ -289,9 +345,15 @@ impl UdpSocket {
     }
 
     /// [`send`](Self::send) with message flags.
-    pub fn send_with_flags<B: ConstBufferSequence>(&self, bufs: B, flags: MessageFlags) -> io::Result<usize> {
+    pub fn send_with_flags<B: ConstBufferSequence>(
+        &self,
+        bufs: B,
+        flags: MessageFlags,
+    ) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
-        self.blocking(Readiness::Write, |s| sys::send(s, &slices, None, flags.bits()))
+        self.blocking(Readiness::Write, |s| {
+            sys::send(s, &slices, None, flags.bits())
+        })
     }
 
     /// Sends `bufs` as one datagram to `dest`, blocking.
@@ -305,14 +367,20 @@ impl UdpSocket {
     /// (possibly truncated) length.
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
-        self.blocking(Readiness::Read, |s| sys::recv(s, &mut slices, 0, false).map(|r| r.len))
+        self.blocking(Readiness::Read, |s| {
+            sys::recv(s, &mut slices, 0, false).map(|r| r.len)
+        })
     }
 
     /// Receives one datagram, blocking; returns its length and sender.
-    pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
+    pub fn receive_from<B: MutableBufferSequence>(
+        &self,
+        mut bufs: B,
+    ) -> io::Result<(usize, SocketAddr)> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
         self.blocking(Readiness::Read, |s| {
-            sys::recv(s, &mut slices, 0, true).map(|r| (r.len, r.from.unwrap_or_else(sys::unspecified_addr)))
+            sys::recv(s, &mut slices, 0, true)
+                .map(|r| (r.len, r.from.unwrap_or_else(sys::unspecified_addr)))
         })
     }
 
@@ -429,5 +497,6 @@ impl UdpSocket {
 }
 
 fn sockaddr(a: SockAddr) -> io::Result<SocketAddr> {
-    a.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP address"))
+    a.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP address"))
 }

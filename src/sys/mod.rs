@@ -65,14 +65,18 @@ pub(crate) fn recv(
             // already initialised. socket2 only lets the kernel write bytes into
             // it, never uninitialised ones, so it stays initialised when the
             // borrow ends. socket2 has no recvmsg over initialised buffers.
-            let b: &mut [MaybeUninit<u8>] = unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) };
+            let b: &mut [MaybeUninit<u8>] =
+                unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) };
             MaybeUninitSlice::new(b)
         })
         .collect();
     loop {
         let r = if want_from {
             sock.recv_from_vectored_with_flags(&mut slices, flags)
-                .map(|(len, _, addr)| Received { len, from: addr.as_socket() })
+                .map(|(len, _, addr)| Received {
+                    len,
+                    from: addr.as_socket(),
+                })
         } else {
             sock.recv_vectored_with_flags(&mut slices, flags)
                 .map(|(len, _)| Received { len, from: None })
@@ -98,7 +102,11 @@ pub(crate) fn wait_fd(fd: RawFd, what: Readiness, timeout: Option<Duration>) -> 
         Readiness::Read => libc::POLLIN,
         Readiness::Write => libc::POLLOUT,
     };
-    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     loop {
         // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
