@@ -148,7 +148,7 @@ impl From<io::Error> for Error {
             io::ErrorKind::NotConnected => Error::NOT_CONNECTED,
             io::ErrorKind::ConnectionRefused => Error::CONNECTION_REFUSED,
             io::ErrorKind::ConnectionReset => Error::CONNECTION_RESET,
-            io::ErrorKind::Interrupted => Error::OPERATION_ABORTED,
+            io::ErrorKind::Interrupted => Error(libc::EINTR),
             _ => Error::OTHER,
         }
     }
