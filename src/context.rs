@@ -3,11 +3,10 @@
 use crate::cancel::CancellationType;
 use crate::error::Error;
 use crate::op::Completion;
-use crate::queue::Ready;
+use crate::queue::ReadyQueue;
 use crate::reactor::Reactor;
 use crate::timer::{TimerQueue, TimerTarget};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// The state behind an `IoContext`; everything else holds it weakly.
 pub(crate) struct Inner {
-    pub(crate) queue: RefCell<VecDeque<Ready>>,
+    pub(crate) queue: ReadyQueue,
     /// Pending operations, pending timer waits and live work guards.
     outstanding: Cell<usize>,
     stopped: Cell<bool>,
@@ -34,10 +33,12 @@ impl Inner {
         Instant::now()
     }
 
+    #[inline]
     pub(crate) fn add_work(&self) {
         self.outstanding.set(self.outstanding.get() + 1);
     }
 
+    #[inline]
     fn remove_work(&self) {
         self.outstanding
             .set(self.outstanding.get().saturating_sub(1));
@@ -47,16 +48,13 @@ impl Inner {
         self.shut.get()
     }
 
-    fn push(&self, r: Ready) {
-        self.queue.borrow_mut().push_back(r);
-    }
-
-    pub(crate) fn post_boxed(&self, f: Box<dyn FnOnce()>) {
+    #[inline(always)]
+    pub(crate) fn post<F: FnOnce() + 'static>(&self, f: F) {
         if self.shut.get() {
             log::debug!("handler posted while the context is being dropped: dropped unrun");
             return;
         }
-        self.push(Ready::Fn(f));
+        self.queue.push(f);
     }
 
     /// Completes a pending operation: records the result, removes its timer
@@ -77,7 +75,7 @@ impl Inner {
         }
         self.remove_work();
         log::trace!("operation completed: {err:?} {n}");
-        self.push(Ready::Op(op));
+        self.queue.push(move || op.invoke());
     }
 
     /// Cancels `op` if it is pending and honours a kind in `ty`.
@@ -115,7 +113,21 @@ impl Inner {
 
     /// One turn of the reactor: wait for I/O at most `timeout` (bounded by the
     /// nearest deadline), perform the operations that became ready, fire timers.
-    fn reactor_turn(&self, mut timeout: Option<Duration>) {
+    #[inline(always)]
+    fn reactor_turn(&self, timeout: Option<Duration>) {
+        // Nothing registered, no timers and no waiting: nothing to poll. This
+        // keeps a loop of plain handlers free of system calls (as Asio, which
+        // creates no reactor until an I/O object needs one).
+        if timeout == Some(Duration::ZERO)
+            && self.reactor.is_idle()
+            && self.timers.borrow().len() == 0
+        {
+            return;
+        }
+        self.reactor_turn_io(timeout);
+    }
+
+    fn reactor_turn_io(&self, mut timeout: Option<Duration>) {
         if self.reactor.has_backlog() {
             timeout = Some(Duration::ZERO);
             self.reactor.run_backlog(self);
@@ -129,19 +141,6 @@ impl Inner {
             self.reactor.poll(self, timeout);
         }
         self.fire_timers();
-    }
-
-    /// True when a handler is queued besides the marker.
-    fn has_ready(&self) -> bool {
-        self.queue.borrow().len() > 1
-    }
-}
-
-/// Pushes the reactor marker back when a pass ends, even by unwinding.
-struct MarkerGuard<'a>(&'a Inner);
-impl Drop for MarkerGuard<'_> {
-    fn drop(&mut self) {
-        self.0.push(Ready::Marker);
     }
 }
 
@@ -201,10 +200,8 @@ struct RunMode {
 impl IoContext {
     /// Creates a context and its reactor (an epoll instance).
     pub fn new() -> io::Result<IoContext> {
-        let mut queue = VecDeque::with_capacity(64);
-        queue.push_back(Ready::Marker);
         let inner = Rc::new(Inner {
-            queue: RefCell::new(queue),
+            queue: ReadyQueue::new(),
             outstanding: Cell::new(0),
             stopped: Cell::new(false),
             depth: Cell::new(0),
@@ -325,39 +322,29 @@ impl IoContext {
             {
                 return n;
             }
-            let entry = inner.queue.borrow_mut().pop_front();
-            match entry {
-                Some(Ready::Fn(f)) => {
-                    f();
-                    n += 1;
+            if inner.queue.run_next_in_pass() {
+                n += 1;
+                if mode.one {
+                    return n;
                 }
-                Some(Ready::Op(op)) => {
-                    op.invoke();
-                    n += 1;
-                }
-                Some(Ready::Marker) | None => {
-                    let marker = MarkerGuard(inner);
-                    let more = !inner.queue.borrow().is_empty();
-                    if !more && inner.outstanding.get() == 0 {
-                        inner.stopped.set(true);
-                        log::debug!("io context out of work: stopped");
-                        return n;
-                    }
-                    let timeout = if more || !mode.block {
-                        Some(Duration::ZERO)
-                    } else {
-                        mode.deadline
-                            .map(|d| d.saturating_duration_since(inner.now()))
-                    };
-                    inner.reactor_turn(timeout);
-                    drop(marker);
-                    if !mode.block && !inner.has_ready() {
-                        return n;
-                    }
-                    continue;
-                }
+                continue;
             }
-            if mode.one {
+            // The pass is over: poll for I/O, as Asio does on meeting its marker.
+            let more = !inner.queue.is_empty();
+            if !more && inner.outstanding.get() == 0 {
+                inner.stopped.set(true);
+                log::debug!("io context out of work: stopped");
+                return n;
+            }
+            let timeout = if more || !mode.block {
+                Some(Duration::ZERO)
+            } else {
+                mode.deadline
+                    .map(|d| d.saturating_duration_since(inner.now()))
+            };
+            inner.reactor_turn(timeout);
+            inner.queue.start_pass();
+            if !mode.block && inner.queue.is_empty() {
                 return n;
             }
         }
@@ -378,12 +365,8 @@ impl Drop for IoContext {
                 o.teardown(&mut ops);
             }
             let targets = inner.timers.borrow_mut().take_all();
-            let ready: Vec<Ready> = inner.queue.borrow_mut().drain(..).collect();
-            if objects.is_empty()
-                && targets.is_empty()
-                && ready.iter().all(|r| matches!(r, Ready::Marker))
-                && ops.is_empty()
-            {
+            let ready = inner.queue.drop_all();
+            if objects.is_empty() && targets.is_empty() && ready == 0 && ops.is_empty() {
                 break;
             }
             for t in &targets {
@@ -391,15 +374,10 @@ impl Drop for IoContext {
                     op.abandon();
                 }
             }
-            for r in &ready {
-                if let Ready::Op(op) = r {
-                    op.abandon();
-                }
-            }
             for op in &ops {
                 op.abandon();
             }
-            drop((ops, objects, targets, ready));
+            drop((ops, objects, targets));
         }
         log::debug!("io context dropped");
     }
@@ -422,6 +400,7 @@ impl fmt::Debug for Executor {
 }
 
 impl Executor {
+    #[inline]
     pub(crate) fn upgrade(&self) -> Option<Rc<Inner>> {
         self.inner.upgrade()
     }
@@ -434,7 +413,7 @@ impl Executor {
     /// Queues `f` to run from `run*`/`poll*`; never runs it inline.
     pub fn post<F: FnOnce() + 'static>(&self, f: F) {
         match self.inner.upgrade() {
-            Some(inner) => inner.post_boxed(Box::new(f)),
+            Some(inner) => inner.post(f),
             None => log::debug!("post after the context was dropped: handler dropped unrun"),
         }
     }
@@ -453,7 +432,7 @@ impl Executor {
                 drop(inner);
                 f()
             }
-            Some(inner) => inner.post_boxed(Box::new(f)),
+            Some(inner) => inner.post(f),
             None => log::debug!("dispatch after the context was dropped: handler dropped unrun"),
         }
     }

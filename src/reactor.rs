@@ -313,6 +313,12 @@ impl Reactor {
         !self.regs.borrow().is_empty()
     }
 
+    /// Nothing registered and nothing left over from the last turn.
+    #[inline]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.regs.borrow().is_empty() && self.backlog.borrow().is_empty()
+    }
+
     pub(crate) fn has_backlog(&self) -> bool {
         !self.backlog.borrow().is_empty()
     }

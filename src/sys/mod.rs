@@ -9,6 +9,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+mod handler;
+pub(crate) use handler::HandlerQueue;
+
 /// Maps a non-blocking call's outcome to an operation result; `None` when it
 /// would block.
 pub(crate) fn result(r: io::Result<usize>) -> Option<(Error, usize)> {
