@@ -6,6 +6,7 @@
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::CancellationType;
 use crate::error::Error;
+use crate::reactor::IoObject;
 use crate::sys;
 use socket2::{SockAddr, Socket};
 use std::cell::{Cell, RefCell};
@@ -56,14 +57,45 @@ pub(crate) trait Completion {
 /// An operation on a socket: it can attempt its system call.
 pub(crate) trait SocketOp: Completion {
     /// Attempts the operation; `None` means it would block.
-    fn perform(&self, sock: &Socket) -> Option<(Error, usize)>;
+    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)>;
     /// Readiness waits complete on an event and are never tried speculatively.
     fn is_wait(&self) -> bool {
         false
     }
 }
 
-/// A send (`async_send`, `async_send_to`).
+/// Sends `bufs` as one datagram now; `None` when the socket would block.
+pub(crate) fn send_now<B: ConstBufferSequence + ?Sized>(
+    sock: &Socket,
+    bufs: &B,
+    dest: Option<&SockAddr>,
+    flags: i32,
+) -> Option<(Error, usize)> {
+    let Some(slices) = const_slices(bufs) else {
+        return Some((Error::INVALID_ARGUMENT, 0));
+    };
+    sys::result(sys::send(sock, &slices, dest, flags))
+}
+
+/// Receives one datagram into `bufs` now; `None` when the socket would block.
+pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized>(
+    io: &IoObject,
+    sock: &Socket,
+    bufs: &mut B,
+    flags: i32,
+    want_from: bool,
+) -> Option<(Error, usize, Option<SocketAddr>)> {
+    let Some(mut slices) = mut_slices(bufs) else {
+        return Some((Error::INVALID_ARGUMENT, 0, None));
+    };
+    match io.recv(sock, &mut slices, flags, want_from) {
+        Ok(r) => Some((Error::NONE, r.len, r.from)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => Some((Error::from(e), 0, None)),
+    }
+}
+
+/// A send (`async_send`, `async_send_to`) waiting for the socket.
 pub(crate) struct SendOp<B, F> {
     core: OpCore,
     bufs: RefCell<Option<B>>,
@@ -106,13 +138,9 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
 impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp
     for SendOp<B, F>
 {
-    fn perform(&self, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
-        let bufs = bufs.as_ref()?;
-        let Some(slices) = const_slices(bufs) else {
-            return Some((Error::INVALID_ARGUMENT, 0));
-        };
-        sys::result(sys::send(sock, &slices, self.dest.as_ref(), self.flags))
+        send_now(sock, bufs.as_ref()?, self.dest.as_ref(), self.flags)
     }
 }
 
@@ -163,19 +191,11 @@ where
     B: MutableBufferSequence + 'static,
     F: FnOnce(Error, usize, B, SocketAddr) + 'static,
 {
-    fn perform(&self, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
         let mut bufs = self.bufs.borrow_mut();
-        let bufs = bufs.as_mut()?;
-        let Some(mut slices) = mut_slices(bufs) else {
-            return Some((Error::INVALID_ARGUMENT, 0));
-        };
-        match sys::recv(sock, &mut slices, self.flags, self.want_from) {
-            Ok(r) => {
-                self.from.set(r.from);
-                Some((Error::NONE, r.len))
-            }
-            Err(e) => sys::result(Err(e)),
-        }
+        let (err, n, from) = recv_now(io, sock, bufs.as_mut()?, self.flags, self.want_from)?;
+        self.from.set(from);
+        Some((err, n))
     }
 }
 
@@ -212,7 +232,7 @@ impl<F: FnOnce(Error) + 'static> Completion for WaitOp<F> {
 }
 
 impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
-    fn perform(&self, _sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, _io: &IoObject, _sock: &Socket) -> Option<(Error, usize)> {
         // Reached only on a readiness event: the wait is satisfied.
         Some((Error::NONE, 0))
     }

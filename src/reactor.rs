@@ -4,13 +4,15 @@
 use crate::context::Inner;
 use crate::error::Error;
 use crate::op::{Completion, SocketOp};
+use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 use socket2::Socket;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -26,11 +28,11 @@ pub(crate) enum Dir {
     Write = 1,
 }
 
-const INTEREST: Interest = Interest::READABLE
-    .add(Interest::WRITABLE)
-    .add(Interest::PRIORITY);
+/// Readability is always of interest (it costs nothing while no data
+/// arrives); writability and priority data only while an operation waits for
+/// them, because a registered EPOLLOUT would wake epoll after every send.
+const BASE_INTEREST: Interest = Interest::READABLE;
 
-#[derive(Default)]
 struct IoState {
     /// Pending operations per direction, FIFO. Cancelled entries stay until
     /// they reach the front (they are already completed).
@@ -40,12 +42,24 @@ struct IoState {
     /// Per direction: false once a call said would-block, true again on an
     /// event (edge-triggered readiness).
     ready: [bool; 2],
+    /// What the descriptor is registered for.
+    interest: Interest,
     /// Per direction: the queue stopped at the budget with readiness left, and
     /// the object is on the reactor's backlog.
     backlog: [bool; 2],
 }
 
 impl IoState {
+    fn new() -> IoState {
+        IoState {
+            ops: [VecDeque::new(), VecDeque::new()],
+            error_waits: VecDeque::new(),
+            ready: [true, true],
+            interest: BASE_INTEREST,
+            backlog: [false, false],
+        }
+    }
+
     /// Drops completed (cancelled) entries from the front of a queue.
     fn prune(&mut self, dir: Dir) {
         let q = &mut self.ops[dir as usize];
@@ -55,12 +69,48 @@ impl IoState {
     }
 }
 
+/// Outcome of [`IoObject::try_now`].
+pub(crate) enum Attempt<R> {
+    /// Performed at once.
+    Done(R),
+    /// The socket is closed.
+    Closed,
+    /// Must be queued.
+    Later,
+}
+
+/// Size of the context's spare receive buffer: the largest UDP payload.
+const SPARE_LEN: usize = 65_536;
+
+/// A datagram received ahead of any receive operation.
+struct Stash {
+    data: Vec<u8>,
+    from: Option<SocketAddr>,
+}
+
+/// Copies `data` into the scatter list; returns how much fitted (a datagram
+/// longer than the buffers is truncated, as the kernel does).
+fn scatter(data: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
+    let mut off = 0;
+    for b in bufs.iter_mut() {
+        let n = b.len().min(data.len() - off);
+        b[..n].copy_from_slice(&data[off..off + n]);
+        off += n;
+        if off == data.len() {
+            break;
+        }
+    }
+    off
+}
+
 /// Per-descriptor state: the socket, its operation queues and readiness.
 pub(crate) struct IoObject {
     ctx: Weak<Inner>,
     token: Cell<usize>,
     sock: RefCell<Option<Rc<Socket>>>,
     st: RefCell<IoState>,
+    /// One datagram read ahead (see [`IoObject::recv`]).
+    stash: RefCell<Option<Stash>>,
     /// `set_nonblocking(true)`: synchronous calls return WouldBlock.
     pub(crate) user_nonblocking: Cell<bool>,
 }
@@ -72,10 +122,8 @@ impl IoObject {
             ctx: Rc::downgrade(inner),
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
-            st: RefCell::new(IoState {
-                ready: [true, true],
-                ..IoState::default()
-            }),
+            st: RefCell::new(IoState::new()),
+            stash: RefCell::new(None),
             user_nonblocking: Cell::new(false),
         });
         let r = &inner.reactor;
@@ -83,7 +131,7 @@ impl IoObject {
         let res = r.poll.borrow().registry().register(
             &mut SourceFd(&sock.as_raw_fd()),
             Token(token),
-            INTEREST,
+            BASE_INTEREST,
         );
         if let Err(e) = res {
             r.regs.borrow_mut().remove(token);
@@ -108,33 +156,94 @@ impl IoObject {
         self.sock.borrow().is_some()
     }
 
-    /// Starts an operation: performed at once when nothing is queued in its
-    /// direction and the last attempt did not say would-block (speculative, as
-    /// Asio); otherwise queued in FIFO order. Never runs the handler.
-    pub(crate) fn start(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) {
+    /// Tries an operation at once (Asio's speculative attempt) when nothing
+    /// is queued in `dir` and the last attempt did not say would-block.
+    /// `Later` means: queue it with [`enqueue`](Self::enqueue).
+    #[inline]
+    pub(crate) fn try_now<R>(&self, dir: Dir, f: impl FnOnce(&Socket) -> Option<R>) -> Attempt<R> {
+        let Some(sock) = self.socket() else {
+            return Attempt::Closed;
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            st.prune(dir);
+            if !st.ops[dir as usize].is_empty() || !st.ready[dir as usize] {
+                return Attempt::Later;
+            }
+        }
+        match f(&sock) {
+            Some(r) => Attempt::Done(r),
+            None => {
+                self.st.borrow_mut().ready[dir as usize] = false;
+                Attempt::Later
+            }
+        }
+    }
+
+    /// Queues an operation behind the others in `dir` (FIFO); it is performed
+    /// when the socket becomes ready. Readiness waits re-arm the descriptor so
+    /// that readiness that already holds is reported.
+    pub(crate) fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) {
         inner.add_work();
         let Some(sock) = self.socket() else {
             inner.finish(op, Error::BAD_DESCRIPTOR, 0);
             return;
         };
-        let speculate = {
-            let mut st = self.st.borrow_mut();
-            st.prune(dir);
-            st.ops[dir as usize].is_empty() && st.ready[dir as usize] && !op.is_wait()
-        };
-        if speculate {
-            match op.perform(&sock) {
-                Some((err, n)) => {
-                    inner.finish(op, err, n);
-                    return;
-                }
-                None => self.st.borrow_mut().ready[dir as usize] = false,
-            }
-        }
         let wait = op.is_wait();
         self.st.borrow_mut().ops[dir as usize].push_back(op);
-        if wait {
-            self.rearm(inner, &sock);
+        if wait || dir == Dir::Write {
+            self.sync_interest(inner, &sock, wait);
+        }
+    }
+
+    /// Receives one datagram: from the read-ahead slot if a datagram waits
+    /// there, else from the socket. A plain receive uses `recvmmsg` with a
+    /// spare slot, so that one call also says whether the socket is drained
+    /// (then the read side waits for the next edge without another call).
+    pub(crate) fn recv(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+        want_from: bool,
+    ) -> io::Result<sys::Received> {
+        {
+            let mut stash = self.stash.borrow_mut();
+            if let Some(d) = stash.as_ref() {
+                let len = scatter(&d.data, bufs);
+                let from = d.from;
+                if flags & libc::MSG_PEEK == 0 {
+                    *stash = None;
+                }
+                return Ok(sys::Received { len, from });
+            }
+        }
+        let inner = match self.ctx.upgrade() {
+            Some(inner) if flags == 0 => inner,
+            _ => return sys::recv(sock, bufs, flags, want_from),
+        };
+        let mut spare = inner.reactor.spare.borrow_mut();
+        if spare.is_empty() {
+            *spare = vec![0u8; SPARE_LEN].into_boxed_slice();
+        }
+        let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
+        match r.second {
+            Some((len, from)) => {
+                *self.stash.borrow_mut() = Some(Stash {
+                    data: spare[..len].to_vec(),
+                    from,
+                });
+            }
+            None => self.st.borrow_mut().ready[Dir::Read as usize] = false,
+        }
+        Ok(r.first)
+    }
+
+    /// Length of the next datagram: the one read ahead, else the kernel's.
+    pub(crate) fn available(&self, sock: &Socket) -> io::Result<usize> {
+        match self.stash.borrow().as_ref() {
+            Some(d) => Ok(d.data.len()),
+            None => sys::available(sock),
         }
     }
 
@@ -146,19 +255,36 @@ impl IoObject {
             return;
         };
         self.st.borrow_mut().error_waits.push_back(op);
-        self.rearm(inner, &sock);
+        self.sync_interest(inner, &sock, true);
     }
 
-    /// Re-registers so that readiness that already holds is reported again
-    /// (edge-triggered epoll reports the current state on EPOLL_CTL_MOD).
-    fn rearm(&self, inner: &Inner, sock: &Socket) {
+    /// Registers the interest the pending operations need. With `force` it
+    /// re-registers even when unchanged, so that readiness that already holds
+    /// is reported again (edge-triggered epoll re-checks on EPOLL_CTL_MOD).
+    fn sync_interest(&self, inner: &Inner, sock: &Socket, force: bool) {
+        let wanted = {
+            let mut st = self.st.borrow_mut();
+            st.prune(Dir::Write);
+            let mut wanted = BASE_INTEREST;
+            if !st.ops[Dir::Write as usize].is_empty() {
+                wanted = wanted.add(Interest::WRITABLE);
+            }
+            if !st.error_waits.is_empty() {
+                wanted = wanted.add(Interest::PRIORITY);
+            }
+            if !force && wanted == st.interest {
+                return;
+            }
+            st.interest = wanted;
+            wanted
+        };
         let res = inner.reactor.poll.borrow().registry().reregister(
             &mut SourceFd(&sock.as_raw_fd()),
             Token(self.token.get()),
-            INTEREST,
+            wanted,
         );
         if let Err(e) = res {
-            log::debug!("re-arming a descriptor failed: {e}");
+            log::debug!("re-registering token {} failed: {e}", self.token.get());
         }
     }
 
@@ -181,16 +307,22 @@ impl IoObject {
             if done == budget {
                 return true;
             }
-            match op.perform(&sock) {
+            match op.perform(self, &sock) {
                 None => {
                     self.st.borrow_mut().ready[dir as usize] = false;
                     return false;
                 }
                 Some((err, n)) => {
-                    let front = self.st.borrow_mut().ops[dir as usize].pop_front();
+                    let (front, drained) = {
+                        let mut st = self.st.borrow_mut();
+                        (st.ops[dir as usize].pop_front(), !st.ready[dir as usize])
+                    };
                     drop(front);
                     inner.finish(op, err, n);
                     done += 1;
+                    if drained {
+                        return false;
+                    }
                 }
             }
         }
@@ -216,6 +348,12 @@ impl IoObject {
     /// continued on the next turn without waiting for another event.
     fn continue_queue(self: &Rc<Self>, inner: &Inner, dir: Dir) {
         if !self.run_queue(inner, dir, inner.reactor.budget) {
+            if dir == Dir::Write
+                && let Some(sock) = self.socket()
+            {
+                // Drop the write interest once nothing waits for it.
+                self.sync_interest(inner, &sock, false);
+            }
             return;
         }
         let mut st = self.st.borrow_mut();
@@ -255,6 +393,7 @@ impl IoObject {
     /// pending operations (through the queue). `None` if already closed.
     pub(crate) fn detach(&self) -> Option<Rc<Socket>> {
         let sock = self.sock.borrow_mut().take()?;
+        drop(self.stash.borrow_mut().take());
         match self.ctx.upgrade() {
             Some(inner) => {
                 let token = self.token.get();
@@ -284,6 +423,7 @@ impl IoObject {
     /// Context teardown: close the descriptor and hand over every operation.
     pub(crate) fn teardown(&self, ops: &mut Vec<Rc<dyn Completion>>) {
         drop(self.sock.borrow_mut().take());
+        drop(self.stash.borrow_mut().take());
         ops.extend(self.take_ops());
     }
 }
@@ -296,6 +436,8 @@ pub(crate) struct Reactor {
     /// Sockets whose queue stopped at the budget with readiness left.
     backlog: RefCell<Vec<Rc<IoObject>>>,
     budget: usize,
+    /// Where a receive puts the datagram it reads ahead (allocated on first use).
+    spare: RefCell<Box<[u8]>>,
 }
 
 impl Reactor {
@@ -306,6 +448,7 @@ impl Reactor {
             regs: RefCell::new(Slab::new()),
             backlog: RefCell::new(Vec::new()),
             budget: DEFAULT_BUDGET,
+            spare: RefCell::new(Box::default()),
         })
     }
 

@@ -6,8 +6,8 @@ use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mu
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
-use crate::op::{Completion, RecvOp, SendOp, SocketOp, WaitOp};
-use crate::reactor::{Dir, IoObject};
+use crate::op::{Completion, RecvOp, SendOp, SocketOp, WaitOp, recv_now, send_now};
+use crate::reactor::{Attempt, Dir, IoObject};
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use std::fmt;
@@ -183,13 +183,80 @@ impl UdpSocket {
         inner
     }
 
-    fn start(&self, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
+    /// Queues an operation that could not complete at once.
+    fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
+        let handle = Operation::new(inner, &(op.clone() as Rc<dyn Completion>));
+        self.io().enqueue(inner, op, dir);
+        handle
+    }
+
+    /// Starts a send: performed at once when the socket allows (S1), its
+    /// completion posted without allocating an operation; otherwise queued.
+    fn start_send<B, F>(
+        &self,
+        bufs: B,
+        dest: Option<SockAddr>,
+        flags: MessageFlags,
+        handler: F,
+    ) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        let handle = Operation::new(&inner, &(op.clone() as Rc<dyn Completion>));
-        self.io().start(&inner, op, dir);
-        handle
+        let (err, n) = match self.io().try_now(Dir::Write, |s| {
+            send_now(s, &bufs, dest.as_ref(), flags.bits())
+        }) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
+            Attempt::Later => {
+                return self.enqueue(
+                    &inner,
+                    Rc::new(SendOp::new(bufs, dest, flags.bits(), handler)),
+                    Dir::Write,
+                );
+            }
+        };
+        drop(bufs); // before the handler runs, as a queued send does
+        inner.post(move || handler(err, n));
+        Operation::detached()
+    }
+
+    /// Starts a receive: performed at once when a datagram may be waiting,
+    /// otherwise queued.
+    fn start_recv<B, F>(
+        &self,
+        mut bufs: B,
+        flags: MessageFlags,
+        want_from: bool,
+        handler: F,
+    ) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B, SocketAddr) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let io = self.io();
+        let (err, n, from) = match io.try_now(Dir::Read, |s| {
+            recv_now(io, s, &mut bufs, flags.bits(), want_from)
+        }) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
+            Attempt::Later => {
+                return self.enqueue(
+                    &inner,
+                    Rc::new(RecvOp::new(bufs, flags.bits(), want_from, handler)),
+                    Dir::Read,
+                );
+            }
+        };
+        let from = from.unwrap_or_else(sys::unspecified_addr);
+        inner.post(move || handler(err, n, bufs, from));
+        Operation::detached()
     }
 
     /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
@@ -208,10 +275,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send {} buffers", bufs.buffer_count());
-        self.start(
-            Rc::new(SendOp::new(bufs, None, flags.bits(), handler)),
-            Dir::Write,
-        )
+        self.start_send(bufs, None, flags, handler)
     }
 
     /// Sends `bufs` as one datagram to `dest`; `handler(err, n)`.
@@ -236,10 +300,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send_to {dest}, {} buffers", bufs.buffer_count());
-        self.start(
-            Rc::new(SendOp::new(bufs, Some(dest.into()), flags.bits(), handler)),
-            Dir::Write,
-        )
+        self.start_send(bufs, Some(dest.into()), flags, handler)
     }
 
     /// Receives one datagram from the connected peer into `bufs`;
@@ -264,11 +325,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize, B) + 'static,
     {
         log::trace!("udp async_receive");
-        let h = move |e, n, b, _from| handler(e, n, b);
-        self.start(
-            Rc::new(RecvOp::new(bufs, flags.bits(), false, h)),
-            Dir::Read,
-        )
+        self.start_recv(bufs, flags, false, move |e, n, b, _from| handler(e, n, b))
     }
 
     /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets
@@ -293,23 +350,20 @@ impl UdpSocket {
         F: FnOnce(Error, usize, B, SocketAddr) + 'static,
     {
         log::trace!("udp async_receive_from");
-        self.start(
-            Rc::new(RecvOp::new(bufs, flags.bits(), true, handler)),
-            Dir::Read,
-        )
+        self.start_recv(bufs, flags, true, handler)
     }
 
     /// Waits until the socket is readable, writable or has an error, without
     /// transferring data. Readiness that already holds is reported.
     pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
         log::trace!("udp async_wait {what:?}");
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
         match what {
-            WaitType::Read => self.start(Rc::new(WaitOp::new(handler)), Dir::Read),
-            WaitType::Write => self.start(Rc::new(WaitOp::new(handler)), Dir::Write),
+            WaitType::Read => self.enqueue(&inner, Rc::new(WaitOp::new(handler)), Dir::Read),
+            WaitType::Write => self.enqueue(&inner, Rc::new(WaitOp::new(handler)), Dir::Write),
             WaitType::Error => {
-                let Some(inner) = self.live_context() else {
-                    return Operation::detached();
-                };
                 let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
                 let handle = Operation::new(&inner, &op);
                 self.io().start_error_wait(&inner, op);
@@ -368,7 +422,7 @@ impl UdpSocket {
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
         self.blocking(Readiness::Read, |s| {
-            sys::recv(s, &mut slices, 0, false).map(|r| r.len)
+            self.io().recv(s, &mut slices, 0, false).map(|r| r.len)
         })
     }
 
@@ -379,7 +433,8 @@ impl UdpSocket {
     ) -> io::Result<(usize, SocketAddr)> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
         self.blocking(Readiness::Read, |s| {
-            sys::recv(s, &mut slices, 0, true)
+            self.io()
+                .recv(s, &mut slices, 0, true)
                 .map(|r| (r.len, r.from.unwrap_or_else(sys::unspecified_addr)))
         })
     }
@@ -420,7 +475,7 @@ impl UdpSocket {
 
     /// Size of the next datagram waiting to be received (0 when none).
     pub fn available(&self) -> io::Result<usize> {
-        sys::available(&*self.sock()?)
+        self.io().available(&*self.sock()?)
     }
 
     /// Shuts down reading, writing or both.

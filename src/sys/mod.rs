@@ -2,7 +2,7 @@
 //! simulated backend can later replace. `unsafe` lives only here.
 
 use crate::error::Error;
-use socket2::{MaybeUninitSlice, SockAddr, Socket};
+use socket2::{MaybeUninitSlice, SockAddr, SockAddrStorage, Socket};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,9 +36,12 @@ pub(crate) fn send(
     flags: i32,
 ) -> io::Result<usize> {
     loop {
-        let r = match dest {
-            Some(addr) => sock.send_to_vectored_with_flags(bufs, addr, flags),
-            None => sock.send_vectored_with_flags(bufs, flags),
+        // One buffer: send(2)/sendto(2), cheaper in the kernel than sendmsg(2).
+        let r = match (dest, bufs) {
+            (Some(addr), [one]) => sock.send_to_with_flags(one, addr, flags),
+            (None, [one]) => sock.send_with_flags(one, flags),
+            (Some(addr), _) => sock.send_to_vectored_with_flags(bufs, addr, flags),
+            (None, _) => sock.send_vectored_with_flags(bufs, flags),
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -89,6 +92,97 @@ pub(crate) fn recv(
             r => return r,
         }
     }
+}
+
+/// What a receive with read-ahead produced: the datagram for the caller,
+/// and the next one when it was already queued.
+pub(crate) struct ReadAhead {
+    pub(crate) first: Received,
+    /// Length and sender of a second datagram, now in the spare buffer.
+    pub(crate) second: Option<(usize, Option<SocketAddr>)>,
+}
+
+/// `recvmmsg` into the caller's buffers plus `spare`: one system call that
+/// receives a datagram AND tells whether the queue is now empty (a second
+/// datagram lands in `spare`, else the queue was drained). This saves the
+/// extra receive that edge-triggered readiness otherwise costs to learn that
+/// the socket would block.
+pub(crate) fn recv_readahead(
+    sock: &Socket,
+    bufs: &mut [IoSliceMut<'_>],
+    want_from: bool,
+    spare: &mut [u8],
+) -> io::Result<ReadAhead> {
+    let mut names = [SockAddrStorage::zeroed(), SockAddrStorage::zeroed()];
+    let name_len = names[0].size_of();
+    let mut spare_iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    let [n0, n1] = &mut names;
+    // SAFETY: `view_as` gives the storage as the platform's sockaddr_storage,
+    // which is what the kernel writes into.
+    let (p0, p1) = unsafe {
+        (
+            n0.view_as::<libc::sockaddr_storage>() as *mut libc::sockaddr_storage,
+            n1.view_as::<libc::sockaddr_storage>() as *mut libc::sockaddr_storage,
+        )
+    };
+    if want_from {
+        msgs[0].msg_hdr.msg_name = p0.cast();
+        msgs[0].msg_hdr.msg_namelen = name_len;
+    }
+    // `IoSliceMut` is ABI-compatible with `iovec` on Unix (documented by std).
+    msgs[0].msg_hdr.msg_iov = bufs.as_mut_ptr().cast();
+    msgs[0].msg_hdr.msg_iovlen = bufs.len() as _;
+    msgs[1].msg_hdr.msg_name = p1.cast();
+    msgs[1].msg_hdr.msg_namelen = name_len;
+    msgs[1].msg_hdr.msg_iov = &mut spare_iov;
+    msgs[1].msg_hdr.msg_iovlen = 1;
+    let n = loop {
+        // SAFETY: `msgs` holds two valid headers whose names, iovecs and
+        // buffers outlive the call; the descriptor is non-blocking, so the
+        // call returns at once (with the count received before the queue
+        // ran dry).
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                2,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let [n0, n1] = names;
+    let addr = |storage: SockAddrStorage, len: libc::socklen_t| {
+        // SAFETY: the kernel initialised `len` bytes of the storage as an address.
+        unsafe { SockAddr::new(storage, len) }.as_socket()
+    };
+    let first = Received {
+        len: msgs[0].msg_len as usize,
+        from: if want_from {
+            addr(n0, msgs[0].msg_hdr.msg_namelen)
+        } else {
+            None
+        },
+    };
+    let second = (n >= 2).then(|| {
+        (
+            msgs[1].msg_len as usize,
+            addr(n1, msgs[1].msg_hdr.msg_namelen),
+        )
+    });
+    Ok(ReadAhead { first, second })
 }
 
 /// Which readiness a blocking synchronous call waits for.
