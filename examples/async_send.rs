@@ -23,11 +23,7 @@ use std::rc::Rc;
 
 /// Shows bytes as text where they are printable.
 fn show(bytes: &[u8]) -> String {
-    format!(
-        "{:?} ({} bytes)",
-        String::from_utf8_lossy(bytes),
-        bytes.len()
-    )
+    format!("{:?} ({} bytes)", String::from_utf8_lossy(bytes), bytes.len())
 }
 
 /// Receives `left` datagrams, one after another, recording each.
@@ -37,10 +33,7 @@ fn receive(sock: UdpSocket, left: usize, got: Rc<RefCell<Vec<Vec<u8>>>>) {
     }
     let s = sock.clone();
     sock.async_receive_from(vec![0u8; 1500], move |err, n, buf, from| {
-        println!(
-            "  [receiver handler] ({err:?}, {n}) from {from}: {}",
-            show(&buf[..n])
-        );
+        println!("  [receiver handler] ({err:?}, {n}) from {from}: {}", show(&buf[..n]));
         if err.is_ok() {
             got.borrow_mut().push(buf[..n].to_vec());
             receive(s, left - 1, got);
@@ -65,10 +58,7 @@ fn run() -> Result<(), String> {
     let socket = UdpSocket::bind(&ctx, local).map_err(|e| e.to_string())?;
     let to = receiver.local_addr().map_err(|e| e.to_string())?;
     socket.connect(to).map_err(|e| e.to_string())?;
-    println!(
-        "socket {} connected to receiver {to}",
-        socket.local_addr().unwrap()
-    );
+    println!("socket {} connected to receiver {to}", socket.local_addr().unwrap());
 
     let got = Rc::new(RefCell::new(Vec::new()));
     receive(receiver.clone(), 3, got.clone());
@@ -81,10 +71,7 @@ fn run() -> Result<(), String> {
         let running = running.clone();
         let results = results.clone();
         move |err: Error, n: usize| {
-            println!(
-                "  [send handler] {what}: ({err:?}, {n}), called from run(): {}",
-                running.get()
-            );
+            println!("  [send handler] {what}: ({err:?}, {n}), called from run(): {}", running.get());
             results.borrow_mut().push((err, n));
         }
     };
@@ -93,56 +80,29 @@ fn run() -> Result<(), String> {
     let data = b"one buffer".to_vec();
     println!("async_send(Vec<u8>):          {}", show(&data));
     socket.async_send(data, handler("Vec<u8>"));
-    println!(
-        "  async_send returned; handlers run so far: {}",
-        results.borrow().len()
-    );
+    println!("  async_send returned; handlers run so far: {}", results.borrow().len());
 
     // 2. A tuple of buffers, sent as one datagram.
     let header = b"HDR1 len=5 ".to_vec();
     let body = String::from("hello");
-    println!(
-        "async_send((Vec<u8>, String)): {} + {}",
-        show(&header),
-        show(body.as_bytes())
-    );
+    println!("async_send((Vec<u8>, String)): {} + {}", show(&header), show(body.as_bytes()));
     socket.async_send((header, body), handler("(Vec<u8>, String)"));
-    println!(
-        "  async_send returned; handlers run so far: {}",
-        results.borrow().len()
-    );
+    println!("  async_send returned; handlers run so far: {}", results.borrow().len());
 
     // 3. A Vec of shared chunks. The send drops its buffers before its handler
     //    runs, so the handler finds our clones unique again (Rc::get_mut works)
     //    and could reuse them without allocating.
-    let chunks: Vec<Rc<[u8]>> = vec![
-        Rc::from(&b"alpha,"[..]),
-        Rc::from(&b"beta,"[..]),
-        Rc::from(&b"gamma"[..]),
-    ];
+    let chunks: Vec<Rc<[u8]>> = vec![Rc::from(&b"alpha,"[..]), Rc::from(&b"beta,"[..]), Rc::from(&b"gamma"[..])];
     let mut kept = chunks.clone();
-    println!(
-        "async_send(Vec<Rc<[u8]>>):     {}",
-        chunks
-            .iter()
-            .map(|c| show(c))
-            .collect::<Vec<_>>()
-            .join(" + ")
-    );
+    println!("async_send(Vec<Rc<[u8]>>):     {}", chunks.iter().map(|c| show(c)).collect::<Vec<_>>().join(" + "));
     let unique = Rc::new(Cell::new(false));
     let (u, h) = (unique.clone(), handler("Vec<Rc<[u8]>>"));
     socket.async_send(chunks, move |err, n| {
         h(err, n);
         u.set(kept.iter_mut().all(|c| Rc::get_mut(c).is_some()));
-        println!(
-            "  [send handler] our Rc<[u8]> clones are unique again: {}",
-            u.get()
-        );
+        println!("  [send handler] our Rc<[u8]> clones are unique again: {}", u.get());
     });
-    println!(
-        "  async_send returned; handlers run so far: {}",
-        results.borrow().len()
-    );
+    println!("  async_send returned; handlers run so far: {}", results.borrow().len());
 
     // The sends were tried at once (nothing was queued on the socket), so the
     // first datagram is usually waiting at the receiver already.
@@ -162,9 +122,7 @@ fn run() -> Result<(), String> {
     let results = results.borrow();
     let expected_sends = [(Error::NONE, 10), (Error::NONE, 16), (Error::NONE, 16)];
     if results.as_slice() != expected_sends {
-        return Err(format!(
-            "send results {results:?}, expected {expected_sends:?}"
-        ));
+        return Err(format!("send results {results:?}, expected {expected_sends:?}"));
     }
     let got = got.borrow();
     let expected: [&[u8]; 3] = [b"one buffer", b"HDR1 len=5 hello", b"alpha,beta,gamma"];

@@ -65,20 +65,12 @@ struct Config {
 
 fn parse_number(flag: &str, value: Option<String>) -> Result<u64, String> {
     let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value
-        .replace('_', "")
-        .parse::<u64>()
-        .map_err(|e| format!("{flag} {value:?}: {e}"))
+    value.replace('_', "").parse::<u64>().map_err(|e| format!("{flag} {value:?}: {e}"))
 }
 
 /// Parses `std::env::args` by hand; `Ok(None)` means `--help` was asked for.
 fn parse_args() -> Result<Option<Config>, String> {
-    let mut cfg = Config {
-        count: 100_000,
-        window: 16,
-        size: 64,
-        timeout: Duration::from_millis(200),
-    };
+    let mut cfg = Config { count: 100_000, window: 16, size: 64, timeout: Duration::from_millis(200) };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -143,9 +135,7 @@ impl Server {
 
     fn receive(self: &Rc<Self>, buf: Vec<u8>) {
         let me = self.clone();
-        self.sock.async_receive_from(buf, move |err, n, buf, from| {
-            me.on_receive(err, n, buf, from)
-        });
+        self.sock.async_receive_from(buf, move |err, n, buf, from| me.on_receive(err, n, buf, from));
     }
 
     fn on_receive(self: &Rc<Self>, err: Error, n: usize, mut buf: Vec<u8>, from: SocketAddr) {
@@ -255,15 +245,7 @@ impl Client {
             st.next_seq += 1;
             let now = self.now_ns();
             let due_ns = now + self.cfg.timeout.as_nanos() as u64;
-            st.in_flight.insert(
-                seq,
-                InFlight {
-                    first_ns: now,
-                    last_ns: now,
-                    sends: 1,
-                    due_ns,
-                },
-            );
+            st.in_flight.insert(seq, InFlight { first_ns: now, last_ns: now, sends: 1, due_ns });
             (seq, now)
         };
         self.transmit(seq, now);
@@ -272,26 +254,24 @@ impl Client {
     fn transmit(self: &Rc<Self>, seq: u64, now: u64) {
         let me = self.clone();
         let size = self.cfg.size;
-        self.sock
-            .async_send(make_datagram(seq, now, size), move |err, n| {
-                if err == Error::OPERATION_ABORTED || err == Error::BAD_DESCRIPTOR {
-                    return;
+        self.sock.async_send(make_datagram(seq, now, size), move |err, n| {
+            if err == Error::OPERATION_ABORTED || err == Error::BAD_DESCRIPTOR {
+                return;
+            }
+            if err.is_err() || n != size {
+                // Not on the wire: the timer resends it.
+                let mut st = me.st.borrow_mut();
+                st.send_errors += 1;
+                if st.send_errors <= 5 {
+                    eprintln!("client: send of #{seq} failed: ({err:?}, {n})");
                 }
-                if err.is_err() || n != size {
-                    // Not on the wire: the timer resends it.
-                    let mut st = me.st.borrow_mut();
-                    st.send_errors += 1;
-                    if st.send_errors <= 5 {
-                        eprintln!("client: send of #{seq} failed: ({err:?}, {n})");
-                    }
-                }
-            });
+            }
+        });
     }
 
     fn receive(self: &Rc<Self>, buf: Vec<u8>) {
         let me = self.clone();
-        self.sock
-            .async_receive(buf, move |err, n, buf| me.on_echo(err, n, buf));
+        self.sock.async_receive(buf, move |err, n, buf| me.on_echo(err, n, buf));
     }
 
     fn on_echo(self: &Rc<Self>, err: Error, n: usize, buf: Vec<u8>) {
@@ -327,11 +307,7 @@ impl Client {
     /// that was sent more than once.
     fn verify(&self, d: &[u8], now: u64) -> Result<bool, String> {
         if d.len() != self.cfg.size {
-            return Err(format!(
-                "echo of {} bytes, expected {}",
-                d.len(),
-                self.cfg.size
-            ));
+            return Err(format!("echo of {} bytes, expected {}", d.len(), self.cfg.size));
         }
         let seq = u64::from_le_bytes(d[0..8].try_into().unwrap());
         let sent = u64::from_le_bytes(d[8..16].try_into().unwrap());
@@ -361,9 +337,7 @@ impl Client {
             (flight.first_ns..=flight.last_ns).contains(&sent)
         };
         if !known {
-            return Err(format!(
-                "echo of #{seq} carries a timestamp it was never sent with"
-            ));
+            return Err(format!("echo of #{seq} carries a timestamp it was never sent with"));
         }
         st.echoed[idx] = true;
         st.verified += 1;
@@ -507,9 +481,7 @@ fn run(cfg: Config) -> Result<(), String> {
     });
 
     let client_sock = UdpSocket::bind(&ctx, loopback).map_err(io("binding the client"))?;
-    client_sock
-        .connect(server_addr)
-        .map_err(io("connecting the client"))?;
+    client_sock.connect(server_addr).map_err(io("connecting the client"))?;
     let client_addr = client_sock.local_addr().map_err(io("client address"))?;
 
     let client = Rc::new(Client {
@@ -541,10 +513,7 @@ fn run(cfg: Config) -> Result<(), String> {
         return Err(msg.clone());
     }
     if st.verified != cfg.count {
-        return Err(format!(
-            "run() returned with {} of {} echoes verified",
-            st.verified, cfg.count
-        ));
+        return Err(format!("run() returned with {} of {} echoes verified", st.verified, cfg.count));
     }
     if let Some(missing) = st.echoed.iter().position(|e| !e) {
         return Err(format!("#{missing} was never echoed"));
@@ -559,10 +528,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let mut rtt = st.rtt_ns.clone();
     rtt.sort_unstable();
 
-    println!(
-        "verified:      {} echoes (length and content checked, each sequence number once)",
-        st.verified
-    );
+    println!("verified:      {} echoes (length and content checked, each sequence number once)", st.verified);
     println!(
         "retransmitted: {} (late duplicates {}, send errors {}; server echoed {}, server errors {})",
         st.retransmissions,
@@ -572,10 +538,7 @@ fn run(cfg: Config) -> Result<(), String> {
         server.errors.get()
     );
     println!("elapsed:       {secs:.3} s");
-    println!(
-        "rate:          {rate:.0} datagrams/s echoed ({:.0} datagrams/s through the loop, both ways)",
-        rate * 2.0
-    );
+    println!("rate:          {rate:.0} datagrams/s echoed ({:.0} datagrams/s through the loop, both ways)", rate * 2.0);
     println!(
         "round trip:    p50 {:.1} us, p90 {:.1} us, p99 {:.1} us, max {:.1} us",
         micros(percentile(&rtt, 50.0)),

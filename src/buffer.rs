@@ -238,31 +238,17 @@ mod tests {
     use super::*;
 
     fn joined<B: ConstBufferSequence>(b: &B) -> Vec<u8> {
-        const_slices(b)
-            .unwrap()
-            .iter()
-            .flat_map(|s| s.to_vec())
-            .collect()
+        const_slices(b).unwrap().iter().flat_map(|s| s.to_vec()).collect()
     }
 
     #[test]
     fn sequences_gather_in_order() {
         assert_eq!(joined(&(b"ab".to_vec(), "cd", [b'e'; 1])), b"abcde");
-        assert_eq!(
-            joined(&vec![Rc::<[u8]>::from(&b"x"[..]), Rc::from(&b"y"[..])]),
-            b"xy"
-        );
+        assert_eq!(joined(&vec![Rc::<[u8]>::from(&b"x"[..]), Rc::from(&b"y"[..])]), b"xy");
         assert_eq!(joined(&[String::from("1"), String::from("2")]), b"12");
         let many = vec![&b"a"[..]; MAX_BUFFERS + 1];
         assert!(const_slices(&many).is_none());
         let mut bufs = [vec![0u8; 2], vec![0u8; 3]];
-        assert_eq!(
-            mut_slices(&mut bufs)
-                .unwrap()
-                .iter()
-                .map(|s| s.len())
-                .sum::<usize>(),
-            5
-        );
+        assert_eq!(mut_slices(&mut bufs).unwrap().iter().map(|s| s.len()).sum::<usize>(), 5);
     }
 }

@@ -92,9 +92,7 @@ pub struct Operation {
 
 impl std::fmt::Debug for Operation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Operation")
-            .field("pending", &self.is_pending())
-            .finish()
+        f.debug_struct("Operation").field("pending", &self.is_pending()).finish()
     }
 }
 
@@ -106,9 +104,7 @@ impl Operation {
     }
 
     pub(crate) fn new(inner: &Rc<Inner>, op: &Rc<dyn Completion>) -> Operation {
-        Operation {
-            link: Some((Rc::downgrade(inner), Rc::downgrade(op))),
-        }
+        Operation { link: Some((Rc::downgrade(inner), Rc::downgrade(op))) }
     }
 
     fn upgrade(&self) -> Option<(Rc<Inner>, Rc<dyn Completion>)> {
@@ -140,10 +136,7 @@ impl Operation {
             && !op.core().is_done()
         {
             let at = inner.now() + after;
-            let key = inner
-                .timers
-                .borrow_mut()
-                .insert(at, TimerTarget::CancelAfter(Rc::downgrade(&op), ty));
+            let key = inner.timers.borrow_mut().insert(at, TimerTarget::CancelAfter(Rc::downgrade(&op), ty));
             // A second cancel_after replaces the first.
             if let Some(old) = op.core().cancel_key.replace(Some(key)) {
                 let removed = inner.timers.borrow_mut().remove(old);

@@ -40,8 +40,7 @@ impl Inner {
 
     #[inline]
     fn remove_work(&self) {
-        self.outstanding
-            .set(self.outstanding.get().saturating_sub(1));
+        self.outstanding.set(self.outstanding.get().saturating_sub(1));
     }
 
     pub(crate) fn is_shut(&self) -> bool {
@@ -66,10 +65,7 @@ impl Inner {
             return;
         }
         core.set_result(err, n);
-        for key in [core.timer_key.take(), core.cancel_key.take()]
-            .into_iter()
-            .flatten()
-        {
+        for key in [core.timer_key.take(), core.cancel_key.take()].into_iter().flatten() {
             let removed = self.timers.borrow_mut().remove(key);
             drop(removed);
         }
@@ -118,10 +114,7 @@ impl Inner {
         // Nothing registered, no timers and no waiting: nothing to poll. This
         // keeps a loop of plain handlers free of system calls (as Asio, which
         // creates no reactor until an I/O object needs one).
-        if timeout == Some(Duration::ZERO)
-            && self.reactor.is_idle()
-            && self.timers.borrow().len() == 0
-        {
+        if timeout == Some(Duration::ZERO) && self.reactor.is_idle() && self.timers.borrow().len() == 0 {
             return;
         }
         self.reactor_turn_io(timeout);
@@ -209,12 +202,7 @@ impl IoContext {
             reactor: Reactor::new()?,
             timers: RefCell::new(TimerQueue::default()),
         });
-        Ok(IoContext {
-            exec: Executor {
-                inner: Rc::downgrade(&inner),
-            },
-            inner,
-        })
+        Ok(IoContext { exec: Executor { inner: Rc::downgrade(&inner) }, inner })
     }
 
     /// The light handle that handlers capture (it does not keep the context alive).
@@ -226,20 +214,12 @@ impl IoContext {
     /// how many ran. Running out of work leaves the context stopped, as in
     /// Asio: call [`restart`](Self::restart) before running it again.
     pub fn run(&self) -> usize {
-        self.run_impl(RunMode {
-            one: false,
-            block: true,
-            deadline: None,
-        })
+        self.run_impl(RunMode { one: false, block: true, deadline: None })
     }
 
     /// Runs at most one handler, waiting for one if needed; returns 0 or 1.
     pub fn run_one(&self) -> usize {
-        self.run_impl(RunMode {
-            one: true,
-            block: true,
-            deadline: None,
-        })
+        self.run_impl(RunMode { one: true, block: true, deadline: None })
     }
 
     /// As [`run`](Self::run), but returns when `d` has passed. Returning on the
@@ -251,11 +231,7 @@ impl IoContext {
     /// As [`run`](Self::run), but returns at `deadline`. Returning on the
     /// deadline does not stop the context.
     pub fn run_until(&self, deadline: Instant) -> usize {
-        self.run_impl(RunMode {
-            one: false,
-            block: true,
-            deadline: Some(deadline),
-        })
+        self.run_impl(RunMode { one: false, block: true, deadline: Some(deadline) })
     }
 
     /// As [`run_one`](Self::run_one), waiting at most `d`.
@@ -265,11 +241,7 @@ impl IoContext {
 
     /// As [`run_one`](Self::run_one), waiting until `deadline` at most.
     pub fn run_one_until(&self, deadline: Instant) -> usize {
-        self.run_impl(RunMode {
-            one: true,
-            block: true,
-            deadline: Some(deadline),
-        })
+        self.run_impl(RunMode { one: true, block: true, deadline: Some(deadline) })
     }
 
     /// Runs every handler that is ready, polling for I/O without waiting,
@@ -277,20 +249,12 @@ impl IoContext {
     /// runs are run too (so a handler that always re-posts itself keeps it
     /// busy: use [`poll_one`](Self::poll_one) for a bounded step).
     pub fn poll(&self) -> usize {
-        self.run_impl(RunMode {
-            one: false,
-            block: false,
-            deadline: None,
-        })
+        self.run_impl(RunMode { one: false, block: false, deadline: None })
     }
 
     /// Runs at most one ready handler without blocking.
     pub fn poll_one(&self) -> usize {
-        self.run_impl(RunMode {
-            one: true,
-            block: false,
-            deadline: None,
-        })
+        self.run_impl(RunMode { one: true, block: false, deadline: None })
     }
 
     /// Makes `run*` and `poll*` return as soon as possible; ready handlers stay
@@ -329,7 +293,9 @@ impl IoContext {
                 }
                 continue;
             }
-            // The pass is over: poll for I/O, as Asio does on meeting its marker.
+            // The pass is over: poll for I/O, as Asio does on meeting its
+            // marker, after sending what the pass deferred.
+            inner.reactor.flush_deferred(inner);
             let more = !inner.queue.is_empty();
             if !more && inner.outstanding.get() == 0 {
                 inner.stopped.set(true);
@@ -339,8 +305,7 @@ impl IoContext {
             let timeout = if more || !mode.block {
                 Some(Duration::ZERO)
             } else {
-                mode.deadline
-                    .map(|d| d.saturating_duration_since(inner.now()))
+                mode.deadline.map(|d| d.saturating_duration_since(inner.now()))
             };
             inner.reactor_turn(timeout);
             inner.queue.start_pass();
@@ -393,9 +358,7 @@ pub struct Executor {
 
 impl fmt::Debug for Executor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Executor")
-            .field("alive", &self.is_alive())
-            .finish()
+        f.debug_struct("Executor").field("alive", &self.is_alive()).finish()
     }
 }
 
@@ -450,10 +413,7 @@ impl Executor {
         if let Some(inner) = self.inner.upgrade() {
             inner.add_work();
         }
-        WorkGuard {
-            inner: self.inner.clone(),
-            active: self.is_alive(),
-        }
+        WorkGuard { inner: self.inner.clone(), active: self.is_alive() }
     }
 }
 

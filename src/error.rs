@@ -169,21 +169,12 @@ mod tests {
 
     #[test]
     fn round_trips_through_io_error() {
-        for e in [
-            Error::OPERATION_ABORTED,
-            Error::EOF,
-            Error::ALREADY_OPEN,
-            Error::MESSAGE_SIZE,
-            Error::OTHER,
-        ] {
+        for e in [Error::OPERATION_ABORTED, Error::EOF, Error::ALREADY_OPEN, Error::MESSAGE_SIZE, Error::OTHER] {
             let io: io::Error = e.into();
             assert_eq!(Error::from(io), e);
         }
         assert_eq!(Error::EOF.kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(
-            Error::CONNECTION_REFUSED.raw_os_error(),
-            Some(libc::ECONNREFUSED)
-        );
+        assert_eq!(Error::CONNECTION_REFUSED.raw_os_error(), Some(libc::ECONNREFUSED));
         assert_eq!(Error::EOF.raw_os_error(), None);
         assert_eq!(std::mem::size_of::<Error>(), 4);
         assert_eq!(format!("{:?}", Error::MESSAGE_SIZE), "MESSAGE_SIZE");

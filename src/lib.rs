@@ -87,9 +87,7 @@ mod reactor;
 mod sys;
 mod timer;
 
-pub use buffer::{
-    ConstBuffer, ConstBufferSequence, MAX_BUFFERS, MutableBuffer, MutableBufferSequence,
-};
+pub use buffer::{ConstBuffer, ConstBufferSequence, MAX_BUFFERS, MutableBuffer, MutableBufferSequence};
 pub use cancel::{CancellationType, Operation};
 pub use context::{Executor, IoContext, WorkGuard};
 pub use error::Error;

@@ -62,6 +62,13 @@ pub(crate) trait SocketOp: Completion {
     fn is_wait(&self) -> bool {
         false
     }
+    /// For a send: its datagram's length and destination (`None`: the
+    /// connected peer), so that runs of sends can be batched.
+    fn send_parts(&self) -> Option<(usize, Option<&SockAddr>)> {
+        None
+    }
+    /// For a send: appends its datagram's bytes to `out`.
+    fn copy_payload(&self, _out: &mut Vec<u8>) {}
 }
 
 /// Sends `bufs` as one datagram now; `None` when the socket would block.
@@ -71,6 +78,12 @@ pub(crate) fn send_now<B: ConstBufferSequence + ?Sized>(
     dest: Option<&SockAddr>,
     flags: i32,
 ) -> Option<(Error, usize)> {
+    if bufs.buffer_count() == 1 {
+        // The common case: no gather list to build.
+        let mut one: &[u8] = &[];
+        bufs.gather(&mut |b| one = b);
+        return sys::result(sys::send(sock, &[std::io::IoSlice::new(one)], dest, flags));
+    }
     let Some(slices) = const_slices(bufs) else {
         return Some((Error::INVALID_ARGUMENT, 0));
     };
@@ -135,12 +148,28 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
     }
 }
 
-impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp
-    for SendOp<B, F>
-{
+impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
     fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
         send_now(sock, bufs.as_ref()?, self.dest.as_ref(), self.flags)
+    }
+    fn send_parts(&self) -> Option<(usize, Option<&SockAddr>)> {
+        if self.flags != 0 {
+            return None; // flags apply per datagram: not batched
+        }
+        let bufs = self.bufs.borrow();
+        let bufs = bufs.as_ref()?;
+        if bufs.buffer_count() > crate::buffer::MAX_BUFFERS {
+            return None;
+        }
+        let mut len = 0;
+        bufs.gather(&mut |b| len += b.len());
+        Some((len, self.dest.as_ref()))
+    }
+    fn copy_payload(&self, out: &mut Vec<u8>) {
+        if let Some(bufs) = self.bufs.borrow().as_ref() {
+            bufs.gather(&mut |b| out.extend_from_slice(b));
+        }
     }
 }
 
@@ -208,10 +237,7 @@ pub(crate) struct WaitOp<F> {
 
 impl<F> WaitOp<F> {
     pub(crate) fn new(handler: F) -> Self {
-        WaitOp {
-            core: OpCore::default(),
-            handler: Cell::new(Some(handler)),
-        }
+        WaitOp { core: OpCore::default(), handler: Cell::new(Some(handler)) }
     }
 }
 

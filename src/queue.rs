@@ -16,10 +16,7 @@ pub(crate) struct ReadyQueue {
 
 impl ReadyQueue {
     pub(crate) fn new() -> ReadyQueue {
-        ReadyQueue {
-            q: HandlerQueue::new(),
-            until_poll: Cell::new(0),
-        }
+        ReadyQueue { q: HandlerQueue::new(), until_poll: Cell::new(0) }
     }
 
     #[inline(always)]

@@ -8,6 +8,7 @@ use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use slab::Slab;
+use smallvec::SmallVec;
 use socket2::Socket;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -42,8 +43,12 @@ struct IoState {
     /// Per direction: false once a call said would-block, true again on an
     /// event (edge-triggered readiness).
     ready: [bool; 2],
-    /// What the descriptor is registered for.
+    /// What the descriptor is registered for, once it is.
     interest: Interest,
+    /// Added to epoll.
+    registered: bool,
+    /// On the reactor's list of sockets with deferred sends.
+    flush_listed: bool,
     /// Per direction: the queue stopped at the budget with readiness left, and
     /// the object is on the reactor's backlog.
     backlog: [bool; 2],
@@ -56,6 +61,8 @@ impl IoState {
             error_waits: VecDeque::new(),
             ready: [true, true],
             interest: BASE_INTEREST,
+            registered: false,
+            flush_listed: false,
             backlog: [false, false],
         }
     }
@@ -78,6 +85,22 @@ pub(crate) enum Attempt<R> {
     /// Must be queued.
     Later,
 }
+
+/// Result of [`IoObject::send_run`].
+enum Batch {
+    /// This many operations completed in one call.
+    Sent(usize),
+    /// The socket would block: wait for writability.
+    WouldBlock,
+    /// Send the front operation on its own.
+    Single,
+}
+
+/// Limits of one segmented send (Linux: at most 64 segments, and the whole
+/// buffer must fit one IP datagram's payload).
+const MAX_SEGMENTS: usize = 64;
+const MAX_SEGMENT: usize = 65_507;
+const MAX_GSO_BYTES: usize = 65_000;
 
 /// Size of the context's spare receive buffer: the largest UDP payload.
 const SPARE_LEN: usize = 65_536;
@@ -111,6 +134,9 @@ pub(crate) struct IoObject {
     st: RefCell<IoState>,
     /// One datagram read ahead (see [`IoObject::recv`]).
     stash: RefCell<Option<Stash>>,
+    /// Sends are deferred to the end of the handler pass and coalesced with
+    /// UDP segmentation offload (see `UdpSocket::set_gso`).
+    pub(crate) gso: Cell<bool>,
     /// `set_nonblocking(true)`: synchronous calls return WouldBlock.
     pub(crate) user_nonblocking: Cell<bool>,
 }
@@ -124,22 +150,16 @@ impl IoObject {
             sock: RefCell::new(None),
             st: RefCell::new(IoState::new()),
             stash: RefCell::new(None),
+            gso: Cell::new(false),
             user_nonblocking: Cell::new(false),
         });
-        let r = &inner.reactor;
-        let token = r.regs.borrow_mut().insert(obj.clone());
-        let res = r.poll.borrow().registry().register(
-            &mut SourceFd(&sock.as_raw_fd()),
-            Token(token),
-            BASE_INTEREST,
-        );
-        if let Err(e) = res {
-            r.regs.borrow_mut().remove(token);
-            return Err(e);
-        }
+        // The descriptor joins epoll only when an operation first has to
+        // wait (see `sync_interest`): a socket whose operations all complete at
+        // once costs epoll nothing, not even a wake-up callback per send.
+        let token = inner.reactor.regs.borrow_mut().insert(obj.clone());
         obj.token.set(token);
         *obj.sock.borrow_mut() = Some(Rc::new(sock));
-        log::debug!("socket registered, token {token}");
+        log::debug!("socket added, token {token}");
         Ok(obj)
     }
 
@@ -161,9 +181,10 @@ impl IoObject {
     /// `Later` means: queue it with [`enqueue`](Self::enqueue).
     #[inline]
     pub(crate) fn try_now<R>(&self, dir: Dir, f: impl FnOnce(&Socket) -> Option<R>) -> Attempt<R> {
-        let Some(sock) = self.socket() else {
-            return Attempt::Closed;
-        };
+        let Some(sock) = self.socket() else { return Attempt::Closed };
+        if dir == Dir::Write && self.gso.get() {
+            return Attempt::Later; // deferred to the end of the pass, to coalesce
+        }
         {
             let mut st = self.st.borrow_mut();
             st.prune(dir);
@@ -183,15 +204,24 @@ impl IoObject {
     /// Queues an operation behind the others in `dir` (FIFO); it is performed
     /// when the socket becomes ready. Readiness waits re-arm the descriptor so
     /// that readiness that already holds is reported.
-    pub(crate) fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) {
+    pub(crate) fn enqueue(self: &Rc<Self>, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) {
         inner.add_work();
         let Some(sock) = self.socket() else {
             inner.finish(op, Error::BAD_DESCRIPTOR, 0);
             return;
         };
         let wait = op.is_wait();
-        self.st.borrow_mut().ops[dir as usize].push_back(op);
-        if wait || dir == Dir::Write {
+        let deferred = dir == Dir::Write && !wait && self.gso.get();
+        let list = {
+            let mut st = self.st.borrow_mut();
+            st.ops[dir as usize].push_back(op);
+            let list = deferred && st.ready[Dir::Write as usize] && !st.flush_listed;
+            st.flush_listed |= list;
+            list
+        };
+        if list {
+            inner.reactor.flush_list.borrow_mut().push(self.clone());
+        } else if wait || (dir == Dir::Write && !deferred) || !self.st.borrow().registered {
             self.sync_interest(inner, &sock, wait);
         }
     }
@@ -229,10 +259,7 @@ impl IoObject {
         let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
         match r.second {
             Some((len, from)) => {
-                *self.stash.borrow_mut() = Some(Stash {
-                    data: spare[..len].to_vec(),
-                    from,
-                });
+                *self.stash.borrow_mut() = Some(Stash { data: spare[..len].to_vec(), from });
             }
             None => self.st.borrow_mut().ready[Dir::Read as usize] = false,
         }
@@ -272,19 +299,37 @@ impl IoObject {
             if !st.error_waits.is_empty() {
                 wanted = wanted.add(Interest::PRIORITY);
             }
-            if !force && wanted == st.interest {
+            if st.registered && !force && wanted == st.interest {
                 return;
             }
             st.interest = wanted;
             wanted
         };
-        let res = inner.reactor.poll.borrow().registry().reregister(
-            &mut SourceFd(&sock.as_raw_fd()),
-            Token(self.token.get()),
-            wanted,
-        );
-        if let Err(e) = res {
-            log::debug!("re-registering token {} failed: {e}", self.token.get());
+        let registry = inner.reactor.poll.borrow();
+        let (fd, token) = (sock.as_raw_fd(), Token(self.token.get()));
+        let res = if self.st.borrow().registered {
+            registry.registry().reregister(&mut SourceFd(&fd), token, wanted)
+        } else {
+            registry.registry().register(&mut SourceFd(&fd), token, wanted)
+        };
+        match res {
+            Ok(()) => {
+                let mut st = self.st.borrow_mut();
+                if !st.registered {
+                    st.registered = true;
+                    inner.reactor.registered.set(inner.reactor.registered.get() + 1);
+                    log::debug!("token {} registered with epoll", token.0);
+                }
+            }
+            // The pending operations then wait for nothing: fail them.
+            Err(e) => {
+                log::debug!("registering token {} with epoll failed: {e}", token.0);
+                drop(registry);
+                let err = Error::from(e);
+                for op in self.take_ops() {
+                    inner.finish(op, err, 0);
+                }
+            }
         }
     }
 
@@ -307,6 +352,19 @@ impl IoObject {
             if done == budget {
                 return true;
             }
+            if dir == Dir::Write && self.gso.get() {
+                match self.send_run(inner, &sock, budget - done) {
+                    Batch::Sent(k) => {
+                        done += k;
+                        continue;
+                    }
+                    Batch::WouldBlock => {
+                        self.st.borrow_mut().ready[dir as usize] = false;
+                        return false;
+                    }
+                    Batch::Single => {}
+                }
+            }
             match op.perform(self, &sock) {
                 None => {
                     self.st.borrow_mut().ready[dir as usize] = false;
@@ -324,6 +382,74 @@ impl IoObject {
                         return false;
                     }
                 }
+            }
+        }
+    }
+
+    /// Sends the run of equal-size datagrams (same destination, the last may
+    /// be shorter) at the front of the write queue in one system call with
+    /// UDP segmentation offload; each operation completes with its own length.
+    /// `Single` when there is no run of two or more, or when the kernel
+    /// refused the batch: the operations then go one by one, each with its
+    /// own result (and a refusal of GSO itself turns it off for the socket).
+    fn send_run(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
+        let mut run: SmallVec<[Rc<dyn SocketOp>; 16]> = SmallVec::new();
+        let (segment, dest) = {
+            let st = self.st.borrow();
+            let mut it = st.ops[Dir::Write as usize].iter();
+            let Some(first) = it.next() else { return Batch::Single };
+            let Some((segment, dest)) = first.send_parts() else { return Batch::Single };
+            if segment == 0 || segment > MAX_SEGMENT {
+                return Batch::Single;
+            }
+            let mut total = segment;
+            run.push(first.clone());
+            for op in it {
+                if run.len() == max.min(MAX_SEGMENTS) || op.core().is_done() {
+                    break;
+                }
+                let Some((len, d)) = op.send_parts() else { break };
+                if d != dest || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
+                    break;
+                }
+                total += len;
+                run.push(op.clone());
+                if len < segment {
+                    break; // only the last segment may be shorter
+                }
+            }
+            (segment, dest.cloned())
+        };
+        if run.len() < 2 {
+            return Batch::Single;
+        }
+        let mut buf = inner.reactor.batch.borrow_mut();
+        buf.clear();
+        let mut lens: SmallVec<[usize; 16]> = SmallVec::new();
+        for op in &run {
+            let before = buf.len();
+            op.copy_payload(&mut buf);
+            lens.push(buf.len() - before);
+        }
+        let r = sys::send_segments(sock, &buf, dest.as_ref(), segment as u16);
+        drop(buf);
+        match r {
+            Ok(_) => {
+                log::trace!("sent {} datagrams of {segment} bytes in one call", run.len());
+                let k = run.len();
+                self.st.borrow_mut().ops[Dir::Write as usize].drain(..k);
+                for (op, len) in run.into_iter().zip(lens) {
+                    inner.finish(op, Error::NONE, len);
+                }
+                Batch::Sent(k)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
+            Err(e) => {
+                if sys::gso_refused(&e) {
+                    log::debug!("UDP segmentation offload refused ({e}): sending one by one");
+                    self.gso.set(false);
+                }
+                Batch::Single
             }
         }
     }
@@ -380,11 +506,7 @@ impl IoObject {
     fn take_ops(&self) -> Vec<Rc<dyn Completion>> {
         let mut st = self.st.borrow_mut();
         let [r, w] = &mut st.ops;
-        let mut v: Vec<Rc<dyn Completion>> = r
-            .drain(..)
-            .chain(w.drain(..))
-            .map(|o| o as Rc<dyn Completion>)
-            .collect();
+        let mut v: Vec<Rc<dyn Completion>> = r.drain(..).chain(w.drain(..)).map(|o| o as Rc<dyn Completion>).collect();
         v.extend(st.error_waits.drain(..));
         v
     }
@@ -397,14 +519,12 @@ impl IoObject {
         match self.ctx.upgrade() {
             Some(inner) => {
                 let token = self.token.get();
-                let res = inner
-                    .reactor
-                    .poll
-                    .borrow()
-                    .registry()
-                    .deregister(&mut SourceFd(&sock.as_raw_fd()));
-                if let Err(e) = res {
-                    log::debug!("deregistering token {token} failed: {e}");
+                if std::mem::take(&mut self.st.borrow_mut().registered) {
+                    let r = &inner.reactor;
+                    r.registered.set(r.registered.get() - 1);
+                    if let Err(e) = r.poll.borrow().registry().deregister(&mut SourceFd(&sock.as_raw_fd())) {
+                        log::debug!("deregistering token {token} failed: {e}");
+                    }
                 }
                 let removed = inner.reactor.regs.borrow_mut().try_remove(token);
                 self.cancel_all(&inner);
@@ -438,6 +558,12 @@ pub(crate) struct Reactor {
     budget: usize,
     /// Where a receive puts the datagram it reads ahead (allocated on first use).
     spare: RefCell<Box<[u8]>>,
+    /// Descriptors added to epoll.
+    registered: Cell<usize>,
+    /// Sockets with sends deferred to the end of the pass.
+    flush_list: RefCell<Vec<Rc<IoObject>>>,
+    /// Where a batch of datagrams is assembled for one segmented send.
+    batch: RefCell<Vec<u8>>,
 }
 
 impl Reactor {
@@ -449,17 +575,34 @@ impl Reactor {
             backlog: RefCell::new(Vec::new()),
             budget: DEFAULT_BUDGET,
             spare: RefCell::new(Box::default()),
+            registered: Cell::new(0),
+            flush_list: RefCell::new(Vec::new()),
+            batch: RefCell::new(Vec::new()),
         })
     }
 
     pub(crate) fn has_registrations(&self) -> bool {
-        !self.regs.borrow().is_empty()
+        self.registered.get() > 0
+    }
+
+    /// Sends the sends deferred during the pass (sockets with GSO on), each
+    /// socket's queue coalesced into as few system calls as it allows.
+    #[inline]
+    pub(crate) fn flush_deferred(&self, inner: &Inner) {
+        if self.flush_list.borrow().is_empty() {
+            return;
+        }
+        let list = std::mem::take(&mut *self.flush_list.borrow_mut());
+        for obj in list {
+            obj.st.borrow_mut().flush_listed = false;
+            obj.continue_queue(inner, Dir::Write);
+        }
     }
 
     /// Nothing registered and nothing left over from the last turn.
     #[inline]
     pub(crate) fn is_idle(&self) -> bool {
-        self.regs.borrow().is_empty() && self.backlog.borrow().is_empty()
+        self.registered.get() == 0 && self.backlog.borrow().is_empty()
     }
 
     pub(crate) fn has_backlog(&self) -> bool {
@@ -494,10 +637,7 @@ impl Reactor {
             let error = ev.is_error();
             let readable = ev.is_readable() || ev.is_read_closed() || error;
             let writable = ev.is_writable() || ev.is_write_closed() || error;
-            log::trace!(
-                "event token {} r={readable} w={writable} e={error}",
-                ev.token().0
-            );
+            log::trace!("event token {} r={readable} w={writable} e={error}", ev.token().0);
             obj.on_event(inner, readable, writable, error || ev.is_priority());
         }
     }
@@ -505,6 +645,7 @@ impl Reactor {
     /// Empties the registrations (context teardown).
     pub(crate) fn take_all(&self) -> Vec<Rc<IoObject>> {
         self.backlog.borrow_mut().clear();
+        self.flush_list.borrow_mut().clear();
         self.regs.borrow_mut().drain().collect()
     }
 }

@@ -51,11 +51,7 @@ impl TimerQueue {
         let pos = self.heap.len();
         let key = self.slots.insert(Slot { pos, target });
         self.seq += 1;
-        self.heap.push(HeapEntry {
-            at,
-            seq: self.seq,
-            key,
-        });
+        self.heap.push(HeapEntry { at, seq: self.seq, key });
         self.sift_up(pos);
         key
     }
@@ -200,9 +196,7 @@ pub struct SteadyTimer {
 
 impl std::fmt::Debug for SteadyTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SteadyTimer")
-            .field("expiry", &self.obj.expiry.get())
-            .finish()
+        f.debug_struct("SteadyTimer").field("expiry", &self.obj.expiry.get()).finish()
     }
 }
 
@@ -212,11 +206,7 @@ impl SteadyTimer {
     pub fn new(ex: &Executor) -> SteadyTimer {
         let now = ex.upgrade().map_or_else(Instant::now, |i| i.now());
         SteadyTimer {
-            obj: Rc::new(TimerObj {
-                exec: ex.clone(),
-                expiry: Cell::new(now),
-                waits: RefCell::new(VecDeque::new()),
-            }),
+            obj: Rc::new(TimerObj { exec: ex.clone(), expiry: Cell::new(now), waits: RefCell::new(VecDeque::new()) }),
         }
     }
 
@@ -228,11 +218,7 @@ impl SteadyTimer {
     /// Sets the expiry to `now + d`; cancels the pending waits and returns how
     /// many it cancelled.
     pub fn expires_after(&self, d: Duration) -> usize {
-        let now = self
-            .obj
-            .exec
-            .upgrade()
-            .map_or_else(Instant::now, |i| i.now());
+        let now = self.obj.exec.upgrade().map_or_else(Instant::now, |i| i.now());
         self.expires_at(now + d)
     }
 
@@ -254,16 +240,10 @@ impl SteadyTimer {
         };
         let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
         inner.add_work();
-        let key = inner
-            .timers
-            .borrow_mut()
-            .insert(self.obj.expiry.get(), TimerTarget::Wait(op.clone()));
+        let key = inner.timers.borrow_mut().insert(self.obj.expiry.get(), TimerTarget::Wait(op.clone()));
         op.core().timer_key.set(Some(key));
         let mut waits = self.obj.waits.borrow_mut();
-        while waits
-            .front()
-            .is_some_and(|w| w.upgrade().is_none_or(|o| o.core().is_done()))
-        {
+        while waits.front().is_some_and(|w| w.upgrade().is_none_or(|o| o.core().is_done())) {
             waits.pop_front();
         }
         waits.push_back(Rc::downgrade(&op));
@@ -298,13 +278,7 @@ mod tests {
             keys.push((
                 at,
                 i,
-                q.insert(
-                    at,
-                    TimerTarget::CancelAfter(
-                        Weak::<WaitOp<fn(Error)>>::new(),
-                        CancellationType::ALL,
-                    ),
-                ),
+                q.insert(at, TimerTarget::CancelAfter(Weak::<WaitOp<fn(Error)>>::new(), CancellationType::ALL)),
             ));
         }
         for (_, i, k) in keys.iter() {
@@ -313,11 +287,7 @@ mod tests {
                 assert!(q.remove(*k).is_none());
             }
         }
-        let mut expect: Vec<_> = keys
-            .iter()
-            .filter(|(_, i, _)| i % 3 != 0)
-            .map(|(at, i, _)| (*at, *i))
-            .collect();
+        let mut expect: Vec<_> = keys.iter().filter(|(_, i, _)| i % 3 != 0).map(|(at, i, _)| (*at, *i)).collect();
         expect.sort();
         let mut got = Vec::new();
         while let Some(at) = q.next_deadline() {

@@ -120,11 +120,7 @@ fn check_never_inline(start: fn(&Executor, Box<dyn FnOnce()>)) {
     assert_eq!(seen_outside.get(), None);
     assert_eq!(ctx.run(), 3);
     assert_eq!(seen_outside.get(), Some(true));
-    assert_eq!(
-        ran_before_return.get(),
-        Some(false),
-        "ran inside the handler that queued it"
-    );
+    assert_eq!(ran_before_return.get(), Some(false), "ran inside the handler that queued it");
     assert_eq!(seen_inside.get(), Some(true));
 }
 
@@ -184,11 +180,7 @@ fn dispatch_from_a_handler_of_another_context_is_posted() {
         });
     }
     assert_eq!(other.run(), 1);
-    assert_eq!(
-        before_return.get(),
-        Some(0),
-        "dispatch ran inline under another context's run()"
-    );
+    assert_eq!(before_return.get(), Some(0), "dispatch ran inline under another context's run()");
     assert_eq!(ctx.run(), 1);
     assert_eq!(log.get(), vec![1]);
 }
@@ -308,10 +300,7 @@ fn work_guard_keeps_run_for_waiting_until_its_deadline_without_stopping() {
     let took = t0.elapsed();
     assert!(took >= ms(30), "returned after {took:?}");
     assert!(took < ms(500), "returned after {took:?}");
-    assert!(
-        !ctx.stopped(),
-        "returning on the deadline must not stop the context"
-    );
+    assert!(!ctx.stopped(), "returning on the deadline must not stop the context");
     drop(guard);
     // Without the guard the same call returns at once, out of work.
     let t0 = Instant::now();
@@ -337,10 +326,7 @@ fn dropping_the_work_guard_in_a_handler_lets_run_return() {
     // long before the deadline and stop, as run() would.
     let t0 = Instant::now();
     assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
-    assert!(
-        t0.elapsed() < ms(500),
-        "the dropped guard still kept run() waiting"
-    );
+    assert!(t0.elapsed() < ms(500), "the dropped guard still kept run() waiting");
     assert!(ctx.stopped());
     assert!(guard.borrow().is_none());
 }
@@ -355,10 +341,7 @@ fn resetting_the_work_guard_in_a_handler_lets_run_return() {
     }
     let t0 = Instant::now();
     assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
-    assert!(
-        t0.elapsed() < ms(500),
-        "the reset guard still kept run() waiting"
-    );
+    assert!(t0.elapsed() < ms(500), "the reset guard still kept run() waiting");
     assert!(ctx.stopped());
     assert!(!guard.borrow().owns_work());
     // Dropping a guard that was reset releases nothing twice: another guard still counts.
@@ -366,10 +349,7 @@ fn resetting_the_work_guard_in_a_handler_lets_run_return() {
     drop(Rc::try_unwrap(guard).unwrap());
     ctx.restart();
     assert_eq!(ctx.run_for(ms(20)), 0);
-    assert!(
-        !ctx.stopped(),
-        "the second guard's work was released by the first guard's drop"
-    );
+    assert!(!ctx.stopped(), "the second guard's work was released by the first guard's drop");
     drop(second);
 }
 
@@ -418,11 +398,7 @@ fn poll_runs_every_ready_handler_without_blocking() {
     assert_eq!(ctx.poll(), 5);
     assert_eq!(log.get(), vec![0, 1, 2, 3, 4]);
     assert_eq!(ctx.poll(), 0);
-    assert!(
-        t0.elapsed() < ms(100),
-        "poll blocked for {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < ms(100), "poll blocked for {:?}", t0.elapsed());
     assert!(!ctx.stopped());
 }
 
@@ -612,12 +588,7 @@ fn dropping_the_context_drops_pending_handlers_unrun_and_frees_their_captures() 
     let sock = UdpSocket::bind(&ctx, local()).unwrap();
     let sock_addr = sock.local_addr().unwrap();
     {
-        let (r, d, s, me) = (
-            ran.clone(),
-            DropCount(drops.clone()),
-            shared.clone(),
-            sock.clone(),
-        );
+        let (r, d, s, me) = (ran.clone(), DropCount(drops.clone()), shared.clone(), sock.clone());
         let op = sock.async_receive(vec![0u8; 64], move |_, _, _| {
             bump(&r);
             drop((d, s, me));
@@ -630,12 +601,7 @@ fn dropping_the_context_drops_pending_handlers_unrun_and_frees_their_captures() 
     let timer = SteadyTimer::new(&ctx);
     timer.expires_after(Duration::from_secs(60));
     {
-        let (r, d, s, me) = (
-            ran.clone(),
-            DropCount(drops.clone()),
-            shared.clone(),
-            timer.clone(),
-        );
+        let (r, d, s, me) = (ran.clone(), DropCount(drops.clone()), shared.clone(), timer.clone());
         timer.async_wait(move |_| {
             bump(&r);
             drop((d, s, me));
@@ -657,21 +623,13 @@ fn dropping_the_context_drops_pending_handlers_unrun_and_frees_their_captures() 
 
     // Captures that post, dispatch and start a timer wait while being dropped.
     {
-        let p = PostOnDrop {
-            ex: ctx.executor(),
-            ran: ran.clone(),
-            drops: drops.clone(),
-        };
+        let p = PostOnDrop { ex: ctx.executor(), ran: ran.clone(), drops: drops.clone() };
         let r = ran.clone();
         ctx.post(move || {
             bump(&r);
             drop(p);
         });
-        let w = WaitOnDrop {
-            timer: SteadyTimer::new(&ctx),
-            ran: ran.clone(),
-            drops: drops.clone(),
-        };
+        let w = WaitOnDrop { timer: SteadyTimer::new(&ctx), ran: ran.clone(), drops: drops.clone() };
         let r = ran.clone();
         ctx.post(move || {
             bump(&r);
@@ -689,11 +647,7 @@ fn dropping_the_context_drops_pending_handlers_unrun_and_frees_their_captures() 
     assert_eq!(ran.get(), 0, "a handler ran during teardown");
     // 6 direct captures + 3 closures posted by PostOnDrop + 1 wait started by WaitOnDrop.
     assert_eq!(drops.get(), 6 + 3 + 1);
-    assert_eq!(
-        Rc::strong_count(&shared),
-        1,
-        "a pending handler's capture leaked"
-    );
+    assert_eq!(Rc::strong_count(&shared), 1, "a pending handler's capture leaked");
     drop(shared);
     assert!(weak_shared.upgrade().is_none());
     // The socket was closed: its port is free again.
@@ -712,11 +666,7 @@ fn executor_does_not_keep_the_context_alive() {
 
     let ran = Rc::new(Cell::new(0u32));
     let drops = Rc::new(Cell::new(0u32));
-    for start in [
-        Executor::post::<Box<dyn FnOnce()>>,
-        Executor::defer,
-        Executor::dispatch,
-    ] {
+    for start in [Executor::post::<Box<dyn FnOnce()>>, Executor::defer, Executor::dispatch] {
         let (r, d) = (ran.clone(), DropCount(drops.clone()));
         start(
             &ex,
@@ -782,24 +732,12 @@ fn a_self_reposting_handler_does_not_starve_a_pending_receive() {
             d.set(true);
         });
     }
-    let spin = Spin {
-        ex: ctx.executor(),
-        done: done.clone(),
-        passes: passes.clone(),
-        sender,
-        dest,
-    };
+    let spin = Spin { ex: ctx.executor(), done: done.clone(), passes: passes.clone(), sender, dest };
     ctx.post(move || spin.step());
     run_bounded(&ctx);
     let at = delivered_at.get().expect("the receive never completed");
-    assert!(
-        at < 3 + 10,
-        "the datagram sent on pass 3 was delivered only at pass {at}"
-    );
-    assert!(
-        passes.get() <= at + 1,
-        "the chain did not stop when the receive completed"
-    );
+    assert!(at < 3 + 10, "the datagram sent on pass 3 was delivered only at pass {at}");
+    assert!(passes.get() <= at + 1, "the chain did not stop when the receive completed");
 }
 
 // ---------------------------------------------------------------- nesting

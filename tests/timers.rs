@@ -63,14 +63,7 @@ fn a_wait_completes_with_none_and_not_before_its_expiry() {
         timers.push(t);
     }
     assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(
-        *seen.borrow(),
-        vec![
-            (1, Error::NONE, true),
-            (2, Error::NONE, true),
-            (0, Error::NONE, true)
-        ]
-    );
+    assert_eq!(*seen.borrow(), vec![(1, Error::NONE, true), (2, Error::NONE, true), (0, Error::NONE, true)]);
 }
 
 #[test]
@@ -83,22 +76,14 @@ fn an_expired_wait_is_posted_not_completed_inline() {
     zero.async_wait(fired.handler(0));
 
     let past = SteadyTimer::new(&ctx);
-    past.expires_at(
-        Instant::now()
-            .checked_sub(ms(100))
-            .unwrap_or_else(Instant::now),
-    );
+    past.expires_at(Instant::now().checked_sub(ms(100)).unwrap_or_else(Instant::now));
     past.async_wait(fired.handler(1));
 
     // A new timer's expiry is "now": also already expired.
     let fresh = SteadyTimer::new(&ctx);
     fresh.async_wait(fired.handler(2));
 
-    assert_eq!(
-        fired.get(),
-        vec![],
-        "an expired wait completed inside async_wait"
-    );
+    assert_eq!(fired.get(), vec![], "an expired wait completed inside async_wait");
 
     // From inside a handler too.
     let inside = Rc::new(Cell::new(None));
@@ -115,11 +100,7 @@ fn an_expired_wait_is_posted_not_completed_inline() {
         });
     }
     assert_eq!(run_bounded(&ctx), 5);
-    assert_eq!(
-        inside.get(),
-        Some(false),
-        "an expired wait completed inside async_wait in a handler"
-    );
+    assert_eq!(inside.get(), Some(false), "an expired wait completed inside async_wait in a handler");
     let mut got = fired.get();
     got.sort_by_key(|(i, _)| *i);
     assert_eq!(got, (0..4).map(|i| (i, Error::NONE)).collect::<Vec<_>>());
@@ -142,16 +123,8 @@ fn cancel_returns_how_many_waits_it_aborted_and_they_get_operation_aborted() {
     assert_eq!(t.cancel(), 0, "already cancelled waits were counted again");
     let t0 = Instant::now();
     assert_eq!(run_bounded(&ctx), 3);
-    assert!(
-        t0.elapsed() < ms(500),
-        "run() waited for the cancelled waits' expiry"
-    );
-    assert_eq!(
-        fired.get(),
-        (0..3)
-            .map(|i| (i, Error::OPERATION_ABORTED))
-            .collect::<Vec<_>>()
-    );
+    assert!(t0.elapsed() < ms(500), "run() waited for the cancelled waits' expiry");
+    assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
 }
 
 #[test]
@@ -166,14 +139,7 @@ fn cancel_one_cancels_only_the_oldest_pending_wait() {
     }
     assert_eq!(t.cancel_one(), 1);
     assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(
-        fired.get(),
-        vec![
-            (0, Error::OPERATION_ABORTED),
-            (1, Error::NONE),
-            (2, Error::NONE)
-        ]
-    );
+    assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::NONE), (2, Error::NONE)]);
     assert_eq!(t.cancel_one(), 0, "no wait is pending any more");
 }
 
@@ -192,12 +158,7 @@ fn cancel_one_skips_waits_that_already_completed() {
     assert_eq!(t.cancel_one(), 1);
     assert_eq!(t.cancel_one(), 0);
     assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(
-        fired.get(),
-        (0..3)
-            .map(|i| (i, Error::OPERATION_ABORTED))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
 }
 
 #[test]
@@ -229,10 +190,7 @@ fn expires_after_and_expires_at_return_the_number_of_waits_they_cancelled() {
     assert_eq!(fired.get(), vec![]);
     let t0 = Instant::now();
     assert_eq!(run_bounded(&ctx), 4);
-    assert!(
-        t0.elapsed() < ms(500),
-        "a cancelled wait kept its old 60 s expiry"
-    );
+    assert!(t0.elapsed() < ms(500), "a cancelled wait kept its old 60 s expiry");
     assert_eq!(
         fired.get(),
         vec![
@@ -262,12 +220,7 @@ fn cancelling_after_expiry_but_before_the_handler_runs_changes_nothing() {
         a.async_wait(move |e| {
             f.0.borrow_mut().push((0, e));
             let op = op_b.borrow();
-            results.set(Some((
-                op.is_pending(),
-                op.cancel(CancellationType::ALL),
-                b.cancel(),
-                b.cancel_one(),
-            )));
+            results.set(Some((op.is_pending(), op.cancel(CancellationType::ALL), b.cancel(), b.cancel_one())));
         });
     }
     *op_b.borrow_mut() = b.async_wait(fired.handler(1));
@@ -312,10 +265,7 @@ fn waits_on_one_timer_fire_in_start_order() {
         t.async_wait(fired.handler(i));
     }
     assert_eq!(run_bounded(&ctx), 20);
-    assert_eq!(
-        fired.get(),
-        (0..20).map(|i| (i, Error::NONE)).collect::<Vec<_>>()
-    );
+    assert_eq!(fired.get(), (0..20).map(|i| (i, Error::NONE)).collect::<Vec<_>>());
 }
 
 #[test]
@@ -349,20 +299,14 @@ fn operation_cancel_aborts_a_pending_timer_wait_once() {
     t.expires_after(FAR);
     let op = t.async_wait(fired.handler(0));
     assert!(op.is_pending());
-    assert!(
-        !op.cancel(CancellationType::NONE),
-        "an empty cancellation type cancelled"
-    );
+    assert!(!op.cancel(CancellationType::NONE), "an empty cancellation type cancelled");
     assert!(op.is_pending());
     let copy = op.clone();
     assert!(op.cancel(CancellationType::TERMINAL));
     assert!(!op.is_pending());
     assert!(!copy.is_pending());
     assert_eq!(fired.get(), vec![], "cancel ran the handler inline");
-    assert!(
-        !op.cancel(CancellationType::TERMINAL),
-        "a second cancel reported success"
-    );
+    assert!(!op.cancel(CancellationType::TERMINAL), "a second cancel reported success");
     assert!(!copy.cancel(CancellationType::ALL));
     let t0 = Instant::now();
     assert_eq!(run_bounded(&ctx), 1);
@@ -377,22 +321,13 @@ fn timer_waits_honour_every_cancellation_type() {
     let fired = Fired::default();
     let t = SteadyTimer::new(&ctx);
     t.expires_after(FAR);
-    let types = [
-        CancellationType::TERMINAL,
-        CancellationType::PARTIAL,
-        CancellationType::TOTAL,
-    ];
+    let types = [CancellationType::TERMINAL, CancellationType::PARTIAL, CancellationType::TOTAL];
     for (i, ty) in types.into_iter().enumerate() {
         let op = t.async_wait(fired.handler(i));
         assert!(op.cancel(ty), "{ty:?} did not cancel a timer wait");
     }
     assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(
-        fired.get(),
-        (0..3)
-            .map(|i| (i, Error::OPERATION_ABORTED))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
 }
 
 #[test]
@@ -425,20 +360,10 @@ fn cancel_after_aborts_a_receive_that_gets_no_data_after_roughly_the_delay() {
     assert!(op.is_pending());
     // run_for bounds the test if the cancellation never comes.
     assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
-    assert!(
-        ctx.stopped(),
-        "run() did not return when the receive was cancelled"
-    );
-    let (e, n, buf, took) = seen
-        .borrow_mut()
-        .take()
-        .expect("the receive handler never ran");
+    assert!(ctx.stopped(), "run() did not return when the receive was cancelled");
+    let (e, n, buf, took) = seen.borrow_mut().take().expect("the receive handler never ran");
     assert_eq!((e, n), (Error::OPERATION_ABORTED, 0));
-    assert_eq!(
-        buf,
-        vec![7u8; 32],
-        "the handler did not get its buffer back untouched"
-    );
+    assert_eq!(buf, vec![7u8; 32], "the handler did not get its buffer back untouched");
     assert!(took >= ms(20), "cancelled early, after {took:?}");
     assert!(took < ms(500), "cancelled late, after {took:?}");
     assert!(!op.is_pending());
@@ -460,21 +385,11 @@ fn cancel_after_on_an_operation_that_completes_first_does_not_keep_run_running()
     // The receive is pending (no data yet) when the timeout is set.
     assert!(op.is_pending());
     op.cancel_after(Duration::from_secs(10), CancellationType::TERMINAL);
-    std::net::UdpSocket::bind(local())
-        .unwrap()
-        .send_to(b"now", dest)
-        .unwrap();
+    std::net::UdpSocket::bind(local()).unwrap().send_to(b"now", dest).unwrap();
     let t0 = Instant::now();
     assert_eq!(run_bounded(&ctx), 1);
-    assert!(
-        t0.elapsed() < ms(500),
-        "run() waited {:?} for a stale cancel_after",
-        t0.elapsed()
-    );
-    assert_eq!(
-        seen.borrow_mut().take(),
-        Some((Error::NONE, b"now".to_vec()))
-    );
+    assert!(t0.elapsed() < ms(500), "run() waited {:?} for a stale cancel_after", t0.elapsed());
+    assert_eq!(seen.borrow_mut().take(), Some((Error::NONE, b"now".to_vec())));
 }
 
 #[test]
@@ -483,21 +398,15 @@ fn cancel_after_on_a_timer_wait() {
     let fired = Fired::default();
     let long = SteadyTimer::new(&ctx);
     long.expires_after(FAR);
-    long.async_wait(fired.handler(0))
-        .cancel_after(ms(10), CancellationType::TERMINAL);
+    long.async_wait(fired.handler(0)).cancel_after(ms(10), CancellationType::TERMINAL);
     let short = SteadyTimer::new(&ctx);
     short.expires_after(ms(5));
-    short
-        .async_wait(fired.handler(1))
-        .cancel_after(Duration::from_secs(5), CancellationType::TERMINAL);
+    short.async_wait(fired.handler(1)).cancel_after(Duration::from_secs(5), CancellationType::TERMINAL);
     let t0 = Instant::now();
     assert_eq!(ctx.run_for(Duration::from_secs(2)), 2);
     let took = t0.elapsed();
     assert!(took >= ms(10) && took < ms(500), "took {took:?}");
-    assert_eq!(
-        fired.get(),
-        vec![(1, Error::NONE), (0, Error::OPERATION_ABORTED)]
-    );
+    assert_eq!(fired.get(), vec![(1, Error::NONE), (0, Error::OPERATION_ABORTED)]);
 }
 
 // ---------------------------------------------------------------- timers and I/O
@@ -510,9 +419,7 @@ fn the_nearest_deadline_bounds_the_reactor_wait() {
     let events = Rc::new(RefCell::new(Vec::new()));
     {
         let ev = events.clone();
-        sock.async_receive(vec![0u8; 16], move |e, _, _| {
-            ev.borrow_mut().push(("receive", e, Duration::ZERO))
-        });
+        sock.async_receive(vec![0u8; 16], move |e, _, _| ev.borrow_mut().push(("receive", e, Duration::ZERO)));
     }
     let t0 = Instant::now();
     let timer = SteadyTimer::new(&ctx);
@@ -532,14 +439,8 @@ fn the_nearest_deadline_bounds_the_reactor_wait() {
     let (what, e, at) = events[0];
     assert_eq!((what, e), ("timer", Error::NONE));
     assert!(at >= ms(20), "fired early, at {at:?}");
-    assert!(
-        at < ms(500),
-        "fired late, at {at:?}: the reactor slept past the deadline"
-    );
-    assert_eq!(
-        (events[1].0, events[1].1),
-        ("receive", Error::OPERATION_ABORTED)
-    );
+    assert!(at < ms(500), "fired late, at {at:?}: the reactor slept past the deadline");
+    assert_eq!((events[1].0, events[1].1), ("receive", Error::OPERATION_ABORTED));
 }
 
 #[test]
@@ -584,17 +485,9 @@ fn a_handler_can_rearm_its_own_timer() {
     let timer = SteadyTimer::new(&ctx);
     let t0 = Instant::now();
     timer.expires_at(t0 + ms(5));
-    Tick {
-        timer,
-        ticks: ticks.clone(),
-    }
-    .start();
+    Tick { timer, ticks: ticks.clone() }.start();
     assert_eq!(run_bounded(&ctx), 5);
-    assert!(
-        t0.elapsed() >= ms(25),
-        "five 5 ms ticks took {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= ms(25), "five 5 ms ticks took {:?}", t0.elapsed());
     assert_eq!(*ticks.borrow(), vec![(Error::NONE, true, 0); 5]);
 }
 
@@ -628,19 +521,12 @@ fn a_self_reposting_handler_does_not_starve_a_timer() {
             d.set(true);
         });
     }
-    let spin = Spin {
-        ex: ctx.executor(),
-        done: done.clone(),
-        t0,
-    };
+    let spin = Spin { ex: ctx.executor(), done: done.clone(), t0 };
     ctx.post(move || spin.step());
     run_bounded(&ctx);
     let (e, at) = fired_at.get().expect("the timer never fired");
     assert_eq!(e, Error::NONE);
-    assert!(
-        at >= ms(10) && at < ms(500),
-        "the timer fired at {at:?} while a handler kept re-posting"
-    );
+    assert!(at >= ms(10) && at < ms(500), "the timer fired at {at:?} while a handler kept re-posting");
 }
 
 // ---------------------------------------------------------------- lifetime
@@ -655,25 +541,15 @@ fn dropping_the_last_timer_handle_aborts_its_pending_waits() {
     let op1 = t.async_wait(fired.handler(1));
     let clone = t.clone();
     drop(t);
-    assert!(
-        op0.is_pending(),
-        "dropping a clone that was not the last cancelled the waits"
-    );
+    assert!(op0.is_pending(), "dropping a clone that was not the last cancelled the waits");
     drop(clone);
     assert!(!op0.is_pending());
     assert!(!op1.is_pending());
-    assert_eq!(
-        fired.get(),
-        vec![],
-        "dropping the timer ran handlers inline"
-    );
+    assert_eq!(fired.get(), vec![], "dropping the timer ran handlers inline");
     let t0 = Instant::now();
     assert_eq!(run_bounded(&ctx), 2);
     assert!(t0.elapsed() < ms(500));
-    assert_eq!(
-        fired.get(),
-        vec![(0, Error::OPERATION_ABORTED), (1, Error::OPERATION_ABORTED)]
-    );
+    assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::OPERATION_ABORTED)]);
 }
 
 #[test]
@@ -695,11 +571,7 @@ fn a_timer_whose_context_is_gone_drops_its_handler_unrun() {
     assert_eq!(Rc::strong_count(&token), 1, "the handler was kept");
     assert!(!ran.get());
     let late = SteadyTimer::new(&ex);
-    assert!(
-        !late
-            .async_wait(|_| panic!("ran without a context"))
-            .is_pending()
-    );
+    assert!(!late.async_wait(|_| panic!("ran without a context")).is_pending());
     assert_eq!(t.cancel(), 0);
 }
 
@@ -710,10 +582,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -724,9 +593,7 @@ fn ten_thousand_timers_fire_in_deadline_order_and_cancelled_ones_abort() {
     let ctx = IoContext::new().unwrap();
     let mut rng = Lcg(0x5eed);
     let base = Instant::now();
-    let deadlines: Vec<Instant> = (0..N)
-        .map(|_| base + Duration::from_micros(rng.next() % 20_000))
-        .collect();
+    let deadlines: Vec<Instant> = (0..N).map(|_| base + Duration::from_micros(rng.next() % 20_000)).collect();
     let fired: Rc<RefCell<Vec<(usize, Error, bool)>>> = Rc::default();
     let mut timers = Vec::with_capacity(N);
     let mut ops = Vec::with_capacity(N);
@@ -753,24 +620,14 @@ fn ten_thousand_timers_fire_in_deadline_order_and_cancelled_ones_abort() {
     assert_eq!(fired.len(), N);
     let mut seen = vec![false; N];
     for &(i, _, _) in fired.iter() {
-        assert!(
-            !std::mem::replace(&mut seen[i], true),
-            "wait {i} completed twice"
-        );
+        assert!(!std::mem::replace(&mut seen[i], true), "wait {i} completed twice");
     }
     let (live, cancelled): (Vec<_>, Vec<_>) = fired.iter().partition(|(i, _, _)| i % 2 == 0);
     assert_eq!(live.len(), N / 2);
     assert_eq!(cancelled.len(), N / 2);
-    assert!(
-        cancelled
-            .iter()
-            .all(|(_, e, _)| *e == Error::OPERATION_ABORTED)
-    );
+    assert!(cancelled.iter().all(|(_, e, _)| *e == Error::OPERATION_ABORTED));
     assert!(live.iter().all(|(_, e, _)| *e == Error::NONE));
-    assert!(
-        live.iter().all(|(_, _, late_enough)| *late_enough),
-        "a timer fired before its deadline"
-    );
+    assert!(live.iter().all(|(_, _, late_enough)| *late_enough), "a timer fired before its deadline");
     // Non-decreasing deadlines; equal deadlines in start (index) order.
     for w in live.windows(2) {
         let (a, b) = (w[0].0, w[1].0);

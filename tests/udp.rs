@@ -58,51 +58,22 @@ fn start_every_operation(sock: &UdpSocket, dest: SocketAddr) -> Seen {
     let seen = Seen::default();
     type Start<'a> = Box<dyn Fn() -> Operation + 'a>;
     let ops: Vec<(&str, Start)> = vec![
-        (
-            "async_send",
-            Box::new(|| sock.async_send(b"x".to_vec(), seen.send_handler())),
-        ),
-        (
-            "async_send_to",
-            Box::new(|| sock.async_send_to(b"x".to_vec(), dest, seen.send_handler())),
-        ),
-        (
-            "async_receive",
-            Box::new(|| sock.async_receive(vec![0; 8], seen.recv_handler())),
-        ),
-        (
-            "async_receive_from",
-            Box::new(|| sock.async_receive_from(vec![0; 8], seen.recv_from_handler())),
-        ),
-        (
-            "async_wait(Read)",
-            Box::new(|| sock.async_wait(WaitType::Read, seen.wait_handler())),
-        ),
-        (
-            "async_wait(Write)",
-            Box::new(|| sock.async_wait(WaitType::Write, seen.wait_handler())),
-        ),
-        (
-            "async_wait(Error)",
-            Box::new(|| sock.async_wait(WaitType::Error, seen.wait_handler())),
-        ),
-        (
-            "async_connect",
-            Box::new(|| sock.async_connect(dest, seen.wait_handler())),
-        ),
+        ("async_send", Box::new(|| sock.async_send(b"x".to_vec(), seen.send_handler()))),
+        ("async_send_to", Box::new(|| sock.async_send_to(b"x".to_vec(), dest, seen.send_handler()))),
+        ("async_receive", Box::new(|| sock.async_receive(vec![0; 8], seen.recv_handler()))),
+        ("async_receive_from", Box::new(|| sock.async_receive_from(vec![0; 8], seen.recv_from_handler()))),
+        ("async_wait(Read)", Box::new(|| sock.async_wait(WaitType::Read, seen.wait_handler()))),
+        ("async_wait(Write)", Box::new(|| sock.async_wait(WaitType::Write, seen.wait_handler()))),
+        ("async_wait(Error)", Box::new(|| sock.async_wait(WaitType::Error, seen.wait_handler()))),
+        ("async_connect", Box::new(|| sock.async_connect(dest, seen.wait_handler()))),
         (
             "async_send_with_flags",
-            Box::new(|| {
-                sock.async_send_with_flags(b"x".to_vec(), MessageFlags::NONE, seen.send_handler())
-            }),
+            Box::new(|| sock.async_send_with_flags(b"x".to_vec(), MessageFlags::NONE, seen.send_handler())),
         ),
     ];
     for (name, start) in ops {
         start();
-        assert!(
-            seen.get().is_empty(),
-            "{name}: handler ran inside the initiating call"
-        );
+        assert!(seen.get().is_empty(), "{name}: handler ran inside the initiating call");
     }
     seen
 }
@@ -134,13 +105,7 @@ fn no_handler_runs_inside_its_initiating_call_on_a_closed_socket() {
     let seen = start_every_operation(&sock, peer.local_addr().unwrap());
     assert_eq!(ctx.run(), 9);
     // S5: every operation on a closed socket completes with BAD_DESCRIPTOR.
-    assert!(
-        seen.get()
-            .iter()
-            .all(|(e, n)| *e == Error::BAD_DESCRIPTOR && *n == 0),
-        "{:?}",
-        seen.get()
-    );
+    assert!(seen.get().iter().all(|(e, n)| *e == Error::BAD_DESCRIPTOR && *n == 0), "{:?}", seen.get());
 }
 
 #[test]
@@ -155,11 +120,7 @@ fn no_handler_runs_inside_its_initiating_call_on_bad_arguments() {
     let s = seen.0.clone();
     sock.async_receive(bufs, move |e, n, _| s.borrow_mut().push((e, n)));
     // A v6 destination on a v4 socket is refused by the kernel.
-    sock.async_send_to(
-        b"x".to_vec(),
-        "[::1]:9".parse().unwrap(),
-        seen.send_handler(),
-    );
+    sock.async_send_to(b"x".to_vec(), "[::1]:9".parse().unwrap(), seen.send_handler());
     assert!(seen.get().is_empty());
     ctx.run();
     let got = seen.get();
@@ -194,33 +155,12 @@ fn buffer_sequences_arrive_as_one_datagram() {
     let ctx = IoContext::new().unwrap();
     let (sock, peer) = connected_pair(&ctx);
     let seen = Seen::default();
-    sock.async_send(
-        (b"ab".to_vec(), "cd", String::from("ef")),
-        seen.send_handler(),
-    );
+    sock.async_send((b"ab".to_vec(), "cd", String::from("ef")), seen.send_handler());
     sock.async_send([b"gh".to_vec(), b"ij".to_vec()], seen.send_handler());
-    sock.async_send(
-        vec![
-            Rc::<[u8]>::from(&b"kl"[..]),
-            Rc::from(&b"mn"[..]),
-            Rc::from(&b""[..]),
-        ],
-        seen.send_handler(),
-    );
-    sock.async_send(
-        (Box::<[u8]>::from(&b"o"[..]), [b'p'; 2], &b"q"[..], "r"),
-        seen.send_handler(),
-    );
+    sock.async_send(vec![Rc::<[u8]>::from(&b"kl"[..]), Rc::from(&b"mn"[..]), Rc::from(&b""[..])], seen.send_handler());
+    sock.async_send((Box::<[u8]>::from(&b"o"[..]), [b'p'; 2], &b"q"[..], "r"), seen.send_handler());
     ctx.run();
-    assert_eq!(
-        seen.get(),
-        vec![
-            (Error::NONE, 6),
-            (Error::NONE, 4),
-            (Error::NONE, 4),
-            (Error::NONE, 5)
-        ]
-    );
+    assert_eq!(seen.get(), vec![(Error::NONE, 6), (Error::NONE, 4), (Error::NONE, 4), (Error::NONE, 5)]);
     let mut buf = [0u8; 64];
     for want in [&b"abcdef"[..], b"ghij", b"klmn", b"oppqr"] {
         let n = peer.recv(&mut buf).unwrap();
@@ -256,24 +196,17 @@ fn queued_sends_keep_fifo_order_behind_a_pending_write_wait() {
     let (sock, peer) = connected_pair(&ctx);
     let order = Rc::new(RefCell::new(Vec::new()));
     let o = order.clone();
-    sock.async_wait(WaitType::Write, move |e| {
-        o.borrow_mut().push((usize::MAX, e))
-    });
+    sock.async_wait(WaitType::Write, move |e| o.borrow_mut().push((usize::MAX, e)));
     for i in 0..20usize {
         let o = order.clone();
-        sock.async_send(vec![i as u8; i + 1], move |e, n| {
-            o.borrow_mut().push((n - 1, e))
-        });
+        sock.async_send(vec![i as u8; i + 1], move |e, n| o.borrow_mut().push((n - 1, e)));
     }
     // Nothing went out speculatively: the queue was not empty.
     peer.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];
     assert!(peer.recv(&mut buf).is_err());
     ctx.run();
-    let want: Vec<_> = std::iter::once(usize::MAX)
-        .chain(0..20)
-        .map(|i| (i, Error::NONE))
-        .collect();
+    let want: Vec<_> = std::iter::once(usize::MAX).chain(0..20).map(|i| (i, Error::NONE)).collect();
     assert_eq!(*order.borrow(), want);
     peer.set_nonblocking(false).unwrap();
     for i in 0..20usize {
@@ -301,10 +234,7 @@ fn would_block_sends_wait_for_writability_and_drain_in_order() {
     }
     ctx.poll();
     let early = done.borrow().len();
-    assert!(
-        early < N,
-        "the slow reader never made a send wait ({early} done)"
-    );
+    assert!(early < N, "the slow reader never made a send wait ({early} done)");
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     for _ in 0..100_000 {
@@ -323,11 +253,7 @@ fn would_block_sends_wait_for_writability_and_drain_in_order() {
     }
     let done = done.borrow();
     assert_eq!(done.len(), N);
-    assert!(
-        done.iter()
-            .enumerate()
-            .all(|(k, &(i, e, n))| k == i && e == Error::NONE && n == 512)
-    );
+    assert!(done.iter().enumerate().all(|(k, &(i, e, n))| k == i && e == Error::NONE && n == 512));
     assert_eq!(got, (0..N).collect::<Vec<_>>());
 }
 
@@ -336,9 +262,7 @@ fn datagrams_that_arrived_before_any_receive_are_all_delivered_in_order() {
     let ctx = IoContext::new().unwrap();
     let (sock, peer) = connected_pair(&ctx);
     // Make the socket wait for an edge: a receive that would block, cancelled.
-    let first = sock.async_receive(vec![0u8; 8], |e, n, _| {
-        assert_eq!((e, n), (Error::OPERATION_ABORTED, 0))
-    });
+    let first = sock.async_receive(vec![0u8; 8], |e, n, _| assert_eq!((e, n), (Error::OPERATION_ABORTED, 0)));
     assert!(first.cancel(CancellationType::TERMINAL));
     ctx.run();
     for i in 0..64u8 {
@@ -446,23 +370,13 @@ fn close_aborts_pending_operations_then_bad_descriptor() {
     ctx.run();
     assert_eq!(
         seen.get(),
-        vec![
-            (Error::OPERATION_ABORTED, 0),
-            (Error::OPERATION_ABORTED, 0),
-            (Error::BAD_DESCRIPTOR, 0)
-        ]
+        vec![(Error::OPERATION_ABORTED, 0), (Error::OPERATION_ABORTED, 0), (Error::BAD_DESCRIPTOR, 0)]
     );
     // Everything else reports the closed socket too.
     let e = sock.cancel().unwrap_err();
     assert_eq!(Error::from(e), Error::BAD_DESCRIPTOR);
-    assert_eq!(
-        Error::from(sock.local_addr().unwrap_err()),
-        Error::BAD_DESCRIPTOR
-    );
-    assert_eq!(
-        Error::from(sock.send(&b"x"[..]).unwrap_err()),
-        Error::BAD_DESCRIPTOR
-    );
+    assert_eq!(Error::from(sock.local_addr().unwrap_err()), Error::BAD_DESCRIPTOR);
+    assert_eq!(Error::from(sock.send(&b"x"[..]).unwrap_err()), Error::BAD_DESCRIPTOR);
     sock.close(); // closing twice is harmless
 }
 
@@ -490,18 +404,12 @@ fn operation_cancel_aborts_only_that_operation() {
     let second = sock.async_receive(vec![0u8; 16], seen.recv_handler());
     assert!(first.is_pending());
     assert!(first.cancel(CancellationType::PARTIAL));
-    assert!(
-        !first.cancel(CancellationType::PARTIAL),
-        "second cancel of the same operation"
-    );
+    assert!(!first.cancel(CancellationType::PARTIAL), "second cancel of the same operation");
     assert!(!first.cancel(CancellationType::NONE));
     assert!(seen.get().is_empty());
     peer.send(b"to second").unwrap();
     ctx.run();
-    assert_eq!(
-        seen.get(),
-        vec![(Error::OPERATION_ABORTED, 0), (Error::NONE, 9)]
-    );
+    assert_eq!(seen.get(), vec![(Error::OPERATION_ABORTED, 0), (Error::NONE, 9)]);
     assert!(!second.is_pending());
 }
 
@@ -536,10 +444,7 @@ fn icmp_port_unreachable_gives_connection_refused_on_a_later_receive() {
         s.async_receive(vec![0u8; 8], seen2.recv_handler());
     });
     ctx.run_for(Duration::from_secs(2));
-    assert_eq!(
-        seen.get(),
-        vec![(Error::NONE, 7), (Error::CONNECTION_REFUSED, 0)]
-    );
+    assert_eq!(seen.get(), vec![(Error::NONE, 7), (Error::CONNECTION_REFUSED, 0)]);
     // The socket stays usable.
     let peer = std_peer();
     sock.connect(peer.local_addr().unwrap()).unwrap();
@@ -562,10 +467,7 @@ fn icmp_port_unreachable_gives_connection_refused_on_a_later_send() {
         s.async_send(b"two".to_vec(), seen2.send_handler());
     });
     ctx.run();
-    assert_eq!(
-        seen.get(),
-        vec![(Error::NONE, 3), (Error::CONNECTION_REFUSED, 0)]
-    );
+    assert_eq!(seen.get(), vec![(Error::NONE, 3), (Error::CONNECTION_REFUSED, 0)]);
 }
 
 #[test]
@@ -584,15 +486,7 @@ fn zero_length_datagrams_are_sent_and_received() {
     let mut got = seen.get();
     got.sort_by_key(|p| p.1);
     // Two sends (0 and 1 bytes) and two receives (0 and 1 bytes).
-    assert_eq!(
-        got,
-        vec![
-            (Error::NONE, 0),
-            (Error::NONE, 0),
-            (Error::NONE, 1),
-            (Error::NONE, 1)
-        ]
-    );
+    assert_eq!(got, vec![(Error::NONE, 0), (Error::NONE, 0), (Error::NONE, 1), (Error::NONE, 1)]);
 }
 
 #[test]
@@ -606,9 +500,7 @@ fn a_datagram_longer_than_the_buffer_is_truncated_to_it() {
     sock.async_receive(vec![0u8; 10], move |e, n, b| g.borrow_mut().push((e, n, b)));
     let g = got.clone();
     // Scatter over two buffers: 4 + 6 bytes.
-    sock.async_receive([vec![0u8; 4], vec![0u8; 6]], move |e, n, b| {
-        g.borrow_mut().push((e, n, b.concat()))
-    });
+    sock.async_receive([vec![0u8; 4], vec![0u8; 6]], move |e, n, b| g.borrow_mut().push((e, n, b.concat())));
     ctx.run();
     let got = got.borrow();
     assert_eq!(got[0], (Error::NONE, 10, vec![7u8; 10]));
@@ -646,9 +538,7 @@ fn receive_from_reports_the_sender_and_send_to_needs_no_connection() {
         assert_eq!((e, n), (Error::NONE, 2));
         f.set(Some(addr));
     });
-    a.async_send_to(b"hi".to_vec(), b.local_addr().unwrap(), |e, n| {
-        assert_eq!((e, n), (Error::NONE, 2))
-    });
+    a.async_send_to(b"hi".to_vec(), b.local_addr().unwrap(), |e, n| assert_eq!((e, n), (Error::NONE, 2)));
     ctx.run();
     assert_eq!(from.get(), Some(a.local_addr().unwrap()));
 }
@@ -667,10 +557,7 @@ fn send_on_an_unconnected_socket_is_an_error_in_the_handler() {
     assert_eq!(seen.get(), vec![(Error::NOT_CONNECTED, 0)]);
     let (e, from) = addr.get().unwrap();
     assert_eq!(e, Error::BAD_DESCRIPTOR);
-    assert!(
-        from.ip().is_unspecified(),
-        "an error reports the unspecified address"
-    );
+    assert!(from.ip().is_unspecified(), "an error reports the unspecified address");
 }
 
 #[test]
@@ -720,19 +607,12 @@ fn sync_operations_block_unless_nonblocking() {
     assert_eq!(sock.send((&b"ab"[..], "cd")).unwrap(), 4);
     assert_eq!(peer.recv(&mut buf).unwrap(), 4);
     assert_eq!(&buf[..4], b"abcd");
-    assert_eq!(
-        sock.send_to(&b"to"[..], peer.local_addr().unwrap())
-            .unwrap(),
-        2
-    );
+    assert_eq!(sock.send_to(&b"to"[..], peer.local_addr().unwrap()).unwrap(), 2);
     peer.send(b"back").unwrap();
     let (n, from) = sock.receive_from(&mut buf[..]).unwrap();
     assert_eq!((n, from), (4, peer.local_addr().unwrap()));
     let too_many = vec![&b"a"[..]; MAX_BUFFERS + 1];
-    assert_eq!(
-        Error::from(sock.send(too_many).unwrap_err()),
-        Error::INVALID_ARGUMENT
-    );
+    assert_eq!(Error::from(sock.send(too_many).unwrap_err()), Error::INVALID_ARGUMENT);
 }
 
 #[test]
@@ -746,9 +626,7 @@ fn release_returns_a_blocking_std_socket_and_aborts_pending_operations() {
     ctx.run();
     assert_eq!(seen.get(), vec![(Error::OPERATION_ABORTED, 0)]);
     peer.send(b"std").unwrap();
-    std_sock
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    std_sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 8];
     assert_eq!(std_sock.recv(&mut buf).unwrap(), 3);
     assert!(sock.release().is_err());
@@ -767,10 +645,8 @@ fn options_and_addresses() {
     sock.set_send_buffer_size(1 << 16).unwrap();
     assert!(sock.send_buffer_size().unwrap() >= 1 << 16);
     assert!(sock.with_socket2(|s| s.broadcast().unwrap()).unwrap());
-    sock.join_multicast_v4("239.1.2.3".parse().unwrap(), "127.0.0.1".parse().unwrap())
-        .unwrap();
-    sock.leave_multicast_v4("239.1.2.3".parse().unwrap(), "127.0.0.1".parse().unwrap())
-        .unwrap();
+    sock.join_multicast_v4("239.1.2.3".parse().unwrap(), "127.0.0.1".parse().unwrap()).unwrap();
+    sock.leave_multicast_v4("239.1.2.3".parse().unwrap(), "127.0.0.1".parse().unwrap()).unwrap();
     assert!(sock.peer_addr().is_err());
     let v6 = UdpSocket::bind(&ctx, "[::1]:0".parse().unwrap()).unwrap();
     assert!(v6.local_addr().unwrap().is_ipv6());
@@ -784,11 +660,7 @@ fn ipv6_round_trip() {
     let b = UdpSocket::bind(&ctx, "[::1]:0".parse().unwrap()).unwrap();
     let seen = Seen::default();
     b.async_receive_from(vec![0u8; 8], seen.recv_from_handler());
-    a.async_send_to(
-        b"six".to_vec(),
-        b.local_addr().unwrap(),
-        seen.send_handler(),
-    );
+    a.async_send_to(b"six".to_vec(), b.local_addr().unwrap(), seen.send_handler());
     ctx.run();
     assert_eq!(seen.get().len(), 2);
     assert!(seen.get().iter().all(|p| *p == (Error::NONE, 3)));

@@ -101,12 +101,7 @@ impl Ring {
         let cap = cap.next_power_of_two().max(16);
         let mut slots = Vec::with_capacity(cap);
         slots.resize_with(cap, MaybeUninit::uninit);
-        Ring {
-            slots,
-            head: 0,
-            len: 0,
-            _not_send: PhantomData,
-        }
+        Ring { slots, head: 0, len: 0, _not_send: PhantomData }
     }
 
     fn len(&self) -> usize {
@@ -166,9 +161,7 @@ pub(crate) struct HandlerQueue {
 
 impl HandlerQueue {
     pub(crate) fn new() -> HandlerQueue {
-        HandlerQueue {
-            ring: RefCell::new(Ring::with_capacity(64)),
-        }
+        HandlerQueue { ring: RefCell::new(Ring::with_capacity(64)) }
     }
 
     #[inline(always)]

@@ -29,12 +29,7 @@ pub(crate) fn unspecified_addr() -> SocketAddr {
 
 /// `sendmsg`: the whole gather list as one datagram, to `dest` or the
 /// connected peer. Retries on EINTR.
-pub(crate) fn send(
-    sock: &Socket,
-    bufs: &[IoSlice<'_>],
-    dest: Option<&SockAddr>,
-    flags: i32,
-) -> io::Result<usize> {
+pub(crate) fn send(sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
     loop {
         // One buffer: send(2)/sendto(2), cheaper in the kernel than sendmsg(2).
         let r = match (dest, bufs) {
@@ -57,12 +52,7 @@ pub(crate) struct Received {
 }
 
 /// `recvmsg` into the scatter list. Retries on EINTR.
-pub(crate) fn recv(
-    sock: &Socket,
-    bufs: &mut [IoSliceMut<'_>],
-    flags: i32,
-    want_from: bool,
-) -> io::Result<Received> {
+pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool) -> io::Result<Received> {
     let mut slices: smallvec::SmallVec<[MaybeUninitSlice<'_>; crate::buffer::INLINE_SLICES]> = bufs
         .iter_mut()
         .map(|b| {
@@ -71,27 +61,73 @@ pub(crate) fn recv(
             // already initialised. socket2 only lets the kernel write bytes into
             // it, never uninitialised ones, so it stays initialised when the
             // borrow ends. socket2 has no recvmsg over initialised buffers.
-            let b: &mut [MaybeUninit<u8>] =
-                unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) };
+            let b: &mut [MaybeUninit<u8>] = unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) };
             MaybeUninitSlice::new(b)
         })
         .collect();
     loop {
         let r = if want_from {
             sock.recv_from_vectored_with_flags(&mut slices, flags)
-                .map(|(len, _, addr)| Received {
-                    len,
-                    from: addr.as_socket(),
-                })
+                .map(|(len, _, addr)| Received { len, from: addr.as_socket() })
         } else {
-            sock.recv_vectored_with_flags(&mut slices, flags)
-                .map(|(len, _)| Received { len, from: None })
+            sock.recv_vectored_with_flags(&mut slices, flags).map(|(len, _)| Received { len, from: None })
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r,
         }
     }
+}
+
+/// Sends `buf` as datagrams of `segment` bytes each (the last may be
+/// shorter) in one `sendmsg` with a `UDP_SEGMENT` control message: UDP
+/// generic segmentation offload. The kernel cuts the buffer; the cost per
+/// datagram falls well below one system call's.
+pub(crate) fn send_segments(sock: &Socket, buf: &[u8], dest: Option<&SockAddr>, segment: u16) -> io::Result<usize> {
+    const SPACE: usize = 32; // >= CMSG_SPACE(sizeof(u16)) on every Linux ABI
+    let mut control = [0u64; SPACE / 8];
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(d) = dest {
+        msg.msg_name = d.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = d.len();
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
+    debug_assert!(msg.msg_controllen as usize <= SPACE);
+    // SAFETY: `msg_control` points to `control`, large enough for one header
+    // with a u16 payload (checked above), so the first header and its data
+    // lie inside it; the data pointer may be unaligned for u16, hence
+    // write_unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+        libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(segment);
+    }
+    loop {
+        // SAFETY: `msg` and everything it points to (name, iovec, buffer,
+        // control) are valid for the duration of the call.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// True for the errors with which a kernel or device refuses segmentation
+/// offload (rather than the datagrams themselves).
+pub(crate) fn gso_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP))
 }
 
 /// What a receive with read-ahead produced: the datagram for the caller,
@@ -115,10 +151,7 @@ pub(crate) fn recv_readahead(
 ) -> io::Result<ReadAhead> {
     let mut names = [SockAddrStorage::zeroed(), SockAddrStorage::zeroed()];
     let name_len = names[0].size_of();
-    let mut spare_iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: spare.len(),
-    };
+    let mut spare_iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
     // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
     let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
     let [n0, n1] = &mut names;
@@ -146,15 +179,7 @@ pub(crate) fn recv_readahead(
         // buffers outlive the call; the descriptor is non-blocking, so the
         // call returns at once (with the count received before the queue
         // ran dry).
-        let r = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                2,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
+        let r = unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, 0, std::ptr::null_mut()) };
         if r >= 0 {
             break r as usize;
         }
@@ -170,18 +195,9 @@ pub(crate) fn recv_readahead(
     };
     let first = Received {
         len: msgs[0].msg_len as usize,
-        from: if want_from {
-            addr(n0, msgs[0].msg_hdr.msg_namelen)
-        } else {
-            None
-        },
+        from: if want_from { addr(n0, msgs[0].msg_hdr.msg_namelen) } else { None },
     };
-    let second = (n >= 2).then(|| {
-        (
-            msgs[1].msg_len as usize,
-            addr(n1, msgs[1].msg_hdr.msg_namelen),
-        )
-    });
+    let second = (n >= 2).then(|| (msgs[1].msg_len as usize, addr(n1, msgs[1].msg_hdr.msg_namelen)));
     Ok(ReadAhead { first, second })
 }
 
@@ -199,11 +215,7 @@ pub(crate) fn wait_fd(fd: RawFd, what: Readiness, timeout: Option<Duration>) -> 
         Readiness::Read => libc::POLLIN,
         Readiness::Write => libc::POLLOUT,
     };
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
     let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     loop {
         // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
