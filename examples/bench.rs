@@ -267,10 +267,15 @@ fn timers() {
         });
         timers.push(t);
     }
+    let t_sched = t0.elapsed();
     for t in timers.iter().skip(1).step_by(2) {
         t.cancel();
     }
+    let t_cancel = t0.elapsed();
     ctx.run();
+    if std::env::var_os("W5_PHASES").is_some() {
+        eprintln!("scheduled at {t_sched:?}, cancelled at {t_cancel:?}, ran until {:?}", t0.elapsed());
+    }
     let secs = t0.elapsed().as_secs_f64();
     if st.fired.get() != W5_N / 2 || st.aborted.get() != W5_N / 2 || st.bad.get() != 0 {
         fail(format!("timers: fired {} aborted {} bad {}", st.fired.get(), st.aborted.get(), st.bad.get()));

@@ -125,7 +125,8 @@ impl Inner {
             timeout = Some(Duration::ZERO);
             self.reactor.run_backlog(self);
         }
-        if let Some(at) = self.timers.borrow().next_deadline() {
+        let next = self.timers.borrow_mut().next_deadline();
+        if let Some(at) = next {
             let t = at.saturating_duration_since(self.now());
             timeout = Some(timeout.map_or(t, |x| x.min(t)));
         }
@@ -200,7 +201,7 @@ impl IoContext {
             depth: Cell::new(0),
             shut: Cell::new(false),
             reactor: Reactor::new()?,
-            timers: RefCell::new(TimerQueue::default()),
+            timers: RefCell::new(TimerQueue::new(Instant::now())),
         });
         Ok(IoContext { exec: Executor { inner: Rc::downgrade(&inner) }, inner })
     }

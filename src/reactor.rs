@@ -134,6 +134,9 @@ pub(crate) struct IoObject {
     st: RefCell<IoState>,
     /// One datagram read ahead (see [`IoObject::recv`]).
     stash: RefCell<Option<Stash>>,
+    /// Receives may read ahead (IP datagram sockets: the spare buffer holds
+    /// any datagram they can carry).
+    pub(crate) readahead: Cell<bool>,
     /// Sends are deferred to the end of the handler pass and coalesced with
     /// UDP segmentation offload (see `UdpSocket::set_gso`).
     pub(crate) gso: Cell<bool>,
@@ -150,6 +153,7 @@ impl IoObject {
             sock: RefCell::new(None),
             st: RefCell::new(IoState::new()),
             stash: RefCell::new(None),
+            readahead: Cell::new(false),
             gso: Cell::new(false),
             user_nonblocking: Cell::new(false),
         });
@@ -211,6 +215,17 @@ impl IoObject {
             return;
         };
         let wait = op.is_wait();
+        if wait && dir == Dir::Read && self.has_read_ahead() {
+            let mut st = self.st.borrow_mut();
+            st.prune(dir);
+            if st.ops[dir as usize].is_empty() {
+                // Readable now, though the kernel's queue may be empty: no
+                // event would come for the datagram already read ahead.
+                drop(st);
+                inner.finish(op, Error::NONE, 0);
+                return;
+            }
+        }
         let deferred = dir == Dir::Write && !wait && self.gso.get();
         let list = {
             let mut st = self.st.borrow_mut();
@@ -249,7 +264,7 @@ impl IoObject {
             }
         }
         let inner = match self.ctx.upgrade() {
-            Some(inner) if flags == 0 => inner,
+            Some(inner) if flags == 0 && self.readahead.get() => inner,
             _ => return sys::recv(sock, bufs, flags, want_from),
         };
         let mut spare = inner.reactor.spare.borrow_mut();
@@ -264,6 +279,11 @@ impl IoObject {
             None => self.st.borrow_mut().ready[Dir::Read as usize] = false,
         }
         Ok(r.first)
+    }
+
+    /// True while a datagram read ahead waits for a receive.
+    pub(crate) fn has_read_ahead(&self) -> bool {
+        self.stash.borrow().is_some()
     }
 
     /// Length of the next datagram: the one read ahead, else the kernel's.
@@ -482,11 +502,34 @@ impl IoObject {
             }
             return;
         }
+        self.to_backlog(inner, dir);
+    }
+
+    /// Has the reactor run the `dir` queue on its next turn, without waiting
+    /// for an event.
+    fn to_backlog(self: &Rc<Self>, inner: &Inner, dir: Dir) {
         let mut st = self.st.borrow_mut();
         let listed = st.backlog.iter().any(|b| *b);
         st.backlog[dir as usize] = true;
         if !listed {
             inner.reactor.backlog.borrow_mut().push(self.clone());
+        }
+    }
+
+    /// After a synchronous receive: if it left a datagram read ahead while
+    /// asynchronous receives wait, no readiness event will come for that
+    /// datagram (the kernel's queue may be empty), so they are run next turn.
+    pub(crate) fn after_sync_recv(self: &Rc<Self>) {
+        if !self.has_read_ahead() {
+            return;
+        }
+        let waiting = {
+            let mut st = self.st.borrow_mut();
+            st.prune(Dir::Read);
+            !st.ops[Dir::Read as usize].is_empty()
+        };
+        if waiting && let Some(inner) = self.ctx.upgrade() {
+            self.to_backlog(&inner, Dir::Read);
         }
     }
 

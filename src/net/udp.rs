@@ -93,13 +93,29 @@ impl UdpSocket {
     fn adopt(ex: &Executor, sock: Socket) -> io::Result<UdpSocket> {
         let inner = ex.upgrade().ok_or_else(gone)?;
         sock.set_nonblocking(true)?;
+        // Read-ahead needs a spare buffer that holds any datagram: true of
+        // UDP (64 KiB at most), not of every datagram socket `from_std` takes.
+        let ip = sock.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6());
         let io = IoObject::register(&inner, sock)?;
+        io.readahead.set(ip);
         Ok(UdpSocket { h: Rc::new(Handle { io }) })
     }
 
     /// Takes the socket out of the context and returns it as a standard,
     /// blocking socket. Pending operations complete with `OPERATION_ABORTED`.
+    ///
+    /// The loop may have read one datagram ahead of the receives (see
+    /// [`available`](Self::available)); it cannot go back into the kernel, so
+    /// while one is held `release` fails with `ErrorKind::ResourceBusy` and
+    /// changes nothing: receive it (for example with
+    /// [`receive_from`](Self::receive_from)), then release.
     pub fn release(&self) -> io::Result<std::net::UdpSocket> {
+        if self.io().has_read_ahead() {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "a datagram read ahead is held by the socket: receive it before release",
+            ));
+        }
         let sock = self.h.io.detach().ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))?;
         let sock = Rc::try_unwrap(sock)
             .map_err(|_| io::Error::other("socket is in use inside with_socket2; it will close"))?;
@@ -353,15 +369,19 @@ impl UdpSocket {
     /// (possibly truncated) length.
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
-        self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, false).map(|r| r.len))
+        let r = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, false).map(|r| r.len));
+        self.h.io.after_sync_recv();
+        r
     }
 
     /// Receives one datagram, blocking; returns its length and sender.
     pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
-        self.blocking(Readiness::Read, |s| {
+        let r = self.blocking(Readiness::Read, |s| {
             self.io().recv(s, &mut slices, 0, true).map(|r| (r.len, r.from.unwrap_or_else(sys::unspecified_addr)))
-        })
+        });
+        self.h.io.after_sync_recv();
+        r
     }
 
     /// With `true`, the synchronous calls return `WouldBlock` instead of
