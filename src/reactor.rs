@@ -140,6 +140,10 @@ pub(crate) struct IoObject {
     /// Sends are deferred to the end of the handler pass and coalesced with
     /// UDP segmentation offload (see `UdpSocket::set_gso`).
     pub(crate) gso: Cell<bool>,
+    /// Segmented sends refused in a row.
+    gso_refusals: Cell<u8>,
+    /// The read-ahead buffer, kept for reuse while no datagram is held.
+    stash_buf: RefCell<Vec<u8>>,
     /// `set_nonblocking(true)`: synchronous calls return WouldBlock.
     pub(crate) user_nonblocking: Cell<bool>,
 }
@@ -155,6 +159,8 @@ impl IoObject {
             stash: RefCell::new(None),
             readahead: Cell::new(false),
             gso: Cell::new(false),
+            gso_refusals: Cell::new(0),
+            stash_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
         });
         // The descriptor joins epoll only when an operation first has to
@@ -257,8 +263,10 @@ impl IoObject {
             if let Some(d) = stash.as_ref() {
                 let len = scatter(&d.data, bufs);
                 let from = d.from;
-                if flags & libc::MSG_PEEK == 0 {
-                    *stash = None;
+                if flags & libc::MSG_PEEK == 0
+                    && let Some(d) = stash.take()
+                {
+                    *self.stash_buf.borrow_mut() = d.data;
                 }
                 return Ok(sys::Received { len, from });
             }
@@ -274,8 +282,14 @@ impl IoObject {
         let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
         match r.second {
             Some((len, from)) => {
-                *self.stash.borrow_mut() = Some(Stash { data: spare[..len].to_vec(), from });
+                let mut data = std::mem::take(&mut *self.stash_buf.borrow_mut());
+                data.clear();
+                data.extend_from_slice(&spare[..len]);
+                *self.stash.borrow_mut() = Some(Stash { data, from });
             }
+            // Drained. (Should the second receive have failed with an error
+            // instead, such as an ICMP report racing in between, the kernel
+            // keeps it for the next call, which the next datagram triggers.)
             None => self.st.borrow_mut().ready[Dir::Read as usize] = false,
         }
         Ok(r.first)
@@ -413,10 +427,20 @@ impl IoObject {
     /// refused the batch: the operations then go one by one, each with its
     /// own result (and a refusal of GSO itself turns it off for the socket).
     fn send_run(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
+        // The candidates are taken first: `send_parts` runs the buffers' own
+        // code, which must not find the socket's state borrowed.
+        let candidates: SmallVec<[Rc<dyn SocketOp>; 16]> = {
+            let st = self.st.borrow();
+            st.ops[Dir::Write as usize]
+                .iter()
+                .take_while(|op| !op.core().is_done())
+                .take(max.min(MAX_SEGMENTS))
+                .cloned()
+                .collect()
+        };
         let mut run: SmallVec<[Rc<dyn SocketOp>; 16]> = SmallVec::new();
         let (segment, dest) = {
-            let st = self.st.borrow();
-            let mut it = st.ops[Dir::Write as usize].iter();
+            let mut it = candidates.iter();
             let Some(first) = it.next() else { return Batch::Single };
             let Some((segment, dest)) = first.send_parts() else { return Batch::Single };
             if segment == 0 || segment > MAX_SEGMENT {
@@ -425,9 +449,6 @@ impl IoObject {
             let mut total = segment;
             run.push(first.clone());
             for op in it {
-                if run.len() == max.min(MAX_SEGMENTS) || op.core().is_done() {
-                    break;
-                }
                 let Some((len, d)) = op.send_parts() else { break };
                 if d != dest || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
                     break;
@@ -455,6 +476,7 @@ impl IoObject {
         drop(buf);
         match r {
             Ok(_) => {
+                self.gso_refusals.set(0);
                 log::trace!("sent {} datagrams of {segment} bytes in one call", run.len());
                 let k = run.len();
                 self.st.borrow_mut().ops[Dir::Write as usize].drain(..k);
@@ -465,9 +487,15 @@ impl IoObject {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) => {
+                // EINVAL may also be about this batch only (segments above the
+                // path MTU): GSO goes off after several refusals in a row.
                 if sys::gso_refused(&e) {
-                    log::debug!("UDP segmentation offload refused ({e}): sending one by one");
-                    self.gso.set(false);
+                    let n = self.gso_refusals.get() + 1;
+                    self.gso_refusals.set(n);
+                    if e.raw_os_error() != Some(libc::EINVAL) || n >= 4 {
+                        log::debug!("UDP segmentation offload refused ({e}): sending one by one");
+                        self.gso.set(false);
+                    }
                 }
                 Batch::Single
             }

@@ -444,6 +444,11 @@ impl UdpSocket {
     }
 
     /// Size of the next datagram waiting to be received (0 when none).
+    ///
+    /// A receive on an IP socket reads one datagram ahead when one is queued
+    /// behind the one it takes (one `recvmmsg` then also tells the loop that
+    /// the socket is drained); that datagram goes to the next receive of any
+    /// kind, is seen by `PEEK`, is counted here, and is dropped by `close`.
     pub fn available(&self) -> io::Result<usize> {
         self.io().available(&*self.sock()?)
     }
@@ -454,7 +459,9 @@ impl UdpSocket {
     }
 
     /// Runs `f` on the socket for any option socket2 offers. Errs with
-    /// `BAD_DESCRIPTOR` when closed.
+    /// `BAD_DESCRIPTOR` when closed. Receive through the socket's own calls,
+    /// not through `f`: a datagram the loop read ahead (see
+    /// [`available`](Self::available)) would otherwise be overtaken.
     pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
         let sock = self.sock()?;
         Ok(f(SockRef::from(&*sock)))
