@@ -4,18 +4,17 @@
 use ioctx::net::UdpSocket;
 use ioctx::{CancellationType, Error, IoContext};
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod common;
+use common::{local, std_peer as receiver};
 
-fn receiver() -> std::net::UdpSocket {
-    let r = std::net::UdpSocket::bind(local()).unwrap();
-    r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    r
+/// A socket with GSO on, connected to `rx`.
+fn gso_sender(ctx: &IoContext, rx: &std::net::UdpSocket) -> UdpSocket {
+    let sock = UdpSocket::bind(ctx, local()).unwrap();
+    sock.connect(rx.local_addr().unwrap()).unwrap();
+    sock.set_gso(true).unwrap();
+    sock
 }
 
 fn datagram(i: usize, len: usize) -> Vec<u8> {
@@ -33,9 +32,7 @@ fn send(sock: &UdpSocket, log: &Log, i: usize, data: Vec<u8>) {
 fn coalesced_sends_arrive_as_separate_datagrams_each_with_its_own_completion() {
     let ctx = IoContext::new().unwrap();
     let rx = receiver();
-    let sock = UdpSocket::bind(&ctx, local()).unwrap();
-    sock.connect(rx.local_addr().unwrap()).unwrap();
-    sock.set_gso(true).unwrap();
+    let sock = gso_sender(&ctx, &rx);
     assert!(sock.gso());
     let log: Log = Rc::default();
     // 40 equal datagrams and a shorter last one: one run.
@@ -87,9 +84,7 @@ fn runs_break_at_a_shorter_datagram_a_new_size_or_another_destination() {
 fn more_than_one_batch_in_a_pass_and_sends_from_handlers_keep_fifo_order() {
     let ctx = IoContext::new().unwrap();
     let rx = receiver();
-    let sock = UdpSocket::bind(&ctx, local()).unwrap();
-    sock.connect(rx.local_addr().unwrap()).unwrap();
-    sock.set_gso(true).unwrap();
+    let sock = gso_sender(&ctx, &rx);
     let log: Log = Rc::default();
     // 100 in one pass (more than the 64 segments of one call) ...
     for i in 0..100 {
@@ -131,9 +126,7 @@ fn more_than_one_batch_in_a_pass_and_sends_from_handlers_keep_fifo_order() {
 fn an_oversize_datagram_fails_alone_and_its_neighbours_go_out() {
     let ctx = IoContext::new().unwrap();
     let rx = receiver();
-    let sock = UdpSocket::bind(&ctx, local()).unwrap();
-    sock.connect(rx.local_addr().unwrap()).unwrap();
-    sock.set_gso(true).unwrap();
+    let sock = gso_sender(&ctx, &rx);
     let log: Log = Rc::default();
     send(&sock, &log, 0, datagram(0, 10));
     send(&sock, &log, 1, datagram(1, 10));
@@ -162,9 +155,7 @@ fn an_oversize_datagram_fails_alone_and_its_neighbours_go_out() {
 fn a_deferred_send_can_be_cancelled_or_aborted_by_close_before_it_leaves() {
     let ctx = IoContext::new().unwrap();
     let rx = receiver();
-    let sock = UdpSocket::bind(&ctx, local()).unwrap();
-    sock.connect(rx.local_addr().unwrap()).unwrap();
-    sock.set_gso(true).unwrap();
+    let sock = gso_sender(&ctx, &rx);
     let log: Log = Rc::default();
     send(&sock, &log, 0, datagram(0, 20));
     let l = log.clone();
@@ -193,9 +184,7 @@ fn a_deferred_send_can_be_cancelled_or_aborted_by_close_before_it_leaves() {
 fn turning_gso_off_restores_speculative_sends() {
     let ctx = IoContext::new().unwrap();
     let rx = receiver();
-    let sock = UdpSocket::bind(&ctx, local()).unwrap();
-    sock.connect(rx.local_addr().unwrap()).unwrap();
-    sock.set_gso(true).unwrap();
+    let sock = gso_sender(&ctx, &rx);
     sock.set_gso(false).unwrap();
     let log: Log = Rc::default();
     send(&sock, &log, 0, datagram(0, 9));

@@ -1,31 +1,13 @@
 //! UdpSocket rules S1–S8 (DESIGN.md §1.4) and the "never inline" rule.
 
+mod common;
+use common::{connected_pair, local, std_peer};
 use ioctx::net::{MessageFlags, UdpSocket, WaitType};
 use ioctx::{CancellationType, Error, IoContext, MAX_BUFFERS, Operation};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// A blocking std socket with a timeout, to observe what leaves an ioctx socket.
-fn std_peer() -> std::net::UdpSocket {
-    let s = std::net::UdpSocket::bind(local()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s
-}
-
-/// An ioctx socket connected to a std peer (and the peer connected back).
-fn connected_pair(ctx: &IoContext) -> (UdpSocket, std::net::UdpSocket) {
-    let peer = std_peer();
-    let sock = UdpSocket::bind(ctx, local()).unwrap();
-    sock.connect(peer.local_addr().unwrap()).unwrap();
-    peer.connect(sock.local_addr().unwrap()).unwrap();
-    (sock, peer)
-}
 
 /// A handler slot that records `(Error, usize)` and whether it ran.
 #[derive(Clone, Default)]

@@ -6,6 +6,8 @@
 //!
 //! Everything runs on loopback or on an AF_UNIX socketpair, in one thread.
 
+mod common;
+use common::{connected_pair, local, std_peer};
 use ioctx::net::{MessageFlags, UdpSocket, WaitType};
 use ioctx::{CancellationType, Error, Executor, IoContext, Operation, SteadyTimer};
 use std::cell::{Cell, RefCell};
@@ -13,26 +15,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// A blocking std socket with a timeout, to feed or observe an ioctx socket.
-fn std_peer() -> std::net::UdpSocket {
-    let s = std::net::UdpSocket::bind(local()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s
-}
-
-/// An ioctx socket connected to a std peer (and the peer connected back).
-fn connected_pair(ctx: &IoContext) -> (UdpSocket, std::net::UdpSocket) {
-    let peer = std_peer();
-    let sock = UdpSocket::bind(ctx, local()).unwrap();
-    sock.connect(peer.local_addr().unwrap()).unwrap();
-    peer.connect(sock.local_addr().unwrap()).unwrap();
-    (sock, peer)
-}
 
 /// An ioctx socket over one end of an AF_UNIX datagram socketpair, whose
 /// sends really would block when the other end (returned, non-blocking)
