@@ -241,8 +241,8 @@ impl IoObject {
             list
         };
         if list {
-            inner.reactor.flush_list.borrow_mut().push(self.clone());
-        } else if wait || (dir == Dir::Write && !deferred) || !self.st.borrow().registered {
+            inner.reactor.flush_list.borrow_mut().push(self.clone())
+        } else if !deferred && (wait || dir == Dir::Write || !self.st.borrow().registered) {
             self.sync_interest(inner, &sock, wait);
         }
     }
@@ -525,8 +525,17 @@ impl IoObject {
             if dir == Dir::Write
                 && let Some(sock) = self.socket()
             {
-                // Drop the write interest once nothing waits for it.
-                self.sync_interest(inner, &sock, false);
+                // Drop the write interest once nothing waits for it; register
+                // only if sends are left waiting (a deferred flush that would
+                // block), so a socket whose sends all leave stays out of epoll.
+                let (registered, waiting) = {
+                    let mut st = self.st.borrow_mut();
+                    st.prune(Dir::Write);
+                    (st.registered, !st.ops[Dir::Write as usize].is_empty())
+                };
+                if registered || waiting {
+                    self.sync_interest(inner, &sock, false);
+                }
             }
             return;
         }

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 mod common;
-use common::{local, std_peer as receiver};
+use common::{epoll_events, local, raw_fd, std_peer as receiver};
 
 /// A socket with GSO on, connected to `rx`.
 fn gso_sender(ctx: &IoContext, rx: &std::net::UdpSocket) -> UdpSocket {
@@ -193,4 +193,19 @@ fn turning_gso_off_restores_speculative_sends() {
     assert_eq!(rx.recv(&mut buf).unwrap(), 9);
     ctx.run();
     assert_eq!(*log.borrow(), vec![(0, Error::NONE, 9)]);
+}
+
+#[test]
+fn a_socket_whose_coalesced_sends_all_leave_stays_out_of_epoll() {
+    // No registration means no epoll_wait in a loop that only sends.
+    let ctx = IoContext::new().unwrap();
+    let rx = receiver();
+    let sock = gso_sender(&ctx, &rx);
+    let log: Log = Rc::default();
+    for i in 0..32 {
+        send(&sock, &log, i, datagram(i, 64));
+    }
+    ctx.run();
+    assert_eq!(log.borrow().len(), 32);
+    assert_eq!(epoll_events(raw_fd(&sock)), None, "the socket joined epoll");
 }

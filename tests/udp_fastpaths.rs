@@ -7,12 +7,11 @@
 //! Everything runs on loopback or on an AF_UNIX socketpair, in one thread.
 
 mod common;
-use common::{connected_pair, local, std_peer};
+use common::{EPOLLIN, EPOLLOUT, connected_pair, epoll_events, local, raw_fd, std_peer};
 use ioctx::net::{MessageFlags, UdpSocket, WaitType};
 use ioctx::{CancellationType, Error, Executor, IoContext, Operation, SteadyTimer};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -94,43 +93,6 @@ fn datagram(id: u32, len: usize) -> Vec<u8> {
     let n = len.min(4);
     d[..n].copy_from_slice(&head[..n]);
     d
-}
-
-/// The events mask (`EPOLLIN`, `EPOLLOUT`, ...) with which `fd` is registered
-/// in an epoll instance of this process, read from `/proc/self/fdinfo`. The
-/// entry is matched by descriptor number AND inode, so the epoll instances of
-/// tests running in parallel cannot be mistaken for ours.
-fn epoll_events(fd: RawFd) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?.ino();
-    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
-        let is_epoll = std::fs::read_link(entry.path()).is_ok_and(|t| t.to_str() == Some("anon_inode:[eventpoll]"));
-        if !is_epoll {
-            continue;
-        }
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")) else { continue };
-        for line in info.lines() {
-            // "tfd:        5 events: 80002019 data: 0000000000000000  pos:0 ino:7f70 sdev:9"
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.len() < 4 || words[0] != "tfd:" || words[2] != "events:" {
-                continue;
-            }
-            let same_ino =
-                words.iter().any(|w| w.strip_prefix("ino:").and_then(|h| u64::from_str_radix(h, 16).ok()) == Some(ino));
-            if words[1].parse::<RawFd>().ok() == Some(fd) && same_ino {
-                return u32::from_str_radix(words[3], 16).ok();
-            }
-        }
-    }
-    None
-}
-
-const EPOLLIN: u32 = 0x001;
-const EPOLLOUT: u32 = 0x004;
-
-fn raw_fd(sock: &UdpSocket) -> RawFd {
-    sock.with_socket2(|s| s.as_raw_fd()).unwrap()
 }
 
 // ---------------------------------------------------------------------------
