@@ -135,7 +135,7 @@ impl Operation {
         if let Some((inner, op)) = self.upgrade()
             && !op.core().is_done()
         {
-            let at = inner.now() + after;
+            let at = inner.later(after);
             let key = inner.timers.borrow_mut().insert(at, TimerTarget::CancelAfter(Rc::downgrade(&op), ty));
             // A second cancel_after replaces the first.
             if let Some(old) = op.core().cancel_key.replace(Some(key)) {

@@ -33,6 +33,12 @@ impl Inner {
         Instant::now()
     }
 
+    /// `now + d`, or a time beyond any deadline when that overflows.
+    pub(crate) fn later(&self, d: Duration) -> Instant {
+        let now = self.now();
+        now.checked_add(d).unwrap_or_else(|| far_future(now))
+    }
+
     #[inline]
     pub(crate) fn add_work(&self) {
         self.outstanding.set(self.outstanding.get() + 1);
@@ -138,6 +144,17 @@ impl Inner {
     }
 }
 
+/// An instant about a century after `now` (the furthest a timer is set).
+pub(crate) fn far_future(now: Instant) -> Instant {
+    let mut d = Duration::from_secs(100 * 365 * 24 * 3600);
+    loop {
+        if let Some(t) = now.checked_add(d) {
+            return t;
+        }
+        d /= 2;
+    }
+}
+
 /// Counts this context's `run*` calls on the stack, even through a panic.
 struct DepthGuard<'a>(&'a Inner);
 impl<'a> DepthGuard<'a> {
@@ -226,7 +243,10 @@ impl IoContext {
     /// As [`run`](Self::run), but returns when `d` has passed. Returning on the
     /// deadline does not stop the context.
     pub fn run_for(&self, d: Duration) -> usize {
-        self.run_until(self.inner.now() + d)
+        match self.inner.now().checked_add(d) {
+            Some(deadline) => self.run_until(deadline),
+            None => self.run(), // beyond what the clock can represent: no deadline
+        }
     }
 
     /// As [`run`](Self::run), but returns at `deadline`. Returning on the
@@ -237,7 +257,10 @@ impl IoContext {
 
     /// As [`run_one`](Self::run_one), waiting at most `d`.
     pub fn run_one_for(&self, d: Duration) -> usize {
-        self.run_one_until(self.inner.now() + d)
+        match self.inner.now().checked_add(d) {
+            Some(deadline) => self.run_one_until(deadline),
+            None => self.run_one(),
+        }
     }
 
     /// As [`run_one`](Self::run_one), waiting until `deadline` at most.

@@ -149,7 +149,8 @@ pub(crate) struct IoObject {
 }
 
 impl IoObject {
-    /// Registers `sock` (already non-blocking) with the context's reactor.
+    /// Adds `sock` (already non-blocking) to the context's registrations; it
+    /// joins epoll later, when an operation first has to wait.
     pub(crate) fn register(inner: &Rc<Inner>, sock: Socket) -> io::Result<Rc<IoObject>> {
         let obj = Rc::new(IoObject {
             ctx: Rc::downgrade(inner),
@@ -315,7 +316,11 @@ impl IoObject {
             inner.finish(op, Error::BAD_DESCRIPTOR, 0);
             return;
         };
-        self.st.borrow_mut().error_waits.push_back(op);
+        {
+            let mut st = self.st.borrow_mut();
+            st.error_waits.retain(|w| !w.core().is_done()); // cancelled ones
+            st.error_waits.push_back(op);
+        }
         self.sync_interest(inner, &sock, true);
     }
 
@@ -336,7 +341,6 @@ impl IoObject {
             if st.registered && !force && wanted == st.interest {
                 return;
             }
-            st.interest = wanted;
             wanted
         };
         let registry = inner.reactor.poll.borrow();
@@ -349,6 +353,7 @@ impl IoObject {
         match res {
             Ok(()) => {
                 let mut st = self.st.borrow_mut();
+                st.interest = wanted;
                 if !st.registered {
                     st.registered = true;
                     inner.reactor.registered.set(inner.reactor.registered.get() + 1);
@@ -486,9 +491,11 @@ impl IoObject {
                 Batch::Sent(k)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
-            Err(e) => {
-                // EINVAL may also be about this batch only (segments above the
-                // path MTU): GSO goes off after several refusals in a row.
+            Err(e) if sys::gso_refused(&e) || e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                // About the batch, not the datagrams: send them one by one,
+                // each with its own result. EINVAL may concern this batch only
+                // (segments above the path MTU), so GSO goes off for the
+                // socket only after several refusals in a row.
                 if sys::gso_refused(&e) {
                     let n = self.gso_refusals.get() + 1;
                     self.gso_refusals.set(n);
@@ -498,6 +505,16 @@ impl IoObject {
                     }
                 }
                 Batch::Single
+            }
+            Err(e) => {
+                // The socket's own pending error (an ICMP report, say): the
+                // call consumed it, so it goes to the first send, as it would
+                // without batching; the others stay queued.
+                let op = run.into_iter().next().expect("a run has two or more sends");
+                let front = self.st.borrow_mut().ops[Dir::Write as usize].pop_front();
+                drop(front);
+                inner.finish(op, Error::from(e), 0);
+                Batch::Sent(1)
             }
         }
     }

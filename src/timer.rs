@@ -1,5 +1,6 @@
-//! The context's timer queue (bucketed deadlines: O(log b) insertion for b
-//! buckets, O(1) removal, equal deadlines in the order set) and `SteadyTimer`.
+//! The context's timer queue (bucketed deadlines: insertion O(log b) for b
+//! buckets, or O(k) into the k items of the current bucket; O(1) removal;
+//! equal deadlines in the order set) and `SteadyTimer`.
 
 use crate::cancel::{CancellationType, Operation};
 use crate::context::Executor;
@@ -274,8 +275,14 @@ impl SteadyTimer {
     /// Sets the expiry to `now + d`; cancels the pending waits and returns how
     /// many it cancelled.
     pub fn expires_after(&self, d: Duration) -> usize {
-        let now = self.obj.exec.upgrade().map_or_else(Instant::now, |i| i.now());
-        self.expires_at(now + d)
+        let at = match self.obj.exec.upgrade() {
+            Some(inner) => inner.later(d),
+            None => {
+                let now = Instant::now();
+                now.checked_add(d).unwrap_or_else(|| crate::context::far_future(now))
+            }
+        };
+        self.expires_at(at)
     }
 
     /// Sets the expiry; cancels the pending waits and returns how many it
@@ -324,12 +331,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heap_orders_by_deadline_then_sequence_and_removes_anywhere() {
+    fn queue_orders_by_deadline_then_sequence_and_removes_anywhere() {
         let t0 = Instant::now();
         let mut q = TimerQueue::new(t0);
         let mut ops: Vec<(Instant, u64, usize, Rc<dyn Completion>)> = Vec::new();
         // Deadlines repeat so that the sequence decides ties; enough removals
-        // to trigger a rebuild of the heap.
+        // to trigger a sweep of the dead items.
         for i in 0..5000u64 {
             let at = t0 + Duration::from_micros((i * 7919) % 50);
             let op: Rc<dyn Completion> = Rc::new(WaitOp::new(|_: Error| {}));

@@ -787,3 +787,23 @@ fn dispatch_is_inline_inside_a_nested_poll() {
     ctx.run();
     assert_eq!(log.get(), vec![1, 2, 3]);
 }
+
+#[test]
+fn durations_beyond_the_clock_do_not_panic() {
+    let ctx = IoContext::new().unwrap();
+    // No work: both return at once instead of overflowing `now + d`.
+    assert_eq!(ctx.run_for(Duration::MAX), 0);
+    ctx.restart();
+    assert_eq!(ctx.run_one_for(Duration::MAX), 0);
+    ctx.restart();
+    let timer = ioctx::SteadyTimer::new(&ctx);
+    timer.expires_after(Duration::MAX);
+    let hit = Rc::new(Cell::new(None));
+    let h = hit.clone();
+    let op = timer.async_wait(move |e| h.set(Some(e)));
+    op.cancel_after(Duration::MAX, ioctx::CancellationType::TERMINAL);
+    assert!(op.is_pending());
+    timer.cancel();
+    ctx.run();
+    assert_eq!(hit.get(), Some(ioctx::Error::OPERATION_ABORTED));
+}

@@ -209,3 +209,24 @@ fn a_socket_whose_coalesced_sends_all_leave_stays_out_of_epoll() {
     assert_eq!(log.borrow().len(), 32);
     assert_eq!(epoll_events(raw_fd(&sock)), None, "the socket joined epoll");
 }
+
+#[test]
+fn an_icmp_error_goes_to_the_first_coalesced_send_as_without_gso() {
+    // After an ICMP port unreachable, the socket's pending error is consumed
+    // by the next send call: the batch's first operation must report it.
+    let ctx = IoContext::new().unwrap();
+    let dead = std::net::UdpSocket::bind(local()).unwrap().local_addr().unwrap();
+    let sock = UdpSocket::bind(&ctx, local()).unwrap();
+    sock.connect(dead).unwrap();
+    sock.send(&b"probe"[..]).unwrap(); // draws the ICMP report
+    sock.set_gso(true).unwrap();
+    let log: Log = Rc::default();
+    for i in 0..3 {
+        send(&sock, &log, i, datagram(i, 32));
+    }
+    ctx.run();
+    let got = log.borrow();
+    assert_eq!(got[0], (0, Error::CONNECTION_REFUSED, 0), "{got:?}");
+    assert_eq!(got.len(), 3);
+    assert!(sock.gso(), "a socket error is not a refusal of GSO");
+}

@@ -663,3 +663,15 @@ fn operations_started_after_the_context_is_gone_drop_their_handler_unrun() {
     assert!(!op.is_pending());
     assert_eq!(Rc::strong_count(&token), 1, "the handler was not dropped");
 }
+
+#[test]
+fn ttl_applies_to_the_socket_family() {
+    let ctx = IoContext::new().unwrap();
+    let v6 = UdpSocket::bind(&ctx, "[::1]:0".parse().unwrap()).unwrap();
+    v6.set_ttl(9).unwrap();
+    assert_eq!(v6.ttl().unwrap(), 9);
+    assert_eq!(v6.with_socket2(|s| s.unicast_hops_v6().unwrap()).unwrap(), 9, "IPV6_UNICAST_HOPS was not set");
+    let v4 = UdpSocket::bind(&ctx, local()).unwrap();
+    v4.set_ttl(11).unwrap();
+    assert_eq!(v4.with_socket2(|s| s.ttl_v4().unwrap()).unwrap(), 11);
+}

@@ -36,7 +36,9 @@ impl Drop for Handle {
 /// later from the loop, never from inside the call.
 ///
 /// - **S1** `async_send` tries the system call at once when nothing is queued
-///   on the socket, so the datagram may leave before `run()` is called.
+///   on the socket, so the datagram may leave before `run()` is called
+///   (unless [`set_gso(true)`](Self::set_gso) defers sends to the end of the
+///   pass).
 /// - **S2** Sends queue behind sends, receives behind receives (FIFO).
 /// - **S3** A send that would block waits for writability; an event drains
 ///   the queue until would-block (at most a bounded number per turn).
@@ -497,14 +499,17 @@ impl UdpSocket {
         self.sock()?.recv_buffer_size()
     }
 
-    /// `IP_TTL`.
+    /// The unicast TTL: `IP_TTL` on an IPv4 socket, `IPV6_UNICAST_HOPS` on an
+    /// IPv6 one.
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        self.sock()?.set_ttl_v4(ttl)
+        let sock = self.sock()?;
+        if sock.local_addr()?.is_ipv6() { sock.set_unicast_hops_v6(ttl) } else { sock.set_ttl_v4(ttl) }
     }
 
-    /// `IP_TTL` as the kernel reports it.
+    /// The unicast TTL as the kernel reports it (see [`set_ttl`](Self::set_ttl)).
     pub fn ttl(&self) -> io::Result<u32> {
-        self.sock()?.ttl_v4()
+        let sock = self.sock()?;
+        if sock.local_addr()?.is_ipv6() { sock.unicast_hops_v6() } else { sock.ttl_v4() }
     }
 
     /// Joins an IPv4 multicast group on `interface` (`0.0.0.0` for any).
