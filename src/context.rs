@@ -46,6 +46,7 @@ impl Inner {
 
     #[inline]
     fn remove_work(&self) {
+        debug_assert!(self.outstanding.get() > 0, "work count went below zero");
         self.outstanding.set(self.outstanding.get().saturating_sub(1));
     }
 
@@ -144,6 +145,13 @@ impl Inner {
     }
 }
 
+/// Where the timer queue counts deadlines from: a day before the context's
+/// creation, so that deadlines set in the recent past keep their order too.
+fn timer_base() -> Instant {
+    let now = Instant::now();
+    now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+}
+
 /// An instant about a century after `now` (the furthest a timer is set).
 pub(crate) fn far_future(now: Instant) -> Instant {
     let mut d = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -218,7 +226,7 @@ impl IoContext {
             depth: Cell::new(0),
             shut: Cell::new(false),
             reactor: Reactor::new()?,
-            timers: RefCell::new(TimerQueue::new(Instant::now())),
+            timers: RefCell::new(TimerQueue::new(timer_base())),
         });
         Ok(IoContext { exec: Executor { inner: Rc::downgrade(&inner) }, inner })
     }

@@ -68,7 +68,7 @@ impl TimerQueue {
         }
     }
 
-    /// The instant deadlines are counted from (the context's creation).
+    /// The instant deadlines are counted from (before the context's creation).
     pub(crate) fn base(&self) -> Instant {
         self.base
     }
@@ -257,9 +257,9 @@ impl std::fmt::Debug for SteadyTimer {
 }
 
 impl SteadyTimer {
-    /// A timer on `ex`'s context that has already expired (its expiry is the
-    /// context's creation; a wait started before `expires_*` completes on the
-    /// next turn of the loop, as with Asio's default expiry).
+    /// A timer on `ex`'s context that has already expired (its expiry lies
+    /// before the context's creation; a wait started before `expires_*`
+    /// completes on the next turn of the loop, as with Asio's default expiry).
     pub fn new(ex: &Executor) -> SteadyTimer {
         let now = ex.upgrade().map_or_else(Instant::now, |i| i.timers.borrow().base());
         SteadyTimer {

@@ -639,3 +639,22 @@ fn ten_thousand_timers_fire_in_deadline_order_and_cancelled_ones_abort() {
         );
     }
 }
+
+#[test]
+fn deadlines_in_the_past_still_fire_in_deadline_order() {
+    let before = Instant::now();
+    std::thread::sleep(Duration::from_millis(2));
+    let ctx = IoContext::new().unwrap();
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let mut timers = Vec::new();
+    // Both lie before the context's creation; the later-set one is earlier.
+    for (name, at) in [("later", before + Duration::from_millis(1)), ("earlier", before)] {
+        let t = SteadyTimer::new(&ctx);
+        t.expires_at(at);
+        let o = order.clone();
+        t.async_wait(move |e| o.borrow_mut().push((name, e)));
+        timers.push(t); // dropping a timer would cancel its wait
+    }
+    ctx.run();
+    assert_eq!(*order.borrow(), vec![("earlier", Error::NONE), ("later", Error::NONE)]);
+}
