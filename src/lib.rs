@@ -63,6 +63,7 @@
 //! | `asio::cancel_after` | [`Operation::cancel_after`] |
 //! | `steady_timer` | [`SteadyTimer`] |
 //! | `async_immediate` completion | every immediate completion is posted |
+//! | (no Asio equivalent) | [`net::UdpSocket::set_gso`]: sends of one pass coalesced with UDP segmentation offload, each completing on its own |
 //!
 //! ## Rules every operation follows
 //!
