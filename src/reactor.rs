@@ -9,7 +9,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 use smallvec::SmallVec;
-use socket2::Socket;
+use socket2::{SockAddr, Socket};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
@@ -391,8 +391,13 @@ impl IoObject {
             if done == budget {
                 return true;
             }
-            if dir == Dir::Write && self.gso.get() {
-                match self.send_run(inner, &sock, budget - done) {
+            if dir == Dir::Write {
+                let batch = if self.gso.get() {
+                    self.send_run(inner, &sock, budget - done)
+                } else {
+                    self.send_many(inner, &sock, budget - done)
+                };
+                match batch {
                     Batch::Sent(k) => {
                         done += k;
                         continue;
@@ -425,6 +430,69 @@ impl IoObject {
         }
     }
 
+    /// The pending sends at the front of the write queue, at most `max`.
+    /// Taken out of the borrow: inspecting them runs the buffers' own code.
+    fn front_sends(&self, max: usize) -> SmallVec<[Rc<dyn SocketOp>; 16]> {
+        let st = self.st.borrow();
+        st.ops[Dir::Write as usize].iter().take_while(|op| !op.core().is_done()).take(max).cloned().collect()
+    }
+
+    /// Sends the queued sends at the front of the write queue (any sizes and
+    /// destinations) in one `sendmmsg`, each completing with its own result.
+    /// Sends queue only behind a socket that would block, so this is the
+    /// flush when it becomes writable again. `Single` when fewer than two.
+    fn send_many(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
+        let candidates = self.front_sends(max.min(MAX_SEGMENTS));
+        if candidates.len() < 2 {
+            return Batch::Single;
+        }
+        let mut run: SmallVec<[(Rc<dyn SocketOp>, usize, Option<SockAddr>); 16]> = SmallVec::new();
+        for op in &candidates {
+            match op.send_parts() {
+                Some((len, dest)) => run.push((op.clone(), len, dest.cloned())),
+                None => break,
+            }
+        }
+        if run.len() < 2 {
+            return Batch::Single;
+        }
+        let mut buf = inner.reactor.batch.borrow_mut();
+        buf.clear();
+        let mut starts: SmallVec<[usize; 16]> = SmallVec::new();
+        for (op, _, _) in &run {
+            starts.push(buf.len());
+            op.copy_payload(&mut buf);
+        }
+        let parts: SmallVec<[sys::Part<'_>; 16]> = run
+            .iter()
+            .zip(&starts)
+            .map(|((_, len, dest), start)| sys::Part { start: *start, len: *len, dest: dest.as_ref() })
+            .collect();
+        let r = sys::send_many(sock, &buf, &parts);
+        drop(parts);
+        drop(buf);
+        match r {
+            Ok(k) => {
+                log::trace!("sent {k} of {} queued datagrams in one call", run.len());
+                self.st.borrow_mut().ops[Dir::Write as usize].drain(..k);
+                for (op, len, _) in run.into_iter().take(k) {
+                    inner.finish(op, Error::NONE, len);
+                }
+                Batch::Sent(k)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
+            Err(e) => {
+                // The first datagram failed (its own error, or the socket's
+                // pending one, which the call consumed): it goes to that send.
+                let (op, _, _) = run.into_iter().next().expect("two or more sends");
+                let front = self.st.borrow_mut().ops[Dir::Write as usize].pop_front();
+                drop(front);
+                inner.finish(op, Error::from(e), 0);
+                Batch::Sent(1)
+            }
+        }
+    }
+
     /// Sends the run of equal-size datagrams (same destination, the last may
     /// be shorter) at the front of the write queue in one system call with
     /// UDP segmentation offload; each operation completes with its own length.
@@ -432,17 +500,7 @@ impl IoObject {
     /// refused the batch: the operations then go one by one, each with its
     /// own result (and a refusal of GSO itself turns it off for the socket).
     fn send_run(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
-        // The candidates are taken first: `send_parts` runs the buffers' own
-        // code, which must not find the socket's state borrowed.
-        let candidates: SmallVec<[Rc<dyn SocketOp>; 16]> = {
-            let st = self.st.borrow();
-            st.ops[Dir::Write as usize]
-                .iter()
-                .take_while(|op| !op.core().is_done())
-                .take(max.min(MAX_SEGMENTS))
-                .cloned()
-                .collect()
-        };
+        let candidates = self.front_sends(max.min(MAX_SEGMENTS));
         let mut run: SmallVec<[Rc<dyn SocketOp>; 16]> = SmallVec::new();
         let (segment, dest) = {
             let mut it = candidates.iter();

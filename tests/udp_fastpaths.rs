@@ -1239,3 +1239,69 @@ fn dropping_the_context_frees_every_queued_handler_unrun() {
     assert!(!ex.is_alive());
     ex.post(|| panic!("posted after the context was dropped"));
 }
+
+#[test]
+fn sends_queued_behind_a_blocked_socket_leave_in_order_with_their_own_lengths() {
+    // They are flushed together (sendmmsg) when the socket becomes writable;
+    // a readiness wait in the queue splits the batch but keeps its place.
+    let ctx = IoContext::new().unwrap();
+    let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let sock = UdpSocket::from_std(&ctx, std::os::fd::OwnedFd::from(a).into()).unwrap();
+    b.set_nonblocking(true).unwrap();
+    let order: Rc<RefCell<Vec<(usize, Error, usize)>>> = Rc::default();
+    // Fill the peer until a send has to wait.
+    let mut i = 0;
+    loop {
+        let o = order.clone();
+        let k = i;
+        let op = sock.async_send(vec![k as u8; 700], move |e, n| o.borrow_mut().push((k, e, n)));
+        i += 1;
+        if op.is_pending() {
+            break;
+        }
+        assert!(i < 100_000, "the socket never blocked");
+    }
+    let first_queued = i - 1;
+    // Different sizes, and a write wait in the middle.
+    for len in [1usize, 2, 3] {
+        let o = order.clone();
+        let k = i;
+        sock.async_send(vec![k as u8; len], move |e, n| o.borrow_mut().push((k, e, n)));
+        i += 1;
+    }
+    let o = order.clone();
+    sock.async_wait(WaitType::Write, move |e| o.borrow_mut().push((usize::MAX, e, 0)));
+    for len in [4usize, 5] {
+        let o = order.clone();
+        let k = i;
+        sock.async_send(vec![k as u8; len], move |e, n| o.borrow_mut().push((k, e, n)));
+        i += 1;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    for _ in 0..10_000 {
+        while let Ok(n) = b.recv(&mut buf) {
+            got.push((buf[0] as usize, n));
+        }
+        if order.borrow().len() == i + 1 {
+            break;
+        }
+        ctx.run_one_for(Duration::from_millis(100));
+    }
+    while let Ok(n) = b.recv(&mut buf) {
+        got.push((buf[0] as usize, n));
+    }
+    let order = order.borrow();
+    assert_eq!(order.len(), i + 1);
+    let tail: Vec<_> = order.iter().filter(|(k, _, _)| *k >= first_queued).copied().collect();
+    let mut want: Vec<_> = (first_queued..first_queued + 4)
+        .map(|k| (k, Error::NONE, if k == first_queued { 700 } else { k - first_queued }))
+        .collect();
+    want.push((usize::MAX, Error::NONE, 0));
+    want.extend([(first_queued + 4, Error::NONE, 4), (first_queued + 5, Error::NONE, 5)]);
+    assert_eq!(tail, want);
+    let lens: Vec<usize> = got.iter().map(|g| g.1).collect();
+    assert_eq!(&lens[lens.len() - 6..], &[700, 1, 2, 3, 4, 5]);
+    assert_eq!(got.len(), i);
+    assert!(got.iter().enumerate().all(|(k, (tag, _))| *tag == k % 256), "datagrams out of order");
+}

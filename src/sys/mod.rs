@@ -124,6 +124,52 @@ pub(crate) fn send_segments(sock: &Socket, buf: &[u8], dest: Option<&SockAddr>, 
     }
 }
 
+/// One datagram of a [`send_many`] batch: its bytes within the batch buffer
+/// and its destination (`None`: the connected peer).
+pub(crate) struct Part<'a> {
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+    pub(crate) dest: Option<&'a SockAddr>,
+}
+
+/// `sendmmsg`: several datagrams, each with its own destination, in one
+/// system call. Returns how many the kernel took (at least one); an error
+/// means the first one failed.
+pub(crate) fn send_many(sock: &Socket, buf: &[u8], parts: &[Part<'_>]) -> io::Result<usize> {
+    let iovs: smallvec::SmallVec<[libc::iovec; 16]> = parts
+        .iter()
+        .map(|p| libc::iovec { iov_base: buf[p.start..p.start + p.len].as_ptr() as *mut libc::c_void, iov_len: p.len })
+        .collect();
+    let mut msgs: smallvec::SmallVec<[libc::mmsghdr; 16]> = parts
+        .iter()
+        .zip(iovs.iter())
+        .map(|(p, iov)| {
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            if let Some(d) = p.dest {
+                m.msg_hdr.msg_name = d.as_ptr() as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = d.len();
+            }
+            m.msg_hdr.msg_iov = iov as *const libc::iovec as *mut libc::iovec;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    loop {
+        // SAFETY: every header points to an iovec in `iovs` and a name in
+        // `parts`, both alive and unmoved for the call; the kernel only reads
+        // them (and writes `msg_len` into `msgs`, which we own).
+        let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// True for the errors with which a kernel or device refuses segmentation
 /// offload (rather than the datagrams themselves).
 pub(crate) fn gso_refused(e: &io::Error) -> bool {
