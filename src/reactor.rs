@@ -86,6 +86,9 @@ pub(crate) enum Attempt<R> {
     Later,
 }
 
+/// A send taken for a batch: the operation, its length and destination.
+type QueuedSend = (Rc<dyn SocketOp>, usize, Option<SockAddr>);
+
 /// Result of [`IoObject::send_run`].
 enum Batch {
     /// This many operations completed in one call.
@@ -446,7 +449,7 @@ impl IoObject {
         if candidates.len() < 2 {
             return Batch::Single;
         }
-        let mut run: SmallVec<[(Rc<dyn SocketOp>, usize, Option<SockAddr>); 16]> = SmallVec::new();
+        let mut run: SmallVec<[QueuedSend; 16]> = SmallVec::new();
         for op in &candidates {
             match op.send_parts() {
                 Some((len, dest)) => run.push((op.clone(), len, dest.cloned())),
