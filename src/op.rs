@@ -10,6 +10,7 @@ use crate::reactor::IoObject;
 use crate::sys;
 use socket2::{SockAddr, Socket};
 use std::cell::{Cell, RefCell};
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -69,6 +70,17 @@ pub(crate) trait SocketOp: Completion {
     }
     /// For a send: appends its datagram's bytes to `out`.
     fn copy_payload(&self, _out: &mut Vec<u8>) {}
+    /// True for a receive without flags, which can join a batch.
+    fn is_plain_recv(&self) -> bool {
+        false
+    }
+    /// For a plain receive (no flags) that can join a batch: lends its
+    /// scatter list to `f` and returns true; false otherwise.
+    fn with_recv_bufs(&self, _f: &mut dyn FnMut(&mut [IoSliceMut<'_>])) -> bool {
+        false
+    }
+    /// For a receive completed in a batch: the sender it got.
+    fn set_sender(&self, _from: Option<SocketAddr>) {}
 }
 
 /// Sends `bufs` as one datagram now; `None` when the socket would block.
@@ -225,6 +237,24 @@ where
         let (err, n, from) = recv_now(io, sock, bufs.as_mut()?, self.flags, self.want_from)?;
         self.from.set(from);
         Some((err, n))
+    }
+    fn is_plain_recv(&self) -> bool {
+        self.flags == 0
+    }
+    fn with_recv_bufs(&self, f: &mut dyn FnMut(&mut [IoSliceMut<'_>])) -> bool {
+        if self.flags != 0 {
+            return false;
+        }
+        let mut bufs = self.bufs.borrow_mut();
+        let Some(bufs) = bufs.as_mut() else { return false };
+        let Some(mut slices) = mut_slices(bufs) else { return false };
+        f(&mut slices);
+        true
+    }
+    fn set_sender(&self, from: Option<SocketAddr>) {
+        if self.want_from {
+            self.from.set(from);
+        }
     }
 }
 

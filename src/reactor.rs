@@ -86,6 +86,34 @@ pub(crate) enum Attempt<R> {
     Later,
 }
 
+/// Lends the scatter lists of all `ops` at once and calls `call` with them
+/// laid end to end (`counts[i]` slices for op `i`). Each level of the
+/// recursion holds one operation's buffers borrowed while the inner levels
+/// run, which is what keeps every list valid during the system call.
+/// Returns false (without calling) if an operation cannot lend its buffers.
+fn lend_recv_bufs(
+    ops: &[Rc<dyn SocketOp>],
+    outer: Vec<IoSliceMut<'_>>,
+    counts: &mut Vec<usize>,
+    call: &mut dyn FnMut(&mut [IoSliceMut<'_>], &[usize]),
+) -> bool {
+    let Some((op, rest)) = ops.split_first() else {
+        let mut all = outer;
+        call(&mut all, counts);
+        return true;
+    };
+    let mut outer = Some(outer);
+    let mut inner_ok = false;
+    let lent = op.with_recv_bufs(&mut |mine| {
+        let Some(outer) = outer.take() else { return };
+        counts.push(mine.len());
+        let mut all: Vec<IoSliceMut<'_>> = outer;
+        all.extend(mine.iter_mut().map(|s| IoSliceMut::new(&mut s[..])));
+        inner_ok = lend_recv_bufs(rest, all, counts, call);
+    });
+    lent && inner_ok
+}
+
 /// A send taken for a batch: the operation, its length and destination.
 type QueuedSend = (Rc<dyn SocketOp>, usize, Option<SockAddr>);
 
@@ -394,6 +422,22 @@ impl IoObject {
             if done == budget {
                 return true;
             }
+            if dir == Dir::Read && self.readahead.get() && !self.has_read_ahead() {
+                match self.recv_many(inner, &sock, budget - done) {
+                    Batch::Sent(k) => {
+                        done += k;
+                        if !self.st.borrow().ready[dir as usize] {
+                            return false; // drained
+                        }
+                        continue;
+                    }
+                    Batch::WouldBlock => {
+                        self.st.borrow_mut().ready[dir as usize] = false;
+                        return false;
+                    }
+                    Batch::Single => {}
+                }
+            }
             if dir == Dir::Write {
                 let batch = if self.gso.get() {
                     self.send_run(inner, &sock, budget - done)
@@ -429,6 +473,69 @@ impl IoObject {
                         return false;
                     }
                 }
+            }
+        }
+    }
+
+    /// Receives into the plain receives pending at the front of the read
+    /// queue (two or more) with one `recvmmsg`, plus the spare slot, so that
+    /// the same call says whether the socket is drained (as `recv` does for
+    /// one receive). Each completes with its own length and sender.
+    fn recv_many(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
+        let candidates: SmallVec<[Rc<dyn SocketOp>; 16]> = {
+            let st = self.st.borrow();
+            st.ops[Dir::Read as usize]
+                .iter()
+                .take_while(|op| !op.core().is_done() && op.is_plain_recv())
+                .take(max.min(sys::RECV_BATCH - 1))
+                .cloned()
+                .collect()
+        };
+        if candidates.len() < 2 {
+            return Batch::Single;
+        }
+        let mut spare = inner.reactor.spare.borrow_mut();
+        if spare.is_empty() {
+            *spare = vec![0u8; SPARE_LEN].into_boxed_slice();
+        }
+        let mut result = None;
+        let mut counts = Vec::with_capacity(candidates.len());
+        let lent = lend_recv_bufs(&candidates, Vec::new(), &mut counts, &mut |bufs, counts| {
+            result = Some(sys::recv_many(sock, bufs, counts, &mut spare));
+        });
+        // A receive that cannot join (flags, too many buffers) ends the batch.
+        let Some(result) = result.filter(|_| lent) else { return Batch::Single };
+        match result {
+            Ok(got) => {
+                let ops = candidates.len();
+                let k = got.len().min(ops);
+                if got.len() > ops {
+                    let (len, from) = got[ops];
+                    let mut data = std::mem::take(&mut *self.stash_buf.borrow_mut());
+                    data.clear();
+                    data.extend_from_slice(&spare[..len]);
+                    *self.stash.borrow_mut() = Some(Stash { data, from });
+                } else {
+                    // Fewer datagrams than slots: the socket is drained.
+                    self.st.borrow_mut().ready[Dir::Read as usize] = false;
+                }
+                drop(spare);
+                self.st.borrow_mut().ops[Dir::Read as usize].drain(..k);
+                for (op, (len, from)) in candidates.into_iter().zip(got).take(k) {
+                    op.set_sender(from);
+                    inner.finish(op, Error::NONE, len);
+                }
+                log::trace!("received {k} datagrams in one call");
+                Batch::Sent(k)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
+            Err(e) => {
+                drop(spare);
+                let op = candidates.into_iter().next().expect("two or more receives");
+                let front = self.st.borrow_mut().ops[Dir::Read as usize].pop_front();
+                drop(front);
+                inner.finish(op, Error::from(e), 0);
+                Batch::Sent(1)
             }
         }
     }

@@ -1305,3 +1305,78 @@ fn sends_queued_behind_a_blocked_socket_leave_in_order_with_their_own_lengths() 
     assert_eq!(got.len(), i);
     assert!(got.iter().enumerate().all(|(k, (tag, _))| *tag == k % 256), "datagrams out of order");
 }
+
+#[test]
+fn several_pending_receives_are_filled_by_one_batch_with_their_own_shapes_and_senders() {
+    let ctx = IoContext::new().unwrap();
+    let sock = UdpSocket::bind(&ctx, local()).unwrap();
+    let (p1, p2) = (std_peer(), std_peer());
+    type Got = Rc<RefCell<Vec<(usize, Error, Vec<u8>, SocketAddr)>>>;
+    let got: Got = Rc::default();
+    // Receives wait first (nothing queued yet), then the datagrams arrive.
+    let g = got.clone();
+    sock.async_receive_from(vec![0u8; 64], move |e, n, b, f| g.borrow_mut().push((0, e, b[..n].to_vec(), f)));
+    let g = got.clone();
+    sock.async_receive_from([vec![0u8; 4], vec![0u8; 6]], move |e, n, b, f| {
+        g.borrow_mut().push((1, e, b.concat()[..n].to_vec(), f))
+    });
+    let g = got.clone();
+    sock.async_receive_from(vec![0u8; 3], move |e, n, b, f| g.borrow_mut().push((2, e, b[..n].to_vec(), f)));
+    let g = got.clone();
+    sock.async_receive_with_flags(vec![0u8; 64], MessageFlags::PEEK, move |e, n, b| {
+        g.borrow_mut().push((3, e, b[..n].to_vec(), "0.0.0.0:0".parse().unwrap()))
+    });
+    let g = got.clone();
+    sock.async_receive_from(vec![0u8; 64], move |e, n, b, f| g.borrow_mut().push((4, e, b[..n].to_vec(), f)));
+    let to = sock.local_addr().unwrap();
+    p1.send_to(b"first", to).unwrap();
+    p2.send_to(b"second-dgram", to).unwrap();
+    p1.send_to(b"truncated", to).unwrap();
+    p2.send_to(b"peeked", to).unwrap();
+    ctx.run_for(Duration::from_millis(500));
+    let got = got.borrow();
+    let want = [
+        (0, &b"first"[..], p1.local_addr().unwrap()),
+        (1, &b"second-dgr"[..], p2.local_addr().unwrap()), // 10 bytes of scatter room
+        (2, &b"tru"[..], p1.local_addr().unwrap()),
+        (3, &b"peeked"[..], "0.0.0.0:0".parse().unwrap()),
+        (4, &b"peeked"[..], p2.local_addr().unwrap()),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for ((k, e, data, from), (wk, wdata, wfrom)) in got.iter().zip(want) {
+        assert_eq!((*k, *e, &data[..], *from), (wk, Error::NONE, wdata, wfrom));
+    }
+}
+
+#[test]
+fn a_read_wait_behind_receives_that_drained_the_socket_waits_for_new_data() {
+    // As in Asio: the receives ahead of it took every datagram, so the
+    // socket is not readable until another one arrives.
+    let ctx = IoContext::new().unwrap();
+    let (sock, peer) = connected_pair(&ctx);
+    let n = Rc::new(Cell::new(0));
+    for _ in 0..3 {
+        let n = n.clone();
+        sock.async_receive(vec![0u8; 16], move |e, _, _| {
+            assert_eq!(e, Error::NONE);
+            n.set(n.get() + 1);
+        });
+    }
+    let woke = Rc::new(Cell::new(false));
+    let w = woke.clone();
+    sock.async_wait(WaitType::Read, move |e| {
+        assert_eq!(e, Error::NONE);
+        w.set(true);
+    });
+    for i in 0..3u8 {
+        peer.send(&[i]).unwrap();
+    }
+    ctx.run_for(Duration::from_millis(50));
+    assert_eq!(n.get(), 3);
+    assert!(!woke.get(), "the wait completed on a drained socket");
+    peer.send(b"more").unwrap();
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(500));
+    assert!(woke.get(), "the wait missed the new datagram");
+    assert_eq!(sock.available().unwrap(), 4, "a wait does not consume");
+}

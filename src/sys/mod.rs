@@ -247,6 +247,79 @@ pub(crate) fn recv_readahead(
     Ok(ReadAhead { first, second })
 }
 
+/// Most datagrams one [`recv_many`] takes (receives plus the spare slot).
+pub(crate) const RECV_BATCH: usize = 17;
+
+/// `recvmmsg` into several receives' scatter lists at once, plus `spare`
+/// last: message `i` fills the next `counts[i]` slices of `bufs`. Returns
+/// the length and sender of each datagram received, in order (at least one);
+/// one more than `counts.len()` means the spare slot got a datagram too,
+/// fewer means the socket is drained.
+pub(crate) fn recv_many(
+    sock: &Socket,
+    bufs: &mut [IoSliceMut<'_>],
+    counts: &[usize],
+    spare: &mut [u8],
+) -> io::Result<smallvec::SmallVec<[(usize, Option<SocketAddr>); RECV_BATCH]>> {
+    let n = counts.len() + 1;
+    if n > RECV_BATCH || counts.iter().sum::<usize>() != bufs.len() {
+        return Err(io::Error::from(Error::INVALID_ARGUMENT));
+    }
+    let mut names: smallvec::SmallVec<[SockAddrStorage; RECV_BATCH]> =
+        (0..n).map(|_| SockAddrStorage::zeroed()).collect();
+    let name_len = names[0].size_of();
+    let mut spare_iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+    let base: *mut libc::iovec = bufs.as_mut_ptr().cast();
+    let mut msgs: smallvec::SmallVec<[libc::mmsghdr; RECV_BATCH]> = smallvec::SmallVec::new();
+    let mut start = 0;
+    for (i, name) in names.iter_mut().enumerate() {
+        // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+        let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        // SAFETY: `view_as` gives the storage as the platform's sockaddr_storage.
+        m.msg_hdr.msg_name =
+            unsafe { name.view_as::<libc::sockaddr_storage>() } as *mut libc::sockaddr_storage as *mut _;
+        m.msg_hdr.msg_namelen = name_len;
+        match counts.get(i) {
+            Some(&c) => {
+                // SAFETY: start + c <= bufs.len() (the counts sum to it), so the
+                // pointer stays inside `bufs`; `IoSliceMut` is ABI-compatible
+                // with `iovec` on Unix (documented by std).
+                m.msg_hdr.msg_iov = unsafe { base.add(start) };
+                m.msg_hdr.msg_iovlen = c as _;
+                start += c;
+            }
+            None => {
+                m.msg_hdr.msg_iov = &mut spare_iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+        }
+        msgs.push(m);
+    }
+    let got = loop {
+        // SAFETY: every header points into `bufs`, `spare_iov`/`spare` and
+        // `names`, all alive and unmoved for the call; the descriptor is
+        // non-blocking, so the call returns the datagrams already queued.
+        let r = unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0, std::ptr::null_mut()) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    Ok(msgs
+        .iter()
+        .zip(names)
+        .take(got)
+        .map(|(m, name)| {
+            // SAFETY: the kernel initialised `msg_namelen` bytes of the storage.
+            let from = unsafe { SockAddr::new(name, m.msg_hdr.msg_namelen) }.as_socket();
+            (m.msg_len as usize, from)
+        })
+        .collect())
+}
+
 /// Which readiness a blocking synchronous call waits for.
 #[derive(Clone, Copy)]
 pub(crate) enum Readiness {
