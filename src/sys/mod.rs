@@ -250,6 +250,9 @@ pub(crate) fn recv_readahead(
 /// Most datagrams one [`recv_many`] takes (receives plus the spare slot).
 pub(crate) const RECV_BATCH: usize = 17;
 
+/// Length and sender of each datagram a [`recv_many`] received.
+pub(crate) type Batch = smallvec::SmallVec<[(usize, Option<SocketAddr>); RECV_BATCH]>;
+
 /// `recvmmsg` into several receives' scatter lists at once, plus `spare`
 /// last: message `i` fills the next `counts[i]` slices of `bufs`. Returns
 /// the length and sender of each datagram received, in order (at least one);
@@ -260,7 +263,7 @@ pub(crate) fn recv_many(
     bufs: &mut [IoSliceMut<'_>],
     counts: &[usize],
     spare: &mut [u8],
-) -> io::Result<smallvec::SmallVec<[(usize, Option<SocketAddr>); RECV_BATCH]>> {
+) -> io::Result<Batch> {
     let n = counts.len() + 1;
     if n > RECV_BATCH || counts.iter().sum::<usize>() != bufs.len() {
         return Err(io::Error::from(Error::INVALID_ARGUMENT));
