@@ -251,7 +251,7 @@ pub(crate) fn recv_readahead(
 pub(crate) const RECV_BATCH: usize = 17;
 
 /// Length and sender of each datagram a [`recv_many`] received.
-pub(crate) type Batch = smallvec::SmallVec<[(usize, Option<SocketAddr>); RECV_BATCH]>;
+pub(crate) type RecvBatch = smallvec::SmallVec<[(usize, Option<SocketAddr>); RECV_BATCH]>;
 
 /// `recvmmsg` into several receives' scatter lists at once, plus `spare`
 /// last: message `i` fills the next `counts[i]` slices of `bufs`. Returns
@@ -263,7 +263,7 @@ pub(crate) fn recv_many(
     bufs: &mut [IoSliceMut<'_>],
     counts: &[usize],
     spare: &mut [u8],
-) -> io::Result<Batch> {
+) -> io::Result<RecvBatch> {
     let n = counts.len() + 1;
     if n > RECV_BATCH || counts.iter().sum::<usize>() != bufs.len() {
         return Err(io::Error::from(Error::INVALID_ARGUMENT));
