@@ -273,7 +273,8 @@ impl IoObject {
             list
         };
         if list {
-            inner.reactor.flush_list.borrow_mut().push(self.clone())
+            inner.reactor.flush_list.borrow_mut().push(self.clone());
+            inner.reactor.deferred.set(true)
         } else if !deferred && (wait || dir == Dir::Write || !self.st.borrow().registered) {
             self.sync_interest(inner, &sock, wait);
         }
@@ -735,6 +736,7 @@ impl IoObject {
         st.backlog[dir as usize] = true;
         if !listed {
             inner.reactor.backlog.borrow_mut().push(self.clone());
+            inner.reactor.backlogged.set(true);
         }
     }
 
@@ -825,6 +827,10 @@ pub(crate) struct Reactor {
     spare: RefCell<Box<[u8]>>,
     /// Descriptors added to epoll.
     registered: Cell<usize>,
+    /// `backlog` is not empty (read on every pass, without a borrow).
+    backlogged: Cell<bool>,
+    /// `flush_list` is not empty.
+    deferred: Cell<bool>,
     /// Sockets with sends deferred to the end of the pass.
     flush_list: RefCell<Vec<Rc<IoObject>>>,
     /// Where a batch of datagrams is assembled for one segmented send.
@@ -841,6 +847,8 @@ impl Reactor {
             budget: DEFAULT_BUDGET,
             spare: RefCell::new(Box::default()),
             registered: Cell::new(0),
+            backlogged: Cell::new(false),
+            deferred: Cell::new(false),
             flush_list: RefCell::new(Vec::new()),
             batch: RefCell::new(Vec::new()),
         })
@@ -854,9 +862,10 @@ impl Reactor {
     /// socket's queue coalesced into as few system calls as it allows.
     #[inline]
     pub(crate) fn flush_deferred(&self, inner: &Inner) {
-        if self.flush_list.borrow().is_empty() {
+        if !self.deferred.get() {
             return;
         }
+        self.deferred.set(false);
         let list = std::mem::take(&mut *self.flush_list.borrow_mut());
         for obj in list {
             obj.st.borrow_mut().flush_listed = false;
@@ -867,16 +876,17 @@ impl Reactor {
     /// Nothing registered and nothing left over from the last turn.
     #[inline]
     pub(crate) fn is_idle(&self) -> bool {
-        self.registered.get() == 0 && self.backlog.borrow().is_empty()
+        self.registered.get() == 0 && !self.backlogged.get()
     }
 
     pub(crate) fn has_backlog(&self) -> bool {
-        !self.backlog.borrow().is_empty()
+        self.backlogged.get()
     }
 
     /// Continues the queues that stopped at the budget last turn.
     pub(crate) fn run_backlog(&self, inner: &Inner) {
         let list = std::mem::take(&mut *self.backlog.borrow_mut());
+        self.backlogged.set(false);
         for obj in list {
             let dirs = std::mem::take(&mut obj.st.borrow_mut().backlog);
             for dir in [Dir::Read, Dir::Write] {
@@ -910,6 +920,8 @@ impl Reactor {
     /// Empties the registrations (context teardown).
     pub(crate) fn take_all(&self) -> Vec<Rc<IoObject>> {
         self.backlog.borrow_mut().clear();
+        self.backlogged.set(false);
+        self.deferred.set(false);
         self.flush_list.borrow_mut().clear();
         self.regs.borrow_mut().drain().collect()
     }

@@ -8,7 +8,7 @@
 //! Rust (smallbox needs an `unsafe` macro at each use and calls only
 //! `FnMut`), hence the `unsafe` here.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::mem::{MaybeUninit, align_of, size_of};
 
@@ -157,27 +157,36 @@ impl Ring {
 /// moving the closure out of the slot, which is what makes that sound.
 pub(crate) struct HandlerQueue {
     ring: RefCell<Ring>,
+    /// The ring's length, readable without a borrow (the loop asks often).
+    len: Cell<usize>,
 }
 
 impl HandlerQueue {
     pub(crate) fn new() -> HandlerQueue {
-        HandlerQueue { ring: RefCell::new(Ring::with_capacity(64)) }
+        HandlerQueue { ring: RefCell::new(Ring::with_capacity(64)), len: Cell::new(0) }
     }
 
     #[inline(always)]
     pub(crate) fn push<F: FnOnce() + 'static>(&self, f: F) {
-        self.ring.borrow_mut().push(f);
+        let mut ring = self.ring.borrow_mut();
+        ring.push(f);
+        self.len.set(ring.len());
     }
 
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.ring.borrow().len()
+        self.len.get()
     }
 
     /// Runs the oldest handler; false when the queue is empty.
     #[inline(always)]
     pub(crate) fn run_next(&self) -> bool {
-        let taken = self.ring.borrow_mut().take();
+        let taken = {
+            let mut ring = self.ring.borrow_mut();
+            let t = ring.take();
+            self.len.set(ring.len());
+            t
+        };
         match taken {
             // SAFETY: the borrow above has ended and no code ran since `take`,
             // so the ring has not been pushed to or grown.
@@ -192,7 +201,12 @@ impl HandlerQueue {
     pub(crate) fn drop_all(&self) -> usize {
         let mut n = 0;
         loop {
-            let taken = self.ring.borrow_mut().take();
+            let taken = {
+                let mut ring = self.ring.borrow_mut();
+                let t = ring.take();
+                self.len.set(ring.len());
+                t
+            };
             match taken {
                 // SAFETY: as in `run_next`.
                 Some(t) => unsafe { t.run_or_drop(false) },
