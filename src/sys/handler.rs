@@ -178,9 +178,10 @@ impl HandlerQueue {
         self.len.get()
     }
 
-    /// Runs the oldest handler; false when the queue is empty.
+    /// Takes the oldest closure off the ring and runs it (`run`) or drops it;
+    /// false when the queue is empty.
     #[inline(always)]
-    pub(crate) fn run_next(&self) -> bool {
+    fn next(&self, run: bool) -> bool {
         let taken = {
             let mut ring = self.ring.borrow_mut();
             let t = ring.take();
@@ -190,30 +191,26 @@ impl HandlerQueue {
         match taken {
             // SAFETY: the borrow above has ended and no code ran since `take`,
             // so the ring has not been pushed to or grown.
-            Some(t) => unsafe { t.run_or_drop(true) },
+            Some(t) => unsafe { t.run_or_drop(run) },
             None => return false,
         }
         true
+    }
+
+    /// Runs the oldest handler; false when the queue is empty.
+    #[inline(always)]
+    pub(crate) fn run_next(&self) -> bool {
+        self.next(true)
     }
 
     /// Drops every queued closure unrun, oldest first; closures dropped here
     /// may post new ones, which are dropped too.
     pub(crate) fn drop_all(&self) -> usize {
         let mut n = 0;
-        loop {
-            let taken = {
-                let mut ring = self.ring.borrow_mut();
-                let t = ring.take();
-                self.len.set(ring.len());
-                t
-            };
-            match taken {
-                // SAFETY: as in `run_next`.
-                Some(t) => unsafe { t.run_or_drop(false) },
-                None => return n,
-            }
+        while self.next(false) {
             n += 1;
         }
+        n
     }
 }
 
