@@ -405,8 +405,9 @@ impl UdpSocket {
     /// datagrams. Every operation still completes on its own, with its own
     /// `(Error, usize)`, in FIFO order. If the kernel or the device refuses
     /// segmentation, the socket turns it off by itself and sends one by one
-    /// ([`gso`](Self::gso) then reads false). Errs with `BAD_DESCRIPTOR` when
-    /// closed. Linux only.
+    /// ([`gso`](Self::gso) then reads false). A synchronous [`send`](Self::send)
+    /// leaves at once, ahead of the deferred ones. Errs with `BAD_DESCRIPTOR`
+    /// when closed. Linux only.
     pub fn set_gso(&self, on: bool) -> io::Result<()> {
         self.sock()?;
         self.io().gso.set(on);
