@@ -315,10 +315,7 @@ impl IoObject {
         let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
         match r.second {
             Some((len, from)) => {
-                let mut data = std::mem::take(&mut *self.stash_buf.borrow_mut());
-                data.clear();
-                data.extend_from_slice(&spare[..len]);
-                *self.stash.borrow_mut() = Some(Stash { data, from });
+                self.keep_read_ahead(&spare[..len], from);
             }
             // Drained. (Should the second receive have failed with an error
             // instead, such as an ICMP report racing in between, the kernel
@@ -326,6 +323,14 @@ impl IoObject {
             None => self.st.borrow_mut().ready[Dir::Read as usize] = false,
         }
         Ok(r.first)
+    }
+
+    /// Holds a datagram read ahead for the next receive, in the reused buffer.
+    fn keep_read_ahead(&self, datagram: &[u8], from: Option<SocketAddr>) {
+        let mut data = std::mem::take(&mut *self.stash_buf.borrow_mut());
+        data.clear();
+        data.extend_from_slice(datagram);
+        *self.stash.borrow_mut() = Some(Stash { data, from });
     }
 
     /// True while a datagram read ahead waits for a receive.
@@ -512,10 +517,7 @@ impl IoObject {
                 let k = got.len().min(ops);
                 if got.len() > ops {
                     let (len, from) = got[ops];
-                    let mut data = std::mem::take(&mut *self.stash_buf.borrow_mut());
-                    data.clear();
-                    data.extend_from_slice(&spare[..len]);
-                    *self.stash.borrow_mut() = Some(Stash { data, from });
+                    self.keep_read_ahead(&spare[..len], from);
                 } else {
                     // Fewer datagrams than slots: the socket is drained.
                     self.st.borrow_mut().ready[Dir::Read as usize] = false;
