@@ -534,13 +534,20 @@ impl IoObject {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) => {
                 drop(spare);
-                let op = candidates.into_iter().next().expect("two or more receives");
-                let front = self.st.borrow_mut().ops[Dir::Read as usize].pop_front();
-                drop(front);
-                inner.finish(op, Error::from(e), 0);
-                Batch::Sent(1)
+                self.fail_front(inner, Dir::Read, e)
             }
         }
+    }
+
+    /// A batch call failed on its first datagram: the error (its own, or the
+    /// socket's pending one, which the call consumed) goes to the operation
+    /// at the front, as it would without batching; the others stay queued.
+    fn fail_front(&self, inner: &Inner, dir: Dir, e: io::Error) -> Batch {
+        let front = self.st.borrow_mut().ops[dir as usize].pop_front();
+        if let Some(op) = front {
+            inner.finish(op, Error::from(e), 0);
+        }
+        Batch::Sent(1)
     }
 
     /// The pending sends at the front of the write queue, at most `max`.
@@ -597,11 +604,7 @@ impl IoObject {
             Err(e) => {
                 // The first datagram failed (its own error, or the socket's
                 // pending one, which the call consumed): it goes to that send.
-                let (op, _, _) = run.into_iter().next().expect("two or more sends");
-                let front = self.st.borrow_mut().ops[Dir::Write as usize].pop_front();
-                drop(front);
-                inner.finish(op, Error::from(e), 0);
-                Batch::Sent(1)
+                self.fail_front(inner, Dir::Write, e)
             }
         }
     }
@@ -681,11 +684,7 @@ impl IoObject {
                 // The socket's own pending error (an ICMP report, say): the
                 // call consumed it, so it goes to the first send, as it would
                 // without batching; the others stay queued.
-                let op = run.into_iter().next().expect("a run has two or more sends");
-                let front = self.st.borrow_mut().ops[Dir::Write as usize].pop_front();
-                drop(front);
-                inner.finish(op, Error::from(e), 0);
-                Batch::Sent(1)
+                self.fail_front(inner, Dir::Write, e)
             }
         }
     }
