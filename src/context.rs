@@ -35,8 +35,7 @@ impl Inner {
 
     /// `now + d`, or a time beyond any deadline when that overflows.
     pub(crate) fn later(&self, d: Duration) -> Instant {
-        let now = self.now();
-        now.checked_add(d).unwrap_or_else(|| far_future(now))
+        later(self.now(), d)
     }
 
     #[inline]
@@ -152,8 +151,13 @@ fn timer_base() -> Instant {
     now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
 }
 
-/// An instant about a century after `now` (the furthest a timer is set).
-pub(crate) fn far_future(now: Instant) -> Instant {
+/// `now + d`, or about a century after `now` when that overflows (the
+/// furthest a deadline is set).
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or_else(|| far_future(now))
+}
+
+fn far_future(now: Instant) -> Instant {
     let mut d = Duration::from_secs(100 * 365 * 24 * 3600);
     loop {
         if let Some(t) = now.checked_add(d) {

@@ -117,7 +117,7 @@ fn lend_recv_bufs(
 /// A send taken for a batch: the operation, its length and destination.
 type QueuedSend = (Rc<dyn SocketOp>, usize, Option<SockAddr>);
 
-/// Result of [`IoObject::send_run`].
+/// Result of a batch attempt (`recv_many`, `send_many`, `send_run`).
 enum Batch {
     /// This many operations completed in one call.
     Sent(usize),
@@ -167,7 +167,7 @@ pub(crate) struct IoObject {
     stash: RefCell<Option<Stash>>,
     /// Receives may read ahead (IP datagram sockets: the spare buffer holds
     /// any datagram they can carry).
-    pub(crate) readahead: Cell<bool>,
+    readahead: Cell<bool>,
     /// Sends are deferred to the end of the handler pass and coalesced with
     /// UDP segmentation offload (see `UdpSocket::set_gso`).
     pub(crate) gso: Cell<bool>,
@@ -181,15 +181,17 @@ pub(crate) struct IoObject {
 
 impl IoObject {
     /// Adds `sock` (already non-blocking) to the context's registrations; it
-    /// joins epoll later, when an operation first has to wait.
-    pub(crate) fn register(inner: &Rc<Inner>, sock: Socket) -> io::Result<Rc<IoObject>> {
+    /// joins epoll later, when an operation first has to wait. `readahead`:
+    /// receives may read a datagram ahead (the socket's datagrams always fit
+    /// the spare buffer).
+    pub(crate) fn new(inner: &Rc<Inner>, sock: Socket, readahead: bool) -> Rc<IoObject> {
         let obj = Rc::new(IoObject {
             ctx: Rc::downgrade(inner),
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
             st: RefCell::new(IoState::new()),
             stash: RefCell::new(None),
-            readahead: Cell::new(false),
+            readahead: Cell::new(readahead),
             gso: Cell::new(false),
             gso_refusals: Cell::new(0),
             stash_buf: RefCell::new(Vec::new()),
@@ -202,7 +204,7 @@ impl IoObject {
         obj.token.set(token);
         *obj.sock.borrow_mut() = Some(Rc::new(sock));
         log::debug!("socket added, token {token}");
-        Ok(obj)
+        obj
     }
 
     /// The socket, unless closed.
@@ -308,10 +310,7 @@ impl IoObject {
             Some(inner) if flags == 0 && self.readahead.get() => inner,
             _ => return sys::recv(sock, bufs, flags, want_from),
         };
-        let mut spare = inner.reactor.spare.borrow_mut();
-        if spare.is_empty() {
-            *spare = vec![0u8; SPARE_LEN].into_boxed_slice();
-        }
+        let mut spare = inner.reactor.spare();
         let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
         match r.second {
             Some((len, from)) => {
@@ -428,39 +427,27 @@ impl IoObject {
             if done == budget {
                 return true;
             }
-            if dir == Dir::Read && self.readahead.get() && !self.has_read_ahead() {
-                match self.recv_many(inner, &sock, budget - done) {
-                    Batch::Sent(k) => {
-                        done += k;
-                        if !self.st.borrow().ready[dir as usize] {
-                            return false; // drained
-                        }
-                        continue;
-                    }
-                    Batch::WouldBlock => {
-                        self.st.borrow_mut().ready[dir as usize] = false;
-                        return false;
-                    }
-                    Batch::Single => {}
+            let batch = match dir {
+                Dir::Read if self.readahead.get() && !self.has_read_ahead() => {
+                    self.recv_many(inner, &sock, budget - done)
                 }
-            }
-            if dir == Dir::Write {
-                let batch = if self.gso.get() {
-                    self.send_run(inner, &sock, budget - done)
-                } else {
-                    self.send_many(inner, &sock, budget - done)
-                };
-                match batch {
-                    Batch::Sent(k) => {
-                        done += k;
-                        continue;
+                Dir::Read => Batch::Single,
+                Dir::Write if self.gso.get() => self.send_run(inner, &sock, budget - done),
+                Dir::Write => self.send_many(inner, &sock, budget - done),
+            };
+            match batch {
+                Batch::Sent(k) => {
+                    done += k;
+                    if !self.st.borrow().ready[dir as usize] {
+                        return false; // drained
                     }
-                    Batch::WouldBlock => {
-                        self.st.borrow_mut().ready[dir as usize] = false;
-                        return false;
-                    }
-                    Batch::Single => {}
+                    continue;
                 }
+                Batch::WouldBlock => {
+                    self.st.borrow_mut().ready[dir as usize] = false;
+                    return false;
+                }
+                Batch::Single => {}
             }
             match op.perform(self, &sock) {
                 None => {
@@ -500,10 +487,7 @@ impl IoObject {
         if candidates.len() < 2 {
             return Batch::Single;
         }
-        let mut spare = inner.reactor.spare.borrow_mut();
-        if spare.is_empty() {
-            *spare = vec![0u8; SPARE_LEN].into_boxed_slice();
-        }
+        let mut spare = inner.reactor.spare();
         let mut result = None;
         let mut counts = Vec::with_capacity(candidates.len());
         let lent = lend_recv_bufs(&candidates, Vec::new(), &mut counts, &mut |bufs, counts| {
@@ -523,13 +507,12 @@ impl IoObject {
                     self.st.borrow_mut().ready[Dir::Read as usize] = false;
                 }
                 drop(spare);
-                self.st.borrow_mut().ops[Dir::Read as usize].drain(..k);
-                for (op, (len, from)) in candidates.into_iter().zip(got).take(k) {
-                    op.set_sender(from);
-                    inner.finish(op, Error::NONE, len);
-                }
                 log::trace!("received {k} datagrams in one call");
-                Batch::Sent(k)
+                let done = candidates.into_iter().zip(got).take(k).map(|(op, (len, from))| {
+                    op.set_sender(from);
+                    (op, len)
+                });
+                self.complete_front(inner, Dir::Read, k, done)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) => {
@@ -537,6 +520,22 @@ impl IoObject {
                 self.fail_front(inner, Dir::Read, e)
             }
         }
+    }
+
+    /// A batch call completed the `k` operations at the front of the `dir`
+    /// queue: each leaves the queue and completes with its own length.
+    fn complete_front(
+        &self,
+        inner: &Inner,
+        dir: Dir,
+        k: usize,
+        done: impl Iterator<Item = (Rc<dyn SocketOp>, usize)>,
+    ) -> Batch {
+        self.st.borrow_mut().ops[dir as usize].drain(..k);
+        for (op, len) in done {
+            inner.finish(op, Error::NONE, len);
+        }
+        Batch::Sent(k)
     }
 
     /// A batch call failed on its first datagram: the error (its own, or the
@@ -594,18 +593,10 @@ impl IoObject {
         match r {
             Ok(k) => {
                 log::trace!("sent {k} of {} queued datagrams in one call", run.len());
-                self.st.borrow_mut().ops[Dir::Write as usize].drain(..k);
-                for (op, len, _) in run.into_iter().take(k) {
-                    inner.finish(op, Error::NONE, len);
-                }
-                Batch::Sent(k)
+                self.complete_front(inner, Dir::Write, k, run.into_iter().take(k).map(|(op, len, _)| (op, len)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
-            Err(e) => {
-                // The first datagram failed (its own error, or the socket's
-                // pending one, which the call consumed): it goes to that send.
-                self.fail_front(inner, Dir::Write, e)
-            }
+            Err(e) => self.fail_front(inner, Dir::Write, e),
         }
     }
 
@@ -658,11 +649,7 @@ impl IoObject {
                 self.gso_refusals.set(0);
                 log::trace!("sent {} datagrams of {segment} bytes in one call", run.len());
                 let k = run.len();
-                self.st.borrow_mut().ops[Dir::Write as usize].drain(..k);
-                for (op, len) in run.into_iter().zip(lens) {
-                    inner.finish(op, Error::NONE, len);
-                }
-                Batch::Sent(k)
+                self.complete_front(inner, Dir::Write, k, run.into_iter().zip(lens))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) if sys::gso_refused(&e) || e.raw_os_error() == Some(libc::EMSGSIZE) => {
@@ -853,6 +840,15 @@ impl Reactor {
             flush_list: RefCell::new(Vec::new()),
             batch: RefCell::new(Vec::new()),
         })
+    }
+
+    /// The spare receive buffer, allocated on first use.
+    fn spare(&self) -> std::cell::RefMut<'_, Box<[u8]>> {
+        let mut spare = self.spare.borrow_mut();
+        if spare.is_empty() {
+            *spare = vec![0u8; SPARE_LEN].into_boxed_slice();
+        }
+        spare
     }
 
     pub(crate) fn has_registrations(&self) -> bool {

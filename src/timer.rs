@@ -192,32 +192,19 @@ impl TimerObj {
         let Some(inner) = self.exec.upgrade() else {
             return 0;
         };
+        // Cancelling runs no handler, so no wait is added meanwhile: the
+        // ones not reached go back as they were.
+        let mut waits = std::mem::take(&mut *self.waits.borrow_mut()).into_iter();
         let mut n = 0;
-        if limit == usize::MAX {
-            let all = std::mem::take(&mut *self.waits.borrow_mut());
-            for w in all {
-                if let Some(op) = w.upgrade()
-                    && inner.cancel_op(op, CancellationType::ALL)
-                {
-                    n += 1;
-                }
-            }
-            return n;
-        }
         while n < limit {
-            let w = {
-                let mut waits = self.waits.borrow_mut();
-                if waits.is_empty() {
-                    break;
-                }
-                waits.remove(0)
-            };
+            let Some(w) = waits.next() else { break };
             if let Some(op) = w.upgrade()
                 && inner.cancel_op(op, CancellationType::ALL)
             {
                 n += 1;
             }
         }
+        *self.waits.borrow_mut() = waits.collect();
         n
     }
 }
@@ -277,10 +264,7 @@ impl SteadyTimer {
     pub fn expires_after(&self, d: Duration) -> usize {
         let at = match self.obj.exec.upgrade() {
             Some(inner) => inner.later(d),
-            None => {
-                let now = Instant::now();
-                now.checked_add(d).unwrap_or_else(|| crate::context::far_future(now))
-            }
+            None => crate::context::later(Instant::now(), d),
         };
         self.expires_at(at)
     }

@@ -98,8 +98,7 @@ impl UdpSocket {
         // Read-ahead needs a spare buffer that holds any datagram: true of
         // UDP (64 KiB at most), not of every datagram socket `from_std` takes.
         let ip = sock.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6());
-        let io = IoObject::register(&inner, sock)?;
-        io.readahead.set(ip);
+        let io = IoObject::new(&inner, sock, ip);
         Ok(UdpSocket { h: Rc::new(Handle { io }) })
     }
 
