@@ -3,7 +3,7 @@
 
 use crate::context::Inner;
 use crate::op::Completion;
-use crate::timer::TimerTarget;
+use crate::timer::{TimerKey, TimerTarget, Watched};
 use std::ops::{BitAnd, BitOr, BitOrAssign};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -87,7 +87,16 @@ impl BitAnd for CancellationType {
 /// ```
 #[derive(Clone, Default)]
 pub struct Operation {
-    link: Option<(Weak<Inner>, Weak<dyn Completion>)>,
+    link: Option<Link>,
+}
+
+/// What an `Operation` refers to.
+#[derive(Clone)]
+enum Link {
+    /// A socket operation object.
+    Op(Weak<Inner>, Weak<dyn Completion>),
+    /// A timer wait: an entry of the context's timer queue.
+    Wait(Weak<Inner>, TimerKey),
 }
 
 impl std::fmt::Debug for Operation {
@@ -104,17 +113,23 @@ impl Operation {
     }
 
     pub(crate) fn new(inner: &Rc<Inner>, op: &Rc<dyn Completion>) -> Operation {
-        Operation { link: Some((Rc::downgrade(inner), Rc::downgrade(op))) }
+        Operation { link: Some(Link::Op(Rc::downgrade(inner), Rc::downgrade(op))) }
     }
 
-    fn upgrade(&self) -> Option<(Rc<Inner>, Rc<dyn Completion>)> {
-        let (inner, op) = self.link.as_ref()?;
-        Some((inner.upgrade()?, op.upgrade()?))
+    /// The handle of the timer wait queued under `key`.
+    pub(crate) fn wait(inner: &Rc<Inner>, key: TimerKey) -> Operation {
+        Operation { link: Some(Link::Wait(Rc::downgrade(inner), key)) }
     }
 
     /// True while the operation has not completed (its handler is not queued yet).
     pub fn is_pending(&self) -> bool {
-        self.upgrade().is_some_and(|(_, op)| !op.core().is_done())
+        match &self.link {
+            None => false,
+            Some(Link::Op(inner, op)) => {
+                inner.strong_count() > 0 && op.upgrade().is_some_and(|op| !op.core().is_done())
+            }
+            Some(Link::Wait(inner, key)) => inner.upgrade().is_some_and(|i| i.timers.borrow().is_live(*key)),
+        }
     }
 
     /// Requests cancellation. When the operation is still pending and honours
@@ -122,25 +137,50 @@ impl Operation {
     /// handler queue (never inline) and this returns true. An operation that
     /// already completed is not affected and this returns false.
     pub fn cancel(&self, ty: CancellationType) -> bool {
-        match self.upgrade() {
-            Some((inner, op)) => inner.cancel_op(op, ty),
+        match &self.link {
             None => false,
+            Some(Link::Op(inner, op)) => match (inner.upgrade(), op.upgrade()) {
+                (Some(inner), Some(op)) => inner.cancel_op(op, ty),
+                _ => false,
+            },
+            // A wait that has not ended has had no effect: every kind applies.
+            Some(Link::Wait(inner, key)) => {
+                !ty.is_empty() && inner.upgrade().is_some_and(|inner| inner.cancel_wait(*key))
+            }
         }
     }
 
     /// Cancels the operation with `ty` if it is still pending after `after`.
     /// The timer is removed as soon as the operation completes, so it never
-    /// keeps `run()` busy on its own.
+    /// keeps `run()` busy on its own. A second `cancel_after` replaces the first.
     pub fn cancel_after(&self, after: Duration, ty: CancellationType) -> &Self {
-        if let Some((inner, op)) = self.upgrade()
-            && !op.core().is_done()
-        {
-            let at = inner.later(after);
-            let key = inner.timers.borrow_mut().insert(at, TimerTarget::CancelAfter(Rc::downgrade(&op), ty));
-            // A second cancel_after replaces the first.
-            if let Some(old) = op.core().cancel_key.replace(Some(key)) {
-                let removed = inner.timers.borrow_mut().remove(old);
-                drop(removed);
+        match &self.link {
+            None => {}
+            Some(Link::Op(inner, op)) => {
+                if let (Some(inner), Some(op)) = (inner.upgrade(), op.upgrade())
+                    && !op.core().is_done()
+                {
+                    let at = inner.later(after);
+                    let target = TimerTarget::CancelAfter(Watched::Op(Rc::downgrade(&op)), ty);
+                    let key = inner.timers.borrow_mut().insert(at, target);
+                    if let Some(old) = op.core().cancel_key.replace(Some(key)) {
+                        let removed = inner.timers.borrow_mut().remove(old);
+                        drop(removed);
+                    }
+                }
+            }
+            Some(Link::Wait(inner, wait)) => {
+                if let Some(inner) = inner.upgrade() {
+                    let at = inner.later(after);
+                    let mut timers = inner.timers.borrow_mut();
+                    if timers.is_live(*wait) {
+                        let key = timers.insert(at, TimerTarget::CancelAfter(Watched::Wait(*wait), ty));
+                        if let Some(Some(old)) = timers.set_wait_cancel(*wait, key) {
+                            // A cancel_after entry holds no handler: dropping it runs no user code.
+                            drop(timers.remove(old));
+                        }
+                    }
+                }
             }
         }
         self

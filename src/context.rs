@@ -5,7 +5,8 @@ use crate::error::Error;
 use crate::op::Completion;
 use crate::queue::ReadyQueue;
 use crate::reactor::Reactor;
-use crate::timer::{TimerQueue, TimerTarget};
+use crate::sys::WaitHandler;
+use crate::timer::{TimerKey, TimerQueue, TimerTarget, Watched};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
@@ -71,7 +72,7 @@ impl Inner {
             return;
         }
         core.set_result(err, n);
-        for key in [core.timer_key.take(), core.cancel_key.take()].into_iter().flatten() {
+        if let Some(key) = core.cancel_key.take() {
             let removed = self.timers.borrow_mut().remove(key);
             drop(removed);
         }
@@ -89,24 +90,59 @@ impl Inner {
         true
     }
 
-    /// Fires every timer entry that is due.
+    /// Ends a pending timer wait: removes the `cancel_after` watching it and
+    /// queues its handler with `err`. The single path by which every timer
+    /// wait leaves the pending state.
+    fn end_wait(&self, handler: WaitHandler, cancel: Option<TimerKey>, err: Error) {
+        if let Some(key) = cancel {
+            let removed = self.timers.borrow_mut().remove(key);
+            drop(removed);
+        }
+        self.remove_work();
+        log::trace!("timer wait completed: {err:?}");
+        if self.shut.get() {
+            drop(handler);
+        } else {
+            self.queue.push_wait(handler, err);
+        }
+    }
+
+    /// Cancels the timer wait queued under `key`; false when it has ended.
+    pub(crate) fn cancel_wait(&self, key: TimerKey) -> bool {
+        let removed = self.timers.borrow_mut().remove_wait(key);
+        match removed {
+            Some((handler, cancel)) => {
+                self.end_wait(handler, cancel, Error::OPERATION_ABORTED);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fires the timer entries that are due, at most `FIRE_BATCH` of them:
+    /// the rest fire on the next turn, which then does not wait. Handlers
+    /// queued in small groups run while the ready ring is still in cache, and
+    /// a backlog of a million expired timers never needs a ring that large.
     fn fire_timers(&self) {
         if self.timers.borrow().len() == 0 {
             return;
         }
-        let now = self.now();
-        loop {
+        let now = self.timers.borrow().ns(self.now());
+        for _ in 0..FIRE_BATCH {
             let due = self.timers.borrow_mut().pop_due(now);
             match due {
                 None => break,
-                Some(TimerTarget::Wait(op)) => {
-                    op.core().timer_key.set(None);
-                    self.finish(op, Error::NONE, 0);
-                }
-                Some(TimerTarget::CancelAfter(w, ty)) => {
+                Some((TimerTarget::Wait(handler), cancel)) => self.end_wait(handler, cancel, Error::NONE),
+                Some((TimerTarget::CancelAfter(Watched::Op(w), ty), _)) => {
                     if let Some(op) = w.upgrade() {
                         op.core().cancel_key.set(None);
                         self.cancel_op(op, ty);
+                    }
+                }
+                Some((TimerTarget::CancelAfter(Watched::Wait(key), ty), _)) => {
+                    // Timer waits honour every kind of cancellation.
+                    if !ty.is_empty() {
+                        self.cancel_wait(key);
                     }
                 }
             }
@@ -143,6 +179,9 @@ impl Inner {
         self.fire_timers();
     }
 }
+
+/// The most timer entries one reactor turn fires.
+const FIRE_BATCH: usize = 256;
 
 /// Where the timer queue counts deadlines from: a day before the context's
 /// creation, so that deadlines set in the recent past keep their order too.
@@ -369,11 +408,6 @@ impl Drop for IoContext {
             let ready = inner.queue.drop_all();
             if objects.is_empty() && targets.is_empty() && ready == 0 && ops.is_empty() {
                 break;
-            }
-            for t in &targets {
-                if let TimerTarget::Wait(op) = t {
-                    op.abandon();
-                }
             }
             for op in &ops {
                 op.abandon();

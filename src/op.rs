@@ -8,6 +8,7 @@ use crate::cancel::CancellationType;
 use crate::error::Error;
 use crate::reactor::IoObject;
 use crate::sys;
+use crate::timer::TimerKey;
 use socket2::{SockAddr, Socket};
 use std::cell::{Cell, RefCell};
 use std::io::IoSliceMut;
@@ -20,10 +21,8 @@ pub(crate) struct OpCore {
     done: Cell<bool>,
     err: Cell<Option<Error>>,
     n: Cell<usize>,
-    /// The operation's own entry in the timer queue (timer waits).
-    pub(crate) timer_key: Cell<Option<usize>>,
     /// The entry of a `cancel_after` watching this operation.
-    pub(crate) cancel_key: Cell<Option<usize>>,
+    pub(crate) cancel_key: Cell<Option<TimerKey>>,
 }
 
 impl OpCore {

@@ -5,7 +5,8 @@
 //! had been queued behind a marker, and a handler that re-posts itself cannot
 //! starve the sockets.
 
-use crate::sys::HandlerQueue;
+use crate::error::Error;
+use crate::sys::{HandlerQueue, WaitHandler};
 use std::cell::Cell;
 
 pub(crate) struct ReadyQueue {
@@ -22,6 +23,12 @@ impl ReadyQueue {
     #[inline(always)]
     pub(crate) fn push<F: FnOnce() + 'static>(&self, f: F) {
         self.q.push(f);
+    }
+
+    /// Queues a timer wait's handler, to be called with `err`.
+    #[inline]
+    pub(crate) fn push_wait(&self, h: WaitHandler, err: Error) {
+        h.post(&self.q, err);
     }
 
     #[inline]

@@ -1,48 +1,77 @@
 //! The context's timer queue (bucketed deadlines: insertion O(log b) for b
 //! buckets, or O(k) into the k items of the current bucket; O(1) removal;
 //! equal deadlines in the order set) and `SteadyTimer`.
+//!
+//! A timer wait is not an operation object: its handler sits in its slot of
+//! the queue until the wait ends and then moves straight into the ready queue,
+//! so a wait costs no allocation and a million pending timers stay compact.
 
 use crate::cancel::{CancellationType, Operation};
 use crate::context::Executor;
 use crate::error::Error;
-use crate::op::{Completion, WaitOp};
-use slab::Slab;
-use smallvec::SmallVec;
-use std::cell::{Cell, RefCell};
+use crate::op::Completion;
+use crate::sys::{self, WaitHandler};
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+/// Names one entry of the timer queue: its slot and the slot's round (how many entries it has held),
+/// so that a key of an entry that has ended never reaches a later entry that
+/// reuses the slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct TimerKey {
+    idx: u32,
+    round: u32,
+}
+
+impl TimerKey {
+    fn as_u64(self) -> u64 {
+        (u64::from(self.idx) << 32) | u64::from(self.round)
+    }
+}
+
+/// The operation a `cancel_after` entry watches.
+pub(crate) enum Watched {
+    /// A socket operation.
+    Op(Weak<dyn Completion>),
+    /// A timer wait.
+    Wait(TimerKey),
+}
+
 /// What a timer entry does when its deadline passes.
 pub(crate) enum TimerTarget {
-    /// Complete this wait with `Error::NONE`.
-    Wait(Rc<dyn Completion>),
+    /// A pending timer wait: its handler gets `Error::NONE`.
+    Wait(WaitHandler),
     /// Cancel this operation if it is still pending (`Operation::cancel_after`).
-    CancelAfter(Weak<dyn Completion>, CancellationType),
+    CancelAfter(Watched, CancellationType),
 }
 
-struct Slot {
-    /// The sequence number of this entry's item.
-    seq: u64,
-    target: TimerTarget,
-}
+/// What a free slot holds: a target that does nothing and owns nothing.
+const VACANT: TimerTarget =
+    TimerTarget::CancelAfter(Watched::Wait(TimerKey { idx: u32::MAX, round: 0 }), CancellationType::NONE);
 
-/// A queued deadline: nanoseconds since the queue's base instant, then the
-/// insertion sequence (FIFO among equal deadlines), then the slot.
-type Item = (u64, u64, u32);
+/// A queued deadline: nanoseconds since the queue's base instant, and the
+/// entry. Items of equal deadline keep the order in which they were queued
+/// (every step below is stable), which is the order they were set.
+type Item = (u64, TimerKey);
+
+/// How many items ahead of the one firing the queue prefetches.
+const PREFETCH_AHEAD: usize = 8;
 
 /// Deadlines fall into buckets of 2^20 ns (about 1 ms).
 const BUCKET_SHIFT: u32 = 20;
 
-/// Deadlines ordered by (time, insertion sequence).
+/// Deadlines ordered by (time, order set).
 ///
 /// Items go unsorted into ~1 ms buckets (a B-tree of buckets: insertion is a
-/// push); the earliest bucket is sorted once, when it becomes current, and
-/// then fires from the front. Removal is O(1): the slot goes and its item
-/// becomes dead, skipped when reached, and all dead items are swept out when
-/// they outnumber the live ones (amortised O(1), and it bounds the memory
-/// they hold). A million pending timers stay cheap: each is touched in
-/// cache-sized groups instead of along a heap path of twenty cache misses.
+/// push); the earliest bucket is sorted once (stably), when it becomes
+/// current, and then fires from the front. Removal is O(1): the slot is freed
+/// and its item becomes dead, skipped when reached, and all dead items are
+/// swept out when they outnumber the live ones (amortised O(1), and it bounds
+/// the memory they hold). Items are 16 bytes and a slot holds the handler
+/// itself, so a million pending timers are touched in cache-sized groups
+/// instead of along a heap path of twenty cache misses.
 pub(crate) struct TimerQueue {
     base: Instant,
     /// The earliest items, sorted; their buckets are <= `current_bucket`.
@@ -50,8 +79,22 @@ pub(crate) struct TimerQueue {
     current_bucket: Option<u64>,
     /// Later items by bucket, unsorted; every key is > `current_bucket`.
     buckets: BTreeMap<u64, Vec<Item>>,
-    slots: Slab<Slot>,
-    seq: u64,
+    /// Each slot's round: it moves on when the slot's entry ends, so a key is
+    /// live exactly while its round is its slot's. Kept apart from the
+    /// targets so that the liveness checks of a large queue touch 4 bytes
+    /// an entry.
+    rounds: Vec<u32>,
+    /// Each slot's entry ([`VACANT`] while the slot is free: liveness is
+    /// told by the rounds, so no `Option` is needed, which keeps a slot at
+    /// 32 bytes).
+    targets: Vec<TimerTarget>,
+    /// The `cancel_after` entry watching a pending wait, by the wait's key
+    /// (rare, so kept out of the slots to keep them small).
+    watchers: BTreeMap<u64, TimerKey>,
+    /// Free slots, reused last-freed first.
+    free: Vec<u32>,
+    live: usize,
+    /// Items still queued whose entry has been removed.
     dead: usize,
 }
 
@@ -62,8 +105,11 @@ impl TimerQueue {
             current: VecDeque::new(),
             current_bucket: None,
             buckets: BTreeMap::new(),
-            slots: Slab::new(),
-            seq: 0,
+            rounds: Vec::new(),
+            targets: Vec::new(),
+            watchers: BTreeMap::new(),
+            free: Vec::new(),
+            live: 0,
             dead: 0,
         }
     }
@@ -73,18 +119,31 @@ impl TimerQueue {
         self.base
     }
 
-    fn ns(&self, at: Instant) -> u64 {
+    /// `at` in nanoseconds since the base.
+    pub(crate) fn ns(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.base).as_nanos().min(u64::MAX as u128) as u64
     }
 
-    pub(crate) fn insert(&mut self, at: Instant, target: TimerTarget) -> usize {
-        self.seq += 1;
-        let key = self.slots.insert(Slot { seq: self.seq, target });
-        let item = (self.ns(at), self.seq, key as u32);
+    pub(crate) fn insert(&mut self, at: Instant, target: TimerTarget) -> TimerKey {
+        let key = match self.free.pop() {
+            Some(idx) => {
+                self.targets[idx as usize] = target;
+                TimerKey { idx, round: self.rounds[idx as usize] }
+            }
+            None => {
+                let idx = u32::try_from(self.rounds.len()).expect("more than 2^32 pending timer entries");
+                self.rounds.push(0);
+                self.targets.push(target);
+                TimerKey { idx, round: 0 }
+            }
+        };
+        self.live += 1;
+        let item = (self.ns(at), key);
         let bucket = item.0 >> BUCKET_SHIFT;
         match self.current_bucket {
             Some(cb) if bucket <= cb => {
-                let pos = self.current.partition_point(|x| *x < item);
+                // After every item of the same deadline: those were set earlier.
+                let pos = self.current.partition_point(|x| x.0 <= item.0);
                 self.current.insert(pos, item);
             }
             _ => self.buckets.entry(bucket).or_default().push(item),
@@ -92,20 +151,76 @@ impl TimerQueue {
         key
     }
 
-    /// Removes an entry; `None` when it is already gone.
-    pub(crate) fn remove(&mut self, key: usize) -> Option<TimerTarget> {
-        let slot = self.slots.try_remove(key)?;
+    /// True while the entry is queued. (A free slot's round has never been
+    /// given out: it moves on when the entry ends.)
+    pub(crate) fn is_live(&self, key: TimerKey) -> bool {
+        self.rounds.get(key.idx as usize) == Some(&key.round)
+    }
+
+    /// The entry's target, while the entry is queued.
+    fn target_mut(&mut self, key: TimerKey) -> Option<&mut TimerTarget> {
+        if !self.is_live(key) {
+            return None;
+        }
+        Some(&mut self.targets[key.idx as usize])
+    }
+
+    /// Frees the entry's slot and returns its target; `None` when it is
+    /// already gone.
+    fn free_slot(&mut self, key: TimerKey) -> Option<TimerTarget> {
+        if !self.is_live(key) {
+            return None;
+        }
+        let target = std::mem::replace(&mut self.targets[key.idx as usize], VACANT);
+        self.rounds[key.idx as usize] = key.round.wrapping_add(1);
+        self.free.push(key.idx);
+        self.live -= 1;
+        Some(target)
+    }
+
+    /// Removes an entry before its deadline; `None` when it is already gone.
+    pub(crate) fn remove(&mut self, key: TimerKey) -> Option<TimerTarget> {
+        let target = self.free_slot(key)?;
         self.dead += 1;
-        if self.dead > 1024 && self.dead > self.slots.len() {
+        if self.dead > 1024 && self.dead > self.live {
             self.sweep();
         }
-        Some(slot.target)
+        Some(target)
+    }
+
+    /// Removes a pending timer wait; returns its handler and the entry of the
+    /// `cancel_after` watching it. `None` when `key` is not a pending wait.
+    pub(crate) fn remove_wait(&mut self, key: TimerKey) -> Option<(WaitHandler, Option<TimerKey>)> {
+        if !matches!(self.target_mut(key)?, TimerTarget::Wait(_)) {
+            return None;
+        }
+        match self.remove(key) {
+            Some(TimerTarget::Wait(handler)) => Some((handler, self.take_watcher(key))),
+            _ => None,
+        }
+    }
+
+    /// Removes and returns the `cancel_after` entry's key watching the wait `key`.
+    fn take_watcher(&mut self, key: TimerKey) -> Option<TimerKey> {
+        if self.watchers.is_empty() {
+            return None;
+        }
+        self.watchers.remove(&key.as_u64())
+    }
+
+    /// Makes `cancel` the `cancel_after` entry of a pending wait; returns the
+    /// one it replaces. `None` when `key` is not a pending wait.
+    pub(crate) fn set_wait_cancel(&mut self, key: TimerKey, cancel: TimerKey) -> Option<Option<TimerKey>> {
+        match self.target_mut(key)? {
+            TimerTarget::Wait(_) => Some(self.watchers.insert(key.as_u64(), cancel)),
+            _ => None,
+        }
     }
 
     /// Drops every dead item.
     fn sweep(&mut self) {
-        let slots = &self.slots;
-        let live = |&(_, seq, key): &Item| slots.get(key as usize).is_some_and(|s| s.seq == seq);
+        let rounds = &self.rounds;
+        let live = |&(_, key): &Item| rounds[key.idx as usize] == key.round;
         self.current.retain(live);
         self.buckets.retain(|_, v| {
             v.retain(live);
@@ -114,29 +229,30 @@ impl TimerQueue {
         self.dead = 0;
     }
 
-    fn is_live(&self, &(_, seq, key): &Item) -> bool {
-        self.slots.get(key as usize).is_some_and(|s| s.seq == seq)
-    }
-
     /// Makes `current` start with the earliest live item, if there is one.
     fn settle(&mut self) {
         loop {
-            while let Some(front) = self.current.front() {
-                if self.is_live(front) {
+            while let Some(&(_, key)) = self.current.front() {
+                // A slot's round moves on when its entry ends, so an
+                // item is live exactly when the rounds agree.
+                if self.rounds[key.idx as usize] == key.round {
                     return;
                 }
                 self.current.pop_front();
                 self.dead -= 1;
+                if let Some(&(_, ahead)) = self.current.get(PREFETCH_AHEAD) {
+                    sys::prefetch(&self.rounds[ahead.idx as usize]);
+                }
             }
             let Some((bucket, mut items)) = self.buckets.pop_first() else { return };
-            items.sort_unstable();
+            items.sort_by_key(|i| i.0);
             self.current = VecDeque::from(items);
             self.current_bucket = Some(bucket);
         }
     }
 
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        if self.slots.is_empty() {
+        if self.live == 0 {
             if self.dead > 0 {
                 // Only dead items left: drop them all at once.
                 self.current.clear();
@@ -146,65 +262,135 @@ impl TimerQueue {
             return None;
         }
         self.settle();
-        self.current.front().map(|(at, _, _)| self.base + Duration::from_nanos(*at))
+        self.current.front().map(|(at, _)| self.base + Duration::from_nanos(*at))
     }
 
-    /// Removes and returns the earliest entry if it is due at `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerTarget> {
+    /// Removes and returns the earliest entry if it is due at `now_ns` (see
+    /// [`ns`](Self::ns)); for a wait, with the `cancel_after` entry watching it.
+    pub(crate) fn pop_due(&mut self, now_ns: u64) -> Option<(TimerTarget, Option<TimerKey>)> {
         self.settle();
-        let &(at, _, key) = self.current.front()?;
-        if at > self.ns(now) {
+        let &(at, key) = self.current.front()?;
+        if at > now_ns {
             return None;
         }
         self.current.pop_front();
-        self.slots.try_remove(key as usize).map(|s| s.target)
+        // Start loading the entry fired a few pops from now.
+        if let Some(&(_, ahead)) = self.current.get(PREFETCH_AHEAD) {
+            sys::prefetch(&self.rounds[ahead.idx as usize]);
+            sys::prefetch(&self.targets[ahead.idx as usize]);
+        }
+        let target = self.free_slot(key)?;
+        let watcher = if matches!(target, TimerTarget::Wait(_)) { self.take_watcher(key) } else { None };
+        Some((target, watcher))
     }
 
     /// Live entries.
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.live
     }
 
-    /// Empties the queue (context teardown).
+    /// Empties the queue (context teardown). Every slot's round moves
+    /// on, so no key given out so far matches anything afterwards.
     pub(crate) fn take_all(&mut self) -> Vec<TimerTarget> {
         self.current.clear();
         self.buckets.clear();
         self.current_bucket = None;
         self.dead = 0;
-        self.slots.drain().map(|s| s.target).collect()
+        self.live = 0;
+        self.watchers.clear();
+        let mut vacant = vec![false; self.targets.len()];
+        for &idx in &self.free {
+            vacant[idx as usize] = true;
+        }
+        self.free.clear();
+        let mut out = Vec::new();
+        for (idx, (target, round)) in self.targets.iter_mut().zip(self.rounds.iter_mut()).enumerate() {
+            if !vacant[idx] {
+                out.push(std::mem::replace(target, VACANT));
+                *round = round.wrapping_add(1);
+            }
+            self.free.push(idx as u32);
+        }
+        out
+    }
+}
+
+/// The waits started on one timer, oldest first (entries that ended are
+/// pruned lazily). One wait, the common case, needs no allocation.
+#[derive(Default)]
+enum Waits {
+    #[default]
+    None,
+    One(TimerKey),
+    // Boxed so that a timer fits a 64-byte allocation.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<TimerKey>>),
+}
+
+impl Waits {
+    fn keys(&self) -> &[TimerKey] {
+        match self {
+            Waits::None => &[],
+            Waits::One(k) => std::slice::from_ref(k),
+            Waits::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, key: TimerKey) {
+        match self {
+            Waits::None => *self = Waits::One(key),
+            Waits::One(k) => *self = Waits::Many(Box::new(vec![*k, key])),
+            Waits::Many(v) => v.push(key),
+        }
+    }
+
+    /// Keeps the keys for which `live` holds.
+    fn retain(&mut self, live: impl Fn(TimerKey) -> bool) {
+        match self {
+            Waits::None => {}
+            Waits::One(k) => {
+                if !live(*k) {
+                    *self = Waits::None
+                }
+            }
+            Waits::Many(v) => v.retain(|k| live(*k)),
+        }
     }
 }
 
 struct TimerObj {
     exec: Executor,
     expiry: Cell<Instant>,
-    /// The waits started on this timer, oldest first (entries that completed
-    /// are pruned lazily).
-    waits: RefCell<SmallVec<[Weak<dyn Completion>; 1]>>,
+    waits: Cell<Waits>,
 }
 
 impl TimerObj {
     /// Cancels pending waits, oldest first, at most `limit` of them.
     fn cancel_waits(&self, limit: usize) -> usize {
-        if self.waits.borrow().is_empty() {
+        let waits = self.waits.take();
+        if waits.keys().is_empty() {
             return 0;
         }
         let Some(inner) = self.exec.upgrade() else {
             return 0;
         };
-        // Cancelling runs no handler, so no wait is added meanwhile: the
-        // ones not reached go back as they were.
-        let mut waits = std::mem::take(&mut *self.waits.borrow_mut()).into_iter();
         let mut n = 0;
-        while n < limit {
-            let Some(w) = waits.next() else { break };
-            if let Some(op) = w.upgrade()
-                && inner.cancel_op(op, CancellationType::ALL)
-            {
-                n += 1;
+        let mut keep = Waits::None;
+        for &key in waits.keys() {
+            if n < limit {
+                // A key whose wait already ended is simply dropped.
+                if inner.cancel_wait(key) {
+                    n += 1;
+                }
+            } else {
+                keep.push(key);
             }
         }
-        *self.waits.borrow_mut() = waits.collect();
+        // A dropped handler may have started a wait on this timer meanwhile.
+        for &key in self.waits.take().keys() {
+            keep.push(key);
+        }
+        self.waits.set(keep);
         n
     }
 }
@@ -250,7 +436,7 @@ impl SteadyTimer {
     pub fn new(ex: &Executor) -> SteadyTimer {
         let now = ex.upgrade().map_or_else(Instant::now, |i| i.timers.borrow().base());
         SteadyTimer {
-            obj: Rc::new(TimerObj { exec: ex.clone(), expiry: Cell::new(now), waits: RefCell::new(SmallVec::new()) }),
+            obj: Rc::new(TimerObj { exec: ex.clone(), expiry: Cell::new(now), waits: Cell::new(Waits::None) }),
         }
     }
 
@@ -285,17 +471,18 @@ impl SteadyTimer {
             log::debug!("timer wait started after its context was dropped: handler dropped");
             return Operation::detached();
         };
-        let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
         inner.add_work();
-        let key = inner.timers.borrow_mut().insert(self.obj.expiry.get(), TimerTarget::Wait(op.clone()));
-        op.core().timer_key.set(Some(key));
-        let mut waits = self.obj.waits.borrow_mut();
-        // Waits complete in start order, so the finished ones are in front.
-        let finished = waits.iter().take_while(|w| w.upgrade().is_none_or(|o| o.core().is_done())).count();
-        waits.drain(..finished);
-        waits.push(Rc::downgrade(&op));
+        let mut waits = self.obj.waits.take();
+        let key = {
+            let mut timers = inner.timers.borrow_mut();
+            waits.retain(|k| timers.is_live(k));
+            let handler = WaitHandler::new(handler);
+            timers.insert(self.obj.expiry.get(), TimerTarget::Wait(handler))
+        };
+        waits.push(key);
+        self.obj.waits.set(waits);
         log::trace!("timer wait started");
-        Operation::new(&inner, &op)
+        Operation::wait(&inner, key)
     }
 
     /// Cancels every pending wait (each completes with `OPERATION_ABORTED`);
@@ -313,57 +500,101 @@ impl SteadyTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::HandlerQueue;
+    use std::cell::RefCell;
+
+    /// A wait entry whose handler records `id` when it runs.
+    fn wait(log: &Rc<RefCell<Vec<u64>>>, id: u64) -> TimerTarget {
+        let log = log.clone();
+        TimerTarget::Wait(WaitHandler::new(move |_: Error| log.borrow_mut().push(id)))
+    }
+
+    fn run((target, _): (TimerTarget, Option<TimerKey>)) {
+        let TimerTarget::Wait(handler) = target else { panic!("not a wait") };
+        let q = HandlerQueue::new();
+        handler.post(&q, Error::NONE);
+        assert!(q.run_next());
+    }
 
     #[test]
-    fn queue_orders_by_deadline_then_sequence_and_removes_anywhere() {
+    fn queue_orders_by_deadline_then_order_set_and_removes_anywhere() {
         let t0 = Instant::now();
         let mut q = TimerQueue::new(t0);
-        let mut ops: Vec<(Instant, u64, usize, Rc<dyn Completion>)> = Vec::new();
-        // Deadlines repeat so that the sequence decides ties; enough removals
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut keys = Vec::new();
+        // Deadlines repeat so that the order set decides ties; enough removals
         // to trigger a sweep of the dead items.
         for i in 0..5000u64 {
             let at = t0 + Duration::from_micros((i * 7919) % 50);
-            let op: Rc<dyn Completion> = Rc::new(WaitOp::new(|_: Error| {}));
-            let key = q.insert(at, TimerTarget::Wait(op.clone()));
-            ops.push((at, i, key, op));
+            keys.push((at, i, q.insert(at, wait(&log, i))));
         }
-        for (_, i, k, _) in ops.iter() {
+        for &(_, i, k) in &keys {
             if i % 3 == 0 {
-                assert!(q.remove(*k).is_some());
-                assert!(q.remove(*k).is_none());
+                assert!(q.remove(k).is_some());
+                assert!(q.remove(k).is_none());
+                assert!(!q.is_live(k));
             }
         }
-        assert_eq!(q.len(), ops.iter().filter(|o| o.1 % 3 != 0).count());
-        let mut expect: Vec<_> = ops.iter().filter(|o| o.1 % 3 != 0).map(|o| (o.0, o.1)).collect();
+        assert_eq!(q.len(), keys.iter().filter(|o| o.1 % 3 != 0).count());
+        let mut expect: Vec<_> = keys.iter().filter(|o| o.1 % 3 != 0).map(|o| (o.0, o.1)).collect();
         expect.sort();
-        let mut got = Vec::new();
         while let Some(at) = q.next_deadline() {
-            let Some(TimerTarget::Wait(op)) = q.pop_due(at) else { panic!("nothing due at the next deadline") };
-            let (at, i, _, _) = ops.iter().find(|o| Rc::ptr_eq(&o.3, &op)).unwrap();
-            got.push((*at, *i));
+            let target = q.pop_due(q.ns(at)).expect("nothing due at the next deadline");
+            run(target);
         }
+        let got: Vec<_> = log.borrow().iter().map(|&i| (keys[i as usize].0, i)).collect();
         assert_eq!(got, expect);
         assert_eq!(q.len(), 0);
         assert!(q.current.is_empty() && q.buckets.is_empty());
     }
 
     #[test]
+    fn entries_set_into_the_current_bucket_keep_deadline_then_order_set() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new(t0);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let at = |us| t0 + Duration::from_micros(us);
+        q.insert(at(100), wait(&log, 0));
+        q.insert(at(300), wait(&log, 1));
+        // Makes the first bucket current; later entries go into it sorted.
+        assert_eq!(q.next_deadline(), Some(at(100)));
+        q.insert(at(300), wait(&log, 2));
+        q.insert(at(200), wait(&log, 3));
+        q.insert(at(100), wait(&log, 4));
+        while let Some(d) = q.next_deadline() {
+            run(q.pop_due(q.ns(d)).unwrap());
+        }
+        assert_eq!(*log.borrow(), vec![0, 4, 3, 1, 2]);
+    }
+
+    #[test]
     fn a_reused_slot_does_not_revive_a_removed_item() {
         let t0 = Instant::now();
         let mut q = TimerQueue::new(t0);
-        let a = q.insert(
-            t0 + Duration::from_millis(1),
-            TimerTarget::CancelAfter(Weak::<WaitOp<fn(Error)>>::new(), CancellationType::ALL),
-        );
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let a = q.insert(t0 + Duration::from_millis(1), wait(&log, 1));
         q.remove(a);
-        let b = q.insert(
-            t0 + Duration::from_millis(5),
-            TimerTarget::CancelAfter(Weak::<WaitOp<fn(Error)>>::new(), CancellationType::ALL),
-        );
-        assert_eq!(a, b, "the slab reuses the slot");
+        let b = q.insert(t0 + Duration::from_millis(5), wait(&log, 5));
+        assert_eq!(a.idx, b.idx, "the slot is reused");
+        assert!(!q.is_live(a) && q.is_live(b));
+        assert!(q.remove(a).is_none(), "the old key does not reach the new entry");
         // The old item (1 ms) must not fire the new entry early.
-        assert!(q.pop_due(t0 + Duration::from_millis(2)).is_none());
+        assert!(q.pop_due(q.ns(t0 + Duration::from_millis(2))).is_none());
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(5)));
-        assert!(q.pop_due(t0 + Duration::from_millis(5)).is_some());
+        run(q.pop_due(q.ns(t0 + Duration::from_millis(5))).unwrap());
+        assert_eq!(*log.borrow(), vec![5]);
+    }
+
+    #[test]
+    fn take_all_ends_every_key_given_out() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new(t0);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let a = q.insert(t0, wait(&log, 1));
+        assert_eq!(q.take_all().len(), 1);
+        let b = q.insert(t0, wait(&log, 2));
+        assert_eq!(a.idx, b.idx);
+        assert!(q.remove_wait(a).is_none());
+        assert!(q.remove_wait(b).is_some());
     }
 }

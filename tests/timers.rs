@@ -409,6 +409,51 @@ fn cancel_after_on_a_timer_wait() {
     assert_eq!(fired.get(), vec![(1, Error::NONE), (0, Error::OPERATION_ABORTED)]);
 }
 
+#[test]
+fn a_second_cancel_after_on_a_timer_wait_replaces_the_first() {
+    let ctx = IoContext::new().unwrap();
+    let fired = Fired::default();
+    // Shortened: the 10 ms cancel replaces the 60 s one.
+    let a = SteadyTimer::new(&ctx);
+    a.expires_after(FAR);
+    let op = a.async_wait(fired.handler(0));
+    op.cancel_after(FAR, CancellationType::TERMINAL).cancel_after(ms(10), CancellationType::TERMINAL);
+    // Lengthened: the 5 ms cancel is replaced by a 60 s one, so the wait
+    // completes at its 30 ms expiry, and the replaced entry does not keep
+    // run() busy either.
+    let b = SteadyTimer::new(&ctx);
+    b.expires_after(ms(30));
+    let op_b = b.async_wait(fired.handler(1));
+    op_b.cancel_after(ms(5), CancellationType::TERMINAL).cancel_after(FAR, CancellationType::TERMINAL);
+    let t0 = Instant::now();
+    assert_eq!(run_bounded(&ctx), 2);
+    let took = t0.elapsed();
+    assert!(took >= ms(30) && took < ms(1000), "took {took:?}");
+    assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::NONE)]);
+    assert!(!op.is_pending() && !op_b.is_pending());
+    assert!(!op.cancel(CancellationType::ALL), "a wait that ended cannot be cancelled");
+}
+
+#[test]
+fn more_due_timers_than_one_turn_fires_still_all_fire_in_deadline_order() {
+    // A turn fires a bounded group of due timers; the rest must still fire,
+    // in deadline order, on the following turns.
+    let ctx = IoContext::new().unwrap();
+    let fired = Fired::default();
+    let t0 = Instant::now();
+    let timers: Vec<SteadyTimer> = (0..3000)
+        .map(|i| {
+            let t = SteadyTimer::new(&ctx);
+            t.expires_at(t0 - Duration::from_micros(3000 - i as u64));
+            t.async_wait(fired.handler(i));
+            t
+        })
+        .collect();
+    assert_eq!(run_bounded(&ctx), 3000);
+    assert_eq!(fired.ids(), (0..3000).collect::<Vec<_>>());
+    drop(timers);
+}
+
 // ---------------------------------------------------------------- timers and I/O
 
 #[test]

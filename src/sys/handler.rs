@@ -8,6 +8,7 @@
 //! Rust (smallbox needs an `unsafe` macro at each use and calls only
 //! `FnMut`), hence the `unsafe` here.
 
+use crate::error::Error;
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::mem::{MaybeUninit, align_of, size_of};
@@ -214,6 +215,72 @@ impl HandlerQueue {
     }
 }
 
+/// A pending `FnOnce(Error)` (a timer wait's handler) stored inline when it
+/// is small, boxed otherwise. It is kept in the timer queue's slot until the
+/// wait ends, then moved straight into the ready ring with its result, so a
+/// timer wait needs no allocation of its own.
+pub(crate) struct WaitHandler {
+    /// Posts (`Some`) or drops (`None`) the closure held in `data`.
+    shim: WaitShim,
+    data: MaybeUninit<Storage>,
+    _not_send: PhantomData<*const ()>,
+}
+
+type WaitShim = unsafe fn(*mut Storage, Option<(&HandlerQueue, Error)>);
+
+/// # Safety
+/// `data` must hold a valid `F` written by `WaitHandler::new`, not yet taken.
+unsafe fn inline_wait_shim<F: FnOnce(Error) + 'static>(data: *mut Storage, post: Option<(&HandlerQueue, Error)>) {
+    // SAFETY: guaranteed by the caller; after this read the storage is dead.
+    let f = unsafe { data.cast::<F>().read() };
+    if let Some((q, err)) = post {
+        q.push(move || f(err));
+    }
+}
+
+/// # Safety
+/// `data` must hold a pointer from `Box::<F>::into_raw`, not yet taken.
+unsafe fn boxed_wait_shim<F: FnOnce(Error) + 'static>(data: *mut Storage, post: Option<(&HandlerQueue, Error)>) {
+    // SAFETY: guaranteed by the caller: the pointer came from `Box::into_raw`.
+    let f = unsafe { Box::from_raw(data.cast::<*mut F>().read()) };
+    if let Some((q, err)) = post {
+        q.push(move || f(err));
+    }
+}
+
+impl WaitHandler {
+    pub(crate) fn new<F: FnOnce(Error) + 'static>(f: F) -> WaitHandler {
+        let mut data = MaybeUninit::<Storage>::uninit();
+        let ptr = data.as_mut_ptr();
+        let shim: WaitShim = if size_of::<F>() <= size_of::<Storage>() && align_of::<F>() <= align_of::<Storage>() {
+            // SAFETY: `F` fits in the storage by size and alignment (checked).
+            unsafe { ptr.cast::<F>().write(f) };
+            inline_wait_shim::<F>
+        } else {
+            // SAFETY: a pointer always fits in the storage.
+            unsafe { ptr.cast::<*mut F>().write(Box::into_raw(Box::new(f))) };
+            boxed_wait_shim::<F>
+        };
+        WaitHandler { shim, data, _not_send: PhantomData }
+    }
+
+    /// Queues the handler on `q`, to be called with `err`.
+    pub(crate) fn post(self, q: &HandlerQueue, err: Error) {
+        let mut me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `data` holds the closure written by `new`; `me` is never
+        // dropped, so the shim's move out is the only one.
+        unsafe { (me.shim)(me.data.as_mut_ptr(), Some((q, err))) }
+    }
+}
+
+impl Drop for WaitHandler {
+    fn drop(&mut self) {
+        // SAFETY: `data` still holds the closure: `post` consumes the handler
+        // without running this destructor.
+        unsafe { (self.shim)(self.data.as_mut_ptr(), None) }
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         while let Some(t) = self.take() {
@@ -280,6 +347,34 @@ mod tests {
         }
         while q.run_next() {}
         assert_eq!(*order.borrow(), (0..next).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn wait_handlers_post_with_their_result_or_drop_their_captures() {
+        let token = Rc::new(());
+        let got = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let q = HandlerQueue::new();
+        let (g1, t1) = (got.clone(), token.clone());
+        let small = WaitHandler::new(move |e: Error| {
+            let _t = t1;
+            g1.borrow_mut().push(e)
+        });
+        let (g2, big) = (got.clone(), [7u64; 8]);
+        let large = WaitHandler::new(move |e: Error| {
+            g2.borrow_mut().push(Error::from_raw_os_error(e.raw_os_error().unwrap_or(0) + big[7] as i32))
+        });
+        let (t3, t4) = (token.clone(), token.clone());
+        let dropped_small = WaitHandler::new(move |_: Error| drop(t3));
+        let dropped_large = WaitHandler::new(move |_: Error| drop((t4, [0u64; 8])));
+        assert_eq!(Rc::strong_count(&token), 4);
+        drop((dropped_small, dropped_large));
+        assert_eq!(Rc::strong_count(&token), 2, "dropping a wait handler frees its captures");
+        small.post(&q, Error::OPERATION_ABORTED);
+        large.post(&q, Error::from_raw_os_error(1));
+        assert!(got.borrow().is_empty(), "posting does not run the handler");
+        while q.run_next() {}
+        assert_eq!(*got.borrow(), vec![Error::OPERATION_ABORTED, Error::from_raw_os_error(8)]);
+        assert_eq!(Rc::strong_count(&token), 1);
     }
 
     #[test]
