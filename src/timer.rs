@@ -1,5 +1,6 @@
-//! The context's timer queue (bucketed deadlines: insertion O(log b) for b
-//! buckets, or O(k) into the k items of the current bucket; O(1) removal;
+//! The context's timer queue (bucketed deadlines: insertion O(1) within
+//! about 4 s of the earliest bucket, O(log b) for b buckets beyond, O(k) into
+//! the k items of the current bucket; O(1) removal;
 //! equal deadlines in the order set) and `SteadyTimer`.
 //!
 //! A timer wait is not an operation object: its handler sits in its slot of
@@ -57,15 +58,87 @@ const VACANT: TimerTarget =
 type Item = (u64, TimerKey);
 
 /// How many items ahead of the one firing the queue prefetches.
-const PREFETCH_AHEAD: usize = 8;
+const PREFETCH_AHEAD: usize = 32;
 
 /// Deadlines fall into buckets of 2^20 ns (about 1 ms).
 const BUCKET_SHIFT: u32 = 20;
 
+/// Radix sort digits: two passes cover the bits below `BUCKET_SHIFT`.
+const RADIX_BITS: u32 = 10;
+const RADIX: usize = 1 << RADIX_BITS;
+const _: () = assert!(2 * RADIX_BITS == BUCKET_SHIFT);
+
+/// How many consecutive buckets (about 4.4 s) [`Buckets`] indexes directly.
+const NEAR_SPAN: u64 = 4096;
+
+/// Unsorted items by bucket: a window of consecutive buckets indexed directly
+/// (queueing an item is a push, without a search), and a B-tree for buckets
+/// outside the window.
+#[derive(Default)]
+struct Buckets {
+    /// `near[i]` holds bucket `near_start + i`.
+    near: VecDeque<Vec<Item>>,
+    near_start: u64,
+    far: BTreeMap<u64, Vec<Item>>,
+}
+
+impl Buckets {
+    fn push(&mut self, bucket: u64, item: Item) {
+        if self.near.is_empty() {
+            // The window starts wherever the first item falls.
+            self.near_start = bucket;
+        }
+        match bucket.checked_sub(self.near_start) {
+            Some(i) if i < NEAR_SPAN => {
+                let i = i as usize;
+                if i >= self.near.len() {
+                    self.near.resize_with(i + 1, Vec::new);
+                }
+                self.near[i].push(item);
+            }
+            _ => self.far.entry(bucket).or_default().push(item),
+        }
+    }
+
+    /// Removes and returns the earliest non-empty bucket.
+    fn pop_first(&mut self) -> Option<(u64, Vec<Item>)> {
+        while self.near.front().is_some_and(Vec::is_empty) {
+            self.near.pop_front();
+            self.near_start += 1;
+        }
+        let far_first = self.far.first_key_value().map(|(b, _)| *b);
+        if self.near.is_empty() || far_first.is_some_and(|f| f < self.near_start) {
+            return self.far.pop_first();
+        }
+        let items = self.near.pop_front()?;
+        self.near_start += 1;
+        Some((self.near_start - 1, items))
+    }
+
+    fn retain(&mut self, live: impl Fn(&Item) -> bool) {
+        for v in &mut self.near {
+            v.retain(&live);
+        }
+        self.far.retain(|_, v| {
+            v.retain(&live);
+            !v.is_empty()
+        });
+    }
+
+    fn clear(&mut self) {
+        self.near.clear();
+        self.far.clear();
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.near.iter().all(Vec::is_empty) && self.far.is_empty()
+    }
+}
+
 /// Deadlines ordered by (time, order set).
 ///
-/// Items go unsorted into ~1 ms buckets (a B-tree of buckets: insertion is a
-/// push); the earliest bucket is sorted once (stably), when it becomes
+/// Items go unsorted into ~1 ms buckets (insertion is a push); the earliest bucket is sorted once (stably), when it becomes
 /// current, and then fires from the front. Removal is O(1): the slot is freed
 /// and its item becomes dead, skipped when reached, and all dead items are
 /// swept out when they outnumber the live ones (amortised O(1), and it bounds
@@ -77,8 +150,8 @@ pub(crate) struct TimerQueue {
     /// The earliest items, sorted; their buckets are <= `current_bucket`.
     current: VecDeque<Item>,
     current_bucket: Option<u64>,
-    /// Later items by bucket, unsorted; every key is > `current_bucket`.
-    buckets: BTreeMap<u64, Vec<Item>>,
+    /// Later items by bucket, unsorted; every bucket is > `current_bucket`.
+    buckets: Buckets,
     /// Each slot's round: it moves on when the slot's entry ends, so a key is
     /// live exactly while its round is its slot's. Kept apart from the
     /// targets so that the liveness checks of a large queue touch 4 bytes
@@ -91,6 +164,8 @@ pub(crate) struct TimerQueue {
     /// The `cancel_after` entry watching a pending wait, by the wait's key
     /// (rare, so kept out of the slots to keep them small).
     watchers: BTreeMap<u64, TimerKey>,
+    /// The radix sort's second buffer, kept between sorts.
+    scratch: Vec<Item>,
     /// Free slots, reused last-freed first.
     free: Vec<u32>,
     live: usize,
@@ -104,10 +179,11 @@ impl TimerQueue {
             base,
             current: VecDeque::new(),
             current_bucket: None,
-            buckets: BTreeMap::new(),
+            buckets: Buckets::default(),
             rounds: Vec::new(),
             targets: Vec::new(),
             watchers: BTreeMap::new(),
+            scratch: Vec::new(),
             free: Vec::new(),
             live: 0,
             dead: 0,
@@ -146,7 +222,7 @@ impl TimerQueue {
                 let pos = self.current.partition_point(|x| x.0 <= item.0);
                 self.current.insert(pos, item);
             }
-            _ => self.buckets.entry(bucket).or_default().push(item),
+            _ => self.buckets.push(bucket, item),
         }
         key
     }
@@ -222,11 +298,45 @@ impl TimerQueue {
         let rounds = &self.rounds;
         let live = |&(_, key): &Item| rounds[key.idx as usize] == key.round;
         self.current.retain(live);
-        self.buckets.retain(|_, v| {
-            v.retain(live);
-            !v.is_empty()
-        });
+        self.buckets.retain(live);
         self.dead = 0;
+    }
+
+    /// Drops a bucket's dead items and sorts the rest by deadline, stably
+    /// (the items were queued in the order set). All of them share the bits
+    /// above `BUCKET_SHIFT`, so an LSD radix sort of two 10-bit passes does it
+    /// in linear time.
+    fn sort_bucket(&mut self, mut items: Vec<Item>) -> Vec<Item> {
+        let before = items.len();
+        let rounds = &self.rounds;
+        items.retain(|&(_, key)| rounds[key.idx as usize] == key.round);
+        self.dead -= before - items.len();
+        if items.len() <= 64 {
+            items.sort_by_key(|i| i.0);
+            return items;
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        out.resize(items.len(), (0, TimerKey { idx: 0, round: 0 }));
+        for shift in [0, RADIX_BITS] {
+            let digit = |at: u64| (at >> shift) as usize & (RADIX - 1);
+            let mut next = [0usize; RADIX];
+            for it in &items {
+                next[digit(it.0)] += 1;
+            }
+            let mut sum = 0;
+            for n in next.iter_mut() {
+                (*n, sum) = (sum, sum + *n);
+            }
+            for it in &items {
+                let d = digit(it.0);
+                out[next[d]] = *it;
+                next[d] += 1;
+            }
+            std::mem::swap(&mut items, &mut out);
+        }
+        self.scratch = out;
+        items
     }
 
     /// Makes `current` start with the earliest live item, if there is one.
@@ -244,8 +354,8 @@ impl TimerQueue {
                     sys::prefetch(&self.rounds[ahead.idx as usize]);
                 }
             }
-            let Some((bucket, mut items)) = self.buckets.pop_first() else { return };
-            items.sort_by_key(|i| i.0);
+            let Some((bucket, items)) = self.buckets.pop_first() else { return };
+            let items = self.sort_bucket(items);
             self.current = VecDeque::from(items);
             self.current_bucket = Some(bucket);
         }
