@@ -183,13 +183,6 @@ impl Inner {
 /// The most timer entries one reactor turn fires.
 const FIRE_BATCH: usize = 256;
 
-/// Where the timer queue counts deadlines from: a day before the context's
-/// creation, so that deadlines set in the recent past keep their order too.
-fn timer_base() -> Instant {
-    let now = Instant::now();
-    now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
-}
-
 /// `now + d`, or about a century after `now` when that overflows (the
 /// furthest a deadline is set).
 pub(crate) fn later(now: Instant, d: Duration) -> Instant {
@@ -269,7 +262,7 @@ impl IoContext {
             depth: Cell::new(0),
             shut: Cell::new(false),
             reactor: Reactor::new()?,
-            timers: RefCell::new(TimerQueue::new(timer_base())),
+            timers: RefCell::new(TimerQueue::new(crate::timer::clock_base())),
         });
         Ok(IoContext { exec: Executor { inner: Rc::downgrade(&inner) }, inner })
     }

@@ -12,9 +12,11 @@ use crate::context::Executor;
 use crate::error::Error;
 use crate::op::Completion;
 use crate::sys::{self, WaitHandler};
+use slab::Slab;
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Names one entry of the timer queue: its slot and the slot's round (how many entries it has held),
@@ -27,9 +29,34 @@ pub(crate) struct TimerKey {
 }
 
 impl TimerKey {
+    /// The key in one word, below 2^63 - 1 (rounds have 31 bits, and no
+    /// slot index reaches `u32::MAX`).
     fn as_u64(self) -> u64 {
-        (u64::from(self.idx) << 32) | u64::from(self.round)
+        (u64::from(self.round) << 32) | u64::from(self.idx)
     }
+
+    fn from_u64(v: u64) -> TimerKey {
+        TimerKey { idx: v as u32, round: (v >> 32) as u32 }
+    }
+}
+
+/// Rounds wrap within 31 bits, so that a key packs below 2^63 ([`Waits`]).
+const ROUND_MASK: u32 = u32::MAX >> 1;
+
+/// Where every timer counts time from: a day before the process first used
+/// a timer, so that deadlines set in the recent past keep their order too.
+/// One base for all contexts lets a timer keep its expiry in one word.
+pub(crate) fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+    })
+}
+
+/// `at` in nanoseconds since `base` (0 for anything earlier).
+fn ns_since(base: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(base).as_nanos().min(u64::MAX as u128) as u64
 }
 
 /// The operation a `cancel_after` entry watches.
@@ -164,6 +191,8 @@ pub(crate) struct TimerQueue {
     /// The `cancel_after` entry watching a pending wait, by the wait's key
     /// (rare, so kept out of the slots to keep them small).
     watchers: BTreeMap<u64, TimerKey>,
+    /// The wait lists of timers with more than one pending wait ([`Waits`]).
+    groups: Slab<Vec<TimerKey>>,
     /// The radix sort's second buffer, kept between sorts.
     scratch: Vec<Item>,
     /// Free slots, reused last-freed first.
@@ -183,6 +212,7 @@ impl TimerQueue {
             rounds: Vec::new(),
             targets: Vec::new(),
             watchers: BTreeMap::new(),
+            groups: Slab::new(),
             scratch: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -197,24 +227,32 @@ impl TimerQueue {
 
     /// `at` in nanoseconds since the base.
     pub(crate) fn ns(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.base).as_nanos().min(u64::MAX as u128) as u64
+        ns_since(self.base, at)
     }
 
     pub(crate) fn insert(&mut self, at: Instant, target: TimerTarget) -> TimerKey {
+        self.insert_ns(self.ns(at), target)
+    }
+
+    /// Queues `target` for `at_ns` nanoseconds after the base.
+    fn insert_ns(&mut self, at_ns: u64, target: TimerTarget) -> TimerKey {
         let key = match self.free.pop() {
             Some(idx) => {
                 self.targets[idx as usize] = target;
                 TimerKey { idx, round: self.rounds[idx as usize] }
             }
             None => {
-                let idx = u32::try_from(self.rounds.len()).expect("more than 2^32 pending timer entries");
+                let idx = u32::try_from(self.rounds.len())
+                    .ok()
+                    .filter(|&i| i < u32::MAX)
+                    .expect("more than 2^32 - 1 pending timer entries");
                 self.rounds.push(0);
                 self.targets.push(target);
                 TimerKey { idx, round: 0 }
             }
         };
         self.live += 1;
-        let item = (self.ns(at), key);
+        let item = (at_ns, key);
         let bucket = item.0 >> BUCKET_SHIFT;
         match self.current_bucket {
             Some(cb) if bucket <= cb => {
@@ -248,7 +286,7 @@ impl TimerQueue {
             return None;
         }
         let target = std::mem::replace(&mut self.targets[key.idx as usize], VACANT);
-        self.rounds[key.idx as usize] = key.round.wrapping_add(1);
+        self.rounds[key.idx as usize] = key.round.wrapping_add(1) & ROUND_MASK;
         self.free.push(key.idx);
         self.live -= 1;
         Some(target)
@@ -417,7 +455,7 @@ impl TimerQueue {
         for (idx, (target, round)) in self.targets.iter_mut().zip(self.rounds.iter_mut()).enumerate() {
             if !vacant[idx] {
                 out.push(std::mem::replace(target, VACANT));
-                *round = round.wrapping_add(1);
+                *round = round.wrapping_add(1) & ROUND_MASK;
             }
             self.free.push(idx as u32);
         }
@@ -426,67 +464,99 @@ impl TimerQueue {
 }
 
 /// The waits started on one timer, oldest first (entries that ended are
-/// pruned lazily). One wait, the common case, needs no allocation.
-#[derive(Default)]
-enum Waits {
-    #[default]
+/// pruned lazily), packed in one word so that a timer fits a 48-byte
+/// allocation: 0 is none, a key + 1 is one wait (the common case), and
+/// `GROUP | g` several, listed in the queue's group `g`.
+#[derive(Clone, Copy, Default)]
+struct Waits(u64);
+
+const GROUP: u64 = 1 << 63;
+
+enum WaitsView {
     None,
     One(TimerKey),
-    // Boxed so that a timer fits a 64-byte allocation.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<TimerKey>>),
+    Group(usize),
 }
 
 impl Waits {
-    fn keys(&self) -> &[TimerKey] {
-        match self {
-            Waits::None => &[],
-            Waits::One(k) => std::slice::from_ref(k),
-            Waits::Many(v) => v,
-        }
+    const NONE: Waits = Waits(0);
+
+    fn one(key: TimerKey) -> Waits {
+        Waits(key.as_u64() + 1)
     }
 
-    fn push(&mut self, key: TimerKey) {
-        match self {
-            Waits::None => *self = Waits::One(key),
-            Waits::One(k) => *self = Waits::Many(Box::new(vec![*k, key])),
-            Waits::Many(v) => v.push(key),
+    fn view(self) -> WaitsView {
+        match self.0 {
+            0 => WaitsView::None,
+            v if v & GROUP != 0 => WaitsView::Group((v & !GROUP) as usize),
+            v => WaitsView::One(TimerKey::from_u64(v - 1)),
         }
     }
+}
 
-    /// Keeps the keys for which `live` holds.
-    fn retain(&mut self, live: impl Fn(TimerKey) -> bool) {
-        match self {
-            Waits::None => {}
-            Waits::One(k) => {
-                if !live(*k) {
-                    *self = Waits::None
-                }
+impl TimerQueue {
+    /// `waits` with `key` added and the waits that ended pruned.
+    fn add_wait(&mut self, waits: Waits, key: TimerKey) -> Waits {
+        match waits.view() {
+            WaitsView::None => Waits::one(key),
+            WaitsView::One(k) if !self.is_live(k) => Waits::one(key),
+            WaitsView::One(k) => Waits(GROUP | self.groups.insert(vec![k, key]) as u64),
+            WaitsView::Group(g) => {
+                let rounds = &self.rounds;
+                let list = &mut self.groups[g];
+                list.retain(|k| rounds.get(k.idx as usize) == Some(&k.round));
+                list.push(key);
+                waits
             }
-            Waits::Many(v) => v.retain(|k| live(*k)),
+        }
+    }
+
+    /// Takes the keys out of `waits` (its group, if any, is freed).
+    fn take_waits(&mut self, waits: Waits) -> Vec<TimerKey> {
+        match waits.view() {
+            WaitsView::None => Vec::new(),
+            WaitsView::One(k) => vec![k],
+            WaitsView::Group(g) => self.groups.remove(g),
+        }
+    }
+
+    /// Packs `keys` (in a group when there are several).
+    fn store_waits(&mut self, keys: Vec<TimerKey>) -> Waits {
+        match keys.len() {
+            0 => Waits::NONE,
+            1 => Waits::one(keys[0]),
+            _ => Waits(GROUP | self.groups.insert(keys) as u64),
         }
     }
 }
 
 struct TimerObj {
     exec: Executor,
-    expiry: Cell<Instant>,
+    /// Nanoseconds since [`clock_base`].
+    expiry: Cell<u64>,
     waits: Cell<Waits>,
 }
 
 impl TimerObj {
     /// Cancels pending waits, oldest first, at most `limit` of them.
     fn cancel_waits(&self, limit: usize) -> usize {
-        let waits = self.waits.take();
-        if waits.keys().is_empty() {
+        let waits = self.waits.replace(Waits::NONE);
+        if let WaitsView::None = waits.view() {
             return 0;
         }
+        // With the context gone, its queue (and any group) is gone too.
         let Some(inner) = self.exec.upgrade() else {
             return 0;
         };
+        if let WaitsView::One(key) = waits.view() {
+            // The common case, without a list. A handler dropped by the
+            // cancel may start a wait here: it is recorded as usual.
+            return usize::from(limit > 0 && inner.cancel_wait(key));
+        }
+        let keys = inner.timers.borrow_mut().take_waits(waits);
         let mut n = 0;
-        let mut keep = Waits::None;
-        for &key in waits.keys() {
+        let mut keep = Vec::new();
+        for key in keys {
             if n < limit {
                 // A key whose wait already ended is simply dropped.
                 if inner.cancel_wait(key) {
@@ -496,11 +566,11 @@ impl TimerObj {
                 keep.push(key);
             }
         }
+        let mut timers = inner.timers.borrow_mut();
         // A dropped handler may have started a wait on this timer meanwhile.
-        for &key in self.waits.take().keys() {
-            keep.push(key);
-        }
-        self.waits.set(keep);
+        let added = self.waits.replace(Waits::NONE);
+        keep.extend(timers.take_waits(added));
+        self.waits.set(timers.store_waits(keep));
         n
     }
 }
@@ -535,7 +605,7 @@ pub struct SteadyTimer {
 
 impl std::fmt::Debug for SteadyTimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SteadyTimer").field("expiry", &self.obj.expiry.get()).finish()
+        f.debug_struct("SteadyTimer").field("expiry", &self.expiry()).finish()
     }
 }
 
@@ -544,15 +614,14 @@ impl SteadyTimer {
     /// before the context's creation; a wait started before `expires_*`
     /// completes on the next turn of the loop, as with Asio's default expiry).
     pub fn new(ex: &Executor) -> SteadyTimer {
-        let now = ex.upgrade().map_or_else(Instant::now, |i| i.timers.borrow().base());
-        SteadyTimer {
-            obj: Rc::new(TimerObj { exec: ex.clone(), expiry: Cell::new(now), waits: Cell::new(Waits::None) }),
-        }
+        SteadyTimer { obj: Rc::new(TimerObj { exec: ex.clone(), expiry: Cell::new(0), waits: Cell::new(Waits::NONE) }) }
     }
 
-    /// The current expiry.
+    /// The current expiry. (Timers count time from a day before the process
+    /// first used one; an expiry set earlier than that reads back as that
+    /// base, which has passed all the same.)
     pub fn expiry(&self) -> Instant {
-        self.obj.expiry.get()
+        clock_base() + Duration::from_nanos(self.obj.expiry.get())
     }
 
     /// Sets the expiry to `now + d`; cancels the pending waits and returns how
@@ -569,7 +638,7 @@ impl SteadyTimer {
     /// cancelled.
     pub fn expires_at(&self, at: Instant) -> usize {
         let n = self.cancel();
-        self.obj.expiry.set(at);
+        self.obj.expiry.set(ns_since(clock_base(), at));
         n
     }
 
@@ -582,15 +651,14 @@ impl SteadyTimer {
             return Operation::detached();
         };
         inner.add_work();
-        let mut waits = self.obj.waits.take();
         let key = {
             let mut timers = inner.timers.borrow_mut();
-            waits.retain(|k| timers.is_live(k));
-            let handler = WaitHandler::new(handler);
-            timers.insert(self.obj.expiry.get(), TimerTarget::Wait(handler))
+            debug_assert!(timers.base() == clock_base(), "the queue counts time from the timers' base");
+            let key = timers.insert_ns(self.obj.expiry.get(), TimerTarget::Wait(WaitHandler::new(handler)));
+            let waits = timers.add_wait(self.obj.waits.get(), key);
+            self.obj.waits.set(waits);
+            key
         };
-        waits.push(key);
-        self.obj.waits.set(waits);
         log::trace!("timer wait started");
         Operation::wait(&inner, key)
     }
@@ -675,6 +743,26 @@ mod tests {
             run(q.pop_due(q.ns(d)).unwrap());
         }
         assert_eq!(*log.borrow(), vec![0, 4, 3, 1, 2]);
+    }
+
+    #[test]
+    fn deadlines_inside_and_outside_the_direct_window_fire_in_order() {
+        // The window starts at the first deadline queued (10 s); earlier and
+        // much later deadlines go to the B-tree and must still interleave.
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new(t0);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let offsets_ms = [10_000u64, 1, 5_000, 12_000, 30_000, 2, 10_000, 14_900, 9_999, 3];
+        for (i, &off) in offsets_ms.iter().enumerate() {
+            q.insert(t0 + Duration::from_millis(off), wait(&log, i as u64));
+        }
+        while let Some(d) = q.next_deadline() {
+            run(q.pop_due(q.ns(d)).unwrap());
+        }
+        let mut expect: Vec<u64> = (0..offsets_ms.len() as u64).collect();
+        expect.sort_by_key(|&i| offsets_ms[i as usize]);
+        assert_eq!(*log.borrow(), expect);
+        assert!(q.buckets.is_empty());
     }
 
     #[test]
