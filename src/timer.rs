@@ -1,7 +1,7 @@
 //! The context's timer queue (bucketed deadlines: insertion O(1) within
 //! about 4 s of the earliest bucket, O(log b) for b buckets beyond, O(k) into
-//! the k items of the current bucket; O(1) removal;
-//! equal deadlines in the order set) and `SteadyTimer`.
+//! the k items of the current bucket; O(1) removal; equal deadlines in the
+//! order set) and `SteadyTimer`.
 //!
 //! A timer wait is not an operation object: its handler sits in its slot of
 //! the queue until the wait ends and then moves straight into the ready queue,
@@ -19,9 +19,9 @@ use std::rc::{Rc, Weak};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Names one entry of the timer queue: its slot and the slot's round (how many entries it has held),
-/// so that a key of an entry that has ended never reaches a later entry that
-/// reuses the slot.
+/// Names one entry of the timer queue: its slot and the slot's round (which
+/// moves on each time an entry of the slot ends), so that the key of an entry
+/// that has ended never reaches a later entry in the same slot.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct TimerKey {
     idx: u32,
@@ -165,8 +165,9 @@ impl Buckets {
 
 /// Deadlines ordered by (time, order set).
 ///
-/// Items go unsorted into ~1 ms buckets (insertion is a push); the earliest bucket is sorted once (stably), when it becomes
-/// current, and then fires from the front. Removal is O(1): the slot is freed
+/// Items go unsorted into ~1 ms buckets (insertion is a push); the earliest
+/// bucket is sorted once (stably), when it becomes current, and then fires
+/// from the front. Removal is O(1): the slot is freed
 /// and its item becomes dead, skipped when reached, and all dead items are
 /// swept out when they outnumber the live ones (amortised O(1), and it bounds
 /// the memory they hold). Items are 16 bytes and a slot holds the handler
