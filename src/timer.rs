@@ -389,9 +389,6 @@ impl TimerQueue {
                 }
                 self.current.pop_front();
                 self.dead -= 1;
-                if let Some(&(_, ahead)) = self.current.get(PREFETCH_AHEAD) {
-                    sys::prefetch(&self.rounds[ahead.idx as usize]);
-                }
             }
             let Some((bucket, items)) = self.buckets.pop_first() else { return };
             let items = self.sort_bucket(items);
@@ -423,9 +420,9 @@ impl TimerQueue {
             return None;
         }
         self.current.pop_front();
-        // Start loading the entry fired a few pops from now.
+        // Start loading the entry fired a few pops from now. (Its round was
+        // read when the bucket was sorted, so that is in cache already.)
         if let Some(&(_, ahead)) = self.current.get(PREFETCH_AHEAD) {
-            sys::prefetch(&self.rounds[ahead.idx as usize]);
             sys::prefetch(&self.targets[ahead.idx as usize]);
         }
         let target = self.free_slot(key)?;
