@@ -66,11 +66,16 @@ pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_
         })
         .collect();
     loop {
-        let r = if want_from {
-            sock.recv_from_vectored_with_flags(&mut slices, flags)
-                .map(|(len, _, addr)| Received { len, from: addr.as_socket() })
-        } else {
-            sock.recv_vectored_with_flags(&mut slices, flags).map(|(len, _)| Received { len, from: None })
+        let r = match (&mut slices[..], want_from) {
+            // One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2).
+            ([one], true) => {
+                sock.recv_from_with_flags(one, flags).map(|(len, addr)| Received { len, from: addr.as_socket() })
+            }
+            ([one], false) => sock.recv_with_flags(one, flags).map(|len| Received { len, from: None }),
+            (all, true) => sock
+                .recv_from_vectored_with_flags(all, flags)
+                .map(|(len, _, addr)| Received { len, from: addr.as_socket() }),
+            (all, false) => sock.recv_vectored_with_flags(all, flags).map(|(len, _)| Received { len, from: None }),
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -321,6 +326,40 @@ pub(crate) fn recv_many(
             (m.msg_len as usize, from)
         })
         .collect())
+}
+
+/// `epoll_ctl` ADD (`add`) or MOD of `fd` on the epoll instance `epfd` (mio's,
+/// whose events carry the token in `u64` as here). mio registers everything
+/// edge-triggered; `edge: false` asks for level-triggered readiness, which
+/// reports a socket that still holds data at every wait, so a receive needs
+/// no second call to learn that the socket is drained.
+pub(crate) fn epoll_register(
+    epfd: RawFd,
+    add: bool,
+    fd: RawFd,
+    token: usize,
+    interest: mio::Interest,
+    edge: bool,
+) -> io::Result<()> {
+    let mut events = 0;
+    if interest.is_readable() {
+        events |= libc::EPOLLIN | libc::EPOLLRDHUP;
+    }
+    if interest.is_writable() {
+        events |= libc::EPOLLOUT;
+    }
+    if interest.is_priority() {
+        events |= libc::EPOLLPRI;
+    }
+    if edge {
+        events |= libc::EPOLLET;
+    }
+    let mut ev = libc::epoll_event { events: events as u32, u64: token as u64 };
+    let op = if add { libc::EPOLL_CTL_ADD } else { libc::EPOLL_CTL_MOD };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call; the
+    // kernel only reads it.
+    let r = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Which readiness a blocking synchronous call waits for.
