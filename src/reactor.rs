@@ -464,7 +464,12 @@ impl IoObject {
                 return true;
             }
             let batch = match dir {
-                Dir::Read if self.readahead.get() && !self.has_read_ahead() => {
+                // A batch needs two receives waiting: skip collecting candidates otherwise.
+                Dir::Read
+                    if self.readahead.get()
+                        && self.st.borrow().ops[dir as usize].len() > 1
+                        && !self.has_read_ahead() =>
+                {
                     self.recv_many(inner, &sock, budget - done)
                 }
                 Dir::Read => Batch::Single,

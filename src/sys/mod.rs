@@ -53,6 +53,9 @@ pub(crate) struct Received {
 
 /// `recvmsg` into the scatter list. Retries on EINTR.
 pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool) -> io::Result<Received> {
+    if let [one] = bufs {
+        return recv_one(sock, one, flags, want_from);
+    }
     let mut slices: smallvec::SmallVec<[MaybeUninitSlice<'_>; crate::buffer::INLINE_SLICES]> = bufs
         .iter_mut()
         .map(|b| {
@@ -66,16 +69,30 @@ pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_
         })
         .collect();
     loop {
-        let r = match (&mut slices[..], want_from) {
-            // One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2).
-            ([one], true) => {
-                sock.recv_from_with_flags(one, flags).map(|(len, addr)| Received { len, from: addr.as_socket() })
-            }
-            ([one], false) => sock.recv_with_flags(one, flags).map(|len| Received { len, from: None }),
-            (all, true) => sock
-                .recv_from_vectored_with_flags(all, flags)
-                .map(|(len, _, addr)| Received { len, from: addr.as_socket() }),
-            (all, false) => sock.recv_vectored_with_flags(all, flags).map(|(len, _)| Received { len, from: None }),
+        let r = if want_from {
+            sock.recv_from_vectored_with_flags(&mut slices, flags)
+                .map(|(len, _, addr)| Received { len, from: addr.as_socket() })
+        } else {
+            sock.recv_vectored_with_flags(&mut slices, flags).map(|(len, _)| Received { len, from: None })
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
+/// and no scatter list to build. Retries on EINTR.
+fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, want_from: bool) -> io::Result<Received> {
+    // SAFETY: as in `recv`: the slice is initialised and socket2 only lets
+    // the kernel write bytes into it.
+    let buf: &mut [MaybeUninit<u8>] = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    loop {
+        let r = if want_from {
+            sock.recv_from_with_flags(buf, flags).map(|(len, addr)| Received { len, from: addr.as_socket() })
+        } else {
+            sock.recv_with_flags(buf, flags).map(|len| Received { len, from: None })
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
