@@ -272,27 +272,21 @@ impl IoObject {
             }
         }
         let deferred = dir == Dir::Write && !wait && self.gso.get();
-        let list = {
+        let (list, registered, edge_drained) = {
             let mut st = self.st.borrow_mut();
             st.ops[dir as usize].push_back(op);
             let list = deferred && st.ready[Dir::Write as usize] && !st.flush_listed;
             st.flush_listed |= list;
-            list
+            (list, st.registered, st.registered && !st.level && !st.ready[Dir::Read as usize])
         };
         if list {
             inner.reactor.flush_list.borrow_mut().push(self.clone());
             inner.reactor.deferred.set(true)
-        } else if !deferred && (wait || dir == Dir::Write || !self.st.borrow().registered) {
+        } else if !deferred && (wait || dir == Dir::Write || !registered) {
             self.sync_interest(inner, &sock, wait);
-        } else if dir == Dir::Read && !wait {
-            let drained = {
-                let st = self.st.borrow();
-                st.registered && !st.level && !st.ready[Dir::Read as usize]
-            };
+        } else if dir == Dir::Read && !wait && edge_drained && !self.has_read_ahead() {
             // Back to level-triggered once a receive waits on a drained socket.
-            if drained && !self.has_read_ahead() {
-                self.set_level(inner, &sock, true);
-            }
+            self.set_level(inner, &sock, true);
         }
     }
 
@@ -452,11 +446,12 @@ impl IoObject {
         };
         let mut done = 0;
         loop {
-            let op = {
+            let (op, queued) = {
                 let mut st = self.st.borrow_mut();
                 st.prune(dir);
-                match st.ops[dir as usize].front() {
-                    Some(op) => op.clone(),
+                let q = &st.ops[dir as usize];
+                match q.front() {
+                    Some(op) => (op.clone(), q.len()),
                     None => return false,
                 }
             };
@@ -465,11 +460,7 @@ impl IoObject {
             }
             let batch = match dir {
                 // A batch needs two receives waiting: skip collecting candidates otherwise.
-                Dir::Read
-                    if self.readahead.get()
-                        && self.st.borrow().ops[dir as usize].len() > 1
-                        && !self.has_read_ahead() =>
-                {
+                Dir::Read if queued > 1 && self.readahead.get() && !self.has_read_ahead() => {
                     self.recv_many(inner, &sock, budget - done)
                 }
                 Dir::Read => Batch::Single,
