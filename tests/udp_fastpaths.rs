@@ -903,6 +903,40 @@ fn data_with_no_receive_waiting_goes_edge_triggered_until_a_receive_waits_again(
     assert_eq!(got, vec![("#1", b"#1".to_vec()), ("#2", b"#2".to_vec()), ("#3", b"#3".to_vec())]);
 }
 
+#[test]
+fn a_socket_error_with_no_receive_waiting_goes_to_the_next_receive_without_spinning() {
+    // An ICMP port-unreachable sets the socket's error: level-triggered epoll
+    // would report it at every wait until a call consumes it. With no
+    // receive waiting the socket goes edge-triggered; the next receive gets
+    // the error, and the socket stays usable.
+    let ctx = IoContext::new().unwrap();
+    let sock = UdpSocket::bind(&ctx, local()).unwrap();
+    let dead = std_peer().local_addr().unwrap(); // closed when the temporary drops
+    sock.connect(dead).unwrap();
+    let fd = raw_fd(&sock);
+    let log = Log::default();
+    let op = sock.async_receive(vec![0u8; 8], log.recv("cancelled"));
+    assert_eq!(epoll_events(fd).unwrap() & EPOLLET, 0, "a waiting receive registers level-triggered");
+    op.cancel(CancellationType::ALL);
+    run(&ctx);
+    assert_eq!(log.take()[0].1, Error::OPERATION_ABORTED);
+
+    let sent = Rc::new(Cell::new(None));
+    let s = sent.clone();
+    sock.async_send(&b"ping"[..], move |e, n| s.set(Some((e, n))));
+    let _guard = ctx.work_guard();
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(50)); // the error arrives; nothing waits for it
+    assert_eq!(sent.get(), Some((Error::NONE, 4)));
+    assert_ne!(epoll_events(fd).unwrap() & EPOLLET, 0, "an unconsumed error left the socket level-triggered");
+
+    sock.async_receive(vec![0u8; 8], log.recv("after the error"));
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(50));
+    let got: Vec<(&str, Error)> = log.take().into_iter().map(|(t, e, _, _)| (t, e)).collect();
+    assert_eq!(got, vec![("after the error", Error::CONNECTION_REFUSED)]);
+}
+
 // ---------------------------------------------------------------------------
 // Handler-heavy traffic
 // ---------------------------------------------------------------------------
