@@ -109,10 +109,18 @@ pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized>(
     flags: i32,
     want_from: bool,
 ) -> Option<(Error, usize, Option<SocketAddr>)> {
-    let Some(mut slices) = mut_slices(bufs) else {
-        return Some((Error::INVALID_ARGUMENT, 0, None));
+    let r = if bufs.buffer_count() == 1 {
+        // The common case: no scatter list to build.
+        let mut one: &mut [u8] = &mut [];
+        bufs.scatter(&mut |b| one = b);
+        io.recv(sock, &mut [IoSliceMut::new(one)], flags, want_from)
+    } else {
+        let Some(mut slices) = mut_slices(bufs) else {
+            return Some((Error::INVALID_ARGUMENT, 0, None));
+        };
+        io.recv(sock, &mut slices, flags, want_from)
     };
-    match io.recv(sock, &mut slices, flags, want_from) {
+    match r {
         Ok(r) => Some((Error::NONE, r.len, r.from)),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
         Err(e) => Some((Error::from(e), 0, None)),

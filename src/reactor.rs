@@ -47,6 +47,10 @@ struct IoState {
     interest: Interest,
     /// Added to epoll.
     registered: bool,
+    /// Registered level-triggered (see [`IoObject::on_event`]): epoll reports
+    /// readability while data is queued, so a receive is one plain `recv`
+    /// and readiness is left to the next wait. Edge-triggered otherwise.
+    level: bool,
     /// On the reactor's list of sockets with deferred sends.
     flush_listed: bool,
     /// Per direction: the queue stopped at the budget with readiness left, and
@@ -62,6 +66,7 @@ impl IoState {
             ready: [true, true],
             interest: BASE_INTEREST,
             registered: false,
+            level: true,
             flush_listed: false,
             backlog: [false, false],
         }
@@ -267,19 +272,36 @@ impl IoObject {
             }
         }
         let deferred = dir == Dir::Write && !wait && self.gso.get();
-        let list = {
+        let (list, registered, edge_drained) = {
             let mut st = self.st.borrow_mut();
             st.ops[dir as usize].push_back(op);
             let list = deferred && st.ready[Dir::Write as usize] && !st.flush_listed;
             st.flush_listed |= list;
-            list
+            (list, st.registered, st.registered && !st.level && !st.ready[Dir::Read as usize])
         };
         if list {
             inner.reactor.flush_list.borrow_mut().push(self.clone());
             inner.reactor.deferred.set(true)
-        } else if !deferred && (wait || dir == Dir::Write || !self.st.borrow().registered) {
+        } else if !deferred && (wait || dir == Dir::Write || !registered) {
             self.sync_interest(inner, &sock, wait);
+        } else if dir == Dir::Read && !wait && edge_drained && !self.has_read_ahead() {
+            // Back to level-triggered once a receive waits on a drained socket.
+            self.set_level(inner, &sock, true);
         }
+    }
+
+    /// Switches the registration between level- and edge-triggered.
+    fn set_level(&self, inner: &Inner, sock: &Socket, level: bool) {
+        let mut st = self.st.borrow_mut();
+        if !st.registered || st.level == level {
+            return;
+        }
+        let epfd = inner.reactor.poll.borrow().as_raw_fd();
+        match sys::epoll_register(epfd, false, sock.as_raw_fd(), self.token.get(), st.interest, !level) {
+            Ok(()) => st.level = level,
+            Err(e) => log::debug!("token {}: switching the trigger failed: {e}", self.token.get()),
+        }
+        log::trace!("token {}: level-triggered {level}", self.token.get());
     }
 
     /// Receives one datagram: from the read-ahead slot if a datagram waits
@@ -305,6 +327,16 @@ impl IoObject {
                 }
                 return Ok(sys::Received { len, from });
             }
+        }
+        let level = {
+            let st = self.st.borrow();
+            st.registered && st.level
+        };
+        if level {
+            // Level-triggered: the next wait reports any datagram left.
+            let r = sys::recv(sock, bufs, flags, want_from)?;
+            self.st.borrow_mut().ready[Dir::Read as usize] = false;
+            return Ok(r);
         }
         let inner = match self.ctx.upgrade() {
             Some(inner) if flags == 0 && self.readahead.get() => inner,
@@ -379,12 +411,11 @@ impl IoObject {
             }
             wanted
         };
-        let registry = inner.reactor.poll.borrow();
-        let (fd, token) = (sock.as_raw_fd(), Token(self.token.get()));
-        let res = if self.st.borrow().registered {
-            registry.registry().reregister(&mut SourceFd(&fd), token, wanted)
-        } else {
-            registry.registry().register(&mut SourceFd(&fd), token, wanted)
+        let token = Token(self.token.get());
+        let res = {
+            let st = self.st.borrow();
+            let epfd = inner.reactor.poll.borrow().as_raw_fd();
+            sys::epoll_register(epfd, !st.registered, sock.as_raw_fd(), token.0, wanted, !st.level)
         };
         match res {
             Ok(()) => {
@@ -399,7 +430,6 @@ impl IoObject {
             // The pending operations then wait for nothing: fail them.
             Err(e) => {
                 log::debug!("registering token {} with epoll failed: {e}", token.0);
-                drop(registry);
                 let err = Error::from(e);
                 for op in self.take_ops() {
                     inner.finish(op, err, 0);
@@ -416,11 +446,12 @@ impl IoObject {
         };
         let mut done = 0;
         loop {
-            let op = {
+            let (op, queued) = {
                 let mut st = self.st.borrow_mut();
                 st.prune(dir);
-                match st.ops[dir as usize].front() {
-                    Some(op) => op.clone(),
+                let q = &st.ops[dir as usize];
+                match q.front() {
+                    Some(op) => (op.clone(), q.len()),
                     None => return false,
                 }
             };
@@ -428,7 +459,8 @@ impl IoObject {
                 return true;
             }
             let batch = match dir {
-                Dir::Read if self.readahead.get() && !self.has_read_ahead() => {
+                // A batch needs two receives waiting: skip collecting candidates otherwise.
+                Dir::Read if queued > 1 && self.readahead.get() && !self.has_read_ahead() => {
                     self.recv_many(inner, &sock, budget - done)
                 }
                 Dir::Read => Batch::Single,
@@ -678,6 +710,19 @@ impl IoObject {
 
     /// Handles a readiness event.
     fn on_event(self: &Rc<Self>, inner: &Inner, readable: bool, writable: bool, error: bool) {
+        if readable || error {
+            // Level-triggered readiness with no receive to take the data (or
+            // an error to consume) would be reported at every wait: go
+            // edge-triggered until a receive waits on a drained socket again.
+            let mute = {
+                let mut st = self.st.borrow_mut();
+                st.prune(Dir::Read);
+                st.level && st.ops[Dir::Read as usize].is_empty()
+            };
+            if mute && let Some(sock) = self.socket() {
+                self.set_level(inner, &sock, false);
+            }
+        }
         for (dir, yes) in [(Dir::Read, readable), (Dir::Write, writable)] {
             if yes {
                 self.st.borrow_mut().ready[dir as usize] = true;

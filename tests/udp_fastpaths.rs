@@ -829,6 +829,115 @@ fn a_write_wait_queued_behind_blocked_sends_completes_after_them() {
 }
 
 // ---------------------------------------------------------------------------
+// Level-triggered readability
+// ---------------------------------------------------------------------------
+
+const EPOLLET: u32 = 1 << 31;
+
+/// Arms one receive; its handler logs the datagram and, from a later pass
+/// (a posted closure), arms the next one, until `left` runs out.
+fn receive_later(sock: &UdpSocket, log: &Log, left: usize) {
+    if left == 0 {
+        return;
+    }
+    let (s, l) = (sock.clone(), log.clone());
+    let ex = sock.executor();
+    let record = log.recv("rx");
+    sock.async_receive(vec![0u8; 16], move |e, n, b| {
+        record(e, n, b);
+        ex.post(move || receive_later(&s, &l, left - 1));
+    });
+}
+
+#[test]
+fn datagrams_queued_before_one_event_all_reach_receives_armed_later() {
+    // A waiting receive registers the socket level-triggered and takes one
+    // datagram per call: the others stay in the kernel, reported by the next
+    // waits, though no new datagram (no new edge) arrives for them.
+    let ctx = IoContext::new().unwrap();
+    let (sock, peer) = connected_pair(&ctx);
+    let log = Log::default();
+    receive_later(&sock, &log, 4);
+    let fd = raw_fd(&sock);
+    let ev = epoll_events(fd).expect("a waiting receive registers the socket");
+    assert_eq!(ev & EPOLLET, 0, "registered edge-triggered: {ev:x}");
+    for d in [&b"#1"[..], b"#2", b"#3", b"#4"] {
+        peer.send(d).unwrap();
+    }
+    run(&ctx);
+    let got: Vec<Vec<u8>> = log.take().into_iter().map(|(_, _, d, _)| d).collect();
+    assert_eq!(got, vec![b"#1".to_vec(), b"#2".to_vec(), b"#3".to_vec(), b"#4".to_vec()]);
+    assert!(ctx.stopped(), "run() did not run out of work");
+}
+
+#[test]
+fn data_with_no_receive_waiting_goes_edge_triggered_until_a_receive_waits_again() {
+    // Level-triggered readiness with nothing to take the data would wake
+    // every wait (a busy loop): the socket goes edge-triggered, and back to
+    // level once a receive waits on a drained socket. No datagram is lost.
+    let ctx = IoContext::new().unwrap();
+    let (sock, peer) = connected_pair(&ctx);
+    let fd = raw_fd(&sock);
+    let log = Log::default();
+    sock.async_receive(vec![0u8; 16], log.recv("#1"));
+    assert_eq!(epoll_events(fd).unwrap() & EPOLLET, 0);
+    peer.send(b"#1").unwrap();
+    run(&ctx);
+    assert_eq!(log.len(), 1);
+
+    peer.send(b"#2").unwrap();
+    let _guard = ctx.work_guard();
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(20)); // the event finds no receive
+    assert_ne!(epoll_events(fd).unwrap() & EPOLLET, 0, "still level-triggered with no receive waiting");
+
+    sock.async_receive(vec![0u8; 16], log.recv("#2"));
+    let op = sock.async_receive(vec![0u8; 16], log.recv("#3"));
+    pump(&ctx);
+    assert!(op.is_pending());
+    assert_eq!(epoll_events(fd).unwrap() & EPOLLET, 0, "a receive waits on a drained socket: level again");
+    peer.send(b"#3").unwrap();
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(50));
+    let got: Vec<(&str, Vec<u8>)> = log.take().into_iter().map(|(t, _, d, _)| (t, d)).collect();
+    assert_eq!(got, vec![("#1", b"#1".to_vec()), ("#2", b"#2".to_vec()), ("#3", b"#3".to_vec())]);
+}
+
+#[test]
+fn a_socket_error_with_no_receive_waiting_goes_to_the_next_receive_without_spinning() {
+    // An ICMP port-unreachable sets the socket's error: level-triggered epoll
+    // would report it at every wait until a call consumes it. With no
+    // receive waiting the socket goes edge-triggered; the next receive gets
+    // the error, and the socket stays usable.
+    let ctx = IoContext::new().unwrap();
+    let sock = UdpSocket::bind(&ctx, local()).unwrap();
+    let dead = std_peer().local_addr().unwrap(); // closed when the temporary drops
+    sock.connect(dead).unwrap();
+    let fd = raw_fd(&sock);
+    let log = Log::default();
+    let op = sock.async_receive(vec![0u8; 8], log.recv("cancelled"));
+    assert_eq!(epoll_events(fd).unwrap() & EPOLLET, 0, "a waiting receive registers level-triggered");
+    op.cancel(CancellationType::ALL);
+    run(&ctx);
+    assert_eq!(log.take()[0].1, Error::OPERATION_ABORTED);
+
+    let sent = Rc::new(Cell::new(None));
+    let s = sent.clone();
+    sock.async_send(&b"ping"[..], move |e, n| s.set(Some((e, n))));
+    let _guard = ctx.work_guard();
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(50)); // the error arrives; nothing waits for it
+    assert_eq!(sent.get(), Some((Error::NONE, 4)));
+    assert_ne!(epoll_events(fd).unwrap() & EPOLLET, 0, "an unconsumed error left the socket level-triggered");
+
+    sock.async_receive(vec![0u8; 8], log.recv("after the error"));
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(50));
+    let got: Vec<(&str, Error)> = log.take().into_iter().map(|(t, e, _, _)| (t, e)).collect();
+    assert_eq!(got, vec![("after the error", Error::CONNECTION_REFUSED)]);
+}
+
+// ---------------------------------------------------------------------------
 // Handler-heavy traffic
 // ---------------------------------------------------------------------------
 

@@ -53,6 +53,9 @@ pub(crate) struct Received {
 
 /// `recvmsg` into the scatter list. Retries on EINTR.
 pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool) -> io::Result<Received> {
+    if let [one] = bufs {
+        return recv_one(sock, one, flags, want_from);
+    }
     let mut slices: smallvec::SmallVec<[MaybeUninitSlice<'_>; crate::buffer::INLINE_SLICES]> = bufs
         .iter_mut()
         .map(|b| {
@@ -71,6 +74,25 @@ pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_
                 .map(|(len, _, addr)| Received { len, from: addr.as_socket() })
         } else {
             sock.recv_vectored_with_flags(&mut slices, flags).map(|(len, _)| Received { len, from: None })
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
+/// and no scatter list to build. Retries on EINTR.
+fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, want_from: bool) -> io::Result<Received> {
+    // SAFETY: as in `recv`: the slice is initialised and socket2 only lets
+    // the kernel write bytes into it.
+    let buf: &mut [MaybeUninit<u8>] = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    loop {
+        let r = if want_from {
+            sock.recv_from_with_flags(buf, flags).map(|(len, addr)| Received { len, from: addr.as_socket() })
+        } else {
+            sock.recv_with_flags(buf, flags).map(|len| Received { len, from: None })
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -321,6 +343,40 @@ pub(crate) fn recv_many(
             (m.msg_len as usize, from)
         })
         .collect())
+}
+
+/// `epoll_ctl` ADD (`add`) or MOD of `fd` on the epoll instance `epfd` (mio's,
+/// whose events carry the token in `u64` as here). mio registers everything
+/// edge-triggered; `edge: false` asks for level-triggered readiness, which
+/// reports a socket that still holds data at every wait, so a receive needs
+/// no second call to learn that the socket is drained.
+pub(crate) fn epoll_register(
+    epfd: RawFd,
+    add: bool,
+    fd: RawFd,
+    token: usize,
+    interest: mio::Interest,
+    edge: bool,
+) -> io::Result<()> {
+    let mut events = 0;
+    if interest.is_readable() {
+        events |= libc::EPOLLIN | libc::EPOLLRDHUP;
+    }
+    if interest.is_writable() {
+        events |= libc::EPOLLOUT;
+    }
+    if interest.is_priority() {
+        events |= libc::EPOLLPRI;
+    }
+    if edge {
+        events |= libc::EPOLLET;
+    }
+    let mut ev = libc::epoll_event { events: events as u32, u64: token as u64 };
+    let op = if add { libc::EPOLL_CTL_ADD } else { libc::EPOLL_CTL_MOD };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call; the
+    // kernel only reads it.
+    let r = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Which readiness a blocking synchronous call waits for.
