@@ -40,8 +40,19 @@ impl TimerKey {
     }
 }
 
-/// Rounds wrap within 31 bits, so that a key packs below 2^63 ([`Waits`]).
+/// Rounds count within 31 bits, so that a key packs below 2^63 ([`Waits`]).
 const ROUND_MASK: u32 = u32::MAX >> 1;
+
+/// The round of a retired slot: one whose 2^31 rounds are used up. No key
+/// has it, and the slot is never reused, so that no key given out can come
+/// back to life (one slot is lost per 2^31 entries).
+const RETIRED: u32 = u32::MAX;
+
+/// True while the entry of `key` is queued: a slot's round moves on when its
+/// entry ends, and a free slot's round has never been given out.
+fn live(rounds: &[u32], key: TimerKey) -> bool {
+    rounds.get(key.idx as usize) == Some(&key.round)
+}
 
 /// Where every timer counts time from: a day before the process first used
 /// a timer, so that deadlines set in the recent past keep their order too.
@@ -101,6 +112,11 @@ const NEAR_SPAN: u64 = 4096;
 /// Unsorted items by bucket: a window of consecutive buckets indexed directly
 /// (queueing an item is a push, without a search), and a B-tree for buckets
 /// outside the window.
+///
+/// The window restarts at the next bucket pushed whenever it runs empty, so
+/// `near_start` may move back, and a bucket may then have items in both
+/// places: those in the B-tree were queued first. Popping a bucket merges
+/// the two parts in that order.
 #[derive(Default)]
 struct Buckets {
     /// `near[i]` holds bucket `near_start + i`.
@@ -137,9 +153,17 @@ impl Buckets {
         if self.near.is_empty() || far_first.is_some_and(|f| f < self.near_start) {
             return self.far.pop_first();
         }
-        let items = self.near.pop_front()?;
+        let mut items = self.near.pop_front()?;
+        let bucket = self.near_start;
         self.near_start += 1;
-        Some((self.near_start - 1, items))
+        if far_first == Some(bucket) {
+            // The bucket went to the B-tree before the window, restarted when
+            // it ran empty, came to cover it: those items were set first.
+            let (_, mut older) = self.far.pop_first().expect("the first far bucket");
+            older.append(&mut items);
+            items = older;
+        }
+        Some((bucket, items))
     }
 
     fn retain(&mut self, live: impl Fn(&Item) -> bool) {
@@ -269,7 +293,7 @@ impl TimerQueue {
     /// True while the entry is queued. (A free slot's round has never been
     /// given out: it moves on when the entry ends.)
     pub(crate) fn is_live(&self, key: TimerKey) -> bool {
-        self.rounds.get(key.idx as usize) == Some(&key.round)
+        live(&self.rounds, key)
     }
 
     /// The entry's target, while the entry is queued.
@@ -287,10 +311,21 @@ impl TimerQueue {
             return None;
         }
         let target = std::mem::replace(&mut self.targets[key.idx as usize], VACANT);
-        self.rounds[key.idx as usize] = key.round.wrapping_add(1) & ROUND_MASK;
-        self.free.push(key.idx);
+        self.end_round(key.idx);
         self.live -= 1;
         Some(target)
+    }
+
+    /// Moves the slot's round on and frees the slot, or retires it when its
+    /// rounds are used up.
+    fn end_round(&mut self, idx: u32) {
+        let next = (self.rounds[idx as usize] + 1) & ROUND_MASK;
+        if next == 0 {
+            self.rounds[idx as usize] = RETIRED;
+        } else {
+            self.rounds[idx as usize] = next;
+            self.free.push(idx);
+        }
     }
 
     /// Removes an entry before its deadline; `None` when it is already gone.
@@ -309,9 +344,9 @@ impl TimerQueue {
         if !matches!(self.target_mut(key)?, TimerTarget::Wait(_)) {
             return None;
         }
-        match self.remove(key) {
-            Some(TimerTarget::Wait(handler)) => Some((handler, self.take_watcher(key))),
-            _ => None,
+        match self.remove(key).expect("a live entry") {
+            TimerTarget::Wait(handler) => Some((handler, self.take_watcher(key))),
+            TimerTarget::CancelAfter(..) => unreachable!("checked to be a wait"),
         }
     }
 
@@ -335,7 +370,7 @@ impl TimerQueue {
     /// Drops every dead item.
     fn sweep(&mut self) {
         let rounds = &self.rounds;
-        let live = |&(_, key): &Item| rounds[key.idx as usize] == key.round;
+        let live = |&(_, key): &Item| live(rounds, key);
         self.current.retain(live);
         self.buckets.retain(live);
         self.dead = 0;
@@ -348,7 +383,7 @@ impl TimerQueue {
     fn sort_bucket(&mut self, mut items: Vec<Item>) -> Vec<Item> {
         let before = items.len();
         let rounds = &self.rounds;
-        items.retain(|&(_, key)| rounds[key.idx as usize] == key.round);
+        items.retain(|&(_, key)| live(rounds, key));
         self.dead -= before - items.len();
         if items.len() <= 64 {
             items.sort_by_key(|i| i.0);
@@ -382,9 +417,7 @@ impl TimerQueue {
     fn settle(&mut self) {
         loop {
             while let Some(&(_, key)) = self.current.front() {
-                // A slot's round moves on when its entry ends, so an
-                // item is live exactly when the rounds agree.
-                if self.rounds[key.idx as usize] == key.round {
+                if self.is_live(key) {
                     return;
                 }
                 self.current.pop_front();
@@ -425,8 +458,19 @@ impl TimerQueue {
         if let Some(&(_, ahead)) = self.current.get(PREFETCH_AHEAD) {
             sys::prefetch(&self.targets[ahead.idx as usize]);
         }
-        let target = self.free_slot(key)?;
-        let watcher = if matches!(target, TimerTarget::Wait(_)) { self.take_watcher(key) } else { None };
+        let target = self.free_slot(key).expect("settle leaves a live item in front");
+        let watcher = match &target {
+            TimerTarget::Wait(_) => self.take_watcher(key),
+            TimerTarget::CancelAfter(Watched::Wait(wait), _) => {
+                // This entry no longer watches the wait (it may not have
+                // cancelled it: `CancellationType::NONE`).
+                if self.watchers.get(&wait.as_u64()) == Some(&key) {
+                    self.watchers.remove(&wait.as_u64());
+                }
+                None
+            }
+            TimerTarget::CancelAfter(Watched::Op(_), _) => None,
+        };
         Some((target, watcher))
     }
 
@@ -435,8 +479,8 @@ impl TimerQueue {
         self.live
     }
 
-    /// Empties the queue (context teardown). Every slot's round moves
-    /// on, so no key given out so far matches anything afterwards.
+    /// Empties the queue (context teardown). The round of every slot in use
+    /// moves on, so no key given out so far matches anything afterwards.
     pub(crate) fn take_all(&mut self) -> Vec<TimerTarget> {
         self.current.clear();
         self.buckets.clear();
@@ -448,14 +492,12 @@ impl TimerQueue {
         for &idx in &self.free {
             vacant[idx as usize] = true;
         }
-        self.free.clear();
         let mut out = Vec::new();
-        for (idx, (target, round)) in self.targets.iter_mut().zip(self.rounds.iter_mut()).enumerate() {
-            if !vacant[idx] {
-                out.push(std::mem::replace(target, VACANT));
-                *round = round.wrapping_add(1) & ROUND_MASK;
+        for (idx, vacant) in vacant.into_iter().enumerate() {
+            if !vacant && self.rounds[idx] != RETIRED {
+                out.push(std::mem::replace(&mut self.targets[idx], VACANT));
+                self.end_round(idx as u32);
             }
-            self.free.push(idx as u32);
         }
         out
     }
@@ -502,7 +544,7 @@ impl TimerQueue {
             WaitsView::Group(g) => {
                 let rounds = &self.rounds;
                 let list = &mut self.groups[g];
-                list.retain(|k| rounds.get(k.idx as usize) == Some(&k.round));
+                list.retain(|&k| live(rounds, k));
                 list.push(key);
                 waits
             }
@@ -692,6 +734,13 @@ mod tests {
         assert!(q.run_next());
     }
 
+    /// Fires everything queued, in order.
+    fn drain(q: &mut TimerQueue) {
+        while let Some(d) = q.next_deadline() {
+            run(q.pop_due(q.ns(d)).expect("nothing due at the next deadline"));
+        }
+    }
+
     #[test]
     fn queue_orders_by_deadline_then_order_set_and_removes_anywhere() {
         let t0 = Instant::now();
@@ -737,9 +786,7 @@ mod tests {
         q.insert(at(300), wait(&log, 2));
         q.insert(at(200), wait(&log, 3));
         q.insert(at(100), wait(&log, 4));
-        while let Some(d) = q.next_deadline() {
-            run(q.pop_due(q.ns(d)).unwrap());
-        }
+        drain(&mut q);
         assert_eq!(*log.borrow(), vec![0, 4, 3, 1, 2]);
     }
 
@@ -754,9 +801,7 @@ mod tests {
         for (i, &off) in offsets_ms.iter().enumerate() {
             q.insert(t0 + Duration::from_millis(off), wait(&log, i as u64));
         }
-        while let Some(d) = q.next_deadline() {
-            run(q.pop_due(q.ns(d)).unwrap());
-        }
+        drain(&mut q);
         let mut expect: Vec<u64> = (0..offsets_ms.len() as u64).collect();
         expect.sort_by_key(|&i| offsets_ms[i as usize]);
         assert_eq!(*log.borrow(), expect);
@@ -792,5 +837,212 @@ mod tests {
         assert_eq!(a.idx, b.idx);
         assert!(q.remove_wait(a).is_none());
         assert!(q.remove_wait(b).is_some());
+    }
+
+    #[test]
+    fn a_bucket_queued_far_and_later_near_keeps_deadline_then_order_set() {
+        // The window starts at P's bucket; F (5 s later) goes to the B-tree.
+        // Once P's bucket is current the window is empty and restarts at the
+        // next bucket pushed, here F's own: G (same deadline, set after F)
+        // lands in the window while F is still in the B-tree.
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new(t0);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let at = |ms| t0 + Duration::from_millis(ms);
+        q.insert(at(1), wait(&log, 0)); // P
+        q.insert(at(5_001), wait(&log, 1)); // F
+        assert_eq!(q.next_deadline(), Some(at(1))); // P's bucket becomes current
+        q.insert(at(5_001), wait(&log, 2)); // G: same deadline as F, set later
+        drain(&mut q);
+        assert_eq!(*log.borrow(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_bucket_queued_far_and_later_near_keeps_deadline_order() {
+        // As above, but G (set later) is also later than F within the same ~1 ms bucket.
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new(t0);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let bucket_start = |ms: u64| {
+            let ns = (ms * 1_000_000) >> BUCKET_SHIFT << BUCKET_SHIFT;
+            t0 + Duration::from_nanos(ns)
+        };
+        let b = bucket_start(6_000);
+        q.insert(t0 + Duration::from_millis(1), wait(&log, 0));
+        q.insert(b + Duration::from_micros(100), wait(&log, 1)); // F, early in the bucket
+        q.next_deadline();
+        q.insert(b + Duration::from_micros(900), wait(&log, 2)); // G, later in the same bucket
+        drain(&mut q);
+        assert_eq!(*log.borrow(), vec![0, 1, 2]);
+    }
+}
+
+#[cfg(test)]
+mod round_tests {
+    use super::*;
+    use crate::IoContext;
+
+    #[test]
+    fn a_stale_key_does_not_reach_another_timers_wait_after_the_round_wraps() {
+        let ctx = IoContext::new().unwrap();
+        let idle = SteadyTimer::new(&ctx);
+        let old_op = idle.async_wait(|_| {}); // already expired
+        assert_eq!(ctx.run(), 1);
+        ctx.restart();
+        // `idle` keeps the key of its completed wait (round 0 of its slot).
+        // With a last-freed-first free list, one busy timer reuses that slot
+        // for each of its waits: fast-forward to its last 31-bit round.
+        let inner = ctx.executor().upgrade().unwrap();
+        let WaitsView::One(k) = idle.obj.waits.get().view() else { panic!("one wait recorded") };
+        assert_eq!(k.round, 0);
+        inner.timers.borrow_mut().rounds[k.idx as usize] = ROUND_MASK;
+        let busy = SteadyTimer::new(&ctx);
+        busy.async_wait(|_| {}); // takes the slot's last round
+        assert_eq!(ctx.run(), 1);
+        ctx.restart();
+        busy.expires_after(Duration::from_secs(60));
+        let busy_op = busy.async_wait(|e| assert_eq!(e, Error::OPERATION_ABORTED));
+        assert!(!old_op.is_pending(), "an old Operation reports another timer's wait as its own");
+        assert_eq!(idle.cancel(), 0, "an idle timer cancelled another timer's wait");
+        assert!(busy_op.is_pending());
+        assert_eq!(busy.cancel(), 1);
+        assert_eq!(ctx.run(), 1);
+    }
+}
+
+#[cfg(test)]
+mod internal_tests {
+    use super::*;
+    use crate::{CancellationType, IoContext};
+
+    fn inner(ctx: &IoContext) -> Rc<crate::context::Inner> {
+        ctx.executor().upgrade().unwrap()
+    }
+
+    /// Items still queued anywhere (live and dead).
+    fn queued(q: &TimerQueue) -> usize {
+        q.current.len()
+            + q.buckets.near.iter().map(Vec::len).sum::<usize>()
+            + q.buckets.far.values().map(Vec::len).sum::<usize>()
+    }
+
+    #[test]
+    fn cancel_after_entries_leave_the_queue_with_their_wait() {
+        let ctx = IoContext::new().unwrap();
+        let t = SteadyTimer::new(&ctx);
+        // Fired, cancelled through the timer, cancelled through the operation.
+        t.async_wait(|_| {}).cancel_after(Duration::from_secs(60), CancellationType::ALL);
+        assert_eq!(ctx.run(), 1);
+        ctx.restart();
+        t.expires_after(Duration::from_secs(60));
+        t.async_wait(|_| {}).cancel_after(Duration::from_secs(60), CancellationType::ALL);
+        assert_eq!(t.cancel(), 1);
+        let op = t.async_wait(|_| {});
+        op.cancel_after(Duration::from_secs(60), CancellationType::ALL);
+        assert!(op.cancel(CancellationType::ALL));
+        // A cancel_after on a wait that has ended queues nothing.
+        op.cancel_after(Duration::from_secs(60), CancellationType::ALL);
+        assert_eq!(ctx.run(), 2);
+        let i = inner(&ctx);
+        let q = i.timers.borrow();
+        assert_eq!(q.len(), 0, "a cancel_after entry outlived its wait");
+        assert!(q.watchers.is_empty(), "a watcher outlived its wait");
+    }
+
+    #[test]
+    fn a_timers_wait_list_drops_the_waits_that_ended() {
+        let ctx = IoContext::new().unwrap();
+        let t = SteadyTimer::new(&ctx);
+        // One wait at a time: no group is ever needed.
+        for _ in 0..3 {
+            t.async_wait(|_| {});
+            assert!(matches!(t.obj.waits.get().view(), WaitsView::One(_)));
+            assert_eq!(ctx.run(), 1);
+            ctx.restart();
+        }
+        assert_eq!(inner(&ctx).timers.borrow().groups.len(), 0);
+        // Two at a time, many times: the group holds the pending ones only.
+        for _ in 0..100 {
+            t.async_wait(|_| {});
+            t.async_wait(|_| {});
+            assert_eq!(ctx.run(), 2);
+            ctx.restart();
+        }
+        t.async_wait(|_| {});
+        let WaitsView::Group(g) = t.obj.waits.get().view() else { panic!("no group") };
+        let i = inner(&ctx);
+        assert_eq!(i.timers.borrow().groups.len(), 1);
+        assert_eq!(i.timers.borrow().groups[g].len(), 1, "ended waits kept in the timer's list");
+    }
+
+    #[test]
+    fn dead_items_are_swept_and_dropped_when_their_bucket_becomes_current() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new(t0);
+        let keys: Vec<TimerKey> = (0..5000u64).map(|i| q.insert(t0 + Duration::from_micros(i * 3), VACANT)).collect();
+        for k in &keys[..4000] {
+            q.remove(*k);
+        }
+        assert_eq!(q.len(), 1000);
+        assert!(queued(&q) <= 2 * q.len() + 1024, "{} items queued for {} live", queued(&q), q.len());
+        // Few removals (no sweep): the bucket's dead items go when it becomes current.
+        let mut q = TimerQueue::new(t0);
+        let keys: Vec<TimerKey> = (0..100u64).map(|i| q.insert(t0 + Duration::from_micros(i), VACANT)).collect();
+        for k in keys.iter().step_by(2) {
+            q.remove(*k);
+        }
+        q.next_deadline();
+        assert_eq!((q.current.len(), q.dead), (50, 0));
+        // Nothing live: everything queued goes at once.
+        for k in keys.iter().skip(1).step_by(2) {
+            q.remove(*k);
+        }
+        let far = q.insert(t0 + Duration::from_secs(100), VACANT);
+        q.remove(far);
+        assert_eq!(q.next_deadline(), None);
+        assert_eq!((queued(&q), q.dead), (0, 0));
+    }
+
+    #[test]
+    fn deadlines_within_the_window_are_indexed_directly() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new(t0);
+        for s in [10u64, 11, 14] {
+            q.insert(t0 + Duration::from_secs(s), VACANT);
+        }
+        assert!(q.buckets.far.is_empty(), "a deadline within ~4 s of the first went to the B-tree");
+        q.insert(t0 + Duration::from_secs(20), VACANT);
+        assert_eq!(q.buckets.far.len(), 1);
+        // Once the window has run empty it restarts at the next deadline.
+        while let Some(d) = q.next_deadline() {
+            q.pop_due(q.ns(d)).unwrap();
+        }
+        for s in [100u64, 101, 103] {
+            q.insert(t0 + Duration::from_secs(s), VACANT);
+        }
+        assert!(q.buckets.far.is_empty(), "the window did not restart");
+    }
+
+    #[test]
+    fn keys_of_the_last_round_pack_below_the_group_bit() {
+        let ctx = IoContext::new().unwrap();
+        let t = SteadyTimer::new(&ctx);
+        let i = inner(&ctx);
+        // Slots 0 and 1 start at their last round.
+        i.timers.borrow_mut().rounds.extend([ROUND_MASK, ROUND_MASK]);
+        i.timers.borrow_mut().targets.extend([VACANT, VACANT]);
+        i.timers.borrow_mut().free.extend([1, 0]);
+        t.expires_after(Duration::from_secs(60));
+        t.async_wait(|_| {});
+        assert!(matches!(t.obj.waits.get().view(), WaitsView::One(k) if k.round == ROUND_MASK));
+        t.async_wait(|_| {});
+        assert_eq!(t.cancel(), 2);
+        assert_eq!(ctx.run(), 2);
+        ctx.restart();
+        // Their rounds are used up: new waits get keys that were never given out.
+        t.async_wait(|_| {});
+        assert!(matches!(t.obj.waits.get().view(), WaitsView::One(k) if k.idx >= 2), "a used-up slot was reused");
+        assert_eq!(t.cancel(), 1);
+        assert_eq!(ctx.run(), 1);
     }
 }

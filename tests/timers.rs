@@ -703,3 +703,315 @@ fn deadlines_in_the_past_still_fire_in_deadline_order() {
     ctx.run();
     assert_eq!(*order.borrow(), vec![("earlier", Error::NONE), ("later", Error::NONE)]);
 }
+
+// ---------------------------------------------------------------- queue internals seen from outside
+
+#[test]
+fn equal_deadlines_keep_the_order_set_when_a_later_wait_lands_in_a_fresh_bucket_window() {
+    // 1000 waits due at `t`, then F due 10 s later (both in the past). The
+    // first wait's handler starts G with F's deadline: F was set first, so F
+    // must fire first, however many turns the 1000 waits take to fire.
+    let ctx = IoContext::new().unwrap();
+    let fired = Fired::default();
+    let t = Instant::now() - Duration::from_secs(20);
+    let mut timers = Vec::new();
+    let g = SteadyTimer::new(&ctx);
+    g.expires_at(t + Duration::from_secs(10));
+    for i in 0..1000 {
+        let tm = SteadyTimer::new(&ctx);
+        tm.expires_at(t);
+        if i == 0 {
+            let (g, f) = (g.clone(), fired.clone());
+            tm.async_wait(move |e| {
+                f.0.borrow_mut().push((0, e));
+                g.async_wait(f.handler(2000));
+            });
+        } else {
+            tm.async_wait(fired.handler(i));
+        }
+        timers.push(tm);
+    }
+    let f_timer = SteadyTimer::new(&ctx);
+    f_timer.expires_at(t + Duration::from_secs(10));
+    f_timer.async_wait(fired.handler(1000));
+    assert_eq!(run_bounded(&ctx), 1002);
+    let ids = fired.ids();
+    assert_eq!(&ids[..1000], &(0..1000).collect::<Vec<_>>()[..]);
+    assert_eq!(&ids[1000..], &[1000, 2000], "G (set after F, same deadline) fired first");
+}
+
+/// Runs `f` when dropped.
+struct OnDrop<F: FnMut()>(F);
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+#[test]
+fn dropping_the_context_drops_wait_handlers_whose_captures_reenter_timers() {
+    let ctx = IoContext::new().unwrap();
+    let token = Rc::new(());
+    let other = SteadyTimer::new(&ctx);
+    other.expires_after(FAR);
+    let other_ops: Vec<Operation> = (0..3).map(|_| other.async_wait(|_| panic!("ran"))).collect();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    for i in 0..4 {
+        let t = SteadyTimer::new(&ctx);
+        t.expires_after(FAR);
+        // A wait whose handler holds the last handle of its own timer (with a
+        // group of waits), and whose drop re-enters everything.
+        let (t2, o, ops, l, k) = (t.clone(), other.clone(), other_ops.clone(), log.clone(), token.clone());
+        let guard = OnDrop(move || {
+            let _k = &k;
+            l.borrow_mut().push((
+                ops[0].is_pending(),
+                ops[1].cancel(CancellationType::ALL),
+                o.cancel_one(),
+                o.expires_after(FAR),
+                t2.cancel(),
+            ));
+            // Starting waits and cancel_after while the context is being dropped.
+            ops[2].cancel_after(ms(1), CancellationType::ALL);
+            o.async_wait(|_| panic!("ran during teardown")).cancel_after(ms(1), CancellationType::ALL);
+            t2.async_wait(|_| panic!("ran during teardown"));
+        });
+        t.async_wait(move |_| {
+            let _g = &guard;
+            panic!("ran");
+        });
+        t.async_wait(|_| panic!("ran"));
+        let _ = i;
+    }
+    drop(ctx);
+    assert_eq!(Rc::strong_count(&token), 1, "handlers were not dropped");
+    assert_eq!(log.borrow().len(), 4);
+    // Each guard but the first cancels the wait the previous one started on `other`.
+    let mut expect = vec![(false, false, 1, 0, 0); 4];
+    expect[0] = (false, false, 0, 0, 0);
+    assert_eq!(*log.borrow(), expect);
+    assert!(other_ops.iter().all(|o| !o.is_pending()));
+    assert_eq!(other.cancel(), 0);
+}
+
+#[test]
+fn a_wait_handler_dropped_by_cancel_during_teardown_may_start_a_wait_on_the_same_timer() {
+    let ctx = IoContext::new().unwrap();
+    let t = SteadyTimer::new(&ctx);
+    t.expires_after(FAR);
+    let hits = Rc::new(Cell::new(0));
+    let holder: Rc<RefCell<Option<SteadyTimer>>> = Rc::default();
+    {
+        let (h, holder2) = (hits.clone(), holder.clone());
+        // Dropped during teardown: drops the timer's last handle, whose Drop
+        // cancels the waits started meanwhile.
+        let guard = OnDrop(move || {
+            h.set(h.get() + 1);
+            if let Some(t) = holder2.borrow_mut().take() {
+                t.async_wait(|_| panic!("ran"));
+                t.async_wait(|_| panic!("ran"));
+            }
+        });
+        let other = SteadyTimer::new(&ctx);
+        other.expires_after(FAR);
+        other.async_wait(move |_| drop(guard));
+        std::mem::forget(other); // keeps its wait pending until the context goes
+    }
+    *holder.borrow_mut() = Some(t);
+    drop(ctx);
+    assert_eq!(hits.get(), 1);
+}
+
+#[test]
+fn operation_and_timer_calls_after_the_context_is_gone_are_harmless() {
+    let ctx = IoContext::new().unwrap();
+    let t = SteadyTimer::new(&ctx);
+    t.expires_after(FAR);
+    let token = Rc::new(());
+    let ops: Vec<Operation> = (0..3)
+        .map(|_| {
+            let k = token.clone();
+            t.async_wait(move |_| drop(k))
+        })
+        .collect();
+    ops[0].cancel_after(ms(1), CancellationType::ALL);
+    drop(ctx);
+    assert_eq!(Rc::strong_count(&token), 1, "pending handlers were not dropped with the context");
+    for op in &ops {
+        assert!(!op.is_pending());
+        assert!(!op.cancel(CancellationType::ALL));
+        op.cancel_after(ms(1), CancellationType::ALL);
+    }
+    assert_eq!(t.cancel_one(), 0);
+    assert_eq!(t.expires_after(ms(1)), 0);
+    assert_eq!(t.cancel(), 0);
+    assert!(!t.async_wait(|_| panic!("ran")).is_pending());
+    drop(t);
+}
+
+#[test]
+fn a_panicking_timer_handler_leaves_the_timers_usable() {
+    let ctx = IoContext::new().unwrap();
+    let fired = Fired::default();
+    let t = SteadyTimer::new(&ctx);
+    t.expires_after(ms(1));
+    t.async_wait(|_| panic!("boom"));
+    for i in 0..300 {
+        t.async_wait(fired.handler(i));
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run()));
+    assert!(r.is_err());
+    ctx.restart();
+    assert_eq!(run_bounded(&ctx), 300);
+    assert_eq!(fired.ids(), (0..300).collect::<Vec<_>>());
+}
+
+#[test]
+fn poll_and_run_one_fire_a_backlog_of_due_timers_without_blocking() {
+    let ctx = IoContext::new().unwrap();
+    let fired = Fired::default();
+    let past = Instant::now() - ms(50);
+    let t = SteadyTimer::new(&ctx);
+    t.expires_at(past);
+    for i in 0..1000 {
+        t.async_wait(fired.handler(i));
+    }
+    let far = SteadyTimer::new(&ctx);
+    far.expires_after(FAR);
+    far.async_wait(|_| {});
+    let t0 = Instant::now();
+    assert_eq!(ctx.run_one(), 1);
+    assert_eq!(ctx.poll_one(), 1);
+    assert_eq!(ctx.poll(), 998);
+    assert_eq!(ctx.poll(), 0);
+    assert!(t0.elapsed() < ms(500));
+    assert!(!ctx.stopped());
+    assert_eq!(fired.ids(), (0..1000).collect::<Vec<_>>());
+    // And run_one_for on an empty backlog returns on its deadline.
+    assert_eq!(ctx.run_one_for(ms(20)), 0);
+}
+
+#[test]
+fn large_and_overaligned_wait_handlers_run_and_drop_once() {
+    #[repr(align(64))]
+    struct Aligned(u8);
+    let ctx = IoContext::new().unwrap();
+    let token = Rc::new(());
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let t = SteadyTimer::new(&ctx);
+    let (k1, k2, k3, g1, g2, g3) = (token.clone(), token.clone(), token.clone(), got.clone(), got.clone(), got.clone());
+    let big = [3u64; 16];
+    let al = Aligned(9);
+    t.async_wait(move |e| g1.borrow_mut().push((1, e, big[15] as usize, Rc::strong_count(&k1))));
+    t.async_wait(move |e| {
+        assert_eq!(&al as *const Aligned as usize % 64, 0);
+        g2.borrow_mut().push((2, e, al.0 as usize, Rc::strong_count(&k2)))
+    });
+    t.async_wait(move |e| g3.borrow_mut().push((3, e, 0, Rc::strong_count(&k3))));
+    assert_eq!(run_bounded(&ctx), 3);
+    assert_eq!(
+        got.borrow().iter().map(|x| (x.0, x.1, x.2)).collect::<Vec<_>>(),
+        vec![(1, Error::NONE, 3), (2, Error::NONE, 9), (3, Error::NONE, 0)]
+    );
+    assert_eq!(Rc::strong_count(&token), 1);
+    // Dropped unrun, boxed and inline.
+    let (k4, k5) = (token.clone(), token.clone());
+    let al = Aligned(1);
+    t.expires_after(FAR);
+    t.async_wait(move |_| drop((k4, al)));
+    t.async_wait(move |_| drop(k5));
+    drop(ctx);
+    assert_eq!(Rc::strong_count(&token), 1);
+}
+
+#[test]
+fn a_backlog_of_due_timers_fires_in_bounded_groups_between_other_handlers() {
+    // 2000 waits are due at once. A handler posted by the first one must
+    // not queue behind all of them: a turn fires a bounded group of timers.
+    const N: usize = 2_000;
+    let ctx = IoContext::new().unwrap();
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let t = SteadyTimer::new(&ctx);
+    t.expires_at(Instant::now() - ms(10));
+    for i in 0..N {
+        let (o, ex) = (order.clone(), ctx.executor());
+        t.async_wait(move |_| {
+            o.borrow_mut().push(i);
+            if i == 0 {
+                let o = o.clone();
+                ex.post(move || o.borrow_mut().push(usize::MAX));
+            }
+        });
+    }
+    assert_eq!(run_bounded(&ctx), N + 1);
+    let order = order.borrow();
+    let posted_at = order.iter().position(|&i| i == usize::MAX).unwrap();
+    assert!(posted_at < N / 2, "the posted handler ran after {posted_at} timer handlers");
+    let timers: Vec<usize> = order.iter().copied().filter(|&i| i != usize::MAX).collect();
+    assert_eq!(timers, (0..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn equal_deadlines_in_a_small_bucket_keep_the_order_set() {
+    // 60 waits within about 1 ms (a bucket small enough for the comparison
+    // sort), three deadlines interleaved: ties must keep the start order.
+    let ctx = IoContext::new().unwrap();
+    let fired = Fired::default();
+    let at = Instant::now() + ms(5);
+    let offset = |i: usize| Duration::from_micros(((i * 7) % 3) as u64 * 200);
+    let timers: Vec<SteadyTimer> = (0..60)
+        .map(|i| {
+            let t = SteadyTimer::new(&ctx);
+            t.expires_at(at + offset(i));
+            t.async_wait(fired.handler(i));
+            t
+        })
+        .collect();
+    assert_eq!(run_bounded(&ctx), 60);
+    let mut expect: Vec<usize> = (0..60).collect();
+    expect.sort_by_key(|&i| (offset(i), i));
+    assert_eq!(fired.ids(), expect);
+    drop(timers);
+}
+
+#[test]
+fn cancel_after_with_no_cancellation_type_leaves_a_timer_wait_alone() {
+    let ctx = IoContext::new().unwrap();
+    let fired = Fired::default();
+    let t = SteadyTimer::new(&ctx);
+    t.expires_after(ms(20));
+    let op = t.async_wait(fired.handler(0));
+    op.cancel_after(ms(1), CancellationType::NONE);
+    assert_eq!(run_bounded(&ctx), 1);
+    assert_eq!(fired.get(), vec![(0, Error::NONE)]);
+}
+
+#[test]
+fn a_wait_started_while_cancel_drops_handlers_at_teardown_stays_recorded() {
+    // While the context is being dropped, cancelling drops handlers instead
+    // of queueing them; a handler dropped so may start a wait on the timer
+    // being cancelled, and the timer must still know it.
+    let ctx = IoContext::new().unwrap();
+    let t = SteadyTimer::new(&ctx);
+    t.expires_after(FAR);
+    let counts = Rc::new(Cell::new(None));
+    let guard = {
+        let (t, counts) = (t.clone(), counts.clone());
+        OnDrop(move || {
+            let t2 = t.clone();
+            let starts_another = OnDrop(move || {
+                t2.async_wait(|_| panic!("ran"));
+            });
+            t.async_wait(move |_| drop(starts_another));
+            t.async_wait(|_| panic!("ran"));
+            let first = t.cancel();
+            counts.set(Some((first, t.cancel())));
+        })
+    };
+    let holder = SteadyTimer::new(&ctx);
+    holder.expires_after(FAR);
+    holder.async_wait(move |_| drop(guard));
+    drop(ctx);
+    assert_eq!(counts.get(), Some((2, 1)));
+    drop((t, holder));
+}
