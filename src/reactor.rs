@@ -182,6 +182,8 @@ pub(crate) struct IoObject {
     stash_buf: RefCell<Vec<u8>>,
     /// `set_nonblocking(true)`: synchronous calls return WouldBlock.
     pub(crate) user_nonblocking: Cell<bool>,
+    /// A stream socket: writes may be partial, so they are never batched.
+    pub(crate) stream: Cell<bool>,
 }
 
 impl IoObject {
@@ -201,6 +203,7 @@ impl IoObject {
             gso_refusals: Cell::new(0),
             stash_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
+            stream: Cell::new(false),
         });
         // The descriptor joins epoll only when an operation first has to
         // wait (see `sync_interest`): a socket whose operations all complete at
@@ -465,6 +468,8 @@ impl IoObject {
                 }
                 Dir::Read => Batch::Single,
                 Dir::Write if self.gso.get() => self.send_run(inner, &sock, budget - done),
+                // A stream write may be partial: writes leave one at a time.
+                Dir::Write if self.stream.get() => Batch::Single,
                 Dir::Write => self.send_many(inner, &sock, budget - done),
             };
             match batch {

@@ -1,5 +1,6 @@
 //! Sockets on the reactor.
 
+mod base;
 mod udp;
 
 pub use udp::UdpSocket;

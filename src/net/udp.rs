@@ -1,31 +1,20 @@
 //! `UdpSocket`: a datagram socket on the reactor, with Asio's `async_send`
 //! semantics (speculative send, per-socket FIFO, completions always posted).
 
+use super::base::{Base, ip_addr};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
-use crate::op::{Completion, RecvOp, SendOp, SocketOp, WaitOp, recv_now, send_now};
+use crate::op::{RecvOp, SendOp, SocketOp, WaitOp, recv_now, send_now};
 use crate::reactor::{Attempt, Dir, IoObject};
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
-
-/// Closes the socket when the last clone of a `UdpSocket` goes.
-struct Handle {
-    io: Rc<IoObject>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        drop(self.io.detach());
-    }
-}
 
 /// A UDP socket registered with an [`IoContext`](crate::IoContext) (Asio's
 /// `ip::udp::socket`).
@@ -53,7 +42,7 @@ impl Drop for Handle {
 ///   handler gets the truncated length.
 #[derive(Clone)]
 pub struct UdpSocket {
-    h: Rc<Handle>,
+    b: Base,
 }
 
 impl fmt::Debug for UdpSocket {
@@ -64,10 +53,6 @@ impl fmt::Debug for UdpSocket {
             .field("open", &self.is_open())
             .finish()
     }
-}
-
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "the io context was dropped")
 }
 
 fn too_many_buffers() -> io::Error {
@@ -93,13 +78,10 @@ impl UdpSocket {
     }
 
     fn adopt(ex: &Executor, sock: Socket) -> io::Result<UdpSocket> {
-        let inner = ex.upgrade().ok_or_else(gone)?;
-        sock.set_nonblocking(true)?;
         // Read-ahead needs a spare buffer that holds any datagram: true of
         // UDP (64 KiB at most), not of every datagram socket `from_std` takes.
         let ip = sock.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6());
-        let io = IoObject::new(&inner, sock, ip);
-        Ok(UdpSocket { h: Rc::new(Handle { io }) })
+        Ok(UdpSocket { b: Base::adopt(ex, sock, ip, false)? })
     }
 
     /// Takes the socket out of the context and returns it as a standard,
@@ -117,24 +99,20 @@ impl UdpSocket {
                 "a datagram read ahead is held by the socket: receive it before release",
             ));
         }
-        let sock = self.h.io.detach().ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))?;
-        let sock = Rc::try_unwrap(sock)
-            .map_err(|_| io::Error::other("socket is in use inside with_socket2; it will close"))?;
-        sock.set_nonblocking(false)?;
-        Ok(sock.into())
+        Ok(self.b.release()?.into())
     }
 
-    fn io(&self) -> &IoObject {
-        &self.h.io
+    fn io(&self) -> &Rc<IoObject> {
+        self.b.io()
     }
 
     fn sock(&self) -> io::Result<Rc<Socket>> {
-        self.io().socket().ok_or_else(|| io::Error::from(Error::BAD_DESCRIPTOR))
+        self.b.sock()
     }
 
     /// The executor of the socket's context.
     pub fn executor(&self) -> Executor {
-        Executor { inner: self.io().context().as_ref().map_or_else(std::rc::Weak::new, Rc::downgrade) }
+        self.b.executor()
     }
 
     /// Sets the default peer: `send`/`async_send` go to it and only its
@@ -149,41 +127,30 @@ impl UdpSocket {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
-        inner.add_work();
         let err = match self.io().socket() {
             Some(s) => s.connect(&addr.into()).err().map_or(Error::NONE, Error::from),
             None => Error::BAD_DESCRIPTOR,
         };
         log::trace!("udp async_connect {addr}: {err:?}");
-        let handle = Operation::new(&inner, &op);
-        inner.finish(op, err, 0);
-        handle
+        self.b.complete_now(&inner, Rc::new(WaitOp::new(handler)), err)
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        sockaddr(self.sock()?.local_addr()?)
+        ip_addr(self.sock()?.local_addr()?)
     }
 
     /// The connected peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        sockaddr(self.sock()?.peer_addr()?)
+        ip_addr(self.sock()?.peer_addr()?)
     }
 
     fn live_context(&self) -> Option<Rc<Inner>> {
-        let inner = self.io().context().filter(|i| !i.is_shut());
-        if inner.is_none() {
-            log::debug!("operation started after the context was dropped: handler dropped unrun");
-        }
-        inner
+        self.b.live_context()
     }
 
-    /// Queues an operation that could not complete at once.
     fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
-        let handle = Operation::new(inner, &(op.clone() as Rc<dyn Completion>));
-        self.h.io.enqueue(inner, op, dir);
-        handle
+        self.b.enqueue(inner, op, dir)
     }
 
     /// Starts a send: performed at once when the socket allows (S1), its
@@ -319,33 +286,11 @@ impl UdpSocket {
     /// transferring data. Readiness that already holds is reported.
     pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
         log::trace!("udp async_wait {what:?}");
-        let Some(inner) = self.live_context() else {
-            return Operation::detached();
-        };
-        match what {
-            WaitType::Read => self.enqueue(&inner, Rc::new(WaitOp::new(handler)), Dir::Read),
-            WaitType::Write => self.enqueue(&inner, Rc::new(WaitOp::new(handler)), Dir::Write),
-            WaitType::Error => {
-                let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
-                let handle = Operation::new(&inner, &op);
-                self.io().start_error_wait(&inner, op);
-                handle
-            }
-        }
+        self.b.async_wait(what, handler)
     }
 
-    /// Runs a synchronous call, blocking on `poll(2)` while it would block
-    /// unless `set_nonblocking(true)`.
-    fn blocking<R>(&self, what: Readiness, mut f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
-        let sock = self.sock()?;
-        loop {
-            match f(&sock) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.io().user_nonblocking.get() => {
-                    sys::wait_fd(sock.as_raw_fd(), what, None)?;
-                }
-                r => return r,
-            }
-        }
+    fn blocking<R>(&self, what: Readiness, f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
+        self.b.blocking(what, f)
     }
 
     /// Sends `bufs` as one datagram to the connected peer, blocking.
@@ -371,7 +316,7 @@ impl UdpSocket {
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
         let r = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, false).map(|r| r.len));
-        self.h.io.after_sync_recv();
+        self.io().after_sync_recv();
         r
     }
 
@@ -381,16 +326,14 @@ impl UdpSocket {
         let r = self.blocking(Readiness::Read, |s| {
             self.io().recv(s, &mut slices, 0, true).map(|r| (r.len, r.from.unwrap_or_else(sys::unspecified_addr)))
         });
-        self.h.io.after_sync_recv();
+        self.io().after_sync_recv();
         r
     }
 
     /// With `true`, the synchronous calls return `WouldBlock` instead of
     /// waiting. Asynchronous operations are not affected.
     pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.sock()?;
-        self.io().user_nonblocking.set(yes);
-        Ok(())
+        self.b.set_nonblocking(yes)
     }
 
     /// Turns UDP generic segmentation offload (`UDP_SEGMENT`) on or off for
@@ -421,28 +364,24 @@ impl UdpSocket {
 
     /// The mode set by [`set_nonblocking`](Self::set_nonblocking).
     pub fn nonblocking(&self) -> bool {
-        self.io().user_nonblocking.get()
+        self.b.nonblocking()
     }
 
     /// Completes every pending operation with `OPERATION_ABORTED` (through the
     /// queue). Errs with `BAD_DESCRIPTOR` when the socket is closed.
     pub fn cancel(&self) -> io::Result<()> {
-        self.sock()?;
-        let inner = self.io().context().ok_or_else(gone)?;
-        let n = self.io().cancel_all(&inner);
-        log::debug!("udp cancel: {n} operations aborted");
-        Ok(())
+        self.b.cancel()
     }
 
     /// Closes the socket; pending operations complete with
     /// `OPERATION_ABORTED`. Closing a closed socket does nothing.
     pub fn close(&self) {
-        drop(self.io().detach());
+        self.b.close()
     }
 
     /// True until closed.
     pub fn is_open(&self) -> bool {
-        self.io().is_open()
+        self.b.is_open()
     }
 
     /// Size of the next datagram waiting to be received (0 when none).
@@ -457,7 +396,7 @@ impl UdpSocket {
 
     /// Shuts down reading, writing or both.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.sock()?.shutdown(how)
+        self.b.shutdown(how)
     }
 
     /// Runs `f` on the socket for any option socket2 offers. Errs with
@@ -465,8 +404,7 @@ impl UdpSocket {
     /// not through `f`: a datagram the loop read ahead (see
     /// [`available`](Self::available)) would otherwise be overtaken.
     pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
-        let sock = self.sock()?;
-        Ok(f(SockRef::from(&*sock)))
+        self.b.with_socket2(f)
     }
 
     /// `SO_BROADCAST`.
@@ -531,8 +469,4 @@ impl UdpSocket {
     pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> io::Result<()> {
         self.sock()?.leave_multicast_v6(&group, interface)
     }
-}
-
-fn sockaddr(a: SockAddr) -> io::Result<SocketAddr> {
-    a.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP address"))
 }
