@@ -211,6 +211,20 @@ impl<T: MutableBuffer, const N: usize> MutableBufferSequence for [T; N] {
     }
 }
 
+/// The total length of a send's buffers.
+pub(crate) fn const_len<B: ConstBufferSequence + ?Sized>(bufs: &B) -> usize {
+    let mut n = 0;
+    bufs.gather(&mut |b| n += b.len());
+    n
+}
+
+/// The total room of a receive's buffers.
+pub(crate) fn mut_len<B: MutableBufferSequence + ?Sized>(bufs: &mut B) -> usize {
+    let mut n = 0;
+    bufs.scatter(&mut |b| n += b.len());
+    n
+}
+
 /// The gather list of a sequence, or `None` when it has more buffers than one
 /// system call takes.
 pub(crate) fn const_slices<B: ConstBufferSequence + ?Sized>(bufs: &B) -> Option<ConstSlices<'_>> {

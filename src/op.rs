@@ -303,3 +303,109 @@ impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
         true
     }
 }
+
+/// An accept waiting for a connection; the handler gets the new socket.
+pub(crate) struct AcceptOp<F> {
+    core: OpCore,
+    accepted: RefCell<Option<Socket>>,
+    handler: Cell<Option<F>>,
+}
+
+impl<F> AcceptOp<F> {
+    pub(crate) fn new(handler: F) -> Self {
+        AcceptOp { core: OpCore::default(), accepted: RefCell::new(None), handler: Cell::new(Some(handler)) }
+    }
+}
+
+/// Accepts one connection now; `None` when none is pending. A connection
+/// that was reset before it could be accepted is skipped, as Asio does.
+pub(crate) fn accept_now(sock: &Socket) -> Option<Result<Socket, Error>> {
+    loop {
+        match sock.accept() {
+            Ok((s, _)) => return Some(Ok(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Interrupted
+                    || e.raw_os_error() == Some(libc::ECONNABORTED)
+                    || e.raw_os_error() == Some(libc::EPROTO) =>
+            {
+                continue;
+            }
+            Err(e) => return Some(Err(Error::from(e))),
+        }
+    }
+}
+
+impl<F: FnOnce(Error, Option<Socket>) + 'static> Completion for AcceptOp<F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, _) = self.core.result();
+        let sock = self.accepted.take();
+        if let Some(h) = self.handler.take() {
+            drop(self);
+            h(err, sock);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.accepted.take());
+        drop(self.handler.take());
+    }
+}
+
+impl<F: FnOnce(Error, Option<Socket>) + 'static> SocketOp for AcceptOp<F> {
+    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+        match accept_now(sock)? {
+            Ok(s) => {
+                *self.accepted.borrow_mut() = Some(s);
+                Some((Error::NONE, 0))
+            }
+            Err(e) => Some((e, 0)),
+        }
+    }
+}
+
+/// A non-blocking connect in progress: it ends when the socket becomes
+/// writable, with the error the kernel recorded (`SO_ERROR`).
+pub(crate) struct ConnectOp<F> {
+    core: OpCore,
+    handler: Cell<Option<F>>,
+}
+
+impl<F> ConnectOp<F> {
+    pub(crate) fn new(handler: F) -> Self {
+        ConnectOp { core: OpCore::default(), handler: Cell::new(Some(handler)) }
+    }
+}
+
+impl<F: FnOnce(Error) + 'static> Completion for ConnectOp<F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, _) = self.core.result();
+        if let Some(h) = self.handler.take() {
+            drop(self);
+            h(err);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.handler.take());
+    }
+}
+
+impl<F: FnOnce(Error) + 'static> SocketOp for ConnectOp<F> {
+    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+        match sock.take_error() {
+            // No error and no peer yet: still in progress (a spurious event).
+            Ok(None) if sock.peer_addr().is_err() => None,
+            Ok(None) => Some((Error::NONE, 0)),
+            Ok(Some(e)) | Err(e) => Some((Error::from(e), 0)),
+        }
+    }
+    // Ends on the writability event only, never tried before it.
+    fn is_wait(&self) -> bool {
+        true
+    }
+}

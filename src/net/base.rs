@@ -3,11 +3,12 @@
 //! blocking form of synchronous calls, cancel and close.
 
 use super::WaitType;
+use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_len, const_slices, mut_len, mut_slices};
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
-use crate::op::{Completion, SocketOp, WaitOp};
-use crate::reactor::{Dir, IoObject};
+use crate::op::{AcceptOp, Completion, ConnectOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_now, send_now};
+use crate::reactor::{Attempt, Dir, IoObject};
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
 use std::io;
@@ -172,5 +173,131 @@ impl Base {
     pub(crate) fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
         let sock = self.sock()?;
         Ok(f(SockRef::from(&*sock)))
+    }
+}
+
+/// A stream read that returned no bytes into a non-empty buffer: the peer
+/// closed its side.
+fn eof(err: Error, n: usize) -> Error {
+    if err.is_ok() && n == 0 { Error::EOF } else { err }
+}
+
+/// Stream and listener operations, shared by the TCP and Unix socket types.
+impl Base {
+    /// Reads what is available (at least one byte) into `bufs`; EOF when the
+    /// peer closed its side. Empty buffers complete at once with no I/O.
+    pub(crate) fn async_read_some<B, F>(&self, mut bufs: B, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        if mut_len(&mut bufs) == 0 {
+            inner.post(move || handler(Error::NONE, 0, bufs));
+            return Operation::detached();
+        }
+        let io = self.io();
+        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(io, s, &mut bufs, 0, false)) {
+            Attempt::Done((err, n, _)) => (eof(err, n), n),
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
+            Attempt::Later => {
+                let h = move |err: Error, n: usize, bufs: B, _: SocketAddr| handler(eof(err, n), n, bufs);
+                return self.enqueue(&inner, Rc::new(RecvOp::new(bufs, 0, false, h)), Dir::Read);
+            }
+        };
+        inner.post(move || handler(err, n, bufs));
+        Operation::detached()
+    }
+
+    /// Writes some of `bufs` (at least one byte unless an error occurs).
+    /// Empty buffers complete at once with no I/O.
+    pub(crate) fn async_write_some<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        if const_len(&bufs) == 0 {
+            drop(bufs);
+            inner.post(move || handler(Error::NONE, 0));
+            return Operation::detached();
+        }
+        let (err, n) = match self.io().try_now(Dir::Write, |s| send_now(s, &bufs, None, 0)) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
+            Attempt::Later => {
+                return self.enqueue(&inner, Rc::new(SendOp::new(bufs, None, 0, handler)), Dir::Write);
+            }
+        };
+        drop(bufs); // before the handler runs, as a queued write does
+        inner.post(move || handler(err, n));
+        Operation::detached()
+    }
+
+    /// Reads what is available into `bufs`, blocking; `Error::EOF` (as an
+    /// `io::Error` of kind `UnexpectedEof`) when the peer closed its side.
+    pub(crate) fn read_some<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
+        if mut_len(&mut bufs) == 0 {
+            return Ok(0);
+        }
+        let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
+        let n = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, false).map(|r| r.len))?;
+        if n == 0 { Err(Error::EOF.into()) } else { Ok(n) }
+    }
+
+    /// Writes some of `bufs`, blocking.
+    pub(crate) fn write_some<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
+        let slices = const_slices(&bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
+        if slices.iter().all(|s| s.is_empty()) {
+            return Ok(0);
+        }
+        self.blocking(Readiness::Write, |s| sys::send(s, &slices, None, 0))
+    }
+
+    /// Starts a non-blocking connect; the handler gets its outcome.
+    pub(crate) fn async_connect<F: FnOnce(Error) + 'static>(&self, addr: SockAddr, handler: F) -> Operation {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let Some(sock) = self.io().socket() else {
+            return self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::BAD_DESCRIPTOR);
+        };
+        match sock.connect(&addr) {
+            Ok(()) => self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::NONE),
+            // In progress (EINPROGRESS; EAGAIN for a Unix socket with a full backlog).
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {
+                self.enqueue(&inner, Rc::new(ConnectOp::new(handler)), Dir::Write)
+            }
+            Err(e) => self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::from(e)),
+        }
+    }
+
+    /// Accepts a connection: the handler gets the new socket (not yet
+    /// registered), or the error with `None`.
+    pub(crate) fn async_accept<F: FnOnce(Error, Option<Socket>) + 'static>(&self, handler: F) -> Operation {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let (err, sock) = match self.io().try_now(Dir::Read, accept_now) {
+            Attempt::Done(Ok(s)) => (Error::NONE, Some(s)),
+            Attempt::Done(Err(e)) => (e, None),
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, None),
+            Attempt::Later => return self.enqueue(&inner, Rc::new(AcceptOp::new(handler)), Dir::Read),
+        };
+        inner.post(move || handler(err, sock));
+        Operation::detached()
+    }
+
+    /// Accepts a connection, blocking.
+    pub(crate) fn accept(&self) -> io::Result<Socket> {
+        self.blocking(Readiness::Read, |s| match accept_now(s) {
+            Some(Ok(sock)) => Ok(sock),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        })
     }
 }

@@ -1,13 +1,15 @@
 //! Sockets on the reactor.
 
 mod base;
+mod tcp;
 mod udp;
 
+pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 
 use std::ops::BitOr;
 
-/// What [`UdpSocket::async_wait`] waits for (Asio's `wait_type`).
+/// What an `async_wait` waits for (Asio's `wait_type`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum WaitType {
     /// The socket has data to read (or an error to report).
