@@ -81,9 +81,27 @@ impl Inner {
         self.queue.push(move || op.invoke());
     }
 
+    /// Marks a composed operation complete (its handler is queued by the
+    /// caller) and removes the `cancel_after` entry watching it.
+    pub(crate) fn settle(&self, core: &crate::op::OpCore) {
+        if !core.is_done() {
+            core.set_result(Error::NONE, 0);
+        }
+        if let Some(key) = core.cancel_key.take() {
+            let removed = self.timers.borrow_mut().remove(key);
+            drop(removed);
+        }
+    }
+
     /// Cancels `op` if it is pending and honours a kind in `ty`.
     pub(crate) fn cancel_op(&self, op: Rc<dyn Completion>, ty: CancellationType) -> bool {
-        if op.core().is_done() || !op.supports().intersects(ty) {
+        if !op.supports().intersects(ty) {
+            return false;
+        }
+        if let Some(r) = op.cancel_hook() {
+            return r;
+        }
+        if op.core().is_done() {
             return false;
         }
         self.finish(op, Error::OPERATION_ABORTED, 0);

@@ -26,6 +26,7 @@ pub struct Error(i32);
 const C_EOF: i32 = -1;
 const C_ALREADY_OPEN: i32 = -2;
 const C_OTHER: i32 = -3;
+const C_NOT_FOUND: i32 = -4;
 
 impl Error {
     /// Success.
@@ -59,6 +60,9 @@ impl Error {
     pub const WOULD_BLOCK: Error = Error(libc::EAGAIN);
     /// An error with no OS number and no better name.
     pub const OTHER: Error = Error(C_OTHER);
+    /// `async_read_until` filled its size limit without finding the
+    /// delimiter (Asio's `error::not_found`; no OS number).
+    pub const NOT_FOUND: Error = Error(C_NOT_FOUND);
 
     /// Builds an `Error` from an OS error number.
     pub const fn from_raw_os_error(code: i32) -> Error {
@@ -87,6 +91,7 @@ impl Error {
             C_EOF => io::ErrorKind::UnexpectedEof,
             C_ALREADY_OPEN => io::ErrorKind::AlreadyExists,
             C_OTHER => io::ErrorKind::Other,
+            C_NOT_FOUND => io::ErrorKind::InvalidData,
             code => io::Error::from_raw_os_error(code).kind(),
         }
     }
@@ -108,6 +113,7 @@ impl fmt::Debug for Error {
             Error::TIMED_OUT => "TIMED_OUT",
             Error::WOULD_BLOCK => "WOULD_BLOCK",
             Error::OTHER => "OTHER",
+            Error::NOT_FOUND => "NOT_FOUND",
             Error(code) => return write!(f, "Error({code})"),
         };
         f.write_str(name)
@@ -121,6 +127,7 @@ impl fmt::Display for Error {
             C_EOF => f.write_str("end of file"),
             C_ALREADY_OPEN => f.write_str("already open"),
             C_OTHER => f.write_str("other error"),
+            C_NOT_FOUND => f.write_str("delimiter not found within the size limit"),
             code => write!(f, "{}", io::Error::from_raw_os_error(code)),
         }
     }
@@ -169,7 +176,14 @@ mod tests {
 
     #[test]
     fn round_trips_through_io_error() {
-        for e in [Error::OPERATION_ABORTED, Error::EOF, Error::ALREADY_OPEN, Error::MESSAGE_SIZE, Error::OTHER] {
+        for e in [
+            Error::OPERATION_ABORTED,
+            Error::EOF,
+            Error::ALREADY_OPEN,
+            Error::MESSAGE_SIZE,
+            Error::OTHER,
+            Error::NOT_FOUND,
+        ] {
             let io: io::Error = e.into();
             assert_eq!(Error::from(io), e);
         }

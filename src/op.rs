@@ -52,6 +52,12 @@ pub(crate) trait Completion {
     fn supports(&self) -> CancellationType {
         CancellationType::ALL
     }
+    /// Cancels an operation that does not simply complete with
+    /// `OPERATION_ABORTED` (a composed one cancels the step in progress);
+    /// `None` for the plain way. `Some(false)` when it has completed already.
+    fn cancel_hook(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// An operation on a socket: it can attempt its system call.

@@ -276,6 +276,14 @@ impl Base {
         }
     }
 
+    /// Posts `err` to a connect that could not start.
+    pub(crate) fn async_connect_failed<F: FnOnce(Error) + 'static>(&self, err: Error, handler: F) -> Operation {
+        match self.live_context() {
+            Some(inner) => self.complete_now(&inner, Rc::new(WaitOp::new(handler)), err),
+            None => Operation::detached(),
+        }
+    }
+
     /// Accepts a connection: the handler gets the new socket (not yet
     /// registered), or the error with `None`.
     pub(crate) fn async_accept<F: FnOnce(Error, Option<Socket>) + 'static>(&self, handler: F) -> Operation {

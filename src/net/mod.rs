@@ -1,11 +1,18 @@
 //! Sockets on the reactor.
 
 mod base;
+mod compose;
 mod tcp;
 mod udp;
+mod unix;
 
+pub use compose::{
+    AsyncStream, Delimiter, Transfer, async_read, async_read_until, async_write, transfer_all, transfer_at_least,
+    transfer_exactly,
+};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
+pub use unix::{UnixListener, UnixStream};
 
 use std::ops::BitOr;
 
