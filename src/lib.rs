@@ -63,6 +63,12 @@
 //! | `asio::cancel_after` | [`Operation::cancel_after`] |
 //! | `steady_timer` | [`SteadyTimer`] |
 //! | `async_immediate` completion | every immediate completion is posted |
+//! | `ip::tcp::acceptor`, `ip::tcp::socket` | [`net::TcpListener`], [`net::TcpStream`] |
+//! | `local::stream_protocol::acceptor`, `::socket` | [`net::UnixListener`], [`net::UnixStream`] |
+//! | `acceptor.async_accept`, `socket.async_connect`, `async_read_some`, `async_write_some` | the same names; `async_accept`'s handler gets the new stream |
+//! | `asio::async_read`, `async_write`, `async_read_until` | [`net::async_read`], [`net::async_write`], [`net::async_read_until`] |
+//! | `transfer_all()`, `transfer_at_least(n)`, `transfer_exactly(n)` | [`net::transfer_all`], [`net::transfer_at_least`], [`net::transfer_exactly`] |
+//! | `asio::error::not_found` (read_until over its limit) | `Error::NOT_FOUND` |
 //! | (no Asio equivalent) | [`net::UdpSocket::set_gso`]: sends of one pass coalesced with UDP segmentation offload, each completing on its own |
 //!
 //! ## Rules every operation follows

@@ -1,0 +1,90 @@
+//! A client in another language talks to the example echo server: CPython's
+//! `socket` module drives `examples/tcp_echo.rs --listen` and checks every
+//! byte that comes back.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The example binary `cargo test` built next to this test's directory.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        // `cargo test` builds the examples; a run of this test alone does not.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--example", name, "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo");
+        assert!(status.success() && path.exists(), "could not build the example {name}");
+    }
+    path
+}
+
+/// Kills the server however the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const CLIENT: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+total = 0
+for k, size in enumerate([1, 7, 1000, 65536, 300000, 1 << 20]):
+    msg = bytes((i * 31 + k) % 256 for i in range(size))
+    s.sendall(msg)
+    back = bytearray()
+    while len(back) < size:
+        chunk = s.recv(size - len(back))
+        if not chunk:
+            sys.exit("server closed early after %d of %d bytes" % (len(back), size))
+        back += chunk
+    if bytes(back) != msg:
+        sys.exit("echo of %d bytes differs" % size)
+    total += size
+s.shutdown(socket.SHUT_WR)
+if s.recv(1) != b"":
+    sys.exit("data after the echo")
+s.close()
+print("python client: %d bytes echoed" % total)
+"#;
+
+#[test]
+fn a_python_client_gets_every_byte_back_from_the_example_echo_server() {
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("CPython (python3) must be installed: .ci/run installs it");
+    let mut child = Command::new(example("tcp_echo"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the example server");
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in the server's first line {line:?}"));
+    let out = Command::new(python).arg("-c").arg(CLIENT).arg(port.to_string()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python client failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1415120 bytes echoed"), "unexpected output: {stdout}");
+    drop(server);
+}
