@@ -2,7 +2,7 @@
 //! last clone, the link to the context, queueing, readiness waits, the
 //! blocking form of synchronous calls, cancel and close.
 
-use super::WaitType;
+use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_len, const_slices, mut_len, mut_slices};
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
@@ -307,5 +307,52 @@ impl Base {
             Some(Err(e)) => Err(e.into()),
             None => Err(io::ErrorKind::WouldBlock.into()),
         })
+    }
+
+    // ---- datagram operations (UDP and Unix datagrams)
+
+    /// Starts a send: performed at once when the socket allows (S1), its
+    /// completion posted without allocating an operation; otherwise queued.
+    pub(crate) fn start_send<B, F>(&self, bufs: B, dest: Option<SockAddr>, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let (err, n) = match self.io().try_now(Dir::Write, |s| send_now(s, &bufs, dest.as_ref(), flags.bits())) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
+            Attempt::Later => {
+                return self.enqueue(&inner, Rc::new(SendOp::new(bufs, dest, flags.bits(), handler)), Dir::Write);
+            }
+        };
+        drop(bufs); // before the handler runs, as a queued send does
+        inner.post(move || handler(err, n));
+        Operation::detached()
+    }
+
+    /// Starts a receive: performed at once when a datagram may be waiting,
+    /// otherwise queued.
+    pub(crate) fn start_recv<B, F>(&self, mut bufs: B, flags: MessageFlags, want_from: bool, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B, SocketAddr) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let io = self.io();
+        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_now(io, s, &mut bufs, flags.bits(), want_from)) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
+            Attempt::Later => {
+                return self.enqueue(&inner, Rc::new(RecvOp::new(bufs, flags.bits(), want_from, handler)), Dir::Read);
+            }
+        };
+        let from = from.unwrap_or_else(sys::unspecified_addr);
+        inner.post(move || handler(err, n, bufs, from));
+        Operation::detached()
     }
 }

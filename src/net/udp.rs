@@ -7,8 +7,8 @@ use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mu
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
-use crate::op::{RecvOp, SendOp, SocketOp, WaitOp, recv_now, send_now};
-use crate::reactor::{Attempt, Dir, IoObject};
+use crate::op::WaitOp;
+use crate::reactor::IoObject;
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use std::fmt;
@@ -149,55 +149,6 @@ impl UdpSocket {
         self.b.live_context()
     }
 
-    fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
-        self.b.enqueue(inner, op, dir)
-    }
-
-    /// Starts a send: performed at once when the socket allows (S1), its
-    /// completion posted without allocating an operation; otherwise queued.
-    fn start_send<B, F>(&self, bufs: B, dest: Option<SockAddr>, flags: MessageFlags, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        let Some(inner) = self.live_context() else {
-            return Operation::detached();
-        };
-        let (err, n) = match self.io().try_now(Dir::Write, |s| send_now(s, &bufs, dest.as_ref(), flags.bits())) {
-            Attempt::Done(r) => r,
-            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
-            Attempt::Later => {
-                return self.enqueue(&inner, Rc::new(SendOp::new(bufs, dest, flags.bits(), handler)), Dir::Write);
-            }
-        };
-        drop(bufs); // before the handler runs, as a queued send does
-        inner.post(move || handler(err, n));
-        Operation::detached()
-    }
-
-    /// Starts a receive: performed at once when a datagram may be waiting,
-    /// otherwise queued.
-    fn start_recv<B, F>(&self, mut bufs: B, flags: MessageFlags, want_from: bool, handler: F) -> Operation
-    where
-        B: MutableBufferSequence + 'static,
-        F: FnOnce(Error, usize, B, SocketAddr) + 'static,
-    {
-        let Some(inner) = self.live_context() else {
-            return Operation::detached();
-        };
-        let io = self.io();
-        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_now(io, s, &mut bufs, flags.bits(), want_from)) {
-            Attempt::Done(r) => r,
-            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
-            Attempt::Later => {
-                return self.enqueue(&inner, Rc::new(RecvOp::new(bufs, flags.bits(), want_from, handler)), Dir::Read);
-            }
-        };
-        let from = from.unwrap_or_else(sys::unspecified_addr);
-        inner.post(move || handler(err, n, bufs, from));
-        Operation::detached()
-    }
-
     /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
     pub fn async_send<B, F>(&self, bufs: B, handler: F) -> Operation
     where
@@ -214,7 +165,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send {} buffers", bufs.buffer_count());
-        self.start_send(bufs, None, flags, handler)
+        self.b.start_send(bufs, None, flags, handler)
     }
 
     /// Sends `bufs` as one datagram to `dest`; `handler(err, n)`.
@@ -239,7 +190,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send_to {dest}, {} buffers", bufs.buffer_count());
-        self.start_send(bufs, Some(dest.into()), flags, handler)
+        self.b.start_send(bufs, Some(dest.into()), flags, handler)
     }
 
     /// Receives one datagram from the connected peer into `bufs`;
@@ -259,7 +210,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize, B) + 'static,
     {
         log::trace!("udp async_receive");
-        self.start_recv(bufs, flags, false, move |e, n, b, _from| handler(e, n, b))
+        self.b.start_recv(bufs, flags, false, move |e, n, b, _from| handler(e, n, b))
     }
 
     /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets
@@ -279,7 +230,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize, B, SocketAddr) + 'static,
     {
         log::trace!("udp async_receive_from");
-        self.start_recv(bufs, flags, true, handler)
+        self.b.start_recv(bufs, flags, true, handler)
     }
 
     /// Waits until the socket is readable, writable or has an error, without
