@@ -65,6 +65,7 @@
 //! | `async_immediate` completion | every immediate completion is posted |
 //! | `ip::tcp::acceptor`, `ip::tcp::socket` | [`net::TcpListener`], [`net::TcpStream`] |
 //! | `local::stream_protocol::acceptor`, `::socket` | [`net::UnixListener`], [`net::UnixStream`] |
+//! | `local::datagram_protocol::socket` | [`net::UnixDatagram`] |
 //! | `acceptor.async_accept`, `socket.async_connect`, `async_read_some`, `async_write_some` | the same names; `async_accept`'s handler gets the new stream |
 //! | `asio::async_read`, `async_write`, `async_read_until` | [`net::async_read`], [`net::async_write`], [`net::async_read_until`] |
 //! | `transfer_all()`, `transfer_at_least(n)`, `transfer_exactly(n)` | [`net::transfer_all`], [`net::transfer_at_least`], [`net::transfer_exactly`] |

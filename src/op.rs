@@ -415,3 +415,72 @@ impl<F: FnOnce(Error) + 'static> SocketOp for ConnectOp<F> {
         true
     }
 }
+
+/// A receive that hands back the sender's address in any family (Unix
+/// datagrams); the UDP path keeps `std::net::SocketAddr` in [`RecvOp`].
+pub(crate) struct RecvFromOp<B, F> {
+    core: OpCore,
+    bufs: RefCell<Option<B>>,
+    flags: i32,
+    from: RefCell<Option<SockAddr>>,
+    handler: Cell<Option<F>>,
+}
+
+impl<B, F> RecvFromOp<B, F> {
+    pub(crate) fn new(bufs: B, flags: i32, handler: F) -> Self {
+        RecvFromOp {
+            core: OpCore::default(),
+            bufs: RefCell::new(Some(bufs)),
+            flags,
+            from: RefCell::new(None),
+            handler: Cell::new(Some(handler)),
+        }
+    }
+}
+
+/// Receives one datagram and its sender now; `None` when it would block.
+pub(crate) fn recv_from_now<B: MutableBufferSequence + ?Sized>(
+    sock: &Socket,
+    bufs: &mut B,
+    flags: i32,
+) -> Option<(Error, usize, Option<SockAddr>)> {
+    let Some(mut slices) = mut_slices(bufs) else {
+        return Some((Error::INVALID_ARGUMENT, 0, None));
+    };
+    match sys::recv_from_any(sock, &mut slices, flags) {
+        Ok((n, from)) => Some((Error::NONE, n, Some(from))),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => Some((Error::from(e), 0, None)),
+    }
+}
+
+impl<B: 'static, F: FnOnce(Error, usize, B, Option<SockAddr>) + 'static> Completion for RecvFromOp<B, F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, n) = self.core.result();
+        let from = self.from.take();
+        if let (Some(h), Some(b)) = (self.handler.take(), self.bufs.take()) {
+            drop(self);
+            h(err, n, b, from);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.bufs.take());
+        drop(self.handler.take());
+    }
+}
+
+impl<B, F> SocketOp for RecvFromOp<B, F>
+where
+    B: MutableBufferSequence + 'static,
+    F: FnOnce(Error, usize, B, Option<SockAddr>) + 'static,
+{
+    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+        let mut bufs = self.bufs.borrow_mut();
+        let (err, n, from) = recv_from_now(sock, bufs.as_mut()?, self.flags)?;
+        *self.from.borrow_mut() = from;
+        Some((err, n))
+    }
+}

@@ -7,7 +7,10 @@ use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_len, const
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
-use crate::op::{AcceptOp, Completion, ConnectOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_now, send_now};
+use crate::op::{
+    AcceptOp, Completion, ConnectOp, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_from_now, recv_now,
+    send_now,
+};
 use crate::reactor::{Attempt, Dir, IoObject};
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
@@ -352,6 +355,28 @@ impl Base {
             }
         };
         let from = from.unwrap_or_else(sys::unspecified_addr);
+        inner.post(move || handler(err, n, bufs, from));
+        Operation::detached()
+    }
+}
+
+impl Base {
+    /// Starts a receive that reports the sender in any address family.
+    pub(crate) fn start_recv_from_any<B, F>(&self, mut bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B, Option<SockAddr>) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let (err, n, from) = match self.io().try_now(Dir::Read, |s| recv_from_now(s, &mut bufs, flags.bits())) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
+            Attempt::Later => {
+                return self.enqueue(&inner, Rc::new(RecvFromOp::new(bufs, flags.bits(), handler)), Dir::Read);
+            }
+        };
         inner.post(move || handler(err, n, bufs, from));
         Operation::detached()
     }

@@ -1,13 +1,15 @@
 //! `UnixListener` and `UnixStream`: Unix-domain stream sockets on the
 //! reactor, with the same operations and rules as the TCP types (Asio's
-//! `local::stream_protocol`).
+//! `local::stream_protocol`); `UnixDatagram`, with those of `UdpSocket`
+//! (Asio's `local::datagram_protocol`).
 
-use super::WaitType;
 use super::base::Base;
-use crate::buffer::{ConstBufferSequence, MutableBufferSequence};
+use super::{MessageFlags, WaitType};
+use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
+use crate::sys::{self, Readiness};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use std::fmt;
 use std::io;
@@ -16,8 +18,21 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
 
+/// A Unix-domain address as std has it: a pathname, an abstract name
+/// (Linux), or unnamed (an unbound socket, one of a pair).
 fn unix_addr(a: SockAddr) -> io::Result<SocketAddr> {
-    a.as_unix().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a Unix-domain address"))
+    if let Some(a) = a.as_unix() {
+        return Ok(a);
+    }
+    if let Some(name) = a.as_abstract_namespace() {
+        use std::os::linux::net::SocketAddrExt;
+        return SocketAddr::from_abstract_name(name);
+    }
+    if a.is_unix() || a.family() == 0 {
+        // No path: unnamed (a sender that never bound reports no address).
+        return SocketAddr::from_pathname("");
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "not a Unix-domain address"))
 }
 
 /// A listening Unix-domain stream socket.
@@ -232,6 +247,239 @@ impl UnixStream {
     /// True until closed.
     pub fn is_open(&self) -> bool {
         self.b.is_open()
+    }
+
+    /// Runs `f` on the socket for any option socket2 offers.
+    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
+        self.b.with_socket2(f)
+    }
+}
+
+/// A Unix-domain datagram socket, with the operations and rules of
+/// [`UdpSocket`](super::UdpSocket) (S1–S8), addressed by socket files.
+/// Datagrams are never read ahead on it.
+#[derive(Clone)]
+pub struct UnixDatagram {
+    b: Base,
+}
+
+impl fmt::Debug for UnixDatagram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixDatagram").field("local", &self.local_addr().ok()).field("open", &self.is_open()).finish()
+    }
+}
+
+fn unix_dest(path: impl AsRef<Path>) -> Result<SockAddr, Error> {
+    SockAddr::unix(path).map_err(Error::from)
+}
+
+impl UnixDatagram {
+    fn adopt(ex: &Executor, sock: Socket) -> io::Result<UnixDatagram> {
+        Ok(UnixDatagram { b: Base::adopt(ex, sock, false, false)? })
+    }
+
+    /// A socket bound to the socket file `path`.
+    pub fn bind(ex: &Executor, path: impl AsRef<Path>) -> io::Result<UnixDatagram> {
+        let sock = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
+        sock.bind(&SockAddr::unix(path)?)?;
+        Self::adopt(ex, sock)
+    }
+
+    /// An unbound socket (its datagrams carry no sender name).
+    pub fn unbound(ex: &Executor) -> io::Result<UnixDatagram> {
+        Self::adopt(ex, Socket::new(Domain::UNIX, Type::DGRAM, None)?)
+    }
+
+    /// A connected pair of sockets.
+    pub fn pair(ex: &Executor) -> io::Result<(UnixDatagram, UnixDatagram)> {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
+        Ok((Self::from_std(ex, a)?, Self::from_std(ex, b)?))
+    }
+
+    /// Takes over a standard socket.
+    pub fn from_std(ex: &Executor, s: std::os::unix::net::UnixDatagram) -> io::Result<UnixDatagram> {
+        Self::adopt(ex, Socket::from(OwnedFd::from(s)))
+    }
+
+    /// Takes the socket out of the context as a standard, blocking one.
+    pub fn release(&self) -> io::Result<std::os::unix::net::UnixDatagram> {
+        Ok(OwnedFd::from(self.b.release()?).into())
+    }
+
+    /// Sets the default peer.
+    pub fn connect(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        self.b.sock()?.connect(&SockAddr::unix(path)?)
+    }
+
+    /// As [`connect`](Self::connect), with the result posted to `handler`.
+    pub fn async_connect<F: FnOnce(Error) + 'static>(&self, path: impl AsRef<Path>, handler: F) -> Operation {
+        let err = match (self.b.sock(), unix_dest(path)) {
+            (Ok(s), Ok(addr)) => s.connect(&addr).err().map_or(Error::NONE, Error::from),
+            (Err(e), _) => Error::from(e),
+            (_, Err(e)) => e,
+        };
+        self.b.async_connect_failed(err, handler)
+    }
+
+    /// The local address (unnamed when unbound).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        unix_addr(self.b.sock()?.local_addr()?)
+    }
+
+    /// The connected peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        unix_addr(self.b.sock()?.peer_addr()?)
+    }
+
+    /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
+    pub fn async_send<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        self.async_send_with_flags(bufs, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_send`](Self::async_send) with message flags.
+    pub fn async_send_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        self.b.start_send(bufs, None, flags, handler)
+    }
+
+    /// Sends `bufs` as one datagram to the socket file `path`.
+    pub fn async_send_to<B, F>(&self, bufs: B, path: impl AsRef<Path>, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        self.async_send_to_with_flags(bufs, path, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_send_to`](Self::async_send_to) with message flags.
+    pub fn async_send_to_with_flags<B, F>(
+        &self,
+        bufs: B,
+        path: impl AsRef<Path>,
+        flags: MessageFlags,
+        handler: F,
+    ) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        match unix_dest(path) {
+            Ok(dest) => self.b.start_send(bufs, Some(dest), flags, handler),
+            // A path too long for a socket address: an error in the handler.
+            Err(e) => self.b.async_connect_failed(e, move |e| handler(e, 0)),
+        }
+    }
+
+    /// Receives one datagram; `handler(err, n, bufs)`.
+    pub fn async_receive<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B) + 'static,
+    {
+        self.async_receive_with_flags(bufs, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_receive`](Self::async_receive) with message flags.
+    pub fn async_receive_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B) + 'static,
+    {
+        self.b.start_recv(bufs, flags, false, move |e, n, b, _| handler(e, n, b))
+    }
+
+    /// Receives one datagram and its sender (`None` on an error).
+    pub fn async_receive_from<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B, Option<SocketAddr>) + 'static,
+    {
+        self.async_receive_from_with_flags(bufs, MessageFlags::NONE, handler)
+    }
+
+    /// [`async_receive_from`](Self::async_receive_from) with message flags.
+    pub fn async_receive_from_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, usize, B, Option<SocketAddr>) + 'static,
+    {
+        self.b.start_recv_from_any(bufs, flags, move |e, n, b, from| {
+            let from = if e.is_ok() { from.and_then(|a| unix_addr(a).ok()) } else { None };
+            handler(e, n, b, from)
+        })
+    }
+
+    /// Waits until the socket is readable, writable or has an error.
+    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
+        self.b.async_wait(what, handler)
+    }
+
+    /// Sends one datagram to the connected peer, blocking.
+    pub fn send<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
+        let slices = const_slices(&bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
+        self.b.blocking(Readiness::Write, |s| sys::send(s, &slices, None, 0))
+    }
+
+    /// Sends one datagram to the socket file `path`, blocking.
+    pub fn send_to<B: ConstBufferSequence>(&self, bufs: B, path: impl AsRef<Path>) -> io::Result<usize> {
+        let slices = const_slices(&bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
+        let dest = SockAddr::unix(path)?;
+        self.b.blocking(Readiness::Write, |s| sys::send(s, &slices, Some(&dest), 0))
+    }
+
+    /// Receives one datagram, blocking; returns its (possibly truncated) length.
+    pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
+        let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
+        self.b.blocking(Readiness::Read, |s| sys::recv(s, &mut slices, 0, false).map(|r| r.len))
+    }
+
+    /// Receives one datagram and its sender, blocking.
+    pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
+        let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
+        let (n, from) = self.b.blocking(Readiness::Read, |s| sys::recv_from_any(s, &mut slices, 0))?;
+        Ok((n, unix_addr(from)?))
+    }
+
+    /// Size of the next datagram waiting (0 when none).
+    pub fn available(&self) -> io::Result<usize> {
+        self.b.io().available(&*self.b.sock()?)
+    }
+
+    /// The executor of the socket's context.
+    pub fn executor(&self) -> Executor {
+        self.b.executor()
+    }
+
+    /// With `true`, the synchronous calls return `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
+        self.b.set_nonblocking(yes)
+    }
+
+    /// Completes every pending operation with `OPERATION_ABORTED`.
+    pub fn cancel(&self) -> io::Result<()> {
+        self.b.cancel()
+    }
+
+    /// Closes the socket; pending operations complete with `OPERATION_ABORTED`.
+    pub fn close(&self) {
+        self.b.close()
+    }
+
+    /// True until closed.
+    pub fn is_open(&self) -> bool {
+        self.b.is_open()
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.b.shutdown(how)
     }
 
     /// Runs `f` on the socket for any option socket2 offers.

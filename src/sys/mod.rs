@@ -82,6 +82,27 @@ pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_
     }
 }
 
+/// `recvmsg` into the scatter list, with the sender's address whatever its
+/// family (a Unix-domain datagram's sender, for one). Retries on EINTR.
+pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
+    let mut slices: smallvec::SmallVec<[MaybeUninitSlice<'_>; crate::buffer::INLINE_SLICES]> = bufs
+        .iter_mut()
+        .map(|b| {
+            let b: &mut [u8] = b;
+            // SAFETY: as in `recv`: the slice is initialised and socket2 only
+            // lets the kernel write bytes into it.
+            let b: &mut [MaybeUninit<u8>] = unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) };
+            MaybeUninitSlice::new(b)
+        })
+        .collect();
+    loop {
+        match sock.recv_from_vectored_with_flags(&mut slices, flags) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(|(len, _, addr)| (len, addr)),
+        }
+    }
+}
+
 /// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
 /// and no scatter list to build. Retries on EINTR.
 fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, want_from: bool) -> io::Result<Received> {

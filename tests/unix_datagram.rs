@@ -1,0 +1,141 @@
+//! `UnixDatagram`: the rules of `UdpSocket` on Unix-domain datagram sockets.
+
+use ioctx::net::{UnixDatagram, WaitType};
+use ioctx::{Error, IoContext};
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+fn run_bounded(ctx: &IoContext) -> usize {
+    let n = ctx.run_for(Duration::from_secs(5));
+    assert!(ctx.stopped(), "run() would still be waiting: work is left");
+    n
+}
+
+/// A fresh directory for socket files, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("ioctx-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Log<T> = Rc<RefCell<Vec<T>>>;
+
+#[test]
+fn a_pair_carries_datagrams_whole_including_empty_ones_and_truncates_to_the_buffer() {
+    let ctx = IoContext::new().unwrap();
+    let (a, b) = UnixDatagram::pair(&ctx).unwrap();
+    let log: Log<(Error, usize, Vec<u8>)> = Rc::default();
+    let sent = Rc::new(RefCell::new(false));
+    let s = sent.clone();
+    a.async_send((b"hello, ".to_vec(), "world"), move |e, n| {
+        assert_eq!((e, n), (Error::NONE, 12));
+        *s.borrow_mut() = true;
+    });
+    assert!(!*sent.borrow(), "the handler ran inside the call");
+    a.async_send(Vec::<u8>::new(), |e, n| assert_eq!((e, n), (Error::NONE, 0)));
+    a.async_send(vec![7u8; 100], |e, n| assert_eq!((e, n), (Error::NONE, 100)));
+    for size in [64, 8, 10] {
+        let l = log.clone();
+        b.async_receive(vec![0u8; size], move |e, n, buf| l.borrow_mut().push((e, n, buf[..n].to_vec())));
+    }
+    run_bounded(&ctx);
+    assert!(*sent.borrow());
+    assert_eq!(
+        *log.borrow(),
+        vec![(Error::NONE, 12, b"hello, world".to_vec()), (Error::NONE, 0, vec![]), (Error::NONE, 10, vec![7u8; 10])]
+    );
+}
+
+#[test]
+fn send_to_and_receive_from_name_the_socket_files() {
+    let dir = Dir::new("dgram");
+    let ctx = IoContext::new().unwrap();
+    let server = UnixDatagram::bind(&ctx, dir.path("server")).unwrap();
+    let client = UnixDatagram::bind(&ctx, dir.path("client")).unwrap();
+    let anonymous = UnixDatagram::unbound(&ctx).unwrap();
+    assert_eq!(server.local_addr().unwrap().as_pathname(), Some(dir.path("server").as_path()));
+    let log: Log<(Error, Vec<u8>, Option<PathBuf>, bool)> = Rc::default();
+    for _ in 0..2 {
+        let l = log.clone();
+        server.async_receive_from(vec![0u8; 32], move |e, n, buf, from| {
+            let from = from.expect("a sender address");
+            l.borrow_mut().push((e, buf[..n].to_vec(), from.as_pathname().map(PathBuf::from), from.is_unnamed()));
+        });
+    }
+    client.async_send_to(&b"named"[..], dir.path("server"), |e, n| assert_eq!((e, n), (Error::NONE, 5)));
+    anonymous.async_send_to(&b"anon"[..], dir.path("server"), |e, n| assert_eq!((e, n), (Error::NONE, 4)));
+    run_bounded(&ctx);
+    assert_eq!(
+        *log.borrow(),
+        vec![
+            (Error::NONE, b"named".to_vec(), Some(dir.path("client")), false),
+            (Error::NONE, b"anon".to_vec(), None, true),
+        ]
+    );
+}
+
+#[test]
+fn sending_to_a_missing_socket_file_is_an_error_in_the_handler() {
+    let ctx = IoContext::new().unwrap();
+    let s = UnixDatagram::unbound(&ctx).unwrap();
+    let got = Rc::new(RefCell::new(None));
+    let g = got.clone();
+    s.async_send_to(&b"x"[..], "/nonexistent/ioctx.sock", move |e, n| *g.borrow_mut() = Some((e, n)));
+    run_bounded(&ctx);
+    assert_eq!(got.borrow_mut().take(), Some((Error::from_raw_os_error(libc::ENOENT), 0)));
+}
+
+#[test]
+fn cancel_close_and_closed_sockets_follow_the_udp_rules() {
+    let ctx = IoContext::new().unwrap();
+    let (a, b) = UnixDatagram::pair(&ctx).unwrap();
+    let log: Log<Error> = Rc::default();
+    let l = log.clone();
+    b.async_receive(vec![0u8; 8], move |e, _, _| l.borrow_mut().push(e));
+    b.cancel().unwrap();
+    let l = log.clone();
+    b.async_receive(vec![0u8; 8], move |e, _, _| l.borrow_mut().push(e));
+    b.close();
+    let l = log.clone();
+    b.async_receive(vec![0u8; 8], move |e, _, _| l.borrow_mut().push(e));
+    assert!(log.borrow().is_empty(), "handlers ran inside the calls");
+    run_bounded(&ctx);
+    assert_eq!(*log.borrow(), vec![Error::OPERATION_ABORTED, Error::OPERATION_ABORTED, Error::BAD_DESCRIPTOR]);
+    assert_eq!(b.send(&b"x"[..]).unwrap_err().raw_os_error(), Some(libc::EBADF));
+    drop(a);
+}
+
+#[test]
+fn a_read_wait_completes_when_a_datagram_arrives_and_sync_calls_block_or_would_block() {
+    let ctx = IoContext::new().unwrap();
+    let (a, b) = UnixDatagram::pair(&ctx).unwrap();
+    b.set_nonblocking(true).unwrap();
+    assert_eq!(b.receive(vec![0u8; 4]).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    let waited = Rc::new(RefCell::new(None));
+    let w = waited.clone();
+    b.async_wait(WaitType::Read, move |e| *w.borrow_mut() = Some(e));
+    assert_eq!(a.send(&b"ping"[..]).unwrap(), 4);
+    run_bounded(&ctx);
+    assert_eq!(waited.borrow_mut().take(), Some(Error::NONE));
+    assert_eq!(b.available().unwrap(), 4);
+    b.set_nonblocking(false).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(b.receive(&mut buf[..]).unwrap(), 4);
+    assert_eq!(&buf[..4], b"ping");
+}
