@@ -381,3 +381,101 @@ impl Base {
         Operation::detached()
     }
 }
+
+/// The methods every socket type has, delegated to its `b: Base`.
+macro_rules! socket_common {
+    () => {
+        /// Waits until the socket is readable, writable or has an error,
+        /// without transferring data. Readiness that already holds is
+        /// reported.
+        pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
+            self.b.async_wait(what, handler)
+        }
+
+        /// The executor of the socket's context.
+        pub fn executor(&self) -> Executor {
+            self.b.executor()
+        }
+
+        /// With `true`, the synchronous calls return `WouldBlock` instead of
+        /// waiting. Asynchronous operations are not affected.
+        pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
+            self.b.set_nonblocking(yes)
+        }
+
+        /// The mode set by `set_nonblocking`.
+        pub fn nonblocking(&self) -> bool {
+            self.b.nonblocking()
+        }
+
+        /// Completes every pending operation with `OPERATION_ABORTED`
+        /// (through the queue). Errs with `BAD_DESCRIPTOR` when closed.
+        pub fn cancel(&self) -> io::Result<()> {
+            self.b.cancel()
+        }
+
+        /// Closes the socket; pending operations complete with
+        /// `OPERATION_ABORTED`. Closing a closed socket does nothing.
+        pub fn close(&self) {
+            self.b.close()
+        }
+
+        /// True until closed.
+        pub fn is_open(&self) -> bool {
+            self.b.is_open()
+        }
+
+        /// Runs `f` on the socket for any option socket2 offers. Errs with
+        /// `BAD_DESCRIPTOR` when closed.
+        pub fn with_socket2<R>(&self, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> io::Result<R> {
+            self.b.with_socket2(f)
+        }
+    };
+}
+pub(crate) use socket_common;
+
+/// The byte-stream methods of `TcpStream` and `UnixStream`.
+macro_rules! stream_common {
+    () => {
+        /// Reads what is available (at least one byte) into `bufs`;
+        /// `handler(err, n, bufs)` gets the buffers back. `Error::EOF` when
+        /// the peer has closed its side; empty buffers complete at once,
+        /// posted, without I/O.
+        pub fn async_read_some<B, F>(&self, bufs: B, handler: F) -> Operation
+        where
+            B: MutableBufferSequence + 'static,
+            F: FnOnce(Error, usize, B) + 'static,
+        {
+            self.b.async_read_some(bufs, handler)
+        }
+
+        /// Writes some of `bufs` (at least one byte unless an error occurs);
+        /// `handler(err, n)`. Tried at once when no write is queued; empty
+        /// buffers complete at once, posted, without I/O.
+        pub fn async_write_some<B, F>(&self, bufs: B, handler: F) -> Operation
+        where
+            B: ConstBufferSequence + 'static,
+            F: FnOnce(Error, usize) + 'static,
+        {
+            self.b.async_write_some(bufs, handler)
+        }
+
+        /// Reads what is available, blocking (unless `set_nonblocking(true)`).
+        /// At the end of the stream it errs with `Error::EOF` (kind
+        /// `UnexpectedEof`), as Asio's `read_some` does.
+        pub fn read_some<B: MutableBufferSequence>(&self, bufs: B) -> io::Result<usize> {
+            self.b.read_some(bufs)
+        }
+
+        /// Writes some of `bufs`, blocking (unless `set_nonblocking(true)`).
+        pub fn write_some<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
+            self.b.write_some(bufs)
+        }
+
+        /// Shuts down reading, writing or both.
+        pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+            self.b.shutdown(how)
+        }
+    };
+}
+pub(crate) use stream_common;

@@ -2,15 +2,15 @@
 //! `UdpSocket` (Asio's `ip::tcp::acceptor` and `ip::tcp::socket`).
 
 use super::WaitType;
-use super::base::{Base, ip_addr};
+use super::base::{Base, ip_addr, socket_common, stream_common};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence};
 use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 
 /// A listening TCP socket (Asio's `ip::tcp::acceptor`).
 ///
@@ -94,47 +94,11 @@ impl TcpListener {
         TcpStream::adopt(&self.b.executor(), sock)
     }
 
-    /// Waits until a connection is pending (`Read`) or an error is.
-    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
-        self.b.async_wait(what, handler)
-    }
+    socket_common!();
 
     /// The address listened on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         ip_addr(self.b.sock()?.local_addr()?)
-    }
-
-    /// The executor of the listener's context.
-    pub fn executor(&self) -> Executor {
-        self.b.executor()
-    }
-
-    /// With `true`, [`accept`](Self::accept) returns `WouldBlock` instead of
-    /// waiting. Asynchronous operations are not affected.
-    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.b.set_nonblocking(yes)
-    }
-
-    /// Completes every pending accept with `OPERATION_ABORTED` (through the
-    /// queue). Errs with `BAD_DESCRIPTOR` when closed.
-    pub fn cancel(&self) -> io::Result<()> {
-        self.b.cancel()
-    }
-
-    /// Closes the listener; pending accepts complete with `OPERATION_ABORTED`.
-    pub fn close(&self) {
-        self.b.close()
-    }
-
-    /// True until closed.
-    pub fn is_open(&self) -> bool {
-        self.b.is_open()
-    }
-
-    /// Runs `f` on the socket for any option socket2 offers. Errs with
-    /// `BAD_DESCRIPTOR` when closed.
-    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
-        self.b.with_socket2(f)
     }
 }
 
@@ -200,48 +164,9 @@ impl TcpStream {
         self.b.async_connect(addr.into(), handler)
     }
 
-    /// Reads what is available (at least one byte) into `bufs`;
-    /// `handler(err, n, bufs)` gets the buffers back.
-    pub fn async_read_some<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: MutableBufferSequence + 'static,
-        F: FnOnce(Error, usize, B) + 'static,
-    {
-        self.b.async_read_some(bufs, handler)
-    }
+    stream_common!();
 
-    /// Writes some of `bufs` (at least one byte unless an error occurs);
-    /// `handler(err, n)`.
-    pub fn async_write_some<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        self.b.async_write_some(bufs, handler)
-    }
-
-    /// Waits until the stream is readable, writable or has an error, without
-    /// transferring data. Readiness that already holds is reported.
-    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
-        self.b.async_wait(what, handler)
-    }
-
-    /// Reads what is available, blocking (unless `set_nonblocking(true)`).
-    /// At the end of the stream it errs with `Error::EOF` (kind
-    /// `UnexpectedEof`), as Asio's `read_some` does.
-    pub fn read_some<B: MutableBufferSequence>(&self, bufs: B) -> io::Result<usize> {
-        self.b.read_some(bufs)
-    }
-
-    /// Writes some of `bufs`, blocking (unless `set_nonblocking(true)`).
-    pub fn write_some<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
-        self.b.write_some(bufs)
-    }
-
-    /// Shuts down reading, writing or both.
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.b.shutdown(how)
-    }
+    socket_common!();
 
     /// `TCP_NODELAY`.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
@@ -266,39 +191,5 @@ impl TcpStream {
     /// Bytes that can be read without blocking.
     pub fn available(&self) -> io::Result<usize> {
         self.b.io().available(&*self.b.sock()?)
-    }
-
-    /// The executor of the stream's context.
-    pub fn executor(&self) -> Executor {
-        self.b.executor()
-    }
-
-    /// With `true`, the synchronous calls return `WouldBlock` instead of
-    /// waiting. Asynchronous operations are not affected.
-    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.b.set_nonblocking(yes)
-    }
-
-    /// Completes every pending operation with `OPERATION_ABORTED` (through
-    /// the queue). Errs with `BAD_DESCRIPTOR` when closed.
-    pub fn cancel(&self) -> io::Result<()> {
-        self.b.cancel()
-    }
-
-    /// Closes the stream; pending operations complete with
-    /// `OPERATION_ABORTED`. Closing a closed stream does nothing.
-    pub fn close(&self) {
-        self.b.close()
-    }
-
-    /// True until closed.
-    pub fn is_open(&self) -> bool {
-        self.b.is_open()
-    }
-
-    /// Runs `f` on the socket for any option socket2 offers (`SO_LINGER`,
-    /// keepalive, buffer sizes, ...). Errs with `BAD_DESCRIPTOR` when closed.
-    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
-        self.b.with_socket2(f)
     }
 }

@@ -1,7 +1,7 @@
 //! `UdpSocket`: a datagram socket on the reactor, with Asio's `async_send`
 //! semantics (speculative send, per-socket FIFO, completions always posted).
 
-use super::base::{Base, ip_addr};
+use super::base::{Base, ip_addr, socket_common};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::op::WaitOp;
 use crate::reactor::IoObject;
 use crate::sys::{self, Readiness};
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
@@ -40,6 +40,10 @@ use std::rc::Rc;
 /// - **S7** Zero-length datagrams are sent and received.
 /// - **S8** A datagram longer than the receive buffers is truncated; the
 ///   handler gets the truncated length.
+///
+/// Receive through the socket's own calls, not through
+/// [`with_socket2`](Self::with_socket2): a datagram the loop read ahead (see
+/// [`available`](Self::available)) would otherwise be overtaken.
 #[derive(Clone)]
 pub struct UdpSocket {
     b: Base,
@@ -110,10 +114,7 @@ impl UdpSocket {
         self.b.sock()
     }
 
-    /// The executor of the socket's context.
-    pub fn executor(&self) -> Executor {
-        self.b.executor()
-    }
+    socket_common!();
 
     /// Sets the default peer: `send`/`async_send` go to it and only its
     /// datagrams are received.
@@ -233,13 +234,6 @@ impl UdpSocket {
         self.b.start_recv(bufs, flags, true, handler)
     }
 
-    /// Waits until the socket is readable, writable or has an error, without
-    /// transferring data. Readiness that already holds is reported.
-    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
-        log::trace!("udp async_wait {what:?}");
-        self.b.async_wait(what, handler)
-    }
-
     fn blocking<R>(&self, what: Readiness, f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
         self.b.blocking(what, f)
     }
@@ -281,12 +275,6 @@ impl UdpSocket {
         r
     }
 
-    /// With `true`, the synchronous calls return `WouldBlock` instead of
-    /// waiting. Asynchronous operations are not affected.
-    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.b.set_nonblocking(yes)
-    }
-
     /// Turns UDP generic segmentation offload (`UDP_SEGMENT`) on or off for
     /// the asynchronous sends of this socket.
     ///
@@ -313,28 +301,6 @@ impl UdpSocket {
         self.io().gso.get()
     }
 
-    /// The mode set by [`set_nonblocking`](Self::set_nonblocking).
-    pub fn nonblocking(&self) -> bool {
-        self.b.nonblocking()
-    }
-
-    /// Completes every pending operation with `OPERATION_ABORTED` (through the
-    /// queue). Errs with `BAD_DESCRIPTOR` when the socket is closed.
-    pub fn cancel(&self) -> io::Result<()> {
-        self.b.cancel()
-    }
-
-    /// Closes the socket; pending operations complete with
-    /// `OPERATION_ABORTED`. Closing a closed socket does nothing.
-    pub fn close(&self) {
-        self.b.close()
-    }
-
-    /// True until closed.
-    pub fn is_open(&self) -> bool {
-        self.b.is_open()
-    }
-
     /// Size of the next datagram waiting to be received (0 when none).
     ///
     /// A receive on an IP socket reads one datagram ahead when one is queued
@@ -348,14 +314,6 @@ impl UdpSocket {
     /// Shuts down reading, writing or both.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.b.shutdown(how)
-    }
-
-    /// Runs `f` on the socket for any option socket2 offers. Errs with
-    /// `BAD_DESCRIPTOR` when closed. Receive through the socket's own calls,
-    /// not through `f`: a datagram the loop read ahead (see
-    /// [`available`](Self::available)) would otherwise be overtaken.
-    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
-        self.b.with_socket2(f)
     }
 
     /// `SO_BROADCAST`.

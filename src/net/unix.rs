@@ -3,14 +3,14 @@
 //! `local::stream_protocol`); `UnixDatagram`, with those of `UdpSocket`
 //! (Asio's `local::datagram_protocol`).
 
-use super::base::Base;
+use super::base::{Base, socket_common, stream_common};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
 use crate::sys::{self, Readiness};
-use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
@@ -82,44 +82,11 @@ impl UnixListener {
         UnixStream::adopt(&self.b.executor(), sock)
     }
 
-    /// Waits until a connection is pending (`Read`) or an error is.
-    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
-        self.b.async_wait(what, handler)
-    }
+    socket_common!();
 
     /// The address listened on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         unix_addr(self.b.sock()?.local_addr()?)
-    }
-
-    /// The executor of the listener's context.
-    pub fn executor(&self) -> Executor {
-        self.b.executor()
-    }
-
-    /// With `true`, [`accept`](Self::accept) returns `WouldBlock` instead of waiting.
-    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.b.set_nonblocking(yes)
-    }
-
-    /// Completes every pending accept with `OPERATION_ABORTED`.
-    pub fn cancel(&self) -> io::Result<()> {
-        self.b.cancel()
-    }
-
-    /// Closes the listener; pending accepts complete with `OPERATION_ABORTED`.
-    pub fn close(&self) {
-        self.b.close()
-    }
-
-    /// True until closed.
-    pub fn is_open(&self) -> bool {
-        self.b.is_open()
-    }
-
-    /// Runs `f` on the socket for any option socket2 offers.
-    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
-        self.b.with_socket2(f)
     }
 }
 
@@ -176,43 +143,9 @@ impl UnixStream {
         }
     }
 
-    /// As [`TcpStream::async_read_some`](super::TcpStream::async_read_some).
-    pub fn async_read_some<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: MutableBufferSequence + 'static,
-        F: FnOnce(Error, usize, B) + 'static,
-    {
-        self.b.async_read_some(bufs, handler)
-    }
+    stream_common!();
 
-    /// As [`TcpStream::async_write_some`](super::TcpStream::async_write_some).
-    pub fn async_write_some<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        self.b.async_write_some(bufs, handler)
-    }
-
-    /// Waits until the stream is readable, writable or has an error.
-    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
-        self.b.async_wait(what, handler)
-    }
-
-    /// Reads what is available, blocking; `Error::EOF` at the end.
-    pub fn read_some<B: MutableBufferSequence>(&self, bufs: B) -> io::Result<usize> {
-        self.b.read_some(bufs)
-    }
-
-    /// Writes some of `bufs`, blocking.
-    pub fn write_some<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
-        self.b.write_some(bufs)
-    }
-
-    /// Shuts down reading, writing or both.
-    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.b.shutdown(how)
-    }
+    socket_common!();
 
     /// The local address (unnamed for a pair or a client).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -222,36 +155,6 @@ impl UnixStream {
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         unix_addr(self.b.sock()?.peer_addr()?)
-    }
-
-    /// The executor of the stream's context.
-    pub fn executor(&self) -> Executor {
-        self.b.executor()
-    }
-
-    /// With `true`, the synchronous calls return `WouldBlock` instead of waiting.
-    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.b.set_nonblocking(yes)
-    }
-
-    /// Completes every pending operation with `OPERATION_ABORTED`.
-    pub fn cancel(&self) -> io::Result<()> {
-        self.b.cancel()
-    }
-
-    /// Closes the stream; pending operations complete with `OPERATION_ABORTED`.
-    pub fn close(&self) {
-        self.b.close()
-    }
-
-    /// True until closed.
-    pub fn is_open(&self) -> bool {
-        self.b.is_open()
-    }
-
-    /// Runs `f` on the socket for any option socket2 offers.
-    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
-        self.b.with_socket2(f)
     }
 }
 
@@ -416,10 +319,7 @@ impl UnixDatagram {
         })
     }
 
-    /// Waits until the socket is readable, writable or has an error.
-    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, what: WaitType, handler: F) -> Operation {
-        self.b.async_wait(what, handler)
-    }
+    socket_common!();
 
     /// Sends one datagram to the connected peer, blocking.
     pub fn send<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
@@ -452,38 +352,8 @@ impl UnixDatagram {
         self.b.io().available(&*self.b.sock()?)
     }
 
-    /// The executor of the socket's context.
-    pub fn executor(&self) -> Executor {
-        self.b.executor()
-    }
-
-    /// With `true`, the synchronous calls return `WouldBlock` instead of waiting.
-    pub fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.b.set_nonblocking(yes)
-    }
-
-    /// Completes every pending operation with `OPERATION_ABORTED`.
-    pub fn cancel(&self) -> io::Result<()> {
-        self.b.cancel()
-    }
-
-    /// Closes the socket; pending operations complete with `OPERATION_ABORTED`.
-    pub fn close(&self) {
-        self.b.close()
-    }
-
-    /// True until closed.
-    pub fn is_open(&self) -> bool {
-        self.b.is_open()
-    }
-
     /// Shuts down reading, writing or both.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.b.shutdown(how)
-    }
-
-    /// Runs `f` on the socket for any option socket2 offers.
-    pub fn with_socket2<R>(&self, f: impl FnOnce(SockRef<'_>) -> R) -> io::Result<R> {
-        self.b.with_socket2(f)
     }
 }

@@ -51,13 +51,11 @@ pub(crate) struct Received {
     pub(crate) from: Option<SocketAddr>,
 }
 
-/// `recvmsg` into the scatter list. Retries on EINTR.
-pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool) -> io::Result<Received> {
-    if let [one] = bufs {
-        return recv_one(sock, one, flags, want_from);
-    }
-    let mut slices: smallvec::SmallVec<[MaybeUninitSlice<'_>; crate::buffer::INLINE_SLICES]> = bufs
-        .iter_mut()
+type UninitSlices<'a> = smallvec::SmallVec<[MaybeUninitSlice<'a>; crate::buffer::INLINE_SLICES]>;
+
+/// The scatter list in the form socket2's `recvmsg` takes.
+fn uninit_slices<'a>(bufs: &'a mut [IoSliceMut<'_>]) -> UninitSlices<'a> {
+    bufs.iter_mut()
         .map(|b| {
             let b: &mut [u8] = b;
             // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the slice is
@@ -67,7 +65,15 @@ pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_
             let b: &mut [MaybeUninit<u8>] = unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) };
             MaybeUninitSlice::new(b)
         })
-        .collect();
+        .collect()
+}
+
+/// `recvmsg` into the scatter list. Retries on EINTR.
+pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool) -> io::Result<Received> {
+    if let [one] = bufs {
+        return recv_one(sock, one, flags, want_from);
+    }
+    let mut slices = uninit_slices(bufs);
     loop {
         let r = if want_from {
             sock.recv_from_vectored_with_flags(&mut slices, flags)
@@ -85,16 +91,7 @@ pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_
 /// `recvmsg` into the scatter list, with the sender's address whatever its
 /// family (a Unix-domain datagram's sender, for one). Retries on EINTR.
 pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
-    let mut slices: smallvec::SmallVec<[MaybeUninitSlice<'_>; crate::buffer::INLINE_SLICES]> = bufs
-        .iter_mut()
-        .map(|b| {
-            let b: &mut [u8] = b;
-            // SAFETY: as in `recv`: the slice is initialised and socket2 only
-            // lets the kernel write bytes into it.
-            let b: &mut [MaybeUninit<u8>] = unsafe { &mut *(b as *mut [u8] as *mut [MaybeUninit<u8>]) };
-            MaybeUninitSlice::new(b)
-        })
-        .collect();
+    let mut slices = uninit_slices(bufs);
     loop {
         match sock.recv_from_vectored_with_flags(&mut slices, flags) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
