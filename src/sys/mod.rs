@@ -30,6 +30,9 @@ pub(crate) fn unspecified_addr() -> SocketAddr {
 /// `sendmsg`: the whole gather list as one datagram, to `dest` or the
 /// connected peer. Retries on EINTR.
 pub(crate) fn send(sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
+    // A write to a stream the peer has reset fails with EPIPE in the handler
+    // instead of killing a host process that has not ignored SIGPIPE.
+    let flags = flags | libc::MSG_NOSIGNAL;
     loop {
         // One buffer: send(2)/sendto(2), cheaper in the kernel than sendmsg(2).
         let r = match (dest, bufs) {
