@@ -197,8 +197,10 @@ impl Base {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
+        // Empty buffers: no I/O, but a closed stream still says so (S5).
         if mut_len(&mut bufs) == 0 {
-            inner.post(move || handler(Error::NONE, 0, bufs));
+            let err = if self.is_open() { Error::NONE } else { Error::BAD_DESCRIPTOR };
+            inner.post(move || handler(err, 0, bufs));
             return Operation::detached();
         }
         let io = self.io();
@@ -226,7 +228,8 @@ impl Base {
         };
         if const_len(&bufs) == 0 {
             drop(bufs);
-            inner.post(move || handler(Error::NONE, 0));
+            let err = if self.is_open() { Error::NONE } else { Error::BAD_DESCRIPTOR };
+            inner.post(move || handler(err, 0));
             return Operation::detached();
         }
         let (err, n) = match self.io().try_now(Dir::Write, |s| send_now(s, &bufs, None, 0)) {

@@ -64,3 +64,35 @@ pub const EPOLLOUT: u32 = 0x004;
 pub fn raw_fd(sock: &UdpSocket) -> RawFd {
     sock.with_socket2(|s| s.as_raw_fd()).unwrap()
 }
+
+/// The environment variable that tells a re-executed test binary which test
+/// it runs as a child (see [`run_in_child`]).
+pub const CHILD_ENV: &str = "IOCTX_TEST_CHILD";
+
+/// True inside the child process that [`run_in_child`] started for `test`.
+pub fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
+}
+
+/// Re-executes this test binary to run only `test` (`--exact`) in a child
+/// process, with [`CHILD_ENV`] set so that the test takes its child branch
+/// (for process-wide changes: resource limits, signal dispositions). Asserts
+/// that the child ran exactly that one test and exited successfully (a
+/// death by signal is reported as such).
+pub fn run_in_child(test: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child for {test} failed: {:?} (signal {:?})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status,
+        out.status.signal()
+    );
+    assert!(stdout.contains("1 passed"), "the child did not run {test}:\n{stdout}\n{stderr}");
+}
