@@ -2,11 +2,11 @@
 //! `async_read_until`) and the Unix-domain stream types.
 
 use ioctx::net::{
-    UnixListener, UnixStream, async_read, async_read_until, async_write, transfer_all, transfer_at_least,
+    TcpStream, UnixListener, UnixStream, async_read, async_read_until, async_write, transfer_all, transfer_at_least,
     transfer_exactly,
 };
 use ioctx::{CancellationType, Error, IoContext};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::rc::Rc;
 use std::time::Duration;
@@ -172,24 +172,6 @@ fn cancel_after_ends_a_composed_read_that_gets_too_little() {
 }
 
 #[test]
-fn a_completed_composed_operation_leaves_no_cancel_after_timer_behind() {
-    let ctx = IoContext::new().unwrap();
-    let (s, mut peer) = std_pair(&ctx);
-    peer.write_all(b"abcd").unwrap();
-    let done = Rc::new(Cell::new(false));
-    let d = done.clone();
-    async_read(&s, vec![0u8; 4], transfer_all(), move |e, n, _| {
-        assert_eq!((e, n), (Error::NONE, 4));
-        d.set(true);
-    })
-    .cancel_after(Duration::from_secs(60), CancellationType::TERMINAL);
-    let t0 = std::time::Instant::now();
-    run_bounded(&ctx);
-    assert!(done.get());
-    assert!(t0.elapsed() < Duration::from_secs(2), "run() waited for the cancel_after timer");
-}
-
-#[test]
 fn read_until_finds_a_delimiter_split_across_reads_and_keeps_what_follows() {
     let ctx = IoContext::new().unwrap();
     let (s, mut peer) = std_pair(&ctx);
@@ -323,4 +305,239 @@ fn unix_stream_pair_reads_eof_after_the_peer_closes() {
     a.close();
     run_bounded(&ctx);
     assert_eq!(r.borrow_mut().take().unwrap(), (Error::EOF, 0));
+}
+
+// ---------------------------------------------------------------- review: stream lifetime, cancel races
+
+/// Bug 1 (S4). A composed operation holds a strong clone of its stream in
+/// the step handler, which sits in that stream's own queue: dropping the
+/// user's last handle no longer closes the stream, the operation never
+/// aborts, run() never runs out of work and the descriptor stays open
+/// until the context is dropped. A plain async_read_some aborts.
+#[test]
+fn dropping_the_last_handle_aborts_a_pending_composed_read() {
+    let ctx = IoContext::new().unwrap();
+    let (s, _peer) = std_pair(&ctx);
+    let r = got();
+    let r2 = r.clone();
+    let op = async_read(&s, vec![0u8; 10], transfer_all(), move |e, n, _| *r2.borrow_mut() = Some((e, n)));
+    drop(s);
+    ctx.run_for(Duration::from_millis(300));
+    assert!(!op.is_pending(), "the composed read keeps its stream open");
+    assert_eq!(r.borrow_mut().take(), Some((Error::OPERATION_ABORTED, 0)));
+    assert!(ctx.stopped());
+}
+
+#[test]
+fn dropping_the_last_handle_aborts_a_blocked_composed_write_and_closes_the_stream() {
+    let ctx = IoContext::new().unwrap();
+    let (s, mut peer) = std_pair(&ctx);
+    let r = got();
+    let r2 = r.clone();
+    async_write(&s, vec![1u8; 8 << 20], transfer_all(), move |e, n| *r2.borrow_mut() = Some((e, n)));
+    ctx.run_for(Duration::from_millis(50)); // blocked: nobody reads
+    drop(s);
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(300));
+    let (e, n) = r.borrow_mut().take().expect("the composed write never ended");
+    assert_eq!(e, Error::OPERATION_ABORTED);
+    assert!(n > 0);
+    // The stream is closed: the peer reads the bytes then EOF.
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut peer, &mut all).expect("the stream was not closed");
+    assert_eq!(all.len(), n);
+}
+
+/// Bug 2 (§1.5, Operation::cancel's contract). cancel() returns true while
+/// the step's completion is already queued, yet the handler gets NONE when
+/// that step met the condition (or found the delimiter).
+#[test]
+fn a_cancel_that_returned_true_ends_a_composed_read_aborted() {
+    let ctx = IoContext::new().unwrap();
+    let (s, mut peer) = std_pair(&ctx);
+    peer.write_all(b"abcd").unwrap();
+    let r = got();
+    let r2 = r.clone();
+    let op = async_read(&s, vec![0u8; 4], transfer_all(), move |e, n, _| *r2.borrow_mut() = Some((e, n)));
+    assert!(op.cancel(CancellationType::PARTIAL));
+    ctx.run_for(Duration::from_millis(300));
+    assert_eq!(r.borrow_mut().take().unwrap(), (Error::OPERATION_ABORTED, 4));
+}
+
+#[test]
+fn a_cancel_that_returned_true_ends_read_until_aborted() {
+    let ctx = IoContext::new().unwrap();
+    let (s, mut peer) = std_pair(&ctx);
+    peer.write_all(b"line\n").unwrap();
+    let r = got();
+    let r2 = r.clone();
+    let op = async_read_until(&s, Vec::new(), b'\n', 100, move |e, n, b| *r2.borrow_mut() = Some((e, n, b)));
+    assert!(op.cancel(CancellationType::TERMINAL));
+    ctx.run_for(Duration::from_millis(300));
+    assert_eq!(r.borrow_mut().take().unwrap(), (Error::OPERATION_ABORTED, 0, b"line\n".to_vec()));
+}
+
+/// Bug 3. connect(2) on a non-blocking Unix stream socket whose listener's
+/// backlog is full fails with EAGAIN: no connection was started. It is
+/// queued as "in progress" (ConnectOp); the unconnected socket reports
+/// EPOLLOUT|EPOLLHUP at once, ConnectOp sees no error and no peer, calls it
+/// spurious, the registration goes edge-triggered, and the handler never
+/// runs (run() hangs).
+#[test]
+fn a_unix_connect_refused_with_eagain_completes() {
+    let dir = std::env::temp_dir().join(format!("ioctx-review-bugs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("full.sock");
+    let _ = std::fs::remove_file(&path);
+    let l = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    l.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+    l.listen(0).unwrap();
+    let mut fill = Vec::new(); // listen(0) takes one connection
+    loop {
+        let c = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        c.set_nonblocking(true).unwrap();
+        if c.connect(&socket2::SockAddr::unix(&path).unwrap()).is_err() {
+            break;
+        }
+        fill.push(c);
+    }
+    let ctx = IoContext::new().unwrap();
+    let c = UnixStream::open(&ctx).unwrap();
+    let r = got();
+    let r2 = r.clone();
+    c.async_connect(&path, move |e| *r2.borrow_mut() = Some(e));
+    ctx.run_for(Duration::from_millis(300));
+    let _ = std::fs::remove_dir_all(&dir);
+    let e = r.borrow_mut().take().expect("async_connect never completed");
+    assert_eq!(e, Error::from_raw_os_error(libc::EAGAIN));
+    assert!(ctx.stopped());
+}
+
+/// Minor (S5 consistency with the async forms): a zero-length sync
+/// read_some / write_some on a closed stream returns Ok(0), not
+/// BAD_DESCRIPTOR as async_read_some / async_write_some (and Asio) do.
+#[test]
+fn zero_length_sync_calls_on_a_closed_stream_are_bad_descriptor() {
+    let ctx = IoContext::new().unwrap();
+    let (s, _peer) = std_pair(&ctx);
+    s.close();
+    let bad = std::io::Error::from(Error::BAD_DESCRIPTOR).raw_os_error();
+    assert_eq!(s.read_some(Vec::<u8>::new()).map_err(|e| e.raw_os_error()), Err(bad));
+    assert_eq!(s.write_some(Vec::<u8>::new()).map_err(|e| e.raw_os_error()), Err(bad));
+}
+
+/// Kills: no `cancelled` check in read_step. The first step completes at
+/// once (its handler is queued) when cancel() is called: no further step
+/// may start, the read ends aborted with the 4 bytes read.
+#[test]
+fn a_composed_read_cancelled_while_its_step_completion_is_queued_starts_no_new_step() {
+    let ctx = IoContext::new().unwrap();
+    let (s, mut peer) = std_pair(&ctx);
+    peer.write_all(b"abcd").unwrap();
+    let r = got();
+    let r2 = r.clone();
+    let op = async_read(&s, vec![0u8; 10], transfer_all(), move |e, n, b| *r2.borrow_mut() = Some((e, n, b)));
+    assert!(op.cancel(CancellationType::TERMINAL));
+    ctx.run_for(Duration::from_millis(300));
+    let (e, n, b) = r.borrow_mut().take().expect("the read started another step and never ended");
+    assert_eq!((e, n, &b[..n]), (Error::OPERATION_ABORTED, 4, &b"abcd"[..]));
+    assert!(ctx.stopped(), "a step is still pending");
+}
+
+/// Kills: no `cancelled` check in write_step. The first step writes part of
+/// 8 MiB at once (no reader); cancelled before its handler runs, the write
+/// ends aborted with exactly the bytes the peer can read.
+#[test]
+fn a_composed_write_cancelled_while_its_step_completion_is_queued_starts_no_new_step() {
+    let ctx = IoContext::new().unwrap();
+    let (s, mut peer) = std_pair(&ctx);
+    let r = got();
+    let r2 = r.clone();
+    let op = async_write(&s, vec![7u8; 8 << 20], transfer_all(), move |e, n| *r2.borrow_mut() = Some((e, n)));
+    assert!(op.cancel(CancellationType::PARTIAL));
+    ctx.run_for(Duration::from_millis(300));
+    let (e, n) = r.borrow_mut().take().expect("the write started another step and never ended");
+    assert_eq!(e, Error::OPERATION_ABORTED);
+    assert!(n > 0 && n < 8 << 20, "{n}");
+    assert!(ctx.stopped(), "a step is still pending");
+    peer.set_nonblocking(true).unwrap();
+    let mut all = Vec::new();
+    let _ = peer.read_to_end(&mut all); // WouldBlock at the end
+    assert_eq!(all.len(), n);
+}
+
+/// Kills: the error path of write_step reporting 0 instead of the bytes
+/// written so far. A write blocked on its second step is cancelled.
+#[test]
+fn a_cancelled_blocked_composed_write_reports_the_bytes_written_so_far() {
+    let ctx = IoContext::new().unwrap();
+    let (s, mut peer) = std_pair(&ctx);
+    let r = got();
+    let r2 = r.clone();
+    let op = async_write(&s, vec![7u8; 8 << 20], transfer_all(), move |e, n| *r2.borrow_mut() = Some((e, n)));
+    ctx.run_for(Duration::from_millis(50)); // first step done, the next one blocks
+    assert!(op.is_pending());
+    assert!(op.cancel(CancellationType::TERMINAL));
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(300));
+    let (e, n) = r.borrow_mut().take().unwrap();
+    assert_eq!(e, Error::OPERATION_ABORTED);
+    peer.set_nonblocking(true).unwrap();
+    let mut all = Vec::new();
+    let _ = peer.read_to_end(&mut all);
+    assert!(n > 0, "bytes written so far lost");
+    assert_eq!(all.len(), n);
+}
+
+/// Kills: no `cancelled` check in until_step. Three bytes without the
+/// delimiter are read at once; cancelled before that step's handler runs.
+#[test]
+fn read_until_cancelled_while_its_step_completion_is_queued_starts_no_new_step() {
+    let ctx = IoContext::new().unwrap();
+    let (s, mut peer) = std_pair(&ctx);
+    peer.write_all(b"abc").unwrap();
+    let r = got();
+    let r2 = r.clone();
+    let op = async_read_until(&s, Vec::new(), b'\n', 100, move |e, n, b| *r2.borrow_mut() = Some((e, n, b)));
+    assert!(op.cancel(CancellationType::TERMINAL));
+    ctx.run_for(Duration::from_millis(300));
+    let res = r.borrow_mut().take().expect("read_until started another step and never ended");
+    assert_eq!(res, (Error::OPERATION_ABORTED, 0, b"abc".to_vec()));
+}
+
+/// Kills: the search ignoring `max`. Only the first `max` bytes of what is
+/// buffered are searched (Asio's dynamic buffer of max_size 4): NOT_FOUND.
+#[test]
+fn read_until_does_not_search_past_max_in_what_is_already_buffered() {
+    let ctx = IoContext::new().unwrap();
+    let (s, _peer) = std_pair(&ctx);
+    let r = got();
+    let r2 = r.clone();
+    async_read_until(&s, b"abcdefgh\nxyz".to_vec(), b'\n', 4, move |e, n, b| *r2.borrow_mut() = Some((e, n, b)));
+    assert!(r.borrow().is_none());
+    ctx.run_for(Duration::from_millis(300));
+    assert_eq!(r.borrow_mut().take().unwrap(), (Error::NOT_FOUND, 0, b"abcdefgh\nxyz".to_vec()));
+    // And a delimiter inside the limit is found.
+    let r2 = r.clone();
+    async_read_until(&s, b"ab\ncdefgh".to_vec(), b'\n', 4, move |e, n, b| *r2.borrow_mut() = Some((e, n, b)));
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(300));
+    assert_eq!(r.borrow_mut().take().unwrap(), (Error::NONE, 3, b"ab\ncdefgh".to_vec()));
+}
+
+/// Kills: async_write_some keeping its buffers until after the handler on
+/// the immediate path (§1.3: an `Rc<[u8]>` is unique again in the handler).
+#[test]
+fn an_immediate_stream_write_drops_its_buffers_before_the_handler() {
+    let ctx = IoContext::new().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let s = TcpStream::from_std(&ctx, l.accept().unwrap().0).unwrap();
+    let data: Rc<[u8]> = Rc::from(&b"hello"[..]);
+    let r = got();
+    let (r2, mut mine) = (r.clone(), data.clone());
+    s.async_write_some(data, move |e, n| *r2.borrow_mut() = Some((e, n, Rc::get_mut(&mut mine).is_some())));
+    ctx.run_for(Duration::from_millis(300));
+    assert_eq!(r.borrow_mut().take().unwrap(), (Error::NONE, 5, true));
 }

@@ -37,6 +37,19 @@ pub(crate) struct Base {
     h: Rc<Handle>,
 }
 
+/// A handle on a socket that does not keep it open (composed operations
+/// hold this, so that dropping the user's last handle still closes it, S4).
+#[derive(Clone)]
+pub(crate) struct WeakBase {
+    h: std::rc::Weak<Handle>,
+}
+
+impl WeakBase {
+    pub(crate) fn upgrade(&self) -> Option<Base> {
+        self.h.upgrade().map(|h| Base { h })
+    }
+}
+
 pub(crate) fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the io context was dropped")
 }
@@ -60,6 +73,10 @@ impl Base {
         let io = IoObject::new(&inner, sock, readahead);
         io.stream.set(stream);
         Ok(Base { h: Rc::new(Handle { io }) })
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakBase {
+        WeakBase { h: Rc::downgrade(&self.h) }
     }
 
     pub(crate) fn io(&self) -> &Rc<IoObject> {
@@ -247,6 +264,7 @@ impl Base {
     /// Reads what is available into `bufs`, blocking; `Error::EOF` (as an
     /// `io::Error` of kind `UnexpectedEof`) when the peer closed its side.
     pub(crate) fn read_some<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
+        self.sock()?; // closed: BAD_DESCRIPTOR, even for empty buffers
         if mut_len(&mut bufs) == 0 {
             return Ok(0);
         }
@@ -259,6 +277,7 @@ impl Base {
     pub(crate) fn write_some<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
         if slices.iter().all(|s| s.is_empty()) {
+            self.sock()?; // closed: BAD_DESCRIPTOR, even for empty buffers
             return Ok(0);
         }
         self.blocking(Readiness::Write, |s| sys::send(s, &slices, None, 0))
@@ -274,8 +293,10 @@ impl Base {
         };
         match sock.connect(&addr) {
             Ok(()) => self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::NONE),
-            // In progress (EINPROGRESS; EAGAIN for a Unix socket with a full backlog).
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {
+            // In progress. (EAGAIN, from a Unix socket whose listener's backlog
+            // is full, started nothing: no event would ever end it. It is
+            // reported as the error it is, as std and mio do.)
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
                 self.enqueue(&inner, Rc::new(ConnectOp::new(handler)), Dir::Write)
             }
             Err(e) => self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::from(e)),

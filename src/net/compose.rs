@@ -29,6 +29,24 @@ pub trait AsyncStream: Clone + 'static {
 
     /// The executor of the stream's context.
     fn executor(&self) -> Executor;
+
+    /// A handle that does not keep the stream open.
+    #[doc(hidden)]
+    fn downgrade(&self) -> WeakStream<Self>;
+}
+
+/// What a composed operation keeps of its stream between steps: not a
+/// strong handle, which would keep the stream open from its own queue.
+#[doc(hidden)]
+pub struct WeakStream<S> {
+    b: super::base::WeakBase,
+    wrap: fn(super::base::Base) -> S,
+}
+
+impl<S> WeakStream<S> {
+    fn upgrade(&self) -> Option<S> {
+        self.b.upgrade().map(self.wrap)
+    }
 }
 
 macro_rules! async_stream {
@@ -52,6 +70,10 @@ macro_rules! async_stream {
 
             fn executor(&self) -> Executor {
                 <$t>::executor(self)
+            }
+
+            fn downgrade(&self) -> WeakStream<Self> {
+                WeakStream { b: self.b.downgrade(), wrap: |b| Self { b } }
             }
         }
     };
@@ -231,7 +253,8 @@ impl Run {
 /// total. Empty buffers (or `transfer_exactly(0)`) complete at once, posted,
 /// without I/O. Cancelling the returned [`Operation`] (terminal or partial)
 /// ends it with `(OPERATION_ABORTED, bytes read so far)`; total cancellation
-/// is ignored.
+/// is ignored. The operation does not keep the stream open: dropping the
+/// stream's last handle closes it and ends the operation the same way (S4).
 pub fn async_read<S, B, F>(stream: &S, bufs: B, cond: Transfer, handler: F) -> Operation
 where
     S: AsyncStream,
@@ -241,25 +264,34 @@ where
     let Some((run, op)) = Run::start(&stream.executor()) else {
         return Operation::detached();
     };
-    read_step(stream.clone(), bufs, 0, cond, run, handler);
+    read_step(stream.downgrade(), bufs, 0, cond, run, handler);
     op
 }
 
-fn read_step<S, B, F>(s: S, mut bufs: B, done: usize, cond: Transfer, run: Run, handler: F)
+fn read_step<S, B, F>(s: WeakStream<S>, mut bufs: B, done: usize, cond: Transfer, run: Run, handler: F)
 where
     S: AsyncStream,
     B: MutableBufferSequence + 'static,
     F: FnOnce(Error, usize, B) + 'static,
 {
-    let want = cond.next(done, mut_len(&mut bufs).saturating_sub(done));
-    if want == 0 || run.state.cancelled.get() {
-        let err = if want == 0 { Error::NONE } else { Error::OPERATION_ABORTED };
-        return run.complete(move || handler(err, done, bufs));
+    // A cancel that returned true ends it aborted, even if the step that
+    // completed meanwhile met the condition.
+    if run.state.cancelled.get() {
+        return run.complete(move || handler(Error::OPERATION_ABORTED, done, bufs));
     }
+    let want = cond.next(done, mut_len(&mut bufs).saturating_sub(done));
+    if want == 0 {
+        return run.complete(move || handler(Error::NONE, done, bufs));
+    }
+    // The user dropped the stream's last handle: it is closed.
+    let Some(stream) = s.upgrade() else {
+        return run.complete(move || handler(Error::OPERATION_ABORTED, done, bufs));
+    };
     let state = run.state.clone();
     let window = MutWindow { bufs, skip: done, max: want };
-    let step = s.clone().async_read_some(window, move |err, n, w| {
+    let step = stream.async_read_some(window, move |err, n, w| {
         let done = done + n;
+        let err = if run.state.cancelled.get() { Error::OPERATION_ABORTED } else { err };
         if err.is_err() {
             run.complete(move || handler(err, done, w.bufs));
         } else {
@@ -283,26 +315,35 @@ where
         return Operation::detached();
     };
     let total = const_len(&bufs);
-    write_step(stream.clone(), Rc::new(bufs), total, 0, cond, run, handler);
+    write_step(stream.downgrade(), Rc::new(bufs), total, 0, cond, run, handler);
     op
 }
 
-fn write_step<S, B, F>(s: S, bufs: Rc<B>, total: usize, done: usize, cond: Transfer, run: Run, handler: F)
+fn write_step<S, B, F>(s: WeakStream<S>, bufs: Rc<B>, total: usize, done: usize, cond: Transfer, run: Run, handler: F)
 where
     S: AsyncStream,
     B: ConstBufferSequence + 'static,
     F: FnOnce(Error, usize) + 'static,
 {
-    let want = cond.next(done, total - done);
-    if want == 0 || run.state.cancelled.get() {
-        let err = if want == 0 { Error::NONE } else { Error::OPERATION_ABORTED };
+    if run.state.cancelled.get() {
         drop(bufs);
-        return run.complete(move || handler(err, done));
+        return run.complete(move || handler(Error::OPERATION_ABORTED, done));
     }
+    let want = cond.next(done, total - done);
+    if want == 0 {
+        drop(bufs);
+        return run.complete(move || handler(Error::NONE, done));
+    }
+    // The user dropped the stream's last handle: it is closed.
+    let Some(stream) = s.upgrade() else {
+        drop(bufs);
+        return run.complete(move || handler(Error::OPERATION_ABORTED, done));
+    };
     let state = run.state.clone();
     let window = ConstWindow { bufs: bufs.clone(), skip: done, max: want };
-    let step = s.clone().async_write_some(window, move |err, n| {
+    let step = stream.async_write_some(window, move |err, n| {
         let done = done + n;
+        let err = if run.state.cancelled.get() { Error::OPERATION_ABORTED } else { err };
         if err.is_err() {
             drop(bufs);
             run.complete(move || handler(err, done));
@@ -390,24 +431,29 @@ where
         run.complete(move || handler(Error::INVALID_ARGUMENT, 0, buf));
         return op;
     }
-    until_step(stream.clone(), buf, 0, Rc::new(delim), max, run, handler);
+    until_step(stream.downgrade(), buf, 0, Rc::new(delim), max, run, handler);
     op
 }
 
-fn until_step<S, D, F>(s: S, mut buf: Vec<u8>, from: usize, delim: Rc<D>, max: usize, run: Run, handler: F)
+fn until_step<S, D, F>(s: WeakStream<S>, mut buf: Vec<u8>, from: usize, delim: Rc<D>, max: usize, run: Run, handler: F)
 where
     S: AsyncStream,
     D: Delimiter,
     F: FnOnce(Error, usize, Vec<u8>) + 'static,
 {
+    if run.state.cancelled.get() {
+        return run.complete(move || handler(Error::OPERATION_ABORTED, 0, buf));
+    }
     let d = delim.bytes();
     if let Some(end) = find_end(&buf[..buf.len().min(max)], from, d) {
         return run.complete(move || handler(Error::NONE, end, buf));
     }
-    if buf.len() >= max || run.state.cancelled.get() {
-        let err = if buf.len() >= max { Error::NOT_FOUND } else { Error::OPERATION_ABORTED };
-        return run.complete(move || handler(err, 0, buf));
+    if buf.len() >= max {
+        return run.complete(move || handler(Error::NOT_FOUND, 0, buf));
     }
+    let Some(stream) = s.upgrade() else {
+        return run.complete(move || handler(Error::OPERATION_ABORTED, 0, buf));
+    };
     // A delimiter may straddle what is buffered and what comes next.
     let from = buf.len().saturating_sub(d.len() - 1);
     let old = buf.len();
@@ -415,9 +461,10 @@ where
     buf.resize(old + room, 0);
     let state = run.state.clone();
     let window = MutWindow { bufs: buf, skip: old, max: room };
-    let step = s.clone().async_read_some(window, move |err, n, w| {
+    let step = stream.async_read_some(window, move |err, n, w| {
         let mut buf = w.bufs;
         buf.truncate(old + n);
+        let err = if run.state.cancelled.get() { Error::OPERATION_ABORTED } else { err };
         if err.is_err() {
             run.complete(move || handler(err, 0, buf));
         } else {
@@ -452,6 +499,25 @@ mod tests {
         let mut got = Vec::new();
         c.gather(&mut |b| got.extend_from_slice(b));
         assert_eq!(got, b"cdefgh");
+    }
+
+    #[test]
+    fn a_completed_composed_operation_leaves_no_cancel_after_entry_behind() {
+        use crate::IoContext;
+        use std::io::Write;
+        let ctx = IoContext::new().unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let s = UnixStream::from_std(&ctx, a).unwrap();
+        b.write_all(b"abcd").unwrap();
+        let done = Rc::new(Cell::new(false));
+        let d = done.clone();
+        async_read(&s, vec![0u8; 4], transfer_all(), move |e, n, _| d.set(e.is_ok() && n == 4))
+            .cancel_after(std::time::Duration::from_secs(3600), CancellationType::TERMINAL);
+        let inner = ctx.executor().upgrade().unwrap();
+        assert_eq!(inner.timers.borrow().len(), 1);
+        ctx.run();
+        assert!(done.get());
+        assert_eq!(inner.timers.borrow().len(), 0, "the cancel_after entry outlived its operation");
     }
 
     #[test]

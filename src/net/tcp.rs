@@ -115,7 +115,7 @@ impl TcpListener {
 /// Operations on empty buffers complete at once (posted) without I/O.
 #[derive(Clone)]
 pub struct TcpStream {
-    b: Base,
+    pub(crate) b: Base,
 }
 
 impl fmt::Debug for TcpStream {

@@ -94,7 +94,7 @@ impl UnixListener {
 /// [`TcpStream`](super::TcpStream).
 #[derive(Clone)]
 pub struct UnixStream {
-    b: Base,
+    pub(crate) b: Base,
 }
 
 impl fmt::Debug for UnixStream {
