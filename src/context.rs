@@ -5,6 +5,7 @@ use crate::error::Error;
 use crate::op::Completion;
 use crate::queue::ReadyQueue;
 use crate::reactor::Reactor;
+use crate::remote::{self, Remote};
 use crate::sys::WaitHandler;
 use crate::timer::{TimerKey, TimerQueue, TimerTarget, Watched};
 use std::cell::{Cell, RefCell};
@@ -12,6 +13,7 @@ use std::fmt;
 use std::io;
 use std::ops::Deref;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The state behind an `IoContext`; everything else holds it weakly.
@@ -26,6 +28,10 @@ pub(crate) struct Inner {
     shut: Cell<bool>,
     pub(crate) reactor: Reactor,
     pub(crate) timers: RefCell<TimerQueue>,
+    /// What `Remote`s share with the loop, once `remote()` was called.
+    remote: RefCell<Option<Arc<remote::Shared>>>,
+    /// `remote` is set: the loop checks for remote posts (one flag load).
+    has_remote: Cell<bool>,
 }
 
 impl Inner {
@@ -137,6 +143,23 @@ impl Inner {
         }
     }
 
+    /// Moves what other threads posted into the ready queue, in order.
+    #[inline]
+    fn drain_remote(&self) {
+        if !self.has_remote.get() {
+            return;
+        }
+        let Some(shared) = self.remote.borrow().clone() else { return };
+        let Some((jobs, stop)) = shared.take() else { return };
+        log::trace!("{} remote posts", jobs.len());
+        for job in jobs {
+            self.post(job);
+        }
+        if stop {
+            self.stopped.set(true);
+        }
+    }
+
     /// Fires the timer entries that are due, at most `FIRE_BATCH` of them:
     /// the rest fire on the next turn, which then does not wait. Handlers
     /// queued in small groups run while the ready ring is still in cache, and
@@ -194,9 +217,13 @@ impl Inner {
         if timeout != Some(Duration::ZERO) || self.reactor.has_registrations() {
             self.reactor.poll(self, timeout);
         }
+        self.drain_remote();
         self.fire_timers();
     }
 }
+
+/// The reactor token of the remote waker (registration tokens are slab keys).
+const REMOTE_TOKEN: usize = usize::MAX;
 
 /// The most timer entries one reactor turn fires.
 const FIRE_BATCH: usize = 256;
@@ -281,6 +308,8 @@ impl IoContext {
             shut: Cell::new(false),
             reactor: Reactor::new()?,
             timers: RefCell::new(TimerQueue::new(crate::timer::clock_base())),
+            remote: RefCell::new(None),
+            has_remote: Cell::new(false),
         });
         Ok(IoContext { exec: Executor { inner: Rc::downgrade(&inner) }, inner })
     }
@@ -343,6 +372,21 @@ impl IoContext {
         self.run_impl(RunMode { one: true, block: false, deadline: None })
     }
 
+    /// A handle that posts to this context from any thread (Asio's
+    /// `post(io_context, f)` from another thread). All remotes share one
+    /// `mio::Waker`, created on the first call.
+    pub fn remote(&self) -> io::Result<Remote> {
+        let inner = &*self.inner;
+        if let Some(shared) = inner.remote.borrow().as_ref() {
+            return Ok(Remote { shared: shared.clone() });
+        }
+        let shared = Arc::new(remote::Shared::new(inner.reactor.new_waker(REMOTE_TOKEN)?));
+        *inner.remote.borrow_mut() = Some(shared.clone());
+        inner.has_remote.set(true);
+        log::debug!("remote waker registered");
+        Ok(Remote { shared })
+    }
+
     /// Makes `run*` and `poll*` return as soon as possible; ready handlers stay
     /// queued for after [`restart`](Self::restart).
     pub fn stop(&self) {
@@ -382,6 +426,10 @@ impl IoContext {
             // The pass is over: poll for I/O, as Asio does on meeting its
             // marker, after sending what the pass deferred.
             inner.reactor.flush_deferred(inner);
+            inner.drain_remote();
+            if inner.stopped.get() {
+                return n; // Remote::stop
+            }
             let more = !inner.queue.is_empty();
             if !more && inner.outstanding.get() == 0 {
                 inner.stopped.set(true);
@@ -407,6 +455,11 @@ impl Drop for IoContext {
         let inner = &*self.inner;
         inner.shut.set(true);
         inner.stopped.set(true);
+        // Remote posts fail from now on; what they queued is dropped unrun.
+        if let Some(shared) = inner.remote.borrow_mut().take() {
+            let dropped = shared.close();
+            log::debug!("{dropped} remote posts dropped with the context");
+        }
         // Dropping a handler can drop sockets and timers, which may cancel
         // more operations: repeat until nothing is left anywhere.
         loop {

@@ -61,6 +61,7 @@
 //! | `socket.cancel()`, `close()`, `release()`, `available()` | the same names |
 //! | `cancellation_signal` / `cancellation_slot`, `cancellation_type` | [`Operation::cancel`], [`CancellationType`] |
 //! | `asio::cancel_after` | [`Operation::cancel_after`] |
+//! | `asio::post(io_context, f)` from another thread | [`IoContext::remote`], [`Remote::post`] |
 //! | `steady_timer` | [`SteadyTimer`] |
 //! | `async_immediate` completion | every immediate completion is posted |
 //! | `ip::tcp::acceptor`, `ip::tcp::socket` | [`net::TcpListener`], [`net::TcpStream`] |
@@ -92,6 +93,7 @@ pub mod net;
 mod op;
 mod queue;
 mod reactor;
+mod remote;
 mod sys;
 mod timer;
 
@@ -99,4 +101,5 @@ pub use buffer::{ConstBuffer, ConstBufferSequence, MAX_BUFFERS, MutableBuffer, M
 pub use cancel::{CancellationType, Operation};
 pub use context::{Executor, IoContext, WorkGuard};
 pub use error::Error;
+pub use remote::{ContextGone, Remote};
 pub use timer::SteadyTimer;

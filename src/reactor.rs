@@ -964,6 +964,11 @@ impl Reactor {
         }
     }
 
+    /// A waker on this poll instance, reported with `token`.
+    pub(crate) fn new_waker(&self, token: usize) -> io::Result<mio::Waker> {
+        mio::Waker::new(self.poll.borrow().registry(), Token(token))
+    }
+
     /// Empties the registrations (context teardown).
     pub(crate) fn take_all(&self) -> Vec<Rc<IoObject>> {
         self.backlog.borrow_mut().clear();

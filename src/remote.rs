@@ -1,0 +1,118 @@
+//! `Remote`: posting to a context from other threads (on one `mio::Waker`).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// What a context and its `Remote`s share.
+pub(crate) struct Shared {
+    /// Closures posted and not yet taken by the loop; `None` once the
+    /// context is gone.
+    queue: Mutex<Option<VecDeque<Job>>>,
+    /// Something was posted (or a stop asked) since the loop last looked:
+    /// the loop's only cost while nobody posts is loading this flag.
+    pending: AtomicBool,
+    stop: AtomicBool,
+    waker: mio::Waker,
+}
+
+impl Shared {
+    pub(crate) fn new(waker: mio::Waker) -> Shared {
+        Shared {
+            queue: Mutex::new(Some(VecDeque::new())),
+            pending: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<VecDeque<Job>>> {
+        // A closure is only moved in and out under the lock, never run: a
+        // poisoned lock holds a consistent queue.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks work pending and wakes the loop unless a wake is on its way.
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel)
+            && let Err(e) = self.waker.wake()
+        {
+            log::error!("waking the io context failed: {e}");
+        }
+    }
+
+    /// Takes what was posted, oldest first, and whether a stop was asked.
+    pub(crate) fn take(&self) -> Option<(VecDeque<Job>, bool)> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let jobs = self.lock().as_mut().map(std::mem::take).unwrap_or_default();
+        Some((jobs, self.stop.swap(false, Ordering::AcqRel)))
+    }
+
+    /// The context is gone: later posts fail; queued closures are dropped.
+    pub(crate) fn close(&self) -> usize {
+        let jobs = self.lock().take();
+        jobs.map_or(0, |j| j.len())
+    }
+}
+
+/// Posts to an [`IoContext`](crate::IoContext) from any thread
+/// (`Send + Sync + Clone`), from [`IoContext::remote`](crate::IoContext::remote).
+///
+/// Every closure posted runs exactly once, on the loop's thread, in the order
+/// posted by each thread; none is coalesced away. Posting wakes the loop if
+/// it is waiting. A remote post is not work by itself: `run()` that has
+/// nothing else to do returns, and the closure runs on the next `run*` or
+/// `poll*` (hold a [`WorkGuard`](crate::WorkGuard) to keep `run()` waiting
+/// for remote posts).
+#[derive(Clone)]
+pub struct Remote {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// [`Remote::post`] or [`Remote::stop`] after the context was dropped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ContextGone;
+
+impl fmt::Display for ContextGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the io context was dropped")
+    }
+}
+
+impl std::error::Error for ContextGone {}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote").field("alive", &self.shared.lock().is_some()).finish()
+    }
+}
+
+impl Remote {
+    /// Queues `f` to run on the loop and wakes it. After the context is
+    /// dropped this returns `Err(ContextGone)` and drops `f`.
+    pub fn post<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<(), ContextGone> {
+        {
+            let mut q = self.shared.lock();
+            let Some(q) = q.as_mut() else { return Err(ContextGone) };
+            q.push_back(Box::new(f));
+        }
+        self.shared.wake();
+        Ok(())
+    }
+
+    /// Stops the context (as [`IoContext::stop`](crate::IoContext::stop)),
+    /// from any thread, after the closures posted before it have been taken.
+    pub fn stop(&self) -> Result<(), ContextGone> {
+        if self.shared.lock().is_none() {
+            return Err(ContextGone);
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake();
+        Ok(())
+    }
+}
