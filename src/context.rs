@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::ops::Deref;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,6 +223,20 @@ impl Inner {
     }
 }
 
+impl AsRawFd for IoContext {
+    /// The context's epoll descriptor, for a host loop (see
+    /// [`IoContext::next_timeout`]). It is the same for the context's whole life.
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.reactor.raw_fd()
+    }
+}
+
+impl AsFd for IoContext {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        crate::sys::borrow_fd(self, self.inner.reactor.raw_fd())
+    }
+}
+
 /// The reactor token of the remote waker (registration tokens are slab keys).
 const REMOTE_TOKEN: usize = usize::MAX;
 
@@ -370,6 +385,34 @@ impl IoContext {
     /// Runs at most one ready handler without blocking.
     pub fn poll_one(&self) -> usize {
         self.run_impl(RunMode { one: true, block: false, deadline: None })
+    }
+
+    /// How long a host loop that embeds this context may sleep on its
+    /// descriptor ([`AsRawFd`]) before it calls [`poll`](Self::poll):
+    /// `Some(ZERO)` whenever something is ready to run (a handler, including
+    /// one queued by a handler that just ran, a socket's unfinished batch,
+    /// deferred sends, a remote post); the time to the nearest timer;
+    /// `None` when only I/O can bring work (or the context is stopped), so
+    /// the host waits on the descriptor alone.
+    ///
+    /// The descriptor is the context's epoll instance: it never changes, and
+    /// it becomes readable whenever any socket the context waits on, or a
+    /// remote post, has something for [`poll`](Self::poll). A host that
+    /// sleeps on it for at most `next_timeout()` and then calls `poll()`
+    /// misses no work and never spins. As in Asio, `poll()` that runs out of
+    /// work stops the context: a host that keeps feeding it holds a
+    /// [`WorkGuard`] (or calls [`restart`](Self::restart)).
+    pub fn next_timeout(&self) -> Option<Duration> {
+        let inner = &*self.inner;
+        if inner.stopped.get() {
+            return None;
+        }
+        let remote = inner.has_remote.get() && inner.remote.borrow().as_ref().is_some_and(|r| r.is_pending());
+        if !inner.queue.is_empty() || inner.reactor.has_backlog() || inner.reactor.has_deferred() || remote {
+            return Some(Duration::ZERO);
+        }
+        let next = inner.timers.borrow_mut().next_deadline();
+        next.map(|at| at.saturating_duration_since(inner.now()))
     }
 
     /// A handle that posts to this context from any thread (Asio's

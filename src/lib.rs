@@ -62,6 +62,7 @@
 //! | `cancellation_signal` / `cancellation_slot`, `cancellation_type` | [`Operation::cancel`], [`CancellationType`] |
 //! | `asio::cancel_after` | [`Operation::cancel_after`] |
 //! | `asio::post(io_context, f)` from another thread | [`IoContext::remote`], [`Remote::post`] |
+//! | (embedding; Asio has none) | `IoContext` is `AsRawFd`/`AsFd`; [`IoContext::next_timeout`] then [`IoContext::poll`] |
 //! | `steady_timer` | [`SteadyTimer`] |
 //! | `async_immediate` completion | every immediate completion is posted |
 //! | `ip::tcp::acceptor`, `ip::tcp::socket` | [`net::TcpListener`], [`net::TcpStream`] |

@@ -964,6 +964,17 @@ impl Reactor {
         }
     }
 
+    /// The epoll descriptor: stable for the reactor's life, whatever is
+    /// registered or not (a host loop polls it for readability).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.poll.borrow().as_raw_fd()
+    }
+
+    /// Sends are deferred to the end of the pass (GSO sockets).
+    pub(crate) fn has_deferred(&self) -> bool {
+        self.deferred.get()
+    }
+
     /// A waker on this poll instance, reported with `token`.
     pub(crate) fn new_waker(&self, token: usize) -> io::Result<mio::Waker> {
         mio::Waker::new(self.poll.borrow().registry(), Token(token))

@@ -53,6 +53,11 @@ impl Shared {
         Some((jobs, self.stop.swap(false, Ordering::AcqRel)))
     }
 
+    /// Something was posted (or a stop asked) that the loop has not taken.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
     /// The context is gone: later posts fail; queued closures are dropped.
     pub(crate) fn close(&self) -> usize {
         let jobs = self.lock().take();

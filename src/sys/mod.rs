@@ -458,3 +458,13 @@ pub(crate) fn prefetch<T>(r: &T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;
 }
+
+/// `fd` as a `BorrowedFd` that lives as long as `_owner`.
+pub(crate) fn borrow_fd<T: ?Sized>(_owner: &T, fd: RawFd) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: the caller passes the descriptor its `_owner` owns and keeps open
+    // for as long as `_owner` lives (the context's epoll descriptor is closed
+    // only when the context is dropped), and the borrow cannot outlive
+    // `_owner`. No safe constructor exists for a descriptor held inside a
+    // `RefCell`.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
