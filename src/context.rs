@@ -415,6 +415,43 @@ impl IoContext {
         next.map(|at| at.saturating_duration_since(inner.now()))
     }
 
+    /// Fairness: how many handlers one pass runs before I/O is polled again.
+    /// The default, `usize::MAX`, is Asio's rule: every handler that was
+    /// ready when the pass began, and none queued during it (so a handler
+    /// that re-posts itself cannot starve sockets). A smaller number polls
+    /// I/O more often under a deep queue: a latency-sensitive socket then
+    /// waits behind at most `n` handlers. Zero is `INVALID_ARGUMENT`.
+    pub fn set_handlers_per_pass(&self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a pass runs at least one handler"));
+        }
+        self.inner.queue.per_pass.set(n);
+        Ok(())
+    }
+
+    /// See [`set_handlers_per_pass`](Self::set_handlers_per_pass).
+    pub fn handlers_per_pass(&self) -> usize {
+        self.inner.queue.per_pass.get()
+    }
+
+    /// Fairness: how many operations one socket may complete in each
+    /// direction per readiness event (for UDP: datagrams received or sent)
+    /// before the other sockets and the handlers get their turn; the rest
+    /// continue on the next turn without waiting. Default 64. Zero is
+    /// `INVALID_ARGUMENT`.
+    pub fn set_operations_per_event(&self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "an event completes at least one operation"));
+        }
+        self.inner.reactor.budget.set(n);
+        Ok(())
+    }
+
+    /// See [`set_operations_per_event`](Self::set_operations_per_event).
+    pub fn operations_per_event(&self) -> usize {
+        self.inner.reactor.budget.get()
+    }
+
     /// A handle that posts to this context from any thread (Asio's
     /// `post(io_context, f)` from another thread). All remotes share one
     /// `mio::Waker`, created on the first call.

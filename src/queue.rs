@@ -13,11 +13,14 @@ pub(crate) struct ReadyQueue {
     q: HandlerQueue,
     /// Handlers left to run before the next reactor poll.
     until_poll: Cell<usize>,
+    /// The most handlers one pass runs (`usize::MAX`: all that were queued
+    /// when it began, Asio's rule).
+    pub(crate) per_pass: Cell<usize>,
 }
 
 impl ReadyQueue {
     pub(crate) fn new() -> ReadyQueue {
-        ReadyQueue { q: HandlerQueue::new(), until_poll: Cell::new(0) }
+        ReadyQueue { q: HandlerQueue::new(), until_poll: Cell::new(0), per_pass: Cell::new(usize::MAX) }
     }
 
     #[inline(always)]
@@ -58,9 +61,9 @@ impl ReadyQueue {
         true
     }
 
-    /// Starts a pass over the handlers queued now.
+    /// Starts a pass over the handlers queued now (at most `per_pass` of them).
     pub(crate) fn start_pass(&self) {
-        self.until_poll.set(self.len());
+        self.until_poll.set(self.len().min(self.per_pass.get()));
     }
 
     /// Drops every queued handler unrun (context teardown); returns how many.

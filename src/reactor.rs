@@ -745,7 +745,7 @@ impl IoObject {
     /// Runs a queue; one stopped by the budget goes on the backlog, to be
     /// continued on the next turn without waiting for another event.
     fn continue_queue(self: &Rc<Self>, inner: &Inner, dir: Dir) {
-        if !self.run_queue(inner, dir, inner.reactor.budget) {
+        if !self.run_queue(inner, dir, inner.reactor.budget.get()) {
             if dir == Dir::Write
                 && let Some(sock) = self.socket()
             {
@@ -860,7 +860,8 @@ pub(crate) struct Reactor {
     regs: RefCell<Slab<Rc<IoObject>>>,
     /// Sockets whose queue stopped at the budget with readiness left.
     backlog: RefCell<Vec<Rc<IoObject>>>,
-    budget: usize,
+    /// Operations one socket may complete per direction per turn.
+    pub(crate) budget: Cell<usize>,
     /// Where a receive puts the datagram it reads ahead (allocated on first use).
     spare: RefCell<Box<[u8]>>,
     /// Descriptors added to epoll.
@@ -882,7 +883,7 @@ impl Reactor {
             events: RefCell::new(Events::with_capacity(256)),
             regs: RefCell::new(Slab::new()),
             backlog: RefCell::new(Vec::new()),
-            budget: DEFAULT_BUDGET,
+            budget: Cell::new(DEFAULT_BUDGET),
             spare: RefCell::new(Box::default()),
             registered: Cell::new(0),
             backlogged: Cell::new(false),
