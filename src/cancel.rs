@@ -163,10 +163,7 @@ impl Operation {
                     let at = inner.later(after);
                     let target = TimerTarget::CancelAfter(Watched::Op(Rc::downgrade(&op)), ty);
                     let key = inner.timers.borrow_mut().insert(at, target);
-                    if let Some(old) = op.core().cancel_key.replace(Some(key)) {
-                        let removed = inner.timers.borrow_mut().remove(old);
-                        drop(removed);
-                    }
+                    inner.drop_cancel_after(op.core().cancel_key.replace(Some(key)));
                 }
             }
             Some(Link::Wait(inner, wait)) => {

@@ -70,6 +70,15 @@ impl Inner {
         self.queue.push(f);
     }
 
+    /// Removes the `cancel_after` entry `key`, if any, from the timer queue.
+    /// It holds no handler: dropping it runs no user code.
+    pub(crate) fn drop_cancel_after(&self, key: Option<TimerKey>) {
+        if let Some(key) = key {
+            let removed = self.timers.borrow_mut().remove(key);
+            drop(removed);
+        }
+    }
+
     /// Completes a pending operation: records the result, removes its timer
     /// entries and queues it to have its handler run. The single path by which
     /// every operation leaves the pending state.
@@ -79,10 +88,7 @@ impl Inner {
             return;
         }
         core.set_result(err, n);
-        if let Some(key) = core.cancel_key.take() {
-            let removed = self.timers.borrow_mut().remove(key);
-            drop(removed);
-        }
+        self.drop_cancel_after(core.cancel_key.take());
         self.remove_work();
         log::trace!("operation completed: {err:?} {n}");
         self.queue.push(move || op.invoke());
@@ -94,10 +100,7 @@ impl Inner {
         if !core.is_done() {
             core.set_result(Error::NONE, 0);
         }
-        if let Some(key) = core.cancel_key.take() {
-            let removed = self.timers.borrow_mut().remove(key);
-            drop(removed);
-        }
+        self.drop_cancel_after(core.cancel_key.take());
     }
 
     /// Cancels `op` if it is pending and honours a kind in `ty`.
@@ -119,10 +122,7 @@ impl Inner {
     /// queues its handler with `err`. The single path by which every timer
     /// wait leaves the pending state.
     fn end_wait(&self, handler: WaitHandler, cancel: Option<TimerKey>, err: Error) {
-        if let Some(key) = cancel {
-            let removed = self.timers.borrow_mut().remove(key);
-            drop(removed);
-        }
+        self.drop_cancel_after(cancel);
         self.remove_work();
         log::trace!("timer wait completed: {err:?}");
         if self.shut.get() {

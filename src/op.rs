@@ -271,16 +271,25 @@ where
     }
 }
 
-/// A completion with only an `Error`: readiness waits, timer waits, and
-/// operations that finish at once (`async_connect` on a datagram socket).
+/// A completion with only an `Error`: readiness waits, a non-blocking
+/// connect in progress, and operations that finish at once (`async_connect`
+/// on a datagram socket).
 pub(crate) struct WaitOp<F> {
     core: OpCore,
+    /// A connect: the writability event ends it with the error the kernel
+    /// recorded (`SO_ERROR`).
+    connect: bool,
     handler: Cell<Option<F>>,
 }
 
 impl<F> WaitOp<F> {
     pub(crate) fn new(handler: F) -> Self {
-        WaitOp { core: OpCore::default(), handler: Cell::new(Some(handler)) }
+        WaitOp { core: OpCore::default(), connect: false, handler: Cell::new(Some(handler)) }
+    }
+
+    /// A connect in progress, waiting for writability.
+    pub(crate) fn connect(handler: F) -> Self {
+        WaitOp { core: OpCore::default(), connect: true, handler: Cell::new(Some(handler)) }
     }
 }
 
@@ -301,9 +310,17 @@ impl<F: FnOnce(Error) + 'static> Completion for WaitOp<F> {
 }
 
 impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
-    fn perform(&self, _io: &IoObject, _sock: &Socket) -> Option<(Error, usize)> {
-        // Reached only on a readiness event: the wait is satisfied.
-        Some((Error::NONE, 0))
+    // Reached only on a readiness event (a wait is never tried before it).
+    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+        if !self.connect {
+            return Some((Error::NONE, 0));
+        }
+        match sock.take_error() {
+            // No error and no peer yet: still in progress (a spurious event).
+            Ok(None) if sock.peer_addr().is_err() => None,
+            Ok(None) => Some((Error::NONE, 0)),
+            Ok(Some(e)) | Err(e) => Some((Error::from(e), 0)),
+        }
     }
     fn is_wait(&self) -> bool {
         true
@@ -369,50 +386,6 @@ impl<F: FnOnce(Error, Option<Socket>) + 'static> SocketOp for AcceptOp<F> {
             }
             Err(e) => Some((e, 0)),
         }
-    }
-}
-
-/// A non-blocking connect in progress: it ends when the socket becomes
-/// writable, with the error the kernel recorded (`SO_ERROR`).
-pub(crate) struct ConnectOp<F> {
-    core: OpCore,
-    handler: Cell<Option<F>>,
-}
-
-impl<F> ConnectOp<F> {
-    pub(crate) fn new(handler: F) -> Self {
-        ConnectOp { core: OpCore::default(), handler: Cell::new(Some(handler)) }
-    }
-}
-
-impl<F: FnOnce(Error) + 'static> Completion for ConnectOp<F> {
-    fn core(&self) -> &OpCore {
-        &self.core
-    }
-    fn invoke(self: Rc<Self>) {
-        let (err, _) = self.core.result();
-        if let Some(h) = self.handler.take() {
-            drop(self);
-            h(err);
-        }
-    }
-    fn abandon(&self) {
-        drop(self.handler.take());
-    }
-}
-
-impl<F: FnOnce(Error) + 'static> SocketOp for ConnectOp<F> {
-    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
-        match sock.take_error() {
-            // No error and no peer yet: still in progress (a spurious event).
-            Ok(None) if sock.peer_addr().is_err() => None,
-            Ok(None) => Some((Error::NONE, 0)),
-            Ok(Some(e)) | Err(e) => Some((Error::from(e), 0)),
-        }
-    }
-    // Ends on the writability event only, never tried before it.
-    fn is_wait(&self) -> bool {
-        true
     }
 }
 

@@ -541,3 +541,28 @@ fn an_immediate_stream_write_drops_its_buffers_before_the_handler() {
     ctx.run_for(Duration::from_millis(300));
     assert_eq!(r.borrow_mut().take().unwrap(), (Error::NONE, 5, true));
 }
+
+#[test]
+fn unix_streams_connect_and_accept_blocking_and_release_to_std() {
+    let dir = std::env::temp_dir().join(format!("ioctx-unix-sync-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sync.sock");
+    let ctx = IoContext::new().unwrap();
+    let listener = UnixListener::bind(&ctx, &path).unwrap();
+    let client = UnixStream::connect(&ctx, &path).unwrap();
+    let served = listener.accept().unwrap();
+    assert_eq!(client.peer_addr().unwrap().as_pathname(), Some(path.as_path()));
+    assert!(served.peer_addr().unwrap().is_unnamed(), "the client never bound");
+    assert_eq!(client.write_some(&b"ping"[..]).unwrap(), 4);
+    let mut buf = [0u8; 8];
+    assert_eq!(served.read_some(&mut buf[..]).unwrap(), 4);
+    let mut std_client = client.release().unwrap();
+    assert!(!client.is_open());
+    std_client.write_all(b"pong").unwrap();
+    assert_eq!(served.read_some(&mut buf[..]).unwrap(), 4);
+    assert_eq!(&buf[..4], b"pong");
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(listener.accept().unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,7 @@
 //! writes, zero-length operations, EMFILE on accept).
 
 mod common;
-use common::{is_child, run_in_child};
+use common::{Seen, is_child, run_in_child};
 use ioctx::net::{TcpListener, TcpStream, WaitType};
 use ioctx::{CancellationType, Error, IoContext, Operation};
 use socket2::{Domain, SockRef, Socket, Type};
@@ -69,31 +69,6 @@ impl Returned {
     }
 }
 
-/// Records `(Error, usize)` results in completion order.
-#[derive(Clone, Default)]
-struct Seen(Rc<RefCell<Vec<(Error, usize)>>>);
-impl Seen {
-    fn write(&self) -> impl FnOnce(Error, usize) + 'static {
-        let s = self.0.clone();
-        move |e, n| s.borrow_mut().push((e, n))
-    }
-    fn read(&self) -> impl FnOnce(Error, usize, Vec<u8>) + 'static {
-        let s = self.0.clone();
-        move |e, n, _| s.borrow_mut().push((e, n))
-    }
-    fn wait(&self) -> impl FnOnce(Error) + 'static {
-        let s = self.0.clone();
-        move |e| s.borrow_mut().push((e, 0))
-    }
-    fn accept(&self) -> impl FnOnce(Error, Option<TcpStream>) + 'static {
-        let s = self.0.clone();
-        move |e, st| s.borrow_mut().push((e, st.is_some() as usize))
-    }
-    fn get(&self) -> Vec<(Error, usize)> {
-        self.0.borrow().clone()
-    }
-}
-
 /// `len` bytes of little-endian u32 words counting up from `first`: any
 /// loss, duplication or reordering of bytes shows.
 fn pattern(first: u32, len: usize) -> Vec<u8> {
@@ -122,7 +97,7 @@ fn write_until_pending(ctx: &IoContext, s: &TcpStream) -> (Operation, Seen) {
     s.with_socket2(|s| s.set_send_buffer_size(4096)).unwrap().unwrap();
     let seen = Seen::default();
     for _ in 0..10_000 {
-        let op = s.async_write_some(vec![7u8; 65536], seen.write());
+        let op = s.async_write_some(vec![7u8; 65536], seen.send_handler());
         if op.is_pending() {
             ctx.poll();
             ctx.restart();
@@ -440,7 +415,7 @@ fn peer_reset_gives_connection_reset_to_a_pending_read_and_an_error_to_a_later_w
     // Linux reports ECONNRESET (not EOF) for a reset connection.
     assert_eq!((e, n), (Error::CONNECTION_RESET, 0));
     let seen = Seen::default();
-    s.async_write_some(&b"after reset"[..], seen.write());
+    s.async_write_some(&b"after reset"[..], seen.send_handler());
     assert!(seen.get().is_empty());
     run_bounded(&ctx);
     let got = seen.get();
@@ -468,8 +443,8 @@ fn write_after_reset_does_not_raise_sigpipe() {
     assert_eq!(e, Error::CONNECTION_RESET);
     let epipe = Error::from_raw_os_error(libc::EPIPE);
     let seen = Seen::default();
-    s.async_write_some(&b"one buffer"[..], seen.write());
-    s.async_write_some((&b"two "[..], &b"buffers"[..]), seen.write());
+    s.async_write_some(&b"one buffer"[..], seen.send_handler());
+    s.async_write_some((&b"two "[..], &b"buffers"[..]), seen.send_handler());
     run_bounded(&ctx);
     assert_eq!(seen.get(), vec![(epipe, 0), (epipe, 0)]);
     let sync = s.write_some(&b"sync"[..]).unwrap_err();
@@ -498,7 +473,7 @@ fn connect_to_a_closed_port_is_refused_and_ipv6_loopback_connects() {
         let (r, s) = (returned.clone(), seen.clone());
         refused.async_connect(closed, move |e| {
             r.check("async_connect (refused)");
-            s.wait()(e)
+            s.wait_handler()(e)
         });
         returned.set();
         run_bounded(&ctx);
@@ -508,8 +483,8 @@ fn connect_to_a_closed_port_is_refused_and_ipv6_loopback_connects() {
         let l = TcpListener::bind(&ctx, any).unwrap();
         let c = TcpStream::open(&ctx, domain).unwrap();
         let ok = Seen::default();
-        c.async_connect(l.local_addr().unwrap(), ok.wait());
-        l.async_accept(ok.accept());
+        c.async_connect(l.local_addr().unwrap(), ok.wait_handler());
+        l.async_accept(ok.accept_handler());
         run_bounded(&ctx);
         let mut got = ok.get();
         got.sort_by_key(|&(_, n)| n);
@@ -540,7 +515,7 @@ fn peer_shutdown_gives_eof_to_a_pending_read_and_unexpected_eof_to_read_some() {
 
     // Once at the end, a new read gets EOF at once (posted), n == 0.
     let again = Seen::default();
-    s.async_read_some(vec![0u8; 64], again.read());
+    s.async_read_some(vec![0u8; 64], again.recv_handler());
     assert!(again.get().is_empty(), "the EOF was delivered inline");
     run_bounded(&ctx);
     assert_eq!(again.get(), vec![(Error::EOF, 0)]);
@@ -558,7 +533,7 @@ fn peer_shutdown_gives_eof_to_a_pending_read_and_unexpected_eof_to_read_some() {
     // A close (rather than a shutdown) of the peer is EOF as well.
     let (s, peer) = std_pair(&ctx);
     let closed = Seen::default();
-    s.async_read_some(vec![0u8; 64], closed.read());
+    s.async_read_some(vec![0u8; 64], closed.recv_handler());
     drop(peer);
     run_bounded(&ctx);
     assert_eq!(closed.get(), vec![(Error::EOF, 0)]);
@@ -571,10 +546,10 @@ fn zero_length_reads_and_writes_complete_posted_with_no_io() {
     let ctx = IoContext::new().unwrap();
     let (s, mut peer) = std_pair(&ctx);
     let seen = Seen::default();
-    s.async_write_some(Vec::<u8>::new(), seen.write());
-    s.async_write_some(Vec::<Vec<u8>>::new(), seen.write());
-    s.async_write_some((&b""[..], Vec::<u8>::new()), seen.write());
-    s.async_read_some(Vec::new(), seen.read());
+    s.async_write_some(Vec::<u8>::new(), seen.send_handler());
+    s.async_write_some(Vec::<Vec<u8>>::new(), seen.send_handler());
+    s.async_write_some((&b""[..], Vec::<u8>::new()), seen.send_handler());
+    s.async_read_some(Vec::new(), seen.recv_handler());
     let s2 = seen.clone();
     s.async_read_some(vec![Vec::<u8>::new(), Vec::new()], move |e, n, _| s2.0.borrow_mut().push((e, n)));
     assert!(seen.get().is_empty(), "a zero-length operation completed inline");
@@ -593,7 +568,7 @@ fn zero_length_reads_and_writes_complete_posted_with_no_io() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let zero = Seen::default();
-    s.async_read_some(Vec::new(), zero.read());
+    s.async_read_some(Vec::new(), zero.recv_handler());
     run_bounded(&ctx);
     assert_eq!(zero.get(), vec![(Error::NONE, 0)]);
     assert_eq!(s.available().unwrap(), 7, "the zero-length read consumed data");
@@ -611,8 +586,8 @@ fn zero_length_reads_and_writes_complete_posted_with_no_io() {
     // On a closed stream even a zero-length operation reports BAD_DESCRIPTOR (S5).
     s.close();
     let closed = Seen::default();
-    s.async_read_some(Vec::new(), closed.read());
-    s.async_write_some(Vec::<u8>::new(), closed.write());
+    s.async_read_some(Vec::new(), closed.recv_handler());
+    s.async_write_some(Vec::<u8>::new(), closed.send_handler());
     run_bounded(&ctx);
     assert_eq!(closed.get(), vec![(Error::BAD_DESCRIPTOR, 0); 2]);
 }
@@ -625,10 +600,10 @@ fn s4_cancel_aborts_a_pending_read_and_accept_through_the_queue_and_both_stay_us
     let (s, mut peer) = std_pair(&ctx);
     let listener = TcpListener::bind(&ctx, v4()).unwrap();
     let seen = Seen::default();
-    s.async_read_some(vec![0u8; 8], seen.read());
-    s.async_read_some(vec![0u8; 8], seen.read());
-    s.async_wait(WaitType::Read, seen.wait());
-    listener.async_accept(seen.accept());
+    s.async_read_some(vec![0u8; 8], seen.recv_handler());
+    s.async_read_some(vec![0u8; 8], seen.recv_handler());
+    s.async_wait(WaitType::Read, seen.wait_handler());
+    listener.async_accept(seen.accept_handler());
     ctx.poll();
     ctx.restart();
     assert!(seen.get().is_empty());
@@ -643,8 +618,8 @@ fn s4_cancel_aborts_a_pending_read_and_accept_through_the_queue_and_both_stay_us
     peer.write_all(b"after").unwrap();
     let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let ok = Seen::default();
-    s.async_read_some(vec![0u8; 8], ok.read());
-    listener.async_accept(ok.accept());
+    s.async_read_some(vec![0u8; 8], ok.recv_handler());
+    listener.async_accept(ok.accept_handler());
     run_bounded(&ctx);
     assert_eq!(ok.get(), vec![(Error::NONE, 5), (Error::NONE, 1)]);
     // Cancel with nothing pending is fine.
@@ -660,10 +635,10 @@ fn s4_s5_close_aborts_pending_operations_and_later_ones_get_bad_descriptor() {
     let (blocked, writes) = write_until_pending(&ctx, &s);
     let seen = Seen::default();
     let mut ops = vec![blocked];
-    ops.push(s.async_write_some(&b"queued"[..], seen.write()));
-    ops.push(s.async_read_some(vec![0u8; 8], seen.read()));
-    ops.push(s.async_wait(WaitType::Read, seen.wait()));
-    ops.push(listener.async_accept(seen.accept()));
+    ops.push(s.async_write_some(&b"queued"[..], seen.send_handler()));
+    ops.push(s.async_read_some(vec![0u8; 8], seen.recv_handler()));
+    ops.push(s.async_wait(WaitType::Read, seen.wait_handler()));
+    ops.push(listener.async_accept(seen.accept_handler()));
     assert!(ops.iter().all(Operation::is_pending));
     s.close();
     listener.close();
@@ -678,13 +653,13 @@ fn s4_s5_close_aborts_pending_operations_and_later_ones_get_bad_descriptor() {
 
     // S5: everything afterwards gets BAD_DESCRIPTOR, posted.
     let after = Seen::default();
-    s.async_read_some(vec![0u8; 8], after.read());
-    s.async_write_some(&b"x"[..], after.write());
-    s.async_wait(WaitType::Read, after.wait());
-    s.async_wait(WaitType::Write, after.wait());
-    s.async_connect(peer.local_addr().unwrap(), after.wait());
-    listener.async_accept(after.accept());
-    listener.async_wait(WaitType::Read, after.wait());
+    s.async_read_some(vec![0u8; 8], after.recv_handler());
+    s.async_write_some(&b"x"[..], after.send_handler());
+    s.async_wait(WaitType::Read, after.wait_handler());
+    s.async_wait(WaitType::Write, after.wait_handler());
+    s.async_connect(peer.local_addr().unwrap(), after.wait_handler());
+    listener.async_accept(after.accept_handler());
+    listener.async_wait(WaitType::Read, after.wait_handler());
     assert!(after.get().is_empty(), "an operation on a closed socket completed inline");
     run_bounded(&ctx);
     assert_eq!(after.get(), vec![(Error::BAD_DESCRIPTOR, 0); 7]);
@@ -706,8 +681,8 @@ fn s4_dropping_the_last_handle_aborts_pending_operations_and_closes() {
     let listener = TcpListener::bind(&ctx, v4()).unwrap();
     let (blocked, writes) = write_until_pending(&ctx, &s);
     let seen = Seen::default();
-    let read = s.async_read_some(vec![0u8; 8], seen.read());
-    let accept = listener.async_accept(seen.accept());
+    let read = s.async_read_some(vec![0u8; 8], seen.recv_handler());
+    let accept = listener.async_accept(seen.accept_handler());
     let other = s.clone();
     drop(s);
     assert!(read.is_pending(), "dropping one of two handles aborted the read");
@@ -759,7 +734,7 @@ fn s4_operation_cancel_aborts_one_pending_read_and_leaves_the_others() {
     // The stream is still fine.
     peer.write_all(b"more").unwrap();
     let ok = Seen::default();
-    s.async_read_some(vec![0u8; 8], ok.read());
+    s.async_read_some(vec![0u8; 8], ok.recv_handler());
     run_bounded(&ctx);
     assert_eq!(ok.get(), vec![(Error::NONE, 4)]);
 }
@@ -792,7 +767,7 @@ fn accept_out_of_descriptors_reports_emfile_and_the_listener_stays_usable() {
     let (r, s) = (returned.clone(), seen.clone());
     listener.async_accept(move |e, st| {
         r.check("async_accept (EMFILE)");
-        s.accept()(e, st)
+        s.accept_handler()(e, st)
     });
     returned.set();
 
@@ -828,7 +803,7 @@ fn accept_out_of_descriptors_reports_emfile_and_the_listener_stays_usable() {
     let (r, s) = (returned.clone(), again.clone());
     listener.async_accept(move |e, st| {
         r.check("async_accept (EMFILE, immediate)");
-        s.accept()(e, st)
+        s.accept_handler()(e, st)
     });
     returned.set();
     run_bounded(&ctx);
@@ -852,7 +827,7 @@ fn accept_out_of_descriptors_reports_emfile_and_the_listener_stays_usable() {
     let mut client: std::net::TcpStream = client.into();
     client.write_all(b"hi").unwrap();
     let data = Seen::default();
-    stream.async_read_some(vec![0u8; 8], data.read());
+    stream.async_read_some(vec![0u8; 8], data.recv_handler());
     run_bounded(&ctx);
     assert_eq!(data.get(), vec![(Error::NONE, 2)]);
 }
@@ -869,7 +844,7 @@ fn async_wait_reports_readable_and_writable_streams_and_a_pending_connection() {
     let (r, sn) = (returned.clone(), seen.clone());
     s.async_wait(WaitType::Read, move |e| {
         r.check("async_wait(Read)");
-        sn.wait()(e)
+        sn.wait_handler()(e)
     });
     returned.set();
     ctx.run_for(Duration::from_millis(30));
@@ -886,7 +861,7 @@ fn async_wait_reports_readable_and_writable_streams_and_a_pending_connection() {
     let (r, t) = (returned.clone(), there.clone());
     s.async_wait(WaitType::Read, move |e| {
         r.check("async_wait(Read), data waiting");
-        t.wait()(e)
+        t.wait_handler()(e)
     });
     returned.set();
     let t0 = Instant::now();
@@ -901,7 +876,7 @@ fn async_wait_reports_readable_and_writable_streams_and_a_pending_connection() {
     let (r, ww) = (returned.clone(), w.clone());
     s.async_wait(WaitType::Write, move |e| {
         r.check("async_wait(Write)");
-        ww.wait()(e)
+        ww.wait_handler()(e)
     });
     returned.set();
     run_bounded(&ctx);
@@ -910,7 +885,7 @@ fn async_wait_reports_readable_and_writable_streams_and_a_pending_connection() {
     // Read on a listener: a connection is pending.
     let listener = TcpListener::bind(&ctx, v4()).unwrap();
     let l = Seen::default();
-    listener.async_wait(WaitType::Read, l.wait());
+    listener.async_wait(WaitType::Read, l.wait_handler());
     ctx.run_for(Duration::from_millis(30));
     ctx.restart();
     assert!(l.get().is_empty(), "a listener read wait completed with no connection");
@@ -981,7 +956,7 @@ fn sync_read_some_and_write_some_block_unless_nonblocking_then_would_block() {
     // The mode is for sync calls only: async reads still wait.
     s.set_nonblocking(true).unwrap();
     let seen = Seen::default();
-    s.async_read_some(vec![0u8; 8], seen.read());
+    s.async_read_some(vec![0u8; 8], seen.recv_handler());
     ctx.poll();
     assert!(seen.get().is_empty());
     s.cancel().unwrap();
@@ -1010,7 +985,7 @@ fn from_std_and_release_round_trip_and_nodelay() {
     let s1 = got.borrow_mut().take().unwrap();
     assert_eq!(s1.peer_addr().unwrap(), c1.local_addr().unwrap());
     let pending = Seen::default();
-    listener.async_accept(pending.accept());
+    listener.async_accept(pending.accept_handler());
     let std_l = listener.release().unwrap();
     assert!(!listener.is_open());
     run_bounded(&ctx);
@@ -1032,9 +1007,9 @@ fn from_std_and_release_round_trip_and_nodelay() {
     assert!(!s.nodelay().unwrap());
     s.set_nodelay(true).unwrap();
     let sent = Seen::default();
-    s.async_write_some(&b"from ioctx"[..], sent.write());
+    s.async_write_some(&b"from ioctx"[..], sent.send_handler());
     let reading = Seen::default();
-    s.async_read_some(vec![0u8; 8], reading.read());
+    s.async_read_some(vec![0u8; 8], reading.recv_handler());
     run_bounded_until(&ctx, || !sent.get().is_empty());
     let mut back = s.release().unwrap();
     assert!(!s.is_open());

@@ -1,38 +1,13 @@
 //! UdpSocket rules S1–S8 (DESIGN.md §1.4) and the "never inline" rule.
 
 mod common;
-use common::{connected_pair, local, std_peer};
+use common::{Seen, connected_pair, local, std_peer};
 use ioctx::net::{MessageFlags, UdpSocket, WaitType};
 use ioctx::{CancellationType, Error, IoContext, MAX_BUFFERS, Operation};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// A handler slot that records `(Error, usize)` and whether it ran.
-#[derive(Clone, Default)]
-struct Seen(Rc<RefCell<Vec<(Error, usize)>>>);
-impl Seen {
-    fn send_handler(&self) -> impl FnOnce(Error, usize) + 'static {
-        let s = self.0.clone();
-        move |e, n| s.borrow_mut().push((e, n))
-    }
-    fn recv_handler(&self) -> impl FnOnce(Error, usize, Vec<u8>) + 'static {
-        let s = self.0.clone();
-        move |e, n, _| s.borrow_mut().push((e, n))
-    }
-    fn recv_from_handler(&self) -> impl FnOnce(Error, usize, Vec<u8>, SocketAddr) + 'static {
-        let s = self.0.clone();
-        move |e, n, _, _| s.borrow_mut().push((e, n))
-    }
-    fn wait_handler(&self) -> impl FnOnce(Error) + 'static {
-        let s = self.0.clone();
-        move |e| s.borrow_mut().push((e, 0))
-    }
-    fn get(&self) -> Vec<(Error, usize)> {
-        self.0.borrow().clone()
-    }
-}
 
 /// Starts one of every async operation on `sock`, asserting that no handler
 /// ran inside its initiating call; returns what the handlers will record.

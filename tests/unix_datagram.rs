@@ -139,3 +139,40 @@ fn a_read_wait_completes_when_a_datagram_arrives_and_sync_calls_block_or_would_b
     assert_eq!(b.receive(&mut buf[..]).unwrap(), 4);
     assert_eq!(&buf[..4], b"ping");
 }
+
+#[test]
+fn connect_names_the_peer_and_release_gives_back_a_blocking_std_socket() {
+    let dir = Dir::new("dgram-connect");
+    let ctx = IoContext::new().unwrap();
+    let server = UnixDatagram::bind(&ctx, dir.path("server")).unwrap();
+    let a = UnixDatagram::unbound(&ctx).unwrap();
+    assert!(a.local_addr().unwrap().is_unnamed());
+    a.connect(dir.path("server")).unwrap();
+    assert_eq!(a.peer_addr().unwrap().as_pathname(), Some(dir.path("server").as_path()));
+    let b = UnixDatagram::unbound(&ctx).unwrap();
+    let got: Log<Error> = Rc::default();
+    let (g1, g2) = (got.clone(), got.clone());
+    b.async_connect(dir.path("server"), move |e| g1.borrow_mut().push(e));
+    b.async_connect(dir.path("missing"), move |e| g2.borrow_mut().push(e));
+    assert!(got.borrow().is_empty(), "a connect handler ran inside the call");
+    run_bounded(&ctx);
+    assert_eq!(*got.borrow(), vec![Error::NONE, Error::from_raw_os_error(libc::ENOENT)]);
+    // A path longer than a socket address holds: an error in the handler.
+    let long = dir.path(&"x".repeat(200));
+    let r = Rc::new(RefCell::new(None));
+    let r2 = r.clone();
+    a.async_send_to(&b"x"[..], &long, move |e, n| *r2.borrow_mut() = Some((e, n)));
+    ctx.restart();
+    run_bounded(&ctx);
+    let (e, n) = r.borrow_mut().take().unwrap();
+    assert!(e.is_err() && n == 0, "{e:?}");
+    // Released: a plain blocking std socket, still connected.
+    a.send(&b"before"[..]).unwrap();
+    let std_a = a.release().unwrap();
+    assert!(!a.is_open());
+    std_a.send(b"after").unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(server.receive(&mut buf[..]).unwrap(), 6);
+    assert_eq!(server.receive(&mut buf[..]).unwrap(), 5);
+    assert_eq!(&buf[..5], b"after");
+}

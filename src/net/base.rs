@@ -8,8 +8,7 @@ use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
 use crate::op::{
-    AcceptOp, Completion, ConnectOp, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_from_now, recv_now,
-    send_now,
+    AcceptOp, Completion, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_from_now, recv_now, send_now,
 };
 use crate::reactor::{Attempt, Dir, IoObject};
 use crate::sys::{self, Readiness};
@@ -297,7 +296,7 @@ impl Base {
             // is full, started nothing: no event would ever end it. It is
             // reported as the error it is, as std and mio do.)
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-                self.enqueue(&inner, Rc::new(ConnectOp::new(handler)), Dir::Write)
+                self.enqueue(&inner, Rc::new(WaitOp::connect(handler)), Dir::Write)
             }
             Err(e) => self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::from(e)),
         }
@@ -503,3 +502,48 @@ macro_rules! stream_common {
     };
 }
 pub(crate) use stream_common;
+
+/// The connected-peer datagram operations of `UdpSocket` and `UnixDatagram`.
+macro_rules! datagram_common {
+    () => {
+        /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
+        pub fn async_send<B, F>(&self, bufs: B, handler: F) -> Operation
+        where
+            B: ConstBufferSequence + 'static,
+            F: FnOnce(Error, usize) + 'static,
+        {
+            self.async_send_with_flags(bufs, MessageFlags::NONE, handler)
+        }
+
+        /// [`async_send`](Self::async_send) with message flags.
+        pub fn async_send_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+        where
+            B: ConstBufferSequence + 'static,
+            F: FnOnce(Error, usize) + 'static,
+        {
+            log::trace!("async_send {} buffers", bufs.buffer_count());
+            self.b.start_send(bufs, None, flags, handler)
+        }
+
+        /// Receives one datagram from the connected peer into `bufs`;
+        /// `handler(err, n, bufs)` gets the buffers back.
+        pub fn async_receive<B, F>(&self, bufs: B, handler: F) -> Operation
+        where
+            B: MutableBufferSequence + 'static,
+            F: FnOnce(Error, usize, B) + 'static,
+        {
+            self.async_receive_with_flags(bufs, MessageFlags::NONE, handler)
+        }
+
+        /// [`async_receive`](Self::async_receive) with message flags.
+        pub fn async_receive_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
+        where
+            B: MutableBufferSequence + 'static,
+            F: FnOnce(Error, usize, B) + 'static,
+        {
+            log::trace!("async_receive");
+            self.b.start_recv(bufs, flags, false, move |e, n, b, _| handler(e, n, b))
+        }
+    };
+}
+pub(crate) use datagram_common;

@@ -521,6 +521,17 @@ mod tests {
     }
 
     #[test]
+    fn every_delimiter_kind_gives_its_bytes() {
+        // Qualified: `str` and `String` have an inherent `bytes` too.
+        assert_eq!(Delimiter::bytes(&b'\n'), b"\n");
+        assert_eq!(Delimiter::bytes(&&b"\r\n"[..]), b"\r\n");
+        assert_eq!(Delimiter::bytes(&"\r\n"), b"\r\n");
+        assert_eq!(Delimiter::bytes(&b"\r\n".to_vec()), b"\r\n");
+        assert_eq!(Delimiter::bytes(&String::from("\r\n")), b"\r\n");
+        assert_eq!(Delimiter::bytes(b"\r\n"), b"\r\n");
+    }
+
+    #[test]
     fn delimiters_are_found_across_the_search_start() {
         assert_eq!(find_end(b"abc\r\ndef", 0, b"\r\n"), Some(5));
         assert_eq!(find_end(b"abc\r\ndef", 4, b"\r\n"), None);

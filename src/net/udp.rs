@@ -1,7 +1,7 @@
 //! `UdpSocket`: a datagram socket on the reactor, with Asio's `async_send`
 //! semantics (speculative send, per-socket FIFO, completions always posted).
 
-use super::base::{Base, ip_addr, socket_common};
+use super::base::{Base, datagram_common, ip_addr, socket_common};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -150,24 +150,7 @@ impl UdpSocket {
         self.b.live_context()
     }
 
-    /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
-    pub fn async_send<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        self.async_send_with_flags(bufs, MessageFlags::NONE, handler)
-    }
-
-    /// [`async_send`](Self::async_send) with message flags.
-    pub fn async_send_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        log::trace!("udp async_send {} buffers", bufs.buffer_count());
-        self.b.start_send(bufs, None, flags, handler)
-    }
+    datagram_common!();
 
     /// Sends `bufs` as one datagram to `dest`; `handler(err, n)`.
     pub fn async_send_to<B, F>(&self, bufs: B, dest: SocketAddr, handler: F) -> Operation
@@ -192,26 +175,6 @@ impl UdpSocket {
     {
         log::trace!("udp async_send_to {dest}, {} buffers", bufs.buffer_count());
         self.b.start_send(bufs, Some(dest.into()), flags, handler)
-    }
-
-    /// Receives one datagram from the connected peer into `bufs`;
-    /// `handler(err, n, bufs)` gets the buffers back.
-    pub fn async_receive<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: MutableBufferSequence + 'static,
-        F: FnOnce(Error, usize, B) + 'static,
-    {
-        self.async_receive_with_flags(bufs, MessageFlags::NONE, handler)
-    }
-
-    /// [`async_receive`](Self::async_receive) with message flags.
-    pub fn async_receive_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
-    where
-        B: MutableBufferSequence + 'static,
-        F: FnOnce(Error, usize, B) + 'static,
-    {
-        log::trace!("udp async_receive");
-        self.b.start_recv(bufs, flags, false, move |e, n, b, _from| handler(e, n, b))
     }
 
     /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets

@@ -3,7 +3,7 @@
 //! `local::stream_protocol`); `UnixDatagram`, with those of `UdpSocket`
 //! (Asio's `local::datagram_protocol`).
 
-use super::base::{Base, socket_common, stream_common};
+use super::base::{Base, datagram_common, socket_common, stream_common};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -234,23 +234,7 @@ impl UnixDatagram {
         unix_addr(self.b.sock()?.peer_addr()?)
     }
 
-    /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
-    pub fn async_send<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        self.async_send_with_flags(bufs, MessageFlags::NONE, handler)
-    }
-
-    /// [`async_send`](Self::async_send) with message flags.
-    pub fn async_send_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        self.b.start_send(bufs, None, flags, handler)
-    }
+    datagram_common!();
 
     /// Sends `bufs` as one datagram to the socket file `path`.
     pub fn async_send_to<B, F>(&self, bufs: B, path: impl AsRef<Path>, handler: F) -> Operation
@@ -278,24 +262,6 @@ impl UnixDatagram {
             // A path too long for a socket address: an error in the handler.
             Err(e) => self.b.async_connect_failed(e, move |e| handler(e, 0)),
         }
-    }
-
-    /// Receives one datagram; `handler(err, n, bufs)`.
-    pub fn async_receive<B, F>(&self, bufs: B, handler: F) -> Operation
-    where
-        B: MutableBufferSequence + 'static,
-        F: FnOnce(Error, usize, B) + 'static,
-    {
-        self.async_receive_with_flags(bufs, MessageFlags::NONE, handler)
-    }
-
-    /// [`async_receive`](Self::async_receive) with message flags.
-    pub fn async_receive_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
-    where
-        B: MutableBufferSequence + 'static,
-        F: FnOnce(Error, usize, B) + 'static,
-    {
-        self.b.start_recv(bufs, flags, false, move |e, n, b, _| handler(e, n, b))
     }
 
     /// Receives one datagram and its sender (`None` on an error).

@@ -1,10 +1,13 @@
 //! Fixtures shared by the socket tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use ioctx::IoContext;
+use ioctx::net::TcpStream;
 use ioctx::net::UdpSocket;
+use ioctx::{Error, IoContext};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::time::Duration;
 
 /// An ephemeral loopback address.
@@ -95,4 +98,35 @@ pub fn run_in_child(test: &str) {
         out.status.signal()
     );
     assert!(stdout.contains("1 passed"), "the child did not run {test}:\n{stdout}\n{stderr}");
+}
+
+/// Records each handler's `(Error, usize)` in completion order (for an
+/// accept: whether it got a stream).
+#[derive(Clone, Default)]
+pub struct Seen(pub Rc<RefCell<Vec<(Error, usize)>>>);
+
+impl Seen {
+    pub fn send_handler(&self) -> impl FnOnce(Error, usize) + 'static {
+        let s = self.0.clone();
+        move |e, n| s.borrow_mut().push((e, n))
+    }
+    pub fn recv_handler(&self) -> impl FnOnce(Error, usize, Vec<u8>) + 'static {
+        let s = self.0.clone();
+        move |e, n, _| s.borrow_mut().push((e, n))
+    }
+    pub fn recv_from_handler(&self) -> impl FnOnce(Error, usize, Vec<u8>, SocketAddr) + 'static {
+        let s = self.0.clone();
+        move |e, n, _, _| s.borrow_mut().push((e, n))
+    }
+    pub fn wait_handler(&self) -> impl FnOnce(Error) + 'static {
+        let s = self.0.clone();
+        move |e| s.borrow_mut().push((e, 0))
+    }
+    pub fn accept_handler(&self) -> impl FnOnce(Error, Option<TcpStream>) + 'static {
+        let s = self.0.clone();
+        move |e, st| s.borrow_mut().push((e, st.is_some() as usize))
+    }
+    pub fn get(&self) -> Vec<(Error, usize)> {
+        self.0.borrow().clone()
+    }
 }
