@@ -150,8 +150,9 @@ impl Inner {
         if !self.has_remote.get() {
             return;
         }
-        let Some(shared) = self.remote.borrow().clone() else { return };
-        let Some((jobs, stop)) = shared.take() else { return };
+        // No `Arc` clone per pass: posting below never touches `remote`.
+        let taken = self.remote.borrow().as_ref().and_then(|r| r.take());
+        let Some((jobs, stop)) = taken else { return };
         log::trace!("{} remote posts", jobs.len());
         for job in jobs {
             self.post(job);
