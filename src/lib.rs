@@ -95,6 +95,7 @@ mod op;
 mod queue;
 mod reactor;
 mod remote;
+mod signal;
 mod sys;
 mod timer;
 
@@ -103,4 +104,5 @@ pub use cancel::{CancellationType, Operation};
 pub use context::{Executor, IoContext, WorkGuard};
 pub use error::Error;
 pub use remote::{ContextGone, Remote};
+pub use signal::SignalSet;
 pub use timer::SteadyTimer;

@@ -36,7 +36,7 @@ impl OpCore {
         self.n.set(n);
     }
 
-    fn result(&self) -> (Error, usize) {
+    pub(crate) fn result(&self) -> (Error, usize) {
         (self.err.get().unwrap_or(Error::NONE), self.n.get())
     }
 }

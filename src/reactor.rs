@@ -782,11 +782,18 @@ impl IoObject {
     /// asynchronous receives wait, no readiness event will come for that
     /// datagram (the kernel's queue may be empty), so they are run next turn.
     pub(crate) fn after_sync_recv(self: &Rc<Self>) {
-        if !self.has_read_ahead() {
-            return;
+        if self.has_read_ahead() {
+            self.wake_reads();
         }
+    }
+
+    /// Data arrived that no readiness event will announce (it was read into
+    /// memory by someone other than a queued operation): the next receive is
+    /// tried at once, and queued ones are run on the next turn.
+    pub(crate) fn wake_reads(self: &Rc<Self>) {
         let waiting = {
             let mut st = self.st.borrow_mut();
+            st.ready[Dir::Read as usize] = true;
             st.prune(Dir::Read);
             !st.ops[Dir::Read as usize].is_empty()
         };

@@ -1,6 +1,6 @@
 //! Sockets on the reactor.
 
-mod base;
+pub(crate) mod base;
 mod compose;
 mod tcp;
 mod udp;

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 mod handler;
+pub(crate) mod signal;
 pub(crate) use handler::{HandlerQueue, WaitHandler};
 
 /// Maps a non-blocking call's outcome to an operation result; `None` when it

@@ -1,0 +1,278 @@
+//! `SignalSet`: waiting for POSIX signals on the loop (Asio's `signal_set`).
+//!
+//! Each set owns a socket pair. The process-wide handler (`sys::signal`)
+//! writes one byte, the signal's number, to the set's end for every signal
+//! the set holds; a wait is a receive on the other end, queued on the
+//! reactor like any socket operation. So waits are FIFO, cancel and drop
+//! abort them, `cancel_after` works, and a signal that arrives with no wait
+//! stays in the socket until the next wait takes it.
+
+use crate::cancel::Operation;
+use crate::context::Executor;
+use crate::error::Error;
+use crate::net::base::Base;
+use crate::op::{Completion, OpCore, SocketOp};
+use crate::reactor::{Attempt, Dir, IoObject};
+use crate::sys::signal::{self as sig, Registration};
+use socket2::Socket;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+
+/// A set of signals to wait for (Asio's `signal_set`).
+///
+/// While a set holds a signal, the signal's default action (for `SIGINT`,
+/// ending the process) is replaced by delivery to the set's waits; when the
+/// last set in the process lets go of it, the action it had before is put
+/// back. Every set that holds a signal sees each occurrence, whichever
+/// context it belongs to.
+///
+/// A signal that arrives while no wait is pending is kept and goes to the
+/// next wait, in arrival order. The kernel merges repeats of a standard
+/// signal that arrive before the handler runs, so count on one delivery per
+/// burst, not per `kill`.
+///
+/// A pending wait counts as work: `run()` does not return while one waits.
+/// A cheap `Clone` handle: the set is released (its signals given back,
+/// its waits aborted) when the last clone is dropped.
+///
+/// ```no_run
+/// use ioctx::{IoContext, SignalSet};
+///
+/// let ctx = IoContext::new()?;
+/// let signals = SignalSet::with_signals(&ctx.executor(), &[libc::SIGINT, libc::SIGTERM])?;
+/// signals.async_wait(|err, sig| {
+///     if err.is_ok() {
+///         println!("got signal {sig}, shutting down");
+///     }
+/// });
+/// ctx.run();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct SignalSet {
+    // Declared first so that it drops first: the signals are given back
+    // before the socket closes.
+    owner: Rc<Owner>,
+    b: Base,
+}
+
+/// Gives the set's signals back when the last `SignalSet` clone goes.
+struct Owner {
+    state: Rc<State>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.state.regs.borrow_mut().clear();
+    }
+}
+
+/// What the set's waits share.
+struct State {
+    /// One registration per signal held, in the order added.
+    regs: RefCell<Vec<Registration>>,
+    /// Bit `n` set: signal `n` is held. Bytes of signals no longer held are
+    /// dropped when read.
+    mask: Cell<u128>,
+    /// Signals read from the socket and not yet delivered, oldest first.
+    pending: RefCell<VecDeque<u8>>,
+    /// The end the signal handler writes to; closed only after every
+    /// registration using it is dropped.
+    writer: OwnedFd,
+}
+
+impl State {
+    fn holds(&self, n: u8) -> bool {
+        n < 128 && self.mask.get() & (1u128 << n) != 0
+    }
+
+    /// Moves every signal waiting in the socket into `pending`, dropping
+    /// those the set no longer holds. `Err` for a failed read.
+    fn drain(&self, sock: &Socket) -> io::Result<()> {
+        let mut buf = [0u8; 256];
+        loop {
+            match (&*sock).read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    let mut p = self.pending.borrow_mut();
+                    p.extend(buf[..n].iter().copied().filter(|&s| self.holds(s)));
+                    if n < buf.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The oldest undelivered signal; `None` when there is none yet.
+    fn take(&self, sock: &Socket) -> Option<(Error, usize)> {
+        if let Some(s) = self.pending.borrow_mut().pop_front() {
+            return Some((Error::NONE, s as usize));
+        }
+        if let Err(e) = self.drain(sock) {
+            return Some((Error::from(e), 0));
+        }
+        self.pending.borrow_mut().pop_front().map(|s| (Error::NONE, s as usize))
+    }
+}
+
+impl fmt::Debug for SignalSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalSet").field("signals", &self.signals()).finish()
+    }
+}
+
+impl SignalSet {
+    /// An empty set on `ex`'s context.
+    pub fn new(ex: &Executor) -> io::Result<SignalSet> {
+        let (reader, writer) = UnixStream::pair()?;
+        // A full socket must lose the byte, never block the signal handler.
+        writer.set_nonblocking(true)?;
+        let b = Base::adopt(ex, Socket::from(OwnedFd::from(reader)), false, false)?;
+        let state = Rc::new(State {
+            regs: RefCell::new(Vec::new()),
+            mask: Cell::new(0),
+            pending: RefCell::new(VecDeque::new()),
+            writer: OwnedFd::from(writer),
+        });
+        Ok(SignalSet { owner: Rc::new(Owner { state }), b })
+    }
+
+    /// A set holding `signals`.
+    pub fn with_signals(ex: &Executor, signals: &[i32]) -> io::Result<SignalSet> {
+        let set = SignalSet::new(ex)?;
+        for &s in signals {
+            set.add(s)?;
+        }
+        Ok(set)
+    }
+
+    fn state(&self) -> &Rc<State> {
+        &self.owner.state
+    }
+
+    /// Adds `signal` to the set; nothing happens if it is already held.
+    /// `InvalidInput` for a number that is not a signal, or one that cannot
+    /// be waited for (`SIGKILL`, `SIGSTOP`, and the fault signals `SIGSEGV`,
+    /// `SIGBUS`, `SIGILL`, `SIGFPE`).
+    pub fn add(&self, signal: i32) -> io::Result<()> {
+        let st = self.state();
+        if (0..128).contains(&signal) && st.holds(signal as u8) {
+            return Ok(());
+        }
+        let reg = sig::register(signal, st.writer.as_fd())?;
+        st.regs.borrow_mut().push(reg);
+        st.mask.set(st.mask.get() | 1u128 << signal);
+        log::debug!("signal set: added {signal}");
+        Ok(())
+    }
+
+    /// Removes `signal` from the set, with any of its occurrences not yet
+    /// delivered; nothing happens if it is not held.
+    pub fn remove(&self, signal: i32) -> io::Result<()> {
+        let st = self.state();
+        if !(0..128).contains(&signal) || !st.holds(signal as u8) {
+            return Ok(());
+        }
+        // Dropping the registration waits out a handler that may be writing;
+        // after that every occurrence is in the socket, to be read and kept
+        // or dropped here.
+        st.regs.borrow_mut().retain(|r| r.signal() != signal);
+        let read = self.b.sock().and_then(|sock| st.drain(&sock));
+        st.mask.set(st.mask.get() & !(1u128 << signal));
+        st.pending.borrow_mut().retain(|&s| s as i32 != signal);
+        self.after_drain();
+        log::debug!("signal set: removed {signal}");
+        read
+    }
+
+    /// Removes every signal from the set, with every occurrence not yet
+    /// delivered.
+    pub fn clear(&self) -> io::Result<()> {
+        let st = self.state();
+        st.regs.borrow_mut().clear();
+        st.mask.set(0);
+        let read = self.b.sock().and_then(|sock| st.drain(&sock));
+        st.pending.borrow_mut().clear();
+        log::debug!("signal set: cleared");
+        read
+    }
+
+    /// Signals read from the socket by `remove` belong to the waits: let them
+    /// take them now rather than on a readiness event that will not come.
+    fn after_drain(&self) {
+        if !self.state().pending.borrow().is_empty() {
+            self.b.io().wake_reads();
+        }
+    }
+
+    /// The signals held, in the order added.
+    pub fn signals(&self) -> Vec<i32> {
+        self.state().regs.borrow().iter().map(Registration::signal).collect()
+    }
+
+    /// Completes every pending wait with `OPERATION_ABORTED` (and signal 0).
+    /// Undelivered signals stay for later waits.
+    pub fn cancel(&self) -> io::Result<()> {
+        self.b.cancel()
+    }
+
+    /// Waits for a signal in the set; the handler gets `(Error::NONE,
+    /// signal)`, or `(OPERATION_ABORTED, 0)` when cancelled. A signal that
+    /// arrived earlier completes the wait at once (through the queue, never
+    /// inline). Waits complete in the order they were started.
+    pub fn async_wait<F: FnOnce(Error, i32) + 'static>(&self, handler: F) -> Operation {
+        log::trace!("signal async_wait");
+        let Some(inner) = self.b.live_context() else {
+            return Operation::detached();
+        };
+        let st = self.state().clone();
+        let (err, n) = match self.b.io().try_now(Dir::Read, |sock| st.take(sock)) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
+            Attempt::Later => {
+                let op = SignalOp { core: OpCore::default(), state: st, handler: Cell::new(Some(handler)) };
+                return self.b.enqueue(&inner, Rc::new(op), Dir::Read);
+            }
+        };
+        inner.post(move || handler(err, n as i32));
+        Operation::detached()
+    }
+}
+
+/// A wait for a signal, queued on the set's socket.
+struct SignalOp<F> {
+    core: OpCore,
+    state: Rc<State>,
+    handler: Cell<Option<F>>,
+}
+
+impl<F: FnOnce(Error, i32) + 'static> Completion for SignalOp<F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, n) = self.core.result();
+        if let Some(h) = self.handler.take() {
+            drop(self);
+            h(err, if err.is_ok() { n as i32 } else { 0 });
+        }
+    }
+    fn abandon(&self) {
+        drop(self.handler.take());
+    }
+}
+
+impl<F: FnOnce(Error, i32) + 'static> SocketOp for SignalOp<F> {
+    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+        self.state.take(sock)
+    }
+}
