@@ -1,9 +1,10 @@
 //! ioctx embedded in a host's own event loop.
 //!
-//! The host here is a small loop on mio's `Poll` that serves a pipe of its
-//! own (lines written by another thread, standing in for stdin or a GUI's
-//! events). It sleeps on two descriptors, its pipe and the context's, for at
-//! most `ctx.next_timeout()`, then calls `ctx.poll()`. Meanwhile ioctx runs
+//! The host here is a plain poll(2) loop (through rustix, to stay free of
+//! `unsafe`) that serves a pipe of its own (lines written by another thread,
+//! standing in for stdin or a GUI's events). It sleeps on two descriptors,
+//! its pipe and the context's, for at most `ctx.next_timeout()`, then calls
+//! `ctx.poll()`. Meanwhile ioctx runs
 //! a UDP echo between two sockets and a 10 ms ticker. The program prints
 //! what each side did and how often the host woke up, and exits by itself.
 //!
@@ -11,16 +12,12 @@
 
 use ioctx::net::UdpSocket;
 use ioctx::{Error, IoContext, SteadyTimer};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-const HOST_PIPE: Token = Token(0);
-const IOCTX: Token = Token(1);
 const ECHOES: usize = 500;
 const TICKS: usize = 20;
 const LINES: usize = 50;
@@ -86,10 +83,6 @@ fn main() -> std::io::Result<()> {
     set_nonblocking(&rx)?;
 
     // The host loop.
-    let mut host = Poll::new()?;
-    host.registry().register(&mut SourceFd(&rx.as_raw_fd()), HOST_PIPE, Interest::READABLE)?;
-    host.registry().register(&mut SourceFd(&ctx.as_raw_fd()), IOCTX, Interest::READABLE)?;
-    let mut events = Events::with_capacity(8);
     let (mut wakeups, mut lines, mut pipe_open, mut pending) = (0, 0, true, Vec::new());
     let t0 = Instant::now();
     while pipe_open || echoed.get() < ECHOES || ticks.get() < TICKS {
@@ -97,12 +90,21 @@ fn main() -> std::io::Result<()> {
             eprintln!("embed: gave up after 10 s");
             std::process::exit(1);
         }
-        host.poll(&mut events, ctx.next_timeout())?;
-        wakeups += 1;
-        for ev in events.iter() {
-            if ev.token() == HOST_PIPE {
-                pipe_open = drain_lines(&mut rx, &mut pending, &mut lines)?;
+        // None: only I/O can bring ioctx work, so sleep until a descriptor
+        // is readable. poll(2) is level-triggered: nothing can be missed.
+        let timeout = ctx.next_timeout().map(|d| Timespec::try_from(d).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
+        let pipe_readable = {
+            let mut fds = [PollFd::new(&rx, PollFlags::IN), PollFd::new(&ctx, PollFlags::IN)];
+            if pipe_open {
+                poll(&mut fds, timeout.as_ref())?;
+            } else {
+                poll(&mut fds[1..], timeout.as_ref())?;
             }
+            pipe_open && !fds[0].revents().is_empty()
+        };
+        wakeups += 1;
+        if pipe_readable {
+            pipe_open = drain_lines(&mut rx, &mut pending, &mut lines)?;
         }
         ctx.poll(); // whatever woke the host, ioctx gets its turn
     }
@@ -121,7 +123,7 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads what the pipe holds (edge-triggered: until it would block); counts
+/// Reads what the pipe holds (until it would block); counts
 /// whole lines; false at the end of the pipe.
 fn drain_lines(rx: &mut std::io::PipeReader, pending: &mut Vec<u8>, lines: &mut usize) -> std::io::Result<bool> {
     let mut buf = [0u8; 4096];

@@ -2,6 +2,7 @@
 
 use crate::cancel::CancellationType;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::op::Completion;
 use crate::queue::ReadyQueue;
 use crate::reactor::Reactor;
@@ -147,9 +148,13 @@ impl Inner {
     /// Moves what other threads posted into the ready queue, in order.
     #[inline]
     fn drain_remote(&self) {
-        if !self.has_remote.get() {
-            return;
+        if self.has_remote.get() {
+            self.drain_remote_posts();
         }
+    }
+
+    #[inline(never)]
+    fn drain_remote_posts(&self) {
         // No `Arc` clone per pass: posting below never touches `remote`.
         let taken = self.remote.borrow().as_ref().and_then(|r| r.take());
         let Some((jobs, stop)) = taken else { return };
@@ -451,6 +456,56 @@ impl IoContext {
     /// See [`set_operations_per_event`](Self::set_operations_per_event).
     pub fn operations_per_event(&self) -> usize {
         self.inner.reactor.budget.get()
+    }
+
+    /// What the loop has done so far: handlers run, loop turns, reactor
+    /// waits and events, datagrams and bytes in and out, time spent waiting
+    /// and, with [`set_handler_timing`](Self::set_handler_timing), the longest
+    /// handler. Counting makes no system calls; see [`Metrics`].
+    ///
+    /// ```
+    /// use ioctx::IoContext;
+    ///
+    /// let ctx = IoContext::new()?;
+    /// for _ in 0..3 {
+    ///     ctx.executor().post(|| {});
+    /// }
+    /// ctx.run();
+    /// assert_eq!(ctx.metrics().handlers_run, 3);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn metrics(&self) -> Metrics {
+        let q = &self.inner.queue;
+        let mut m = Metrics { handlers_run: q.handlers_run(), longest_handler: q.longest.get(), ..Metrics::default() };
+        self.inner.reactor.counters.snapshot(&mut m);
+        m.loop_turns = q.passes.get();
+        m
+    }
+
+    /// Sets every metric back to zero (the longest handler to zero too if
+    /// timing is on, else to `None`).
+    pub fn reset_metrics(&self) {
+        let q = &self.inner.queue;
+        q.reset_count();
+        q.passes.set(0);
+        q.longest.set(q.timing.get().then_some(Duration::ZERO));
+        self.inner.reactor.counters.reset();
+    }
+
+    /// Times every handler, for [`Metrics::longest_handler`]. Off by
+    /// default: it reads the clock twice per handler, which can cost more
+    /// than a small handler itself.
+    pub fn set_handler_timing(&self, on: bool) {
+        let q = &self.inner.queue;
+        q.timing.set(on);
+        if on && q.longest.get().is_none() {
+            q.longest.set(Some(Duration::ZERO));
+        }
+    }
+
+    /// See [`set_handler_timing`](Self::set_handler_timing).
+    pub fn handler_timing(&self) -> bool {
+        self.inner.queue.timing.get()
     }
 
     /// A handle that posts to this context from any thread (Asio's

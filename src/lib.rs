@@ -64,6 +64,9 @@
 //! | `asio::post(io_context, f)` from another thread | [`IoContext::remote`], [`Remote::post`] |
 //! | (embedding; Asio has none) | `IoContext` is `AsRawFd`/`AsFd`; [`IoContext::next_timeout`] then [`IoContext::poll`] |
 //! | `steady_timer` | [`SteadyTimer`] |
+//! | `signal_set` (`add`, `remove`, `clear`, `cancel`, `async_wait`) | [`SignalSet`], the same names |
+//! | (loop statistics; Asio has none) | [`IoContext::metrics`] → [`Metrics`]; [`IoContext::set_handler_timing`] |
+//! | (fairness knobs; Asio has none) | [`IoContext::set_handlers_per_pass`], [`IoContext::set_operations_per_event`] |
 //! | `async_immediate` completion | every immediate completion is posted |
 //! | `ip::tcp::acceptor`, `ip::tcp::socket` | [`net::TcpListener`], [`net::TcpStream`] |
 //! | `local::stream_protocol::acceptor`, `::socket` | [`net::UnixListener`], [`net::UnixStream`] |
@@ -90,6 +93,7 @@ mod buffer;
 mod cancel;
 mod context;
 mod error;
+mod metrics;
 pub mod net;
 mod op;
 mod queue;
@@ -103,6 +107,7 @@ pub use buffer::{ConstBuffer, ConstBufferSequence, MAX_BUFFERS, MutableBuffer, M
 pub use cancel::{CancellationType, Operation};
 pub use context::{Executor, IoContext, WorkGuard};
 pub use error::Error;
+pub use metrics::Metrics;
 pub use remote::{ContextGone, Remote};
 pub use signal::SignalSet;
 pub use timer::SteadyTimer;

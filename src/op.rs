@@ -90,6 +90,7 @@ pub(crate) trait SocketOp: Completion {
 
 /// Sends `bufs` as one datagram now; `None` when the socket would block.
 pub(crate) fn send_now<B: ConstBufferSequence + ?Sized>(
+    io: &IoObject,
     sock: &Socket,
     bufs: &B,
     dest: Option<&SockAddr>,
@@ -99,12 +100,12 @@ pub(crate) fn send_now<B: ConstBufferSequence + ?Sized>(
         // The common case: no gather list to build.
         let mut one: &[u8] = &[];
         bufs.gather(&mut |b| one = b);
-        return sys::result(sys::send(sock, &[std::io::IoSlice::new(one)], dest, flags));
+        return sys::result(io.send(sock, &[std::io::IoSlice::new(one)], dest, flags));
     }
     let Some(slices) = const_slices(bufs) else {
         return Some((Error::INVALID_ARGUMENT, 0));
     };
-    sys::result(sys::send(sock, &slices, dest, flags))
+    sys::result(io.send(sock, &slices, dest, flags))
 }
 
 /// Receives one datagram into `bufs` now; `None` when the socket would block.
@@ -174,9 +175,9 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
 }
 
 impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
-    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
-        send_now(sock, bufs.as_ref()?, self.dest.as_ref(), self.flags)
+        send_now(io, sock, bufs.as_ref()?, self.dest.as_ref(), self.flags)
     }
     fn send_parts(&self) -> Option<(usize, Option<&SockAddr>)> {
         if self.flags != 0 {
@@ -413,6 +414,7 @@ impl<B, F> RecvFromOp<B, F> {
 
 /// Receives one datagram and its sender now; `None` when it would block.
 pub(crate) fn recv_from_now<B: MutableBufferSequence + ?Sized>(
+    io: &IoObject,
     sock: &Socket,
     bufs: &mut B,
     flags: i32,
@@ -420,7 +422,7 @@ pub(crate) fn recv_from_now<B: MutableBufferSequence + ?Sized>(
     let Some(mut slices) = mut_slices(bufs) else {
         return Some((Error::INVALID_ARGUMENT, 0, None));
     };
-    match sys::recv_from_any(sock, &mut slices, flags) {
+    match io.recv_from_any(sock, &mut slices, flags) {
         Ok((n, from)) => Some((Error::NONE, n, Some(from))),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
         Err(e) => Some((Error::from(e), 0, None)),
@@ -450,9 +452,9 @@ where
     B: MutableBufferSequence + 'static,
     F: FnOnce(Error, usize, B, Option<SockAddr>) + 'static,
 {
-    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
         let mut bufs = self.bufs.borrow_mut();
-        let (err, n, from) = recv_from_now(sock, bufs.as_mut()?, self.flags)?;
+        let (err, n, from) = recv_from_now(io, sock, bufs.as_mut()?, self.flags)?;
         *self.from.borrow_mut() = from;
         Some((err, n))
     }

@@ -3,6 +3,7 @@
 
 use crate::context::Inner;
 use crate::error::Error;
+use crate::metrics::{Counters, bump};
 use crate::op::{Completion, SocketOp};
 use crate::sys;
 use mio::unix::SourceFd;
@@ -12,11 +13,11 @@ use smallvec::SmallVec;
 use socket2::{SockAddr, Socket};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Operations a socket may take per readiness event and direction before the
 /// loop runs handlers again (fairness between sockets and handlers).
@@ -184,6 +185,8 @@ pub(crate) struct IoObject {
     pub(crate) user_nonblocking: Cell<bool>,
     /// A stream socket: writes may be partial, so they are never batched.
     pub(crate) stream: Cell<bool>,
+    /// The context's counters (bytes and datagrams in and out).
+    counters: Rc<Counters>,
 }
 
 impl IoObject {
@@ -204,6 +207,7 @@ impl IoObject {
             stash_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
             stream: Cell::new(false),
+            counters: inner.reactor.counters.clone(),
         });
         // The descriptor joins epoll only when an operation first has to
         // wait (see `sync_interest`): a socket whose operations all complete at
@@ -312,6 +316,61 @@ impl IoObject {
     /// spare slot, so that one call also says whether the socket is drained
     /// (then the read side waits for the next edge without another call).
     pub(crate) fn recv(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+        want_from: bool,
+    ) -> io::Result<sys::Received> {
+        let r = self.recv_uncounted(sock, bufs, flags, want_from)?;
+        if flags & libc::MSG_PEEK == 0 {
+            self.counted_in(r.len);
+        }
+        Ok(r)
+    }
+
+    /// A receive of `n` bytes succeeded.
+    #[inline]
+    pub(crate) fn counted_in(&self, n: usize) {
+        self.counters.received(n, !self.stream.get());
+    }
+
+    /// A send of `n` bytes succeeded.
+    #[inline]
+    pub(crate) fn counted_out(&self, n: usize) {
+        self.counters.sent(n, !self.stream.get());
+    }
+
+    /// Sends `bufs` now (`sys::send`), counting what left.
+    #[inline]
+    pub(crate) fn send(
+        &self,
+        sock: &Socket,
+        bufs: &[IoSlice<'_>],
+        dest: Option<&SockAddr>,
+        flags: i32,
+    ) -> io::Result<usize> {
+        let n = sys::send(sock, bufs, dest, flags)?;
+        self.counted_out(n);
+        Ok(n)
+    }
+
+    /// Receives one datagram and its sender in any address family
+    /// (`sys::recv_from_any`), counting it.
+    pub(crate) fn recv_from_any(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+    ) -> io::Result<(usize, SockAddr)> {
+        let r = sys::recv_from_any(sock, bufs, flags)?;
+        if flags & libc::MSG_PEEK == 0 {
+            self.counted_in(r.0);
+        }
+        Ok(r)
+    }
+
+    fn recv_uncounted(
         &self,
         sock: &Socket,
         bufs: &mut [IoSliceMut<'_>],
@@ -569,7 +628,12 @@ impl IoObject {
         done: impl Iterator<Item = (Rc<dyn SocketOp>, usize)>,
     ) -> Batch {
         self.st.borrow_mut().ops[dir as usize].drain(..k);
+        let datagram = !self.stream.get();
         for (op, len) in done {
+            match dir {
+                Dir::Read => self.counters.received(len, datagram),
+                Dir::Write => self.counters.sent(len, datagram),
+            }
             inner.finish(op, Error::NONE, len);
         }
         Batch::Sent(k)
@@ -881,6 +945,8 @@ pub(crate) struct Reactor {
     flush_list: RefCell<Vec<Rc<IoObject>>>,
     /// Where a batch of datagrams is assembled for one segmented send.
     batch: RefCell<Vec<u8>>,
+    /// The loop's counters (see `metrics()`), shared with every socket.
+    pub(crate) counters: Rc<Counters>,
 }
 
 impl Reactor {
@@ -897,6 +963,7 @@ impl Reactor {
             deferred: Cell::new(false),
             flush_list: RefCell::new(Vec::new()),
             batch: RefCell::new(Vec::new()),
+            counters: Rc::default(),
         })
     }
 
@@ -955,13 +1022,22 @@ impl Reactor {
     /// Waits for events at most `timeout` and handles them.
     pub(crate) fn poll(&self, inner: &Inner, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
-        if let Err(e) = self.poll.borrow_mut().poll(&mut events, timeout) {
+        let c = &self.counters;
+        bump(&c.reactor_waits, 1);
+        // The clock is read only around a wait that may block.
+        let start = (timeout != Some(Duration::ZERO)).then(Instant::now);
+        let r = self.poll.borrow_mut().poll(&mut events, timeout);
+        if let Some(start) = start {
+            c.waited(start.elapsed());
+        }
+        if let Err(e) = r {
             if e.kind() != io::ErrorKind::Interrupted {
                 log::error!("reactor poll failed: {e}");
             }
             return;
         }
         for ev in events.iter() {
+            bump(&c.events, 1);
             let obj = self.regs.borrow().get(ev.token().0).cloned();
             let Some(obj) = obj else { continue };
             let error = ev.is_error();

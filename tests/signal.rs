@@ -120,8 +120,7 @@ fn every_context_with_a_set_sees_the_signal() {
                 set.async_wait(recorder(&got));
                 barrier.wait();
                 ctx.run_for(Duration::from_secs(10));
-                let got = got.borrow().clone();
-                got
+                got.borrow().clone()
             })
         })
         .collect();

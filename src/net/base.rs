@@ -248,7 +248,8 @@ impl Base {
             inner.post(move || handler(err, 0));
             return Operation::detached();
         }
-        let (err, n) = match self.io().try_now(Dir::Write, |s| send_now(s, &bufs, None, 0)) {
+        let io = self.io();
+        let (err, n) = match io.try_now(Dir::Write, |s| send_now(io, s, &bufs, None, 0)) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -279,7 +280,7 @@ impl Base {
             self.sock()?; // closed: BAD_DESCRIPTOR, even for empty buffers
             return Ok(0);
         }
-        self.blocking(Readiness::Write, |s| sys::send(s, &slices, None, 0))
+        self.blocking(Readiness::Write, |s| self.io().send(s, &slices, None, 0))
     }
 
     /// Starts a non-blocking connect; the handler gets its outcome.
@@ -347,7 +348,8 @@ impl Base {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        let (err, n) = match self.io().try_now(Dir::Write, |s| send_now(s, &bufs, dest.as_ref(), flags.bits())) {
+        let io = self.io();
+        let (err, n) = match io.try_now(Dir::Write, |s| send_now(io, s, &bufs, dest.as_ref(), flags.bits())) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -393,7 +395,8 @@ impl Base {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        let (err, n, from) = match self.io().try_now(Dir::Read, |s| recv_from_now(s, &mut bufs, flags.bits())) {
+        let io = self.io();
+        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_from_now(io, s, &mut bufs, flags.bits())) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
             Attempt::Later => {

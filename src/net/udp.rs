@@ -209,14 +209,14 @@ impl UdpSocket {
     /// [`send`](Self::send) with message flags.
     pub fn send_with_flags<B: ConstBufferSequence>(&self, bufs: B, flags: MessageFlags) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
-        self.blocking(Readiness::Write, |s| sys::send(s, &slices, None, flags.bits()))
+        self.blocking(Readiness::Write, |s| self.b.io().send(s, &slices, None, flags.bits()))
     }
 
     /// Sends `bufs` as one datagram to `dest`, blocking.
     pub fn send_to<B: ConstBufferSequence>(&self, bufs: B, dest: SocketAddr) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
         let dest = SockAddr::from(dest);
-        self.blocking(Readiness::Write, |s| sys::send(s, &slices, Some(&dest), 0))
+        self.blocking(Readiness::Write, |s| self.b.io().send(s, &slices, Some(&dest), 0))
     }
 
     /// Receives one datagram from the connected peer, blocking; returns its
