@@ -2,40 +2,10 @@
 //! `socket` module drives `examples/tcp_echo.rs --listen` and checks every
 //! byte that comes back.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
 
-/// The example binary `cargo test` built next to this test's directory.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        // `cargo test` builds the examples; a run of this test alone does not.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--example", name, "--manifest-path"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-        if dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo");
-        assert!(status.success() && path.exists(), "could not build the example {name}");
-    }
-    path
-}
-
-/// Kills the server however the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Server, example, first_line_port};
+use std::process::{Command, Stdio};
 
 const CLIENT: &str = r#"
 import socket, sys
@@ -74,14 +44,7 @@ fn a_python_client_gets_every_byte_back_from_the_example_echo_server() {
         .expect("start the example server");
     let stdout = child.stdout.take().unwrap();
     let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("no port in the server's first line {line:?}"));
+    let port = first_line_port(stdout);
     let out = Command::new(python).arg("-c").arg(CLIENT).arg(port.to_string()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "python client failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));

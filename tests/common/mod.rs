@@ -130,3 +130,47 @@ impl Seen {
         self.0.borrow().clone()
     }
 }
+
+/// The example binary `cargo test` built next to this test's directory.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        // `cargo test` builds the examples; a run of this test alone does not.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "--example", name, "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo");
+        assert!(status.success() && path.exists(), "could not build the example {name}");
+    }
+    path
+}
+
+/// Kills the server however the test ends.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The port at the end of a server's first line of output
+/// (`listening on 127.0.0.1:PORT`).
+pub fn first_line_port(stdout: std::process::ChildStdout) -> u16 {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    line.trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in the server's first line {line:?}"))
+}

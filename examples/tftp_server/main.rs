@@ -1,0 +1,101 @@
+//! A TFTP server on ioctx (RFC 1350 with options: `blksize`, `timeout`,
+//! `tsize`). Serves files from a directory and, with `--allow-write`,
+//! takes new files into it. Runs until killed.
+//!
+//!     cargo run --release --example tftp_server -- --root /srv/tftp
+//!     curl -o file tftp://127.0.0.1:6969/file
+//!
+//! `-- --help` lists the flags.
+
+mod server;
+
+use ioctx::IoContext;
+use server::{Config, Server};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Prints log records to stderr.
+struct StderrLog(log::LevelFilter);
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= self.0
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{:5} {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+const HELP: &str = "usage: tftp_server --root DIR [flags]
+
+  --root DIR               directory to serve (required)
+  --listen ADDR:PORT       where requests arrive (default 127.0.0.1:6969)
+  --allow-write            accept write requests (never overwriting a file)
+  --timeout-ms N           first retransmission after N ms (default 1000), doubled
+                           at each retransmission; a client's timeout option wins
+  --max-timeout-ms N       longest wait between retransmissions (default 8000)
+  --retries N              retransmissions before a transfer is given up (default 5)
+  --max-blksize N          largest block size granted, 8..=65464 (default 65464)
+  --max-transfers N        transfers at once (default 256)
+  --max-write-bytes N      largest file a write may create (default 1 GiB)
+  --ignore-client-timeout  retransmit on our schedule, not the client's timeout option
+  --drop-rate P            drop a fraction P of our sends (testing retransmission)
+  --seed S                 seed of those drops (default 1)
+  --log LEVEL              error, warn, info (default), debug or trace";
+
+fn usage(msg: &str) -> ! {
+    eprintln!("tftp_server: {msg}\n{HELP}");
+    std::process::exit(2);
+}
+
+fn value<T: std::str::FromStr>(args: &mut impl Iterator<Item = String>, flag: &str) -> T {
+    let v = args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+    v.parse().unwrap_or_else(|_| usage(&format!("bad value for {flag}: {v:?}")))
+}
+
+fn main() {
+    let mut root = None;
+    let mut listen: SocketAddr = "127.0.0.1:6969".parse().unwrap();
+    let mut cfg = Config::new(".");
+    let mut level = log::LevelFilter::Info;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--root" => root = Some(value::<String>(&mut args, &a)),
+            "--listen" => listen = value(&mut args, &a),
+            "--allow-write" => cfg.allow_write = true,
+            "--timeout-ms" => cfg.timeout = Duration::from_millis(value(&mut args, &a)),
+            "--max-timeout-ms" => cfg.max_timeout = Duration::from_millis(value(&mut args, &a)),
+            "--retries" => cfg.retries = value(&mut args, &a),
+            "--max-blksize" => cfg.max_blksize = value(&mut args, &a),
+            "--max-transfers" => cfg.max_transfers = value(&mut args, &a),
+            "--max-write-bytes" => cfg.max_write_bytes = value(&mut args, &a),
+            "--ignore-client-timeout" => cfg.ignore_client_timeout = true,
+            "--drop-rate" => cfg.drop_rate = value(&mut args, &a),
+            "--seed" => cfg.seed = value(&mut args, &a),
+            "--log" => level = value(&mut args, &a),
+            "-h" | "--help" => {
+                println!("{HELP}");
+                return;
+            }
+            _ => usage(&format!("unknown argument {a:?}")),
+        }
+    }
+    cfg.root = root.unwrap_or_else(|| usage("--root is required")).into();
+    if cfg.timeout.is_zero() {
+        usage("--timeout-ms must be at least 1");
+    }
+    log::set_logger(Box::leak(Box::new(StderrLog(level)))).expect("first logger");
+    log::set_max_level(level);
+
+    let ctx = IoContext::new().unwrap_or_else(|e| usage(&format!("cannot create the loop: {e}")));
+    let server = Server::start(&ctx.executor(), listen, cfg).unwrap_or_else(|e| usage(&format!("cannot start: {e}")));
+    // Tells a script or a test where the server is (useful with port 0).
+    println!("listening on {}", server.local_addr().expect("bound"));
+    // The listening receive is always pending: run() returns only if the
+    // loop fails, which it does not.
+    ctx.run();
+}

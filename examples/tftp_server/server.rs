@@ -1,0 +1,1023 @@
+//! A TFTP server (RFC 1350, with option negotiation, RFC 2347, and the
+//! `blksize`, `timeout` and `tsize` options, RFCs 2348 and 2349) on one
+//! ioctx loop.
+//!
+//! The listening socket takes requests; each transfer then runs on a UDP
+//! socket of its own, connected to the client (its transfer ID), with a
+//! `SteadyTimer` for retransmission. Everything runs on the loop's thread:
+//! the file reads and writes are plain blocking calls, which for local
+//! files are short.
+//!
+//! `main.rs` runs it as a program; the tests include this file with
+//! `#[path]` to run it in-process.
+
+// The program and the tests each use a part of this module.
+#![allow(dead_code)]
+
+use ioctx::net::UdpSocket;
+use ioctx::{Error, Executor, SteadyTimer};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+const RRQ: u16 = 1;
+const WRQ: u16 = 2;
+const DATA: u16 = 3;
+const ACK: u16 = 4;
+const ERROR: u16 = 5;
+const OACK: u16 = 6;
+
+/// TFTP error codes (RFC 1350, and 8 from RFC 2347).
+pub mod code {
+    pub const NOT_DEFINED: u16 = 0;
+    pub const FILE_NOT_FOUND: u16 = 1;
+    pub const ACCESS_VIOLATION: u16 = 2;
+    pub const DISK_FULL: u16 = 3;
+    pub const ILLEGAL_OPERATION: u16 = 4;
+    pub const UNKNOWN_TID: u16 = 5;
+    pub const FILE_EXISTS: u16 = 6;
+    pub const OPTION_REFUSED: u16 = 8;
+}
+
+/// The largest block size RFC 2348 allows.
+pub const MAX_BLKSIZE: usize = 65464;
+const DEFAULT_BLKSIZE: usize = 512;
+
+/// What the server allows and how it retransmits.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The directory served; requests name files below it.
+    pub root: PathBuf,
+    /// Write requests are refused unless this is set.
+    pub allow_write: bool,
+    /// Wait before the first retransmission (doubled at each one, up to
+    /// `max_timeout`). A client's `timeout` option replaces it unless
+    /// `ignore_client_timeout`.
+    pub timeout: Duration,
+    /// The longest wait between retransmissions.
+    pub max_timeout: Duration,
+    /// Retransmissions of one packet before the transfer is given up.
+    pub retries: u32,
+    /// The largest block size granted (a client may ask for less).
+    pub max_blksize: usize,
+    /// Transfers at once; further requests get "server busy".
+    pub max_transfers: usize,
+    /// The largest file a write request may create.
+    pub max_write_bytes: u64,
+    /// Do not accept the client's `timeout` option (retransmit on our own
+    /// schedule; the option is then left out of the OACK).
+    pub ignore_client_timeout: bool,
+    /// Fraction of the server's sends to drop (0.0: none), for testing
+    /// retransmission; decided by a generator seeded with `seed`.
+    pub drop_rate: f64,
+    /// Seed of the drop decisions.
+    pub seed: u64,
+}
+
+impl Config {
+    /// Defaults for serving `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Config {
+        Config {
+            root: root.into(),
+            allow_write: false,
+            timeout: Duration::from_secs(1),
+            max_timeout: Duration::from_secs(8),
+            retries: 5,
+            max_blksize: MAX_BLKSIZE,
+            max_transfers: 256,
+            max_write_bytes: 1 << 30,
+            ignore_client_timeout: false,
+            drop_rate: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// What the server has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Transfers started (read and write).
+    pub started: u64,
+    /// Transfers that ended with the last block acknowledged.
+    pub completed: u64,
+    /// Transfers ended by an error, the client's or a timeout.
+    pub failed: u64,
+    /// Packets sent again after a timeout.
+    pub retransmissions: u64,
+    /// Error packets sent.
+    pub errors_sent: u64,
+    /// Sends dropped on purpose (`drop_rate`).
+    pub dropped: u64,
+    /// Requests or packets ignored or refused as malformed.
+    pub malformed: u64,
+    /// Transfers running now.
+    pub active: u64,
+}
+
+/// State shared by the listener and every transfer.
+struct Shared {
+    ex: Executor,
+    cfg: Config,
+    /// The served directory, resolved once.
+    root: PathBuf,
+    stats: Cell<Stats>,
+    /// xorshift64* state for `drop_rate`.
+    rng: Cell<u64>,
+    /// Transfers by client address: a request repeated while its transfer
+    /// runs is a retransmission, not a new transfer.
+    active: RefCell<HashMap<SocketAddr, u64>>,
+    next_id: Cell<u64>,
+}
+
+impl Shared {
+    fn stat(&self, f: impl FnOnce(&mut Stats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// True if this send is to be dropped (test hook).
+    fn drop_this(&self) -> bool {
+        if self.cfg.drop_rate <= 0.0 {
+            return false;
+        }
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        let r = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+        if r < self.cfg.drop_rate {
+            self.stat(|s| s.dropped += 1);
+            return true;
+        }
+        false
+    }
+}
+
+/// A running server: the listening socket and what it shares with its
+/// transfers. Dropping it closes the listening socket (transfers finish).
+pub struct Server {
+    sock: UdpSocket,
+    shared: Rc<Shared>,
+}
+
+impl Server {
+    /// Binds `listen` and starts taking requests on `ex`'s loop.
+    pub fn start(ex: &Executor, listen: SocketAddr, cfg: Config) -> io::Result<Server> {
+        let root = cfg.root.canonicalize()?;
+        if !root.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", root.display())));
+        }
+        if !(0.0..1.0).contains(&cfg.drop_rate) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "drop rate must be in [0, 1)"));
+        }
+        if cfg.max_blksize < 8 || cfg.max_blksize > MAX_BLKSIZE {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "max block size must be in 8..=65464"));
+        }
+        let sock = UdpSocket::bind(ex, listen)?;
+        let shared = Rc::new(Shared {
+            ex: ex.clone(),
+            rng: Cell::new(cfg.seed | 1),
+            cfg,
+            root,
+            stats: Cell::new(Stats::default()),
+            active: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+        });
+        log::info!("serving {} on {}", shared.root.display(), sock.local_addr()?);
+        listen_loop(sock.clone(), shared.clone());
+        Ok(Server { sock, shared })
+    }
+
+    /// The address requests go to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    /// What the server has done so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.get()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.sock.close();
+    }
+}
+
+/// Receives requests until the listening socket is closed.
+fn listen_loop(sock: UdpSocket, shared: Rc<Shared>) {
+    let s2 = sock.clone();
+    // One byte more than the largest request we take: a longer one is
+    // refused rather than truncated.
+    sock.async_receive_from(vec![0u8; 1025], move |err, n, buf, from| {
+        if err == Error::OPERATION_ABORTED || err == Error::BAD_DESCRIPTOR {
+            return; // closed
+        }
+        if err.is_ok() {
+            on_request(&shared, &buf[..n], from);
+        } else {
+            log::debug!("listening socket: {err}");
+        }
+        listen_loop(s2, shared);
+    });
+}
+
+/// A parsed read or write request.
+#[derive(Debug)]
+struct Request {
+    write: bool,
+    filename: String,
+    netascii: bool,
+    options: Vec<(String, String)>,
+}
+
+/// Why a packet cannot be served: the TFTP error code and message.
+type Refusal = (u16, String);
+
+fn refuse(code: u16, msg: impl Into<String>) -> Refusal {
+    (code, msg.into())
+}
+
+fn opcode(p: &[u8]) -> Option<u16> {
+    (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]))
+}
+
+/// Parses an RRQ or WRQ: opcode, filename NUL, mode NUL, then option name
+/// NUL value NUL pairs.
+fn parse_request(p: &[u8]) -> Result<Request, Refusal> {
+    let op = opcode(p).ok_or_else(|| refuse(code::ILLEGAL_OPERATION, "packet too short"))?;
+    match op {
+        RRQ | WRQ => {}
+        DATA | ACK | OACK | ERROR => return Err(refuse(code::ILLEGAL_OPERATION, "expected a read or write request")),
+        _ => return Err(refuse(code::ILLEGAL_OPERATION, format!("unknown opcode {op}"))),
+    }
+    let body = &p[2..];
+    if body.last() != Some(&0) {
+        return Err(refuse(code::ILLEGAL_OPERATION, "malformed request: fields must end with NUL"));
+    }
+    let mut fields = Vec::new();
+    for f in body[..body.len() - 1].split(|&b| b == 0) {
+        let s = std::str::from_utf8(f).map_err(|_| refuse(code::ILLEGAL_OPERATION, "malformed request: not text"))?;
+        fields.push(s.to_owned());
+    }
+    if fields.len() < 2 || fields.len() % 2 != 0 {
+        return Err(refuse(code::ILLEGAL_OPERATION, "malformed request: missing field"));
+    }
+    let netascii = match fields[1].to_ascii_lowercase().as_str() {
+        "octet" => false,
+        "netascii" => true,
+        m => return Err(refuse(code::ILLEGAL_OPERATION, format!("unsupported mode {m:?}"))),
+    };
+    let options = fields[2..].chunks(2).map(|kv| (kv[0].to_ascii_lowercase(), kv[1].clone())).collect();
+    Ok(Request { write: op == WRQ, filename: fields[0].clone(), netascii, options })
+}
+
+/// The file a request names, below the root: relative, no `..`, no NUL.
+/// Symbolic links that lead out of the root are refused for reads by
+/// `open_for_read`.
+fn resolve(root: &Path, name: &str) -> Result<PathBuf, Refusal> {
+    let path = Path::new(name);
+    if name.is_empty() {
+        return Err(refuse(code::ACCESS_VIOLATION, "empty file name"));
+    }
+    let mut out = root.to_path_buf();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse(code::ACCESS_VIOLATION, "\"..\" is not allowed")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse(code::ACCESS_VIOLATION, "absolute paths are not allowed"));
+            }
+        }
+    }
+    if out == root {
+        return Err(refuse(code::ACCESS_VIOLATION, "not a file"));
+    }
+    Ok(out)
+}
+
+fn io_refusal(e: &io::Error, what: &str) -> Refusal {
+    match e.kind() {
+        io::ErrorKind::NotFound => refuse(code::FILE_NOT_FOUND, "file not found"),
+        io::ErrorKind::PermissionDenied => refuse(code::ACCESS_VIOLATION, "permission denied"),
+        io::ErrorKind::AlreadyExists => refuse(code::FILE_EXISTS, "file already exists"),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => {
+            refuse(code::DISK_FULL, "disk full or allocation exceeded")
+        }
+        _ => refuse(code::NOT_DEFINED, format!("{what}: {e}")),
+    }
+}
+
+fn open_for_read(root: &Path, path: &Path) -> Result<File, Refusal> {
+    let real = path.canonicalize().map_err(|e| io_refusal(&e, "open"))?;
+    if !real.starts_with(root) {
+        return Err(refuse(code::ACCESS_VIOLATION, "outside the served directory"));
+    }
+    if !real.is_file() {
+        return Err(refuse(code::FILE_NOT_FOUND, "not a regular file"));
+    }
+    File::open(&real).map_err(|e| io_refusal(&e, "open"))
+}
+
+fn create_for_write(root: &Path, path: &Path) -> Result<File, Refusal> {
+    let parent = path.parent().ok_or_else(|| refuse(code::ACCESS_VIOLATION, "no directory"))?;
+    let real_parent = parent.canonicalize().map_err(|e| io_refusal(&e, "directory"))?;
+    if !real_parent.starts_with(root) {
+        return Err(refuse(code::ACCESS_VIOLATION, "outside the served directory"));
+    }
+    // create_new: never overwrites, and refuses a symbolic link in the way.
+    File::options().write(true).create_new(true).open(path).map_err(|e| io_refusal(&e, "create"))
+}
+
+fn error_packet(code: u16, msg: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(5 + msg.len());
+    p.extend_from_slice(&ERROR.to_be_bytes());
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(msg.as_bytes());
+    p.push(0);
+    p
+}
+
+/// Sends an error for a request that starts no transfer, from a socket of
+/// its own (a new transfer ID, as the reply to a request would come from).
+fn send_refusal(shared: &Rc<Shared>, to: SocketAddr, (code, msg): Refusal) {
+    log::info!("{to}: refused: {msg} (error {code})");
+    shared.stat(|s| s.errors_sent += 1);
+    if shared.drop_this() {
+        return;
+    }
+    match UdpSocket::bind(&shared.ex, SocketAddr::new(unspecified_like(to), 0)) {
+        Ok(sock) => {
+            let keep = sock.clone();
+            sock.async_send_to(error_packet(code, &msg), to, move |err, _| {
+                if err.is_err() {
+                    log::debug!("{to}: error packet not sent: {err}");
+                }
+                drop(keep);
+            });
+        }
+        Err(e) => log::warn!("{to}: no socket for an error packet: {e}"),
+    }
+}
+
+fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
+    log::trace!("{from}: request of {} bytes", p.len());
+    if opcode(p) == Some(ERROR) {
+        shared.stat(|s| s.malformed += 1);
+        return; // never answer an error with an error
+    }
+    if p.len() > 1024 {
+        shared.stat(|s| s.malformed += 1);
+        return send_refusal(shared, from, refuse(code::ILLEGAL_OPERATION, "request too long"));
+    }
+    let req = match parse_request(p) {
+        Ok(r) => r,
+        Err(r) => {
+            shared.stat(|s| s.malformed += 1);
+            return send_refusal(shared, from, r);
+        }
+    };
+    if shared.active.borrow().contains_key(&from) {
+        log::debug!("{from}: request repeated while its transfer runs: ignored");
+        return;
+    }
+    if shared.stats.get().active as usize >= shared.cfg.max_transfers {
+        return send_refusal(shared, from, refuse(code::NOT_DEFINED, "server busy, try again later"));
+    }
+    if let Err(r) = start_transfer(shared, req, from) {
+        send_refusal(shared, from, r);
+    }
+}
+
+/// Options granted, in the order the client gave them.
+struct Granted {
+    blksize: usize,
+    timeout: Option<Duration>,
+    oack: Vec<(String, String)>,
+}
+
+fn negotiate(
+    cfg: &Config,
+    req: &Request,
+    tsize: impl FnOnce(&str) -> Result<Option<u64>, Refusal>,
+) -> Result<Granted, Refusal> {
+    let mut g = Granted { blksize: DEFAULT_BLKSIZE, timeout: None, oack: Vec::new() };
+    let mut tsize = Some(tsize);
+    for (name, value) in &req.options {
+        if g.oack.iter().any(|(n, _)| n == name) {
+            continue; // repeated: the first one counts
+        }
+        match name.as_str() {
+            "blksize" => {
+                // Outside 8..=65464: declined (left out of the OACK).
+                if let Ok(v) = value.parse::<usize>()
+                    && (8..=MAX_BLKSIZE).contains(&v)
+                {
+                    g.blksize = v.min(cfg.max_blksize);
+                    g.oack.push((name.clone(), g.blksize.to_string()));
+                }
+            }
+            "timeout" if !cfg.ignore_client_timeout => {
+                if let Ok(v) = value.parse::<u64>()
+                    && (1..=255).contains(&v)
+                {
+                    g.timeout = Some(Duration::from_secs(v));
+                    g.oack.push((name.clone(), v.to_string()));
+                }
+            }
+            "tsize" => {
+                if let Some(f) = tsize.take()
+                    && let Some(size) = f(value)?
+                {
+                    g.oack.push((name.clone(), size.to_string()));
+                }
+            }
+            _ => {} // unknown options are left out of the OACK
+        }
+    }
+    Ok(g)
+}
+
+fn oack_packet(opts: &[(String, String)]) -> Vec<u8> {
+    let mut p = OACK.to_be_bytes().to_vec();
+    for (n, v) in opts {
+        p.extend_from_slice(n.as_bytes());
+        p.push(0);
+        p.extend_from_slice(v.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+/// The size of `file` once converted to netascii (each LF and CR becomes
+/// two bytes).
+fn netascii_size(file: &File) -> io::Result<u64> {
+    let mut r = BufReader::new(file.try_clone()?);
+    let mut buf = [0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        size += n as u64 + buf[..n].iter().filter(|&&b| b == b'\n' || b == b'\r').count() as u64;
+    }
+}
+
+fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result<(), Refusal> {
+    let path = resolve(&shared.root, &req.filename)?;
+    let cfg = &shared.cfg;
+    let (kind, granted) = if req.write {
+        if !cfg.allow_write {
+            return Err(refuse(code::ACCESS_VIOLATION, "write requests are not allowed"));
+        }
+        let max = cfg.max_write_bytes;
+        let granted = negotiate(cfg, &req, |v| match v.parse::<u64>() {
+            Ok(n) if n > max => Err(refuse(code::DISK_FULL, format!("file larger than {max} bytes"))),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Ok(None),
+        })?;
+        let file = create_for_write(&shared.root, &path)?;
+        let sink = Sink { out: BufWriter::new(file), netascii: req.netascii, cr: false, written: 0 };
+        (Kind::Write { sink: Some(sink), path: path.clone(), acked: 0 }, granted)
+    } else {
+        let file = open_for_read(&shared.root, &path)?;
+        let netascii = req.netascii;
+        let granted = negotiate(cfg, &req, |_| {
+            let size = if netascii { netascii_size(&file) } else { file.metadata().map(|m| m.len()) };
+            // An empty file's size is left out of the OACK (RFC 2349 lets the
+            // server decline): curl takes `tsize 0` for a broken reply.
+            size.map(|n| (n > 0).then_some(n)).map_err(|e| io_refusal(&e, "size"))
+        })?;
+        let source = Source { inp: BufReader::new(file), netascii, pending: None, eof: false };
+        (Kind::Read { source, block: 0, last: false }, granted)
+    };
+    let bind = SocketAddr::new(unspecified_like(peer), 0);
+    let sock = UdpSocket::bind(&shared.ex, bind).map_err(|e| io_refusal(&e, "socket"))?;
+    sock.connect(peer).map_err(|e| io_refusal(&e, "connect"))?;
+    let id = shared.next_id.get();
+    shared.next_id.set(id + 1);
+    let base = granted.timeout.unwrap_or(cfg.timeout);
+    log::info!(
+        "{peer}: transfer {id} started: {} {:?} ({}, block size {}{})",
+        if req.write { "write" } else { "read" },
+        req.filename,
+        if req.netascii { "netascii" } else { "octet" },
+        granted.blksize,
+        if granted.oack.is_empty() { String::new() } else { format!(", options {:?}", granted.oack) },
+    );
+    let t = Rc::new(RefCell::new(Transfer {
+        id,
+        peer,
+        sock,
+        timer: SteadyTimer::new(&shared.ex),
+        shared: shared.clone(),
+        kind,
+        blksize: granted.blksize,
+        base_timeout: base,
+        timeout: base,
+        tries: 0,
+        packet: Rc::from(Vec::new()),
+        state: State::Running,
+    }));
+    shared.active.borrow_mut().insert(peer, id);
+    shared.stat(|s| {
+        s.started += 1;
+        s.active += 1;
+    });
+    receive_loop(t.clone());
+    let first = if !granted.oack.is_empty() {
+        oack_packet(&granted.oack)
+    } else {
+        let mut tr = t.borrow_mut();
+        match &mut tr.kind {
+            Kind::Write { .. } => ack_packet(0),
+            Kind::Read { .. } => match tr.next_data() {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(tr);
+                    fail(&t, Some(io_refusal(&e, "read")));
+                    return Ok(());
+                }
+            },
+        }
+    };
+    send_new(&t, first);
+    Ok(())
+}
+
+/// The address a socket that talks to `peer` binds: any interface of the
+/// peer's family (connecting picks the route).
+fn unspecified_like(peer: SocketAddr) -> std::net::IpAddr {
+    if peer.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() }
+}
+
+/// File bytes, as blocks of the wire format.
+struct Source {
+    inp: BufReader<File>,
+    netascii: bool,
+    /// The second byte of a netascii pair that did not fit the last block.
+    pending: Option<u8>,
+    eof: bool,
+}
+
+impl Source {
+    /// Up to `size` bytes of the next block (fewer only at the end).
+    fn next_block(&mut self, size: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let start = out.len();
+        if !self.netascii {
+            out.resize(start + size, 0);
+            let mut got = 0;
+            while got < size {
+                match self.inp.read(&mut out[start + got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            out.truncate(start + got);
+            return Ok(());
+        }
+        // netascii: LF becomes CR LF, a bare CR becomes CR NUL.
+        while out.len() - start < size {
+            if let Some(b) = self.pending.take() {
+                out.push(b);
+                continue;
+            }
+            if self.eof {
+                break;
+            }
+            let mut one = [0u8; 1];
+            match self.inp.read(&mut one) {
+                Ok(0) => self.eof = true,
+                Ok(_) => match one[0] {
+                    b'\n' => {
+                        out.push(b'\r');
+                        self.pending = Some(b'\n');
+                    }
+                    b'\r' => {
+                        out.push(b'\r');
+                        self.pending = Some(0);
+                    }
+                    b => out.push(b),
+                },
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wire-format blocks, written to the file.
+struct Sink {
+    out: BufWriter<File>,
+    netascii: bool,
+    /// The last block ended with a CR whose meaning the next byte decides.
+    cr: bool,
+    written: u64,
+}
+
+impl Sink {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if !self.netascii {
+            self.written += data.len() as u64;
+            return self.out.write_all(data);
+        }
+        // netascii: CR LF is LF, CR NUL is CR; a CR before anything else is
+        // kept as it is (lenient: some clients send bare CRs).
+        let mut plain = Vec::with_capacity(data.len() + 1);
+        for &b in data {
+            if self.cr {
+                self.cr = false;
+                match b {
+                    b'\n' => {
+                        plain.push(b'\n');
+                        continue;
+                    }
+                    0 => {
+                        plain.push(b'\r');
+                        continue;
+                    }
+                    _ => plain.push(b'\r'),
+                }
+            }
+            if b == b'\r' {
+                self.cr = true;
+            } else {
+                plain.push(b);
+            }
+        }
+        self.written += plain.len() as u64;
+        self.out.write_all(&plain)
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        if self.cr {
+            self.out.write_all(b"\r")?;
+        }
+        self.out.flush()?;
+        self.out.get_ref().sync_data()
+    }
+}
+
+enum Kind {
+    Read {
+        source: Source,
+        /// The block last sent (0: the OACK).
+        block: u16,
+        /// That block was the last (shorter than the block size).
+        last: bool,
+    },
+    Write {
+        /// `None` once the file is complete.
+        sink: Option<Sink>,
+        path: PathBuf,
+        /// The block last acknowledged (0: the request).
+        acked: u16,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Running,
+    /// The last block of a write is in and acknowledged: the socket stays
+    /// open for a while to acknowledge it again if the client resends it.
+    Dallying,
+    Done,
+}
+
+struct Transfer {
+    id: u64,
+    peer: SocketAddr,
+    sock: UdpSocket,
+    timer: SteadyTimer,
+    shared: Rc<Shared>,
+    kind: Kind,
+    blksize: usize,
+    base_timeout: Duration,
+    /// The current wait before retransmitting (backs off).
+    timeout: Duration,
+    /// Retransmissions of the current packet.
+    tries: u32,
+    /// The packet to retransmit on timeout.
+    packet: Rc<[u8]>,
+    state: State,
+}
+
+fn ack_packet(block: u16) -> Vec<u8> {
+    let mut p = ACK.to_be_bytes().to_vec();
+    p.extend_from_slice(&block.to_be_bytes());
+    p
+}
+
+impl Transfer {
+    /// Reads the next block and builds its DATA packet.
+    fn next_data(&mut self) -> io::Result<Vec<u8>> {
+        let size = self.blksize;
+        let Kind::Read { source, block, last } = &mut self.kind else { unreachable!("reads only") };
+        let mut p = Vec::with_capacity(4 + size);
+        *block = block.wrapping_add(1); // block numbers roll over after 65535
+        p.extend_from_slice(&DATA.to_be_bytes());
+        p.extend_from_slice(&block.to_be_bytes());
+        source.next_block(size, &mut p)?;
+        *last = p.len() - 4 < size;
+        Ok(p)
+    }
+}
+
+/// Sends a new packet (not a retransmission) and arms the timer for it.
+fn send_new(t: &Rc<RefCell<Transfer>>, packet: Vec<u8>) {
+    {
+        let mut tr = t.borrow_mut();
+        tr.packet = Rc::from(packet);
+        tr.tries = 0;
+        tr.timeout = tr.base_timeout;
+    }
+    transmit(t);
+}
+
+fn transmit(t: &Rc<RefCell<Transfer>>) {
+    let (sock, packet, shared, id) = {
+        let tr = t.borrow();
+        (tr.sock.clone(), tr.packet.clone(), tr.shared.clone(), tr.id)
+    };
+    if shared.drop_this() {
+        log::trace!("transfer {id}: send dropped (test hook)");
+    } else {
+        sock.async_send(packet, move |err, _| {
+            if err.is_err() && err != Error::OPERATION_ABORTED {
+                log::debug!("transfer {id}: send failed: {err}");
+            }
+        });
+    }
+    arm_timer(t);
+}
+
+/// Waits for the reply to the packet last sent; retransmits on timeout.
+fn arm_timer(t: &Rc<RefCell<Transfer>>) {
+    let tr = t.borrow();
+    tr.timer.expires_after(tr.timeout); // cancels the previous wait
+    let t2 = t.clone();
+    tr.timer.async_wait(move |err| {
+        if err.is_ok() {
+            on_timeout(&t2);
+        }
+    });
+}
+
+fn on_timeout(t: &Rc<RefCell<Transfer>>) {
+    let (state, tries, max, id) = {
+        let tr = t.borrow();
+        (tr.state, tr.tries, tr.shared.cfg.retries, tr.id)
+    };
+    match state {
+        State::Done => {}
+        State::Dallying => finish(t, true),
+        State::Running if tries >= max => {
+            log::info!("transfer {id}: no answer after {tries} retransmissions: given up");
+            fail(t, Some(refuse(code::NOT_DEFINED, "timed out")));
+        }
+        State::Running => {
+            {
+                let mut tr = t.borrow_mut();
+                tr.tries += 1;
+                tr.timeout = (tr.timeout * 2).min(tr.shared.cfg.max_timeout.max(tr.base_timeout));
+                tr.shared.stat(|s| s.retransmissions += 1);
+                log::debug!("transfer {id}: timeout, retransmission {}", tr.tries);
+            }
+            transmit(t);
+        }
+    }
+}
+
+/// Receives the client's packets until the transfer ends.
+fn receive_loop(t: Rc<RefCell<Transfer>>) {
+    let (sock, size) = {
+        let tr = t.borrow();
+        // One byte over the largest DATA packet, to notice oversize ones.
+        (tr.sock.clone(), tr.blksize + 5)
+    };
+    sock.async_receive(vec![0u8; size], move |err, n, buf| {
+        if t.borrow().state == State::Done {
+            return;
+        }
+        if err == Error::CONNECTION_REFUSED {
+            // ICMP port unreachable: the client has gone away.
+            let id = t.borrow().id;
+            log::info!("transfer {id}: the client went away");
+            let dallying = t.borrow().state == State::Dallying;
+            if dallying {
+                finish(&t, true);
+            } else {
+                fail(&t, None);
+            }
+            return;
+        }
+        if err.is_err() {
+            if err != Error::OPERATION_ABORTED {
+                log::debug!("transfer {}: receive failed: {err}", t.borrow().id);
+                receive_loop(t);
+            }
+            return;
+        }
+        on_packet(&t, &buf[..n]);
+        if t.borrow().state != State::Done {
+            receive_loop(t);
+        }
+    });
+}
+
+fn on_packet(t: &Rc<RefCell<Transfer>>, p: &[u8]) {
+    let id = t.borrow().id;
+    let op = opcode(p);
+    if t.borrow().state == State::Dallying {
+        // Only a resent last block matters now; anything else ends the dally.
+        match (op, p.get(2..4)) {
+            (Some(DATA), Some(b)) => on_data(t, u16::from_be_bytes([b[0], b[1]]), &p[4..]),
+            _ => finish(t, true),
+        }
+        return;
+    }
+    if op == Some(ERROR) {
+        let code = p.get(2..4).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+        let msg = p.get(4..).map(|m| String::from_utf8_lossy(m.split(|&b| b == 0).next().unwrap_or(&[])).into_owned());
+        log::info!("transfer {id}: the client sent error {code}: {}", msg.unwrap_or_default());
+        fail(t, None);
+        return;
+    }
+    let block = p.get(2..4).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let is_write = matches!(t.borrow().kind, Kind::Write { .. });
+    match (op, block, is_write) {
+        (Some(ACK), Some(b), false) if p.len() == 4 => on_ack(t, b),
+        (Some(DATA), Some(b), true) => on_data(t, b, &p[4..]),
+        _ => {
+            t.borrow().shared.stat(|s| s.malformed += 1);
+            log::info!("transfer {id}: unexpected packet (opcode {op:?}, {} bytes)", p.len());
+            fail(t, Some(refuse(code::ILLEGAL_OPERATION, "unexpected packet")));
+        }
+    }
+}
+
+/// An ACK on a read transfer.
+fn on_ack(t: &Rc<RefCell<Transfer>>, b: u16) {
+    let (current, last) = match &t.borrow().kind {
+        Kind::Read { block, last, .. } => (*block, *last),
+        Kind::Write { .. } => unreachable!("reads only"),
+    };
+    if b != current {
+        // An ACK for an earlier block is a duplicate (our retransmission
+        // crossed its first copy): ignored, so that it cannot trigger another
+        // DATA (the Sorcerer's Apprentice bug).
+        log::trace!("transfer {}: duplicate ACK {b} (at {current})", t.borrow().id);
+        return;
+    }
+    if last {
+        finish(t, true);
+        return;
+    }
+    let next = t.borrow_mut().next_data();
+    match next {
+        Ok(p) => send_new(t, p),
+        Err(e) => fail(t, Some(io_refusal(&e, "read"))),
+    }
+}
+
+/// A DATA packet on a write transfer.
+fn on_data(t: &Rc<RefCell<Transfer>>, b: u16, data: &[u8]) {
+    let (acked, blksize, max, state) = {
+        let tr = t.borrow();
+        let Kind::Write { acked, .. } = &tr.kind else { unreachable!("writes only") };
+        (*acked, tr.blksize, tr.shared.cfg.max_write_bytes, tr.state)
+    };
+    if b == acked {
+        // Our ACK was lost, so the client sent the block again: ACK it again
+        // (without writing it twice).
+        let p = ack_packet(b);
+        let sock = t.borrow().sock.clone();
+        sock.async_send(p, |_, _| {});
+        return;
+    }
+    if state != State::Running || b != acked.wrapping_add(1) {
+        return; // not the block we wait for: ignored
+    }
+    if data.len() > blksize {
+        fail(t, Some(refuse(code::ILLEGAL_OPERATION, "block larger than the block size")));
+        return;
+    }
+    let written = {
+        let mut tr = t.borrow_mut();
+        let Kind::Write { sink, acked, .. } = &mut tr.kind else { unreachable!("writes only") };
+        let sink = sink.as_mut().expect("running write has a file");
+        if sink.written + data.len() as u64 > max {
+            Err(refuse(code::DISK_FULL, format!("file larger than {max} bytes")))
+        } else {
+            *acked = b;
+            sink.write(data).map_err(|e| io_refusal(&e, "write"))
+        }
+    };
+    if let Err(r) = written {
+        fail(t, Some(r));
+        return;
+    }
+    if data.len() < blksize {
+        // The last block: close the file before acknowledging it.
+        let done = {
+            let mut tr = t.borrow_mut();
+            let Kind::Write { sink, .. } = &mut tr.kind else { unreachable!("writes only") };
+            sink.take().expect("running write has a file").finish()
+        };
+        if let Err(e) = done {
+            fail(t, Some(io_refusal(&e, "write")));
+            return;
+        }
+        {
+            let mut tr = t.borrow_mut();
+            tr.state = State::Dallying;
+            tr.shared.stat(|s| s.completed += 1);
+            log::info!("transfer {}: write complete", tr.id);
+        }
+        // Acknowledge, then stay a while for a resent last block: as long as
+        // a client may wait before resending it (our longest wait, or twice
+        // the agreed timeout).
+        let p = ack_packet(b);
+        send_new(t, p);
+        let mut tr = t.borrow_mut();
+        tr.timeout = tr.shared.cfg.max_timeout.max(tr.base_timeout * 2);
+        drop(tr);
+        arm_timer(t);
+        return;
+    }
+    send_new(t, ack_packet(b));
+}
+
+/// Ends the transfer; `ok`: it completed.
+fn finish(t: &Rc<RefCell<Transfer>>, ok: bool) {
+    let mut tr = t.borrow_mut();
+    if tr.state == State::Done {
+        return;
+    }
+    let was = tr.state;
+    tr.state = State::Done;
+    tr.timer.cancel();
+    tr.sock.close();
+    let shared = tr.shared.clone();
+    let (peer, id) = (tr.peer, tr.id);
+    if shared.active.borrow().get(&peer) == Some(&id) {
+        shared.active.borrow_mut().remove(&peer);
+    }
+    shared.stat(|s| {
+        s.active -= 1;
+        // A write counted as complete when its last block came in.
+        if ok && was != State::Dallying {
+            s.completed += 1;
+        }
+        if !ok {
+            s.failed += 1;
+        }
+    });
+    if ok && was == State::Running {
+        log::info!("transfer {id}: read complete");
+    }
+}
+
+/// Ends the transfer as failed, telling the client why (`Some`), and
+/// removes a partly written file.
+fn fail(t: &Rc<RefCell<Transfer>>, why: Option<Refusal>) {
+    if t.borrow().state == State::Done {
+        return;
+    }
+    if let Some((code, msg)) = why {
+        let tr = t.borrow();
+        log::info!("transfer {}: failed: {msg} (error {code})", tr.id);
+        tr.shared.stat(|s| s.errors_sent += 1);
+        if !tr.shared.drop_this() {
+            tr.sock.async_send(error_packet(code, &msg), |_, _| {});
+        }
+    }
+    let partial = {
+        let mut tr = t.borrow_mut();
+        match &mut tr.kind {
+            Kind::Write { sink, path, .. } => sink.take().map(|s| (s, path.clone())),
+            Kind::Read { .. } => None,
+        }
+    };
+    if let Some((sink, path)) = partial {
+        drop(sink);
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::info!("removed the partial file {}", path.display()),
+            Err(e) => log::warn!("could not remove the partial file {}: {e}", path.display()),
+        }
+    }
+    finish(t, false);
+}

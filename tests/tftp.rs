@@ -1,0 +1,493 @@
+//! The TFTP server of `examples/tftp_server` against clients nobody here
+//! wrote: curl (`tftp://`) and the Debian `tftp-hpa` client. The server runs
+//! in-process, on a thread with its own `IoContext`; `.ci/run` installs the
+//! clients.
+
+#[path = "../examples/tftp_server/server.rs"]
+mod server;
+
+mod common;
+
+use ioctx::{IoContext, Remote};
+use server::{Config, Server, Stats, code};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A server running on a thread of its own until `stop`.
+struct Running {
+    addr: SocketAddr,
+    remote: Remote,
+    thread: Option<JoinHandle<Stats>>,
+}
+
+thread_local! {
+    /// The server of this thread, for closures posted from the test thread.
+    static SERVER: std::cell::RefCell<Option<Server>> = const { std::cell::RefCell::new(None) };
+}
+
+fn start(cfg: Config) -> Running {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let ctx = IoContext::new().unwrap();
+        let server = Server::start(&ctx.executor(), "127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+        tx.send((server.local_addr().unwrap(), ctx.remote().unwrap())).unwrap();
+        SERVER.with(|s| *s.borrow_mut() = Some(server));
+        ctx.run();
+        SERVER.with(|s| s.borrow_mut().take().unwrap().stats())
+    });
+    let (addr, remote) = rx.recv().expect("the server started");
+    Running { addr, remote, thread: Some(thread) }
+}
+
+impl Running {
+    fn url(&self, name: &str) -> String {
+        format!("tftp://{}/{name}", self.addr)
+    }
+
+    /// What the server has done so far (asked on its own thread).
+    fn stats(&self) -> Stats {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.remote.post(move || SERVER.with(|s| tx.send(s.borrow().as_ref().unwrap().stats()).unwrap())).unwrap();
+        rx.recv_timeout(Duration::from_secs(10)).expect("the server answers")
+    }
+
+    /// Stops the loop once `done` holds for the server's stats (a client may
+    /// exit before the server has taken its last ACK), or after 10 s.
+    fn stop_when(self, done: impl Fn(&Stats) -> bool) -> Stats {
+        let t0 = std::time::Instant::now();
+        while !done(&self.stats()) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop()
+    }
+
+    /// Stops the loop and returns what the server did.
+    fn stop(mut self) -> Stats {
+        self.remote.stop().unwrap();
+        self.thread.take().unwrap().join().expect("the server thread panicked")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.remote.stop();
+            let _ = t.join();
+        }
+    }
+}
+
+/// A fresh directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ioctx-tftp-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `len` bytes that differ from file to file (`seed`), deterministically.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn tool(name: &str) -> Command {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap();
+    assert!(found.status.success(), "{name} is not installed (.ci/run installs curl and tftp-hpa with apt-get)");
+    Command::new(name)
+}
+
+fn run(mut cmd: Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn curl_get(srv: &Running, name: &str, to: &Path, blksize: Option<usize>) -> Output {
+    let mut c = tool("curl");
+    c.args(["-s", "-S", "--max-time", "60"]);
+    if let Some(b) = blksize {
+        c.args(["--tftp-blksize", &b.to_string()]);
+    }
+    c.arg("-o").arg(to).arg(srv.url(name));
+    run(c)
+}
+
+fn curl_put(srv: &Running, from: &Path, name: &str) -> Output {
+    let mut c = tool("curl");
+    c.args(["-s", "-S", "--max-time", "60", "-T"]).arg(from).arg(srv.url(name));
+    run(c)
+}
+
+/// tftp-hpa: `get`/`put` in `mode`; it exits 0 even on failure, so callers
+/// check its stderr and the files.
+fn tftp_hpa(srv: &Running, mode: &str, command: &str, a: &Path, b: &str) -> Output {
+    let mut c = tool("tftp");
+    c.arg("127.0.0.1").arg(srv.addr.port().to_string()).args(["-m", mode, "-c", command]);
+    if command == "get" {
+        c.arg(b).arg(a);
+    } else {
+        c.arg(a).arg(b);
+    }
+    run(c)
+}
+
+/// The client succeeded and said nothing (curl reports errors on stderr,
+/// tftp-hpa on stdout, with exit status 0).
+fn assert_ok(out: &Output, what: &str) {
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "{what}: {:?}\n{said}", out.status);
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert!(x == y, "{} ({} bytes) differs from {} ({} bytes)", a.display(), x.len(), b.display(), y.len());
+}
+
+const SIZES: [usize; 5] = [0, 511, 512, 513, 10 << 20];
+
+#[test]
+fn curl_and_tftp_hpa_fetch_files_byte_for_byte() {
+    let root = TempDir::new();
+    let out = TempDir::new();
+    for (i, &len) in SIZES.iter().enumerate() {
+        std::fs::write(root.path(&format!("f{len}")), content(len, i as u64)).unwrap();
+    }
+    let srv = start(Config::new(&root.0));
+    for &len in &SIZES {
+        let name = format!("f{len}");
+        let want = root.path(&name);
+        let got = out.path(&format!("curl-{len}"));
+        assert_ok(&curl_get(&srv, &name, &got, None), &format!("curl get {name}"));
+        assert_same(&got, &want);
+        let got = out.path(&format!("curl-1428-{len}"));
+        assert_ok(&curl_get(&srv, &name, &got, Some(1428)), &format!("curl get {name} blksize 1428"));
+        assert_same(&got, &want);
+        let got = out.path(&format!("hpa-{len}"));
+        assert_ok(&tftp_hpa(&srv, "binary", "get", &got, &name), &format!("tftp get {name}"));
+        assert_same(&got, &want);
+    }
+    let stats = srv.stop_when(|s| s.completed == 15);
+    assert_eq!((stats.started, stats.completed, stats.failed), (15, 15, 0), "{stats:?}");
+}
+
+#[test]
+fn block_numbers_roll_over_after_65535_blocks() {
+    // 65,535 full blocks of 8 bytes, then an empty last block whose number
+    // has rolled over to 0.
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("wrap"), content(65_535 * 8, 7)).unwrap();
+    let srv = start(Config::new(&root.0));
+    let got = out.path("wrap");
+    assert_ok(&curl_get(&srv, "wrap", &got, Some(8)), "curl get with blksize 8");
+    assert_same(&got, &root.path("wrap"));
+    let stats = srv.stop_when(|s| s.completed == 1);
+    assert_eq!((stats.completed, stats.retransmissions), (1, 0), "{stats:?}");
+}
+
+#[test]
+fn curl_and_tftp_hpa_put_files_and_nothing_is_overwritten() {
+    let root = TempDir::new();
+    let src = TempDir::new();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    let srv = start(cfg);
+    for (i, &len) in [0usize, 511, 512, 513, 1 << 20].iter().enumerate() {
+        let from = src.path(&format!("s{len}"));
+        std::fs::write(&from, content(len, 100 + i as u64)).unwrap();
+        assert_ok(&curl_put(&srv, &from, &format!("curl{len}")), &format!("curl put {len}"));
+        assert_same(&root.path(&format!("curl{len}")), &from);
+        assert_ok(&tftp_hpa(&srv, "binary", "put", &from, &format!("hpa{len}")), &format!("tftp put {len}"));
+        // tftp-hpa returns before the server's loop may have closed the file.
+        wait_for_len(&root.path(&format!("hpa{len}")), len);
+        assert_same(&root.path(&format!("hpa{len}")), &from);
+    }
+    // An existing file is never overwritten: curl reports the TFTP error
+    // (exit 73: "file already exists"), and the file is unchanged.
+    let other = src.path("other");
+    std::fs::write(&other, b"something else").unwrap();
+    let out = curl_put(&srv, &other, "curl513");
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    assert_same(&root.path("curl513"), &src.path("s513"));
+    let out = tftp_hpa(&srv, "binary", "put", &other, "hpa513");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Error code 6"), "{out:?}");
+    assert_same(&root.path("hpa513"), &src.path("s513"));
+    srv.stop();
+}
+
+fn wait_for_len(p: &Path, len: usize) {
+    for _ in 0..200 {
+        if std::fs::metadata(p).is_ok_and(|m| m.len() == len as u64) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn netascii_both_ways_with_tftp_hpa() {
+    let root = TempDir::new();
+    let src = TempDir::new();
+    let text = b"first line\nsecond line\r\na bare CR\rand\n\nlast line without newline".to_vec();
+    std::fs::write(root.path("text"), &text).unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    let srv = start(cfg);
+    let got = src.path("got");
+    assert_ok(&tftp_hpa(&srv, "netascii", "get", &got, "text"), "netascii get");
+    assert_eq!(std::fs::read(&got).unwrap(), text);
+    // A block boundary inside a CR LF pair: 511 bytes then a newline.
+    let mut long = vec![b'x'; 511];
+    long.extend_from_slice(b"\nafter\r\n");
+    let from = src.path("long");
+    std::fs::write(&from, &long).unwrap();
+    assert_ok(&tftp_hpa(&srv, "netascii", "put", &from, "long"), "netascii put");
+    wait_for_len(&root.path("long"), long.len());
+    assert_eq!(std::fs::read(root.path("long")).unwrap(), long);
+    let back = src.path("back");
+    assert_ok(&tftp_hpa(&srv, "netascii", "get", &back, "long"), "netascii get across a block boundary");
+    assert_eq!(std::fs::read(&back).unwrap(), long);
+    srv.stop();
+}
+
+#[test]
+fn ten_concurrent_downloads() {
+    let root = TempDir::new();
+    let out = TempDir::new();
+    for i in 0..10 {
+        std::fs::write(root.path(&format!("c{i}")), content((1 << 20) + i * 1000, 200 + i as u64)).unwrap();
+    }
+    let srv = start(Config::new(&root.0));
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            let mut c = tool("curl");
+            let blksize = if i % 2 == 0 { "512" } else { "1400" };
+            c.args(["-s", "-S", "--max-time", "60", "--tftp-blksize", blksize, "-o"])
+                .arg(out.path(&format!("c{i}")))
+                .arg(srv.url(&format!("c{i}")));
+            c.spawn().unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "download {i}: {o:?}");
+        assert_same(&out.path(&format!("c{i}")), &root.path(&format!("c{i}")));
+    }
+    let stats = srv.stop_when(|s| s.completed == 10);
+    assert_eq!((stats.started, stats.completed, stats.failed), (10, 10, 0), "{stats:?}");
+}
+
+/// Sends `packet` to the server and returns the (code, message) of the
+/// ERROR that comes back.
+fn error_for(srv: &Running, packet: &[u8]) -> (u16, String) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 600];
+    // Sent again if nothing comes back: a flood may have filled the
+    // server's receive queue, and the kernel then drops the request.
+    let (n, from) = (0..10)
+        .find_map(|_| {
+            s.send_to(packet, srv.addr).unwrap();
+            s.recv_from(&mut buf).ok()
+        })
+        .expect("an error packet");
+    assert_ne!(from, srv.addr, "replies come from a new transfer ID");
+    assert_eq!(&buf[..2], &[0, 5], "not an ERROR: {:?}", &buf[..n]);
+    assert_eq!(buf[n - 1], 0, "message not NUL-terminated");
+    let code = u16::from_be_bytes([buf[2], buf[3]]);
+    (code, String::from_utf8_lossy(&buf[4..n - 1]).into_owned())
+}
+
+fn request(op: u8, name: &str, mode: &str) -> Vec<u8> {
+    let mut p = vec![0, op];
+    p.extend_from_slice(name.as_bytes());
+    p.push(0);
+    p.extend_from_slice(mode.as_bytes());
+    p.push(0);
+    p
+}
+
+#[test]
+fn bad_requests_get_a_clear_error_packet() {
+    let root = TempDir::new();
+    std::fs::write(root.path("exists"), b"x").unwrap();
+    let ro = start(Config::new(&root.0));
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (vec![0, 9, b'a', 0, b'o', 0], code::ILLEGAL_OPERATION, "unknown opcode"),
+        (request(1, "missing", "octet"), code::FILE_NOT_FOUND, "not found"),
+        (request(1, "exists", "mail"), code::ILLEGAL_OPERATION, "mode"),
+        (request(1, "exists", "octet")[..9].to_vec(), code::ILLEGAL_OPERATION, "malformed"),
+        (vec![0, 1, b'x', 0], code::ILLEGAL_OPERATION, "malformed"),
+        (request(1, "../etc/passwd", "octet"), code::ACCESS_VIOLATION, ".."),
+        (request(1, "a/../../exists", "octet"), code::ACCESS_VIOLATION, ".."),
+        (request(1, "/etc/passwd", "octet"), code::ACCESS_VIOLATION, "absolute"),
+        (request(2, "new", "octet"), code::ACCESS_VIOLATION, "not allowed"),
+        (vec![0, 4, 0, 1], code::ILLEGAL_OPERATION, "expected a read or write request"),
+        (vec![0], code::ILLEGAL_OPERATION, "too short"),
+    ];
+    for (packet, want, words) in &cases {
+        let (got, msg) = error_for(&ro, packet);
+        assert_eq!(got, *want, "{packet:?}: {msg}");
+        assert!(msg.contains(words), "{packet:?}: {msg:?} should mention {words:?}");
+    }
+    assert!(!root.path("new").exists());
+    let stats = ro.stop();
+    assert_eq!(stats.started, 0);
+
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    let rw = start(cfg);
+    let (got, msg) = error_for(&rw, &request(2, "exists", "octet"));
+    assert_eq!(got, code::FILE_EXISTS, "{msg}");
+    assert_eq!(std::fs::read(root.path("exists")).unwrap(), b"x");
+    let (got, _) = error_for(&rw, &request(2, "../escape", "octet"));
+    assert_eq!(got, code::ACCESS_VIOLATION);
+    rw.stop();
+}
+
+#[test]
+fn a_lossy_server_still_completes_every_transfer() {
+    let root = TempDir::new();
+    let out = TempDir::new();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    cfg.drop_rate = 0.2;
+    cfg.seed = 0x7F7F;
+    cfg.timeout = Duration::from_millis(20);
+    cfg.max_timeout = Duration::from_millis(200);
+    cfg.retries = 30;
+    // curl asks for a retransmission timeout of seconds; ours stays short.
+    cfg.ignore_client_timeout = true;
+    let sizes = [0usize, 1, 511, 512, 513, 20_000, 100_000];
+    for (i, &len) in sizes.iter().enumerate() {
+        std::fs::write(root.path(&format!("l{len}")), content(len, 300 + i as u64)).unwrap();
+    }
+    let srv = start(cfg);
+    for &len in &sizes {
+        let name = format!("l{len}");
+        let got = out.path(&format!("curl-{name}"));
+        assert_ok(&curl_get(&srv, &name, &got, None), &format!("lossy curl get {name}"));
+        assert_same(&got, &root.path(&name));
+        let got = out.path(&format!("hpa-{name}"));
+        assert_ok(&tftp_hpa(&srv, "binary", "get", &got, &name), &format!("lossy tftp get {name}"));
+        assert_same(&got, &root.path(&name));
+    }
+    // Uploads: our lost ACKs are retransmitted on our timer; a lost last ACK
+    // is answered when curl resends the last block (after its own timeout:
+    // `--max-time 5` makes that one second).
+    for &len in &[513usize, 30_000] {
+        let from = out.path(&format!("up{len}"));
+        std::fs::write(&from, content(len, 400 + len as u64)).unwrap();
+        let mut c = tool("curl");
+        c.args(["-s", "-S", "--max-time", "5", "-T"]).arg(&from).arg(srv.url(&format!("up{len}")));
+        assert_ok(&run(c), &format!("lossy curl put {len}"));
+        assert_same(&root.path(&format!("up{len}")), &from);
+    }
+    let want = 2 * sizes.len() as u64 + 2;
+    let stats = srv.stop_when(|s| s.completed == want);
+    assert!(stats.dropped > 20 && stats.retransmissions >= stats.dropped / 2, "{stats:?}");
+    assert_eq!(stats.completed, want, "{stats:?}");
+}
+
+#[test]
+fn malformed_input_never_crashes_the_server() {
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("good"), content(5000, 9)).unwrap();
+    let srv = start(Config::new(&root.0));
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Random packets, then every truncation of valid requests with options.
+    let mut x: u64 = 0xDEAD_BEEF;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..3000 {
+        let len = (rnd() % 700) as usize;
+        let mut p: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+        if len >= 2 && rnd() % 2 == 0 {
+            p[0] = 0;
+            p[1] = (rnd() % 8) as u8; // a plausible opcode, garbage after it
+        }
+        s.send_to(&p, srv.addr).unwrap();
+    }
+    let mut full = request(1, "good", "octet");
+    for opt in ["blksize", "99999999999999999999", "tsize", "x", "timeout", "0", "blksize", "7"] {
+        full.extend_from_slice(opt.as_bytes());
+        full.push(0);
+    }
+    for cut in 0..full.len() {
+        s.send_to(&full[..cut], srv.addr).unwrap();
+    }
+    // Every packet that reached the server has been handled once this
+    // request's reply is back (the kernel may have dropped some of the
+    // flood: the count below is not exact).
+    let (code_back, _) = error_for(&srv, &request(1, "missing", "octet"));
+    assert_eq!(code_back, code::FILE_NOT_FOUND);
+    // The server is still there and still right.
+    let got = out.path("good");
+    assert_ok(&curl_get(&srv, "good", &got, Some(1024)), "curl get after the garbage");
+    assert_same(&got, &root.path("good"));
+    let stats = srv.stop_when(|s| s.completed >= 1);
+    assert!(stats.malformed > 10, "{stats:?}");
+    assert!(stats.completed >= 1, "{stats:?}");
+}
+
+#[test]
+fn the_example_binary_serves_curl_and_refuses_writes_by_default() {
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("hello.txt"), b"hello from the tftp example\n").unwrap();
+    let mut child = Command::new(common::example("tftp_server"))
+        .arg("--root")
+        .arg(&root.0)
+        .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let stdout = child.stdout.take().unwrap();
+    let _server = common::Server(child);
+    let port = common::first_line_port(stdout);
+    let url = |name: &str| format!("tftp://127.0.0.1:{port}/{name}");
+    let got = out.path("hello.txt");
+    let mut c = tool("curl");
+    c.args(["-s", "-S", "--max-time", "20", "-o"]).arg(&got).arg(url("hello.txt"));
+    assert_ok(&run(c), "curl get from the example binary");
+    assert_same(&got, &root.path("hello.txt"));
+    // Without --allow-write, a put is refused (curl: 69, access violation).
+    let mut c = tool("curl");
+    c.args(["-s", "--max-time", "20", "-T"]).arg(&got).arg(url("copy.txt"));
+    assert_eq!(run(c).status.code(), Some(69));
+    assert!(!root.path("copy.txt").exists());
+}
