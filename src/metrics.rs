@@ -20,8 +20,9 @@ pub struct Metrics {
     /// Handlers the loop ran: posted closures, completions of operations,
     /// timer waits, remote posts.
     pub handlers_run: u64,
-    /// Passes of the loop that ended at the reactor step (Asio's task
-    /// operation), whether or not that step needed a system call.
+    /// Turns of the loop: reactor steps (Asio's task operation), each
+    /// followed by a pass over the handlers then ready, whether or not the
+    /// step needed a system call.
     pub loop_turns: u64,
     /// Calls to `epoll_wait`, the ones with a zero timeout included.
     pub reactor_waits: u64,

@@ -17,7 +17,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Operations a socket may take per readiness event and direction before the
 /// loop runs handlers again (fairness between sockets and handlers).
@@ -1025,10 +1025,10 @@ impl Reactor {
         let c = &self.counters;
         bump(&c.reactor_waits, 1);
         // The clock is read only around a wait that may block.
-        let start = (timeout != Some(Duration::ZERO)).then(Instant::now);
+        let start = (timeout != Some(Duration::ZERO)).then(|| inner.now());
         let r = self.poll.borrow_mut().poll(&mut events, timeout);
         if let Some(start) = start {
-            c.waited(start.elapsed());
+            c.waited(inner.now().saturating_duration_since(start));
         }
         if let Err(e) = r {
             if e.kind() != io::ErrorKind::Interrupted {

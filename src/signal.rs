@@ -32,13 +32,20 @@ use std::rc::Rc;
 /// context it belongs to.
 ///
 /// A signal that arrives while no wait is pending is kept and goes to the
-/// next wait, in arrival order. The kernel merges repeats of a standard
+/// next wait, in arrival order (occurrences that arrive while the set's
+/// socket is full, a few hundred unread, are counted and delivered after
+/// the ones it holds). The kernel merges repeats of a standard
 /// signal that arrive before the handler runs, so count on one delivery per
 /// burst, not per `kill`.
 ///
 /// A pending wait counts as work: `run()` does not return while one waits.
 /// A cheap `Clone` handle: the set is released (its signals given back,
 /// its waits aborted) when the last clone is dropped.
+///
+/// After `fork()`, a child that goes on using the loop should make its own
+/// sets: if another thread of the parent was inside the signal handler at
+/// the moment of the fork, releasing a set inherited by the child waits for
+/// a handler that will never finish.
 ///
 /// ```no_run
 /// use ioctx::{IoContext, SignalSet};
@@ -97,19 +104,26 @@ impl State {
         let mut buf = [0u8; 256];
         loop {
             match (&*sock).read(&mut buf) {
-                Ok(0) => return Ok(()),
+                Ok(0) => break,
                 Ok(n) => {
                     let mut p = self.pending.borrow_mut();
                     p.extend(buf[..n].iter().copied().filter(|&s| self.holds(s)));
                     if n < buf.len() {
-                        return Ok(());
+                        break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        // Occurrences that found the socket full came after what it held.
+        let mut p = self.pending.borrow_mut();
+        for r in self.regs.borrow().iter() {
+            let n = r.take_overflow();
+            p.extend(std::iter::repeat_n(r.signal() as u8, n as usize));
+        }
+        Ok(())
     }
 
     /// The oldest undelivered signal; `None` when there is none yet.
@@ -186,7 +200,7 @@ impl SignalSet {
         // after that every occurrence is in the socket, to be read and kept
         // or dropped here.
         st.regs.borrow_mut().retain(|r| r.signal() != signal);
-        let read = self.b.sock().and_then(|sock| st.drain(&sock));
+        let read = self.b.sock().map_or(Ok(()), |sock| st.drain(&sock));
         st.mask.set(st.mask.get() & !(1u128 << signal));
         st.pending.borrow_mut().retain(|&s| s as i32 != signal);
         self.after_drain();
@@ -200,7 +214,7 @@ impl SignalSet {
         let st = self.state();
         st.regs.borrow_mut().clear();
         st.mask.set(0);
-        let read = self.b.sock().and_then(|sock| st.drain(&sock));
+        let read = self.b.sock().map_or(Ok(()), |sock| st.drain(&sock));
         st.pending.borrow_mut().clear();
         log::debug!("signal set: cleared");
         read

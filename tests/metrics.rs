@@ -22,7 +22,8 @@ fn posted_handlers_are_counted_and_make_no_reactor_wait() {
     assert_eq!(ctx.run(), 20);
     let m = ctx.metrics();
     assert_eq!(m.handlers_run, 20);
-    // Three passes: the 10 posted, the 10 they posted, then out of work.
+    // Two turns, each followed by a pass: the 10 posted, then the 10 they
+    // posted; out of work, the loop stops without a third.
     assert_eq!(m.loop_turns, 2);
     assert_eq!((m.reactor_waits, m.events), (0, 0), "nothing registered: no epoll_wait");
     assert_eq!((m.datagrams_in, m.bytes_in, m.datagrams_out, m.bytes_out), (0, 0, 0, 0));
@@ -211,4 +212,47 @@ fn handlers_run_matches_what_the_run_calls_returned_through_stop_run_one_and_nes
     assert_eq!(ctx.metrics().handlers_run, (returned + nested.get()) as u64);
     // 5 posted first, the stopper and its 3, the nested poller and its 1.
     assert_eq!(ctx.metrics().handlers_run, 5 + 4 + 2, "every handler once");
+}
+
+#[test]
+fn reset_inside_a_handler_counts_the_rest_of_the_pass() {
+    let ctx = Rc::new(IoContext::new().unwrap());
+    let ex = ctx.executor();
+    ex.post(|| {});
+    let c = ctx.clone();
+    ex.post(move || c.reset_metrics());
+    for _ in 0..3 {
+        ex.post(|| {});
+    }
+    assert_eq!(ctx.run(), 5);
+    assert_eq!(ctx.metrics().handlers_run, 3, "the three after the reset");
+}
+
+#[test]
+fn a_peek_with_the_sender_is_not_counted() {
+    use ioctx::net::UnixDatagram;
+    let ctx = IoContext::new().unwrap();
+    let (a, b) = UnixDatagram::pair(&ctx).unwrap();
+    assert_eq!(a.send(&b"hello"[..]).unwrap(), 5);
+    b.async_receive_from_with_flags(vec![0u8; 16], MessageFlags::PEEK, |e, n, _, _| {
+        assert_eq!((e.is_ok(), n), (true, 5))
+    });
+    ctx.run();
+    let mut buf = [0u8; 16];
+    assert_eq!(b.receive_from(&mut buf[..]).unwrap().0, 5);
+    let m = ctx.metrics();
+    assert_eq!((m.datagrams_out, m.bytes_out, m.datagrams_in, m.bytes_in), (1, 5, 1, 5), "{m:?}");
+}
+
+#[test]
+fn waits_that_may_not_block_add_no_time_waiting() {
+    let ctx = IoContext::new().unwrap();
+    let sock = UdpSocket::bind(&ctx, local()).unwrap();
+    sock.async_receive(vec![0u8; 16], |_, _, _| {});
+    for _ in 0..10 {
+        ctx.poll();
+    }
+    let m = ctx.metrics();
+    assert!(m.reactor_waits >= 10, "{m:?}");
+    assert_eq!(m.time_waiting, Duration::ZERO, "{m:?}");
 }

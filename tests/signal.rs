@@ -290,3 +290,197 @@ fn a_set_outliving_its_context_is_harmless() {
     drop(set);
     assert_eq!(disposition(libc::SIGUSR1), libc::SIG_DFL);
 }
+
+#[test]
+fn a_signal_after_the_context_is_gone_raises_no_sigpipe() {
+    in_child!("a_signal_after_the_context_is_gone_raises_no_sigpipe");
+    // As in a C host, or any program that has not ignored SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1]).unwrap();
+    drop(ctx); // closes the end the set reads
+    raise(libc::SIGUSR1); // the handler's write must not raise SIGPIPE
+    drop(set);
+}
+
+#[test]
+fn a_set_holding_sigpipe_outliving_its_context_does_not_spin() {
+    in_child!("a_set_holding_sigpipe_outliving_its_context_does_not_spin");
+    // Watchdog: a signal storm ends the child with SIGALRM instead of hanging.
+    unsafe { libc::alarm(2) };
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGPIPE, libc::SIGUSR1]).unwrap();
+    drop(ctx);
+    raise(libc::SIGUSR1);
+    drop(set);
+    unsafe { libc::alarm(0) };
+}
+
+#[test]
+fn a_long_burst_with_no_wait_loses_no_signal() {
+    in_child!("a_long_burst_with_no_wait_loses_no_signal");
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1, libc::SIGUSR2]).unwrap();
+    // Each raise runs the handler before it returns: 2000 occurrences, far
+    // more than a socket buffer holds as one-byte writes.
+    for i in 0..2000 {
+        raise(if i == 1000 { libc::SIGUSR2 } else { libc::SIGUSR1 });
+    }
+    let got = Got::default();
+    for _ in 0..2001 {
+        set.async_wait(recorder(&got));
+    }
+    ctx.poll();
+    let got = got.borrow();
+    assert_eq!(got.len(), 2000, "occurrences lost");
+    assert_eq!(got.iter().filter(|g| g.1 == libc::SIGUSR2).count(), 1);
+    assert!(got.iter().all(|g| g.0 == Error::NONE));
+}
+
+#[test]
+fn remove_and_clear_after_the_context_is_gone_succeed() {
+    in_child!("remove_and_clear_after_the_context_is_gone_succeed");
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1, libc::SIGUSR2]).unwrap();
+    drop(ctx);
+    set.remove(libc::SIGUSR1).unwrap();
+    assert_eq!(disposition(libc::SIGUSR1), libc::SIG_DFL);
+    set.clear().unwrap();
+    assert_eq!(disposition(libc::SIGUSR2), libc::SIG_DFL);
+}
+
+#[test]
+fn adding_a_held_signal_again_delivers_each_occurrence_once() {
+    in_child!("adding_a_held_signal_again_delivers_each_occurrence_once");
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1]).unwrap();
+    set.add(libc::SIGUSR1).unwrap();
+    assert_eq!(set.signals(), vec![libc::SIGUSR1]);
+    raise(libc::SIGUSR1);
+    let got = Got::default();
+    set.async_wait(recorder(&got));
+    set.async_wait(recorder(&got));
+    ctx.poll();
+    assert_eq!(*got.borrow(), vec![(Error::NONE, libc::SIGUSR1)], "one occurrence, one delivery");
+}
+
+#[test]
+fn clear_drops_occurrences_already_read_from_the_socket() {
+    in_child!("clear_drops_occurrences_already_read_from_the_socket");
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1]).unwrap();
+    raise(libc::SIGUSR1);
+    raise(libc::SIGUSR1);
+    let got = Got::default();
+    set.async_wait(recorder(&got)); // reads both, delivers one, keeps one
+    ctx.poll();
+    assert_eq!(got.borrow().len(), 1);
+    set.clear().unwrap();
+    set.add(libc::SIGUSR1).unwrap();
+    set.async_wait(recorder(&got));
+    ctx.restart();
+    ctx.poll();
+    assert_eq!(got.borrow().len(), 1, "an occurrence survived clear: {:?}", got.borrow());
+}
+
+#[test]
+fn dropping_the_last_handle_gives_the_signal_back_before_the_aborted_wait_runs() {
+    in_child!("dropping_the_last_handle_gives_the_signal_back_before_the_aborted_wait_runs");
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1]).unwrap();
+    let got = Got::default();
+    set.async_wait(recorder(&got)); // its aborted completion waits in the queue
+    drop(set);
+    assert_eq!(disposition(libc::SIGUSR1), libc::SIG_DFL);
+    ctx.run();
+    assert_eq!(*got.borrow(), vec![(Error::OPERATION_ABORTED, 0)]);
+}
+
+#[test]
+fn the_handler_leaves_errno_as_it_found_it() {
+    in_child!("the_handler_leaves_errno_as_it_found_it");
+    let ctx = IoContext::new().unwrap();
+    let _set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1]).unwrap();
+    // Enough occurrences that the handler's own write fails (full socket).
+    for _ in 0..2000 {
+        unsafe { *libc::__errno_location() = 4242 };
+        raise(libc::SIGUSR1);
+        assert_eq!(unsafe { *libc::__errno_location() }, 4242);
+    }
+}
+
+#[test]
+fn a_system_call_the_signal_interrupts_is_restarted() {
+    in_child!("a_system_call_the_signal_interrupts_is_restarted");
+    let ctx = IoContext::new().unwrap();
+    let _set = SignalSet::with_signals(&ctx.executor(), &[libc::SIGUSR1]).unwrap();
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (rd, wr) = (fds[0], fds[1]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        tx.send((unsafe { libc::gettid() }, unsafe { libc::pthread_self() })).unwrap();
+        let mut b = 0u8;
+        unsafe { libc::read(rd, (&mut b as *mut u8).cast(), 1) }
+    });
+    let (tid, thread) = rx.recv().unwrap();
+    // Wait until the reader sleeps in read(2), then interrupt it.
+    let path = format!("/proc/self/task/{tid}/syscall");
+    while !std::fs::read_to_string(&path).unwrap().starts_with(&format!("{} ", libc::SYS_read)) {
+        std::thread::yield_now();
+    }
+    assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(unsafe { libc::write(wr, b"x".as_ptr().cast(), 1) }, 1);
+    assert_eq!(reader.join().unwrap(), 1, "read(2) failed with EINTR instead of restarting");
+}
+
+#[test]
+fn refused_installs_leave_no_registration_behind() {
+    in_child!("refused_installs_leave_no_registration_behind");
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::new(&ctx.executor()).unwrap();
+    // glibc keeps 32 (thread cancellation) for itself: sigaction refuses it.
+    if set.add(32).is_ok() {
+        return;
+    }
+    for _ in 0..1100 {
+        assert!(set.add(32).is_err());
+    }
+    set.add(libc::SIGUSR1).expect("registrations leaked by refused installs");
+}
+
+#[test]
+fn queued_realtime_signals_from_another_thread_all_arrive() {
+    in_child!("queued_realtime_signals_from_another_thread_all_arrive");
+    let ctx = IoContext::new().unwrap();
+    let rt = libc::SIGRTMIN() + 1;
+    let set = SignalSet::with_signals(&ctx.executor(), &[rt]).unwrap();
+    let count = Rc::new(std::cell::Cell::new(0u32));
+    fn wait_again(set: SignalSet, count: Rc<std::cell::Cell<u32>>) {
+        let s = set.clone();
+        set.async_wait(move |e, _| {
+            if e.is_ok() {
+                count.set(count.get() + 1);
+                wait_again(s, count);
+            }
+        });
+    }
+    wait_again(set.clone(), count.clone());
+    // Realtime signals queue: each one queued is delivered once. The
+    // sender outpaces the loop, so the set's socket fills up.
+    let pid = std::process::id() as i32;
+    let sender = std::thread::spawn(move || {
+        let v: libc::sigval = unsafe { std::mem::zeroed() };
+        (0..20_000).filter(|_| unsafe { libc::sigqueue(pid, rt, v) } == 0).count() as u32
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sender.is_finished() {
+        ctx.run_for(Duration::from_millis(5));
+    }
+    let queued = sender.join().unwrap();
+    while count.get() < queued && std::time::Instant::now() < deadline {
+        ctx.run_for(Duration::from_millis(5));
+    }
+    assert_eq!(count.get(), queued, "occurrences lost");
+}

@@ -491,3 +491,272 @@ fn the_example_binary_serves_curl_and_refuses_writes_by_default() {
     assert_eq!(run(c).status.code(), Some(69));
     assert!(!root.path("copy.txt").exists());
 }
+
+// ---------------------------------------------------------------------------
+// Protocol edge cases, with a raw UDP client.
+
+/// A hand-driven TFTP client: requests go to the server's port, the rest to
+/// the transfer ID of the first reply.
+struct Raw {
+    s: UdpSocket,
+    server: SocketAddr,
+    tid: Option<SocketAddr>,
+}
+
+impl Raw {
+    fn new(srv: &Running) -> Raw {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        Raw { s, server: srv.addr, tid: None }
+    }
+
+    fn request(&mut self, p: &[u8]) {
+        self.tid = None;
+        self.s.send_to(p, self.server).unwrap();
+    }
+
+    fn send(&self, p: &[u8]) {
+        self.s.send_to(p, self.tid.expect("a transfer ID")).unwrap();
+    }
+
+    /// The next packet (from the server's side), or None after `wait`.
+    fn recv_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        self.s.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = vec![0u8; 70_000];
+        let (n, from) = self.s.recv_from(&mut buf).ok()?;
+        if self.tid.is_none() {
+            self.tid = Some(from);
+        }
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    fn recv(&mut self) -> Vec<u8> {
+        self.recv_within(Duration::from_secs(2)).expect("a reply from the server")
+    }
+}
+
+fn request_with(op: u8, name: &str, mode: &str, opts: &[(&str, &str)]) -> Vec<u8> {
+    let mut p = request(op, name, mode);
+    for (n, v) in opts {
+        p.extend_from_slice(n.as_bytes());
+        p.push(0);
+        p.extend_from_slice(v.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+/// The options of an OACK, as (name, value) pairs.
+fn oack_options(p: &[u8]) -> Vec<(String, String)> {
+    assert_eq!(&p[..2], &[0, 6], "not an OACK: {p:?}");
+    let f: Vec<String> =
+        p[2..p.len() - 1].split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+    f.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()
+}
+
+fn ack(block: u16) -> Vec<u8> {
+    let mut p = vec![0, 4];
+    p.extend_from_slice(&block.to_be_bytes());
+    p
+}
+
+fn data(block: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut p = vec![0, 3];
+    p.extend_from_slice(&block.to_be_bytes());
+    p.extend_from_slice(bytes);
+    p
+}
+
+#[test]
+fn netascii_read_with_tsize_sends_the_file() {
+    // Counting the netascii size read the file through a dup of its
+    // descriptor, which shares the offset: the transfer then found the file
+    // at its end and sent an empty block after announcing tsize 6.
+    let root = TempDir::new();
+    std::fs::write(root.path("text"), b"a\nb\n").unwrap();
+    let srv = start(Config::new(&root.0));
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "text", "netascii", &[("tsize", "0")]));
+    let oack = c.recv();
+    assert_eq!(oack_options(&oack), vec![("tsize".to_string(), "6".to_string())]);
+    c.send(&ack(0));
+    assert_eq!(c.recv(), data(1, b"a\r\nb\r\n"));
+    c.send(&ack(1));
+    let stats = srv.stop_when(|s| s.completed == 1);
+    assert_eq!((stats.completed, stats.failed), (1, 0), "{stats:?}");
+}
+
+#[test]
+fn a_new_request_from_the_same_port_is_served_while_a_write_dallies() {
+    // A client that keeps its port (tftp-hpa in interactive mode does) puts
+    // a file, then gets one: the server, dallying after the put (8 s by
+    // default), took the new request for a repeat of the old one and
+    // ignored it.
+    let root = TempDir::new();
+    std::fs::write(root.path("other"), b"hello").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    let srv = start(cfg);
+    let mut c = Raw::new(&srv);
+    c.request(&request(2, "up", "octet"));
+    assert_eq!(c.recv(), ack(0));
+    c.send(&data(1, b"abc"));
+    assert_eq!(c.recv(), ack(1));
+    c.request(&request(1, "other", "octet"));
+    assert_eq!(c.recv(), data(1, b"hello"), "the read was not served during the dally");
+    c.send(&ack(1));
+    assert_eq!(std::fs::read(root.path("up")).unwrap(), b"abc");
+    let stats = srv.stop_when(|s| s.completed == 2);
+    assert_eq!((stats.started, stats.completed, stats.failed), (2, 2, 0), "{stats:?}");
+}
+
+#[test]
+fn a_client_timeout_beyond_max_timeout_is_declined() {
+    // The client's `timeout` option replaced the server's timeout even above
+    // `max_timeout`: one request with `timeout 255` held a transfer slot for
+    // 255 s x (retries + 1), and a write's dally for 510 s. RFC 2349 lets the
+    // server decline it (it may not answer another value).
+    let root = TempDir::new();
+    std::fs::write(root.path("f"), b"x").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.timeout = Duration::from_millis(50);
+    cfg.max_timeout = Duration::from_millis(100);
+    cfg.retries = 2;
+    let srv = start(cfg);
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "f", "octet", &[("timeout", "255"), ("blksize", "1024")]));
+    let oack = c.recv();
+    assert_eq!(oack_options(&oack), vec![("blksize".to_string(), "1024".to_string())]);
+    // No ACK: the transfer is given up on the server's schedule (50 + 100
+    // + 100 ms), not the client's.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = srv.stats();
+    assert_eq!((stats.active, stats.failed), (0, 1), "{stats:?}");
+}
+
+#[test]
+fn names_with_a_trailing_slash_are_refused() {
+    // "dir/" (or "dir/.") named a file "dir": a put of "new/" created a
+    // regular file "new", a get of "f/" served the file "f".
+    let root = TempDir::new();
+    std::fs::write(root.path("f"), b"x").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    let srv = start(cfg);
+    let (got, msg) = error_for(&srv, &request(2, "new/", "octet"));
+    assert_eq!(got, code::ACCESS_VIOLATION, "{msg}");
+    assert!(!root.path("new").exists());
+    let (got, msg) = error_for(&srv, &request(2, "new/.", "octet"));
+    assert_eq!(got, code::ACCESS_VIOLATION, "{msg}");
+    assert!(!root.path("new").exists());
+    let (got, msg) = error_for(&srv, &request(1, "f/", "octet"));
+    assert_eq!(got, code::ACCESS_VIOLATION, "{msg}");
+    srv.stop();
+}
+
+/// A full tmpfs mounted at a fresh directory (None where mounting is not
+/// allowed: the test is then skipped); unmounted when dropped.
+struct FullDisk(TempDir);
+
+impl FullDisk {
+    fn new() -> Option<FullDisk> {
+        let dir = TempDir::new();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir.0)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let disk = FullDisk(dir);
+        let mut f = std::fs::File::create(disk.0.path("filler")).unwrap();
+        let chunk = [0u8; 4096];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        Some(disk)
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0.0).status();
+    }
+}
+
+#[test]
+fn a_write_that_fails_on_its_last_block_leaves_no_partial_file() {
+    // A file smaller than the write buffer reaches the disk only when its
+    // last block is in: if that fails (disk full), the transfer failed but
+    // the file it had created stayed (empty), and a retry got "file exists".
+    let Some(disk) = FullDisk::new() else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let mut cfg = Config::new(&disk.0.0);
+    cfg.allow_write = true;
+    let srv = start(cfg);
+    let mut c = Raw::new(&srv);
+    c.request(&request(2, "small", "octet"));
+    assert_eq!(c.recv(), ack(0));
+    c.send(&data(1, b"abc"));
+    let reply = c.recv();
+    assert_eq!(&reply[..4], &[0, 5, 0, code::DISK_FULL as u8], "{reply:?}");
+    let stats = srv.stop_when(|s| s.active == 0);
+    assert_eq!((stats.completed, stats.failed), (0, 1), "{stats:?}");
+    assert!(!disk.0.path("small").exists(), "the partial file was left behind");
+}
+
+#[test]
+fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
+    // The file of a write request was created before the transfer's socket:
+    // when the socket could not be had (out of descriptors), the request was
+    // refused but the new, empty file stayed, and every retry then got "file
+    // exists". Run on the example binary, whose descriptor limit prlimit(1)
+    // lowers to leave exactly one free.
+    let root = TempDir::new();
+    let mut child = Command::new(common::example("tftp_server"))
+        .arg("--root")
+        .arg(&root.0)
+        .args(["--listen", "127.0.0.1:0", "--log", "error", "--allow-write"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let _server = common::Server(child);
+    let port = common::first_line_port(stdout);
+    let fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    // Descriptors are allocated lowest first and the limit bounds their
+    // numbers: with the lowest free one as the only one below it, one more
+    // descriptor can be had.
+    let lowest_free = (0..).find(|n| !fds.contains(n)).unwrap();
+    let limit = lowest_free + 1;
+    let lowered = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !lowered {
+        eprintln!("skipped: prlimit is not available");
+        return;
+    }
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.send_to(&request(2, "new", "octet"), ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 600];
+    let _ = s.recv_from(&mut buf); // no socket for an error packet either
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!root.path("new").exists(), "a refused write request left its file behind");
+    // With descriptors again, the client's retry is served.
+    let raised = Command::new("prlimit").arg(format!("--pid={pid}")).arg("--nofile=1024:").status().unwrap();
+    assert!(raised.success());
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(&request(2, "new", "octet"), ("127.0.0.1", port)).unwrap();
+    let (n, _) = s.recv_from(&mut buf).expect("a reply to the retry");
+    assert_eq!(&buf[..n], &ack(0)[..], "the retry was refused");
+}

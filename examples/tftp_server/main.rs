@@ -36,6 +36,7 @@ const HELP: &str = "usage: tftp_server --root DIR [flags]
   --allow-write            accept write requests (never overwriting a file)
   --timeout-ms N           first retransmission after N ms (default 1000), doubled
                            at each retransmission; a client's timeout option wins
+                           (one above --max-timeout-ms is declined)
   --max-timeout-ms N       longest wait between retransmissions (default 8000)
   --retries N              retransmissions before a transfer is given up (default 5)
   --max-blksize N          largest block size granted, 8..=65464 (default 65464)

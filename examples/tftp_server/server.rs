@@ -19,7 +19,7 @@ use ioctx::{Error, Executor, SteadyTimer};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -57,7 +57,7 @@ pub struct Config {
     pub allow_write: bool,
     /// Wait before the first retransmission (doubled at each one, up to
     /// `max_timeout`). A client's `timeout` option replaces it unless
-    /// `ignore_client_timeout`.
+    /// `ignore_client_timeout` (one above `max_timeout` is declined).
     pub timeout: Duration,
     /// The longest wait between retransmissions.
     pub max_timeout: Duration,
@@ -288,6 +288,10 @@ fn resolve(root: &Path, name: &str) -> Result<PathBuf, Refusal> {
     if name.is_empty() {
         return Err(refuse(code::ACCESS_VIOLATION, "empty file name"));
     }
+    // `Path` drops a trailing "/" or "/.": "dir/" would name a file "dir".
+    if matches!(name.rsplit('/').next(), Some("" | ".")) {
+        return Err(refuse(code::ACCESS_VIOLATION, "not a file"));
+    }
     let mut out = root.to_path_buf();
     for c in path.components() {
         match c {
@@ -427,8 +431,12 @@ fn negotiate(
                 }
             }
             "timeout" if !cfg.ignore_client_timeout => {
+                // Above our longest wait: declined (RFC 2349 does not let
+                // the server answer another value), so that one request
+                // cannot hold a transfer for 255 s x (retries + 1).
                 if let Ok(v) = value.parse::<u64>()
                     && (1..=255).contains(&v)
+                    && Duration::from_secs(v) <= cfg.max_timeout
                 {
                     g.timeout = Some(Duration::from_secs(v));
                     g.oack.push((name.clone(), v.to_string()));
@@ -459,27 +467,37 @@ fn oack_packet(opts: &[(String, String)]) -> Vec<u8> {
 }
 
 /// The size of `file` once converted to netascii (each LF and CR becomes
-/// two bytes).
+/// two bytes). Reads the whole file, then puts its offset back at the start
+/// for the transfer (a `try_clone` would share that offset, not save it).
 fn netascii_size(file: &File) -> io::Result<u64> {
-    let mut r = BufReader::new(file.try_clone()?);
-    let mut buf = [0u8; 64 * 1024];
+    let mut r = BufReader::with_capacity(64 * 1024, file);
     let mut size = 0u64;
     loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(size);
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
         }
-        size += n as u64 + buf[..n].iter().filter(|&&b| b == b'\n' || b == b'\r').count() as u64;
+        let n = buf.len();
+        size += n as u64 + buf.iter().filter(|&&b| b == b'\n' || b == b'\r').count() as u64;
+        r.consume(n);
     }
+    let mut f: &File = file;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(size)
 }
 
 fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result<(), Refusal> {
     let path = resolve(&shared.root, &req.filename)?;
     let cfg = &shared.cfg;
+    if req.write && !cfg.allow_write {
+        return Err(refuse(code::ACCESS_VIOLATION, "write requests are not allowed"));
+    }
+    // The socket first: a write's file, once created, is not to be left
+    // behind by a failure after it.
+    let bind = SocketAddr::new(unspecified_like(peer), 0);
+    let sock = UdpSocket::bind(&shared.ex, bind).map_err(|e| io_refusal(&e, "socket"))?;
+    sock.connect(peer).map_err(|e| io_refusal(&e, "connect"))?;
     let (kind, granted) = if req.write {
-        if !cfg.allow_write {
-            return Err(refuse(code::ACCESS_VIOLATION, "write requests are not allowed"));
-        }
         let max = cfg.max_write_bytes;
         let granted = negotiate(cfg, &req, |v| match v.parse::<u64>() {
             Ok(n) if n > max => Err(refuse(code::DISK_FULL, format!("file larger than {max} bytes"))),
@@ -501,9 +519,6 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
         let source = Source { inp: BufReader::new(file), netascii, pending: None, eof: false };
         (Kind::Read { source, block: 0, last: false }, granted)
     };
-    let bind = SocketAddr::new(unspecified_like(peer), 0);
-    let sock = UdpSocket::bind(&shared.ex, bind).map_err(|e| io_refusal(&e, "socket"))?;
-    sock.connect(peer).map_err(|e| io_refusal(&e, "connect"))?;
     let id = shared.next_id.get();
     shared.next_id.set(id + 1);
     let base = granted.timeout.unwrap_or(cfg.timeout);
@@ -944,6 +959,8 @@ fn on_data(t: &Rc<RefCell<Transfer>>, b: u16, data: &[u8]) {
         {
             let mut tr = t.borrow_mut();
             tr.state = State::Dallying;
+            // A new request from the client's port is a new transfer now.
+            release_peer(&tr);
             tr.shared.stat(|s| s.completed += 1);
             log::info!("transfer {}: write complete", tr.id);
         }
@@ -961,6 +978,14 @@ fn on_data(t: &Rc<RefCell<Transfer>>, b: u16, data: &[u8]) {
     send_new(t, ack_packet(b));
 }
 
+/// Lets a new request from the transfer's peer start a transfer.
+fn release_peer(tr: &Transfer) {
+    let mut active = tr.shared.active.borrow_mut();
+    if active.get(&tr.peer) == Some(&tr.id) {
+        active.remove(&tr.peer);
+    }
+}
+
 /// Ends the transfer; `ok`: it completed.
 fn finish(t: &Rc<RefCell<Transfer>>, ok: bool) {
     let mut tr = t.borrow_mut();
@@ -971,11 +996,9 @@ fn finish(t: &Rc<RefCell<Transfer>>, ok: bool) {
     tr.state = State::Done;
     tr.timer.cancel();
     tr.sock.close();
+    release_peer(&tr);
     let shared = tr.shared.clone();
-    let (peer, id) = (tr.peer, tr.id);
-    if shared.active.borrow().get(&peer) == Some(&id) {
-        shared.active.borrow_mut().remove(&peer);
-    }
+    let id = tr.id;
     shared.stat(|s| {
         s.active -= 1;
         // A write counted as complete when its last block came in.
@@ -1005,11 +1028,14 @@ fn fail(t: &Rc<RefCell<Transfer>>, why: Option<Refusal>) {
             tr.sock.async_send(error_packet(code, &msg), |_, _| {});
         }
     }
+    // A write not yet complete leaves no file, even when it failed in
+    // `Sink::finish` (the sink already taken).
     let partial = {
         let mut tr = t.borrow_mut();
+        let running = tr.state == State::Running;
         match &mut tr.kind {
-            Kind::Write { sink, path, .. } => sink.take().map(|s| (s, path.clone())),
-            Kind::Read { .. } => None,
+            Kind::Write { sink, path, .. } if running => Some((sink.take(), path.clone())),
+            _ => None,
         }
     };
     if let Some((sink, path)) = partial {

@@ -11,7 +11,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Registrations (set, signal) that may exist at once in the process.
 const SLOTS: usize = 1024;
@@ -22,6 +22,13 @@ const NSIG: usize = 65;
 /// A slot is 0 when free, else `signal << 32 | fd`, so the handler reads a
 /// signal and its descriptor in one load.
 static SLOT: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+
+/// Per slot: occurrences that found the socket full (see `on_signal`),
+/// not yet taken by [`Registration::take_overflow`].
+static OVERFLOW: [AtomicU32; SLOTS] = [const { AtomicU32::new(0) }; SLOTS];
+
+/// Written after an overflow to wake the reader; never a signal number.
+const WAKE: u8 = 0;
 
 /// Slots at or above this are free: the handler looks no further.
 static HIGH: AtomicUsize = AtomicUsize::new(0);
@@ -53,24 +60,41 @@ fn table() -> std::sync::MutexGuard<'static, Table> {
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // SAFETY: `__errno_location` returns this thread's errno; saving and
-    // restoring it keeps the interrupted code's errno intact across write(2).
+    // restoring it keeps the interrupted code's errno intact across send(2).
     let errno = unsafe { *libc::__errno_location() };
     INFLIGHT.fetch_add(1, Ordering::SeqCst);
     let high = HIGH.load(Ordering::SeqCst);
     let byte = sig as u8;
-    for slot in &SLOT[..high] {
+    for (i, slot) in SLOT[..high].iter().enumerate() {
         let v = slot.load(Ordering::SeqCst);
         if v != 0 && (v >> 32) as i32 == sig {
-            // SAFETY: the descriptor stays open while it is in the table and
-            // until INFLIGHT has been seen at zero after its removal; write(2)
-            // is async-signal-safe and the socket is non-blocking, so a full
-            // buffer loses the byte instead of blocking the handler.
-            unsafe { libc::write(v as u32 as i32, (&byte as *const u8).cast(), 1) };
+            let fd = v as u32 as i32;
+            // SAFETY: as above.
+            if !send_byte(fd, byte) && unsafe { *libc::__errno_location() } == libc::EAGAIN {
+                // Full socket: count the occurrence instead, then make sure
+                // the reader comes back for the count (if the wake does not
+                // fit either, the reader has bytes left to read, after which
+                // it takes the count).
+                OVERFLOW[i].fetch_add(1, Ordering::SeqCst);
+                send_byte(fd, WAKE);
+            }
         }
     }
     INFLIGHT.fetch_sub(1, Ordering::SeqCst);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+/// One byte to `fd`; false if it was not sent (errno says why).
+fn send_byte(fd: i32, byte: u8) -> bool {
+    // SAFETY: the descriptor stays open while it is in the table and until
+    // INFLIGHT has been seen at zero after its removal; send(2) is
+    // async-signal-safe. MSG_DONTWAIT: a full buffer fails instead of
+    // blocking the handler. MSG_NOSIGNAL: a reading end already closed (the
+    // context is gone) fails with EPIPE instead of raising SIGPIPE, which
+    // would end a process that has not ignored it, and spin forever in a set
+    // that holds SIGPIPE.
+    unsafe { libc::send(fd, (&byte as *const u8).cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) == 1 }
 }
 
 /// Signals a set may not take: those that cannot be caught, and the ones
@@ -99,6 +123,7 @@ pub(crate) fn register(sig: i32, fd: BorrowedFd<'_>) -> io::Result<Registration>
         .iter()
         .position(|s| s.load(Ordering::SeqCst) == 0)
         .ok_or_else(|| io::Error::other("too many signal registrations in this process"))?;
+    OVERFLOW[slot].store(0, Ordering::SeqCst);
     SLOT[slot].store((sig as u64) << 32 | fd.as_raw_fd() as u32 as u64, Ordering::SeqCst);
     HIGH.fetch_max(slot + 1, Ordering::SeqCst);
     let s = sig as usize;
@@ -137,6 +162,12 @@ impl Registration {
     /// The signal number.
     pub(crate) fn signal(&self) -> i32 {
         self.sig
+    }
+
+    /// Occurrences that found the socket full since the last call. Read
+    /// after the socket has been drained: they came after what it held.
+    pub(crate) fn take_overflow(&self) -> u32 {
+        OVERFLOW[self.slot].swap(0, Ordering::SeqCst)
     }
 }
 
