@@ -2,6 +2,9 @@
 //! sleeps on the context's descriptor for at most `next_timeout()` and then
 //! calls `poll()`.
 
+mod common;
+
+use common::tick;
 use ioctx::net::UdpSocket;
 use ioctx::{Error, IoContext, SteadyTimer};
 use mio::unix::SourceFd;
@@ -36,19 +39,6 @@ fn client(c: UdpSocket, k: usize, echoed: Rc<Cell<usize>>) {
         assert_eq!((e, &buf[..n]), (Error::NONE, &k.to_be_bytes()[..]));
         echoed.set(echoed.get() + 1);
         client(c2, k + 1, echoed);
-    });
-}
-
-fn tick(t: SteadyTimer, left: usize, ticks: Rc<Cell<usize>>) {
-    if left == 0 {
-        return;
-    }
-    t.expires_after(Duration::from_millis(5));
-    let t2 = t.clone();
-    t.async_wait(move |e| {
-        assert_eq!(e, Error::NONE);
-        ticks.set(ticks.get() + 1);
-        tick(t2, left - 1, ticks);
     });
 }
 

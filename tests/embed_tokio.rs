@@ -4,6 +4,9 @@
 //! is a tokio socket in a task on the same thread, so every echo needs the
 //! host to drive ioctx while that task waits.
 
+mod common;
+
+use common::tick;
 use ioctx::net::UdpSocket;
 use ioctx::{Error, IoContext, SteadyTimer};
 use std::cell::Cell;
@@ -26,19 +29,6 @@ fn echo_server(s: UdpSocket, served: Rc<Cell<usize>>) {
         s2.async_send_to(buf, from, |e, _| assert_eq!(e, Error::NONE));
         served.set(served.get() + 1);
         echo_server(s2, served);
-    });
-}
-
-fn tick(t: SteadyTimer, left: usize, ticks: Rc<Cell<usize>>) {
-    if left == 0 {
-        return;
-    }
-    t.expires_after(Duration::from_millis(5));
-    let t2 = t.clone();
-    t.async_wait(move |e| {
-        assert_eq!(e, Error::NONE);
-        ticks.set(ticks.get() + 1);
-        tick(t2, left - 1, ticks);
     });
 }
 

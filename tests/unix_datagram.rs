@@ -1,5 +1,8 @@
 //! `UnixDatagram`: the rules of `UdpSocket` on Unix-domain datagram sockets.
 
+mod common;
+
+use common::TempDir;
 use ioctx::net::{UnixDatagram, WaitType};
 use ioctx::{Error, IoContext};
 use std::cell::RefCell;
@@ -11,27 +14,6 @@ fn run_bounded(ctx: &IoContext) -> usize {
     let n = ctx.run_for(Duration::from_secs(5));
     assert!(ctx.stopped(), "run() would still be waiting: work is left");
     n
-}
-
-/// A fresh directory for socket files, removed when dropped.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("ioctx-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 type Log<T> = Rc<RefCell<Vec<T>>>;
@@ -64,7 +46,7 @@ fn a_pair_carries_datagrams_whole_including_empty_ones_and_truncates_to_the_buff
 
 #[test]
 fn send_to_and_receive_from_name_the_socket_files() {
-    let dir = Dir::new("dgram");
+    let dir = TempDir::new();
     let ctx = IoContext::new().unwrap();
     let server = UnixDatagram::bind(&ctx, dir.path("server")).unwrap();
     let client = UnixDatagram::bind(&ctx, dir.path("client")).unwrap();
@@ -142,7 +124,7 @@ fn a_read_wait_completes_when_a_datagram_arrives_and_sync_calls_block_or_would_b
 
 #[test]
 fn connect_names_the_peer_and_release_gives_back_a_blocking_std_socket() {
-    let dir = Dir::new("dgram-connect");
+    let dir = TempDir::new();
     let ctx = IoContext::new().unwrap();
     let server = UnixDatagram::bind(&ctx, dir.path("server")).unwrap();
     let a = UnixDatagram::unbound(&ctx).unwrap();

@@ -174,3 +174,45 @@ pub fn first_line_port(stdout: std::process::ChildStdout) -> u16 {
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or_else(|| panic!("no port in the server's first line {line:?}"))
 }
+
+/// A fresh directory, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ioctx-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Ticks `left` times, 5 ms apart, counting in `ticks`.
+pub fn tick(t: ioctx::SteadyTimer, left: usize, ticks: Rc<std::cell::Cell<usize>>) {
+    if left == 0 {
+        return;
+    }
+    t.expires_after(Duration::from_millis(5));
+    let t2 = t.clone();
+    t.async_wait(move |e| {
+        assert_eq!(e, Error::NONE);
+        ticks.set(ticks.get() + 1);
+        tick(t2, left - 1, ticks);
+    });
+}
