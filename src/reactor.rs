@@ -331,13 +331,13 @@ impl IoObject {
 
     /// A receive of `n` bytes succeeded.
     #[inline]
-    pub(crate) fn counted_in(&self, n: usize) {
+    fn counted_in(&self, n: usize) {
         self.counters.received(n, !self.stream.get());
     }
 
     /// A send of `n` bytes succeeded.
     #[inline]
-    pub(crate) fn counted_out(&self, n: usize) {
+    fn counted_out(&self, n: usize) {
         self.counters.sent(n, !self.stream.get());
     }
 
@@ -628,11 +628,10 @@ impl IoObject {
         done: impl Iterator<Item = (Rc<dyn SocketOp>, usize)>,
     ) -> Batch {
         self.st.borrow_mut().ops[dir as usize].drain(..k);
-        let datagram = !self.stream.get();
         for (op, len) in done {
             match dir {
-                Dir::Read => self.counters.received(len, datagram),
-                Dir::Write => self.counters.sent(len, datagram),
+                Dir::Read => self.counted_in(len),
+                Dir::Write => self.counted_out(len),
             }
             inner.finish(op, Error::NONE, len);
         }

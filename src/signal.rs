@@ -94,8 +94,9 @@ struct State {
 }
 
 impl State {
-    fn holds(&self, n: u8) -> bool {
-        n < 128 && self.mask.get() & (1u128 << n) != 0
+    /// The set holds `signal` (any number: out of range is not held).
+    fn holds(&self, signal: i32) -> bool {
+        (0..128).contains(&signal) && self.mask.get() & (1u128 << signal) != 0
     }
 
     /// Moves every signal waiting in the socket into `pending`, dropping
@@ -107,7 +108,7 @@ impl State {
                 Ok(0) => break,
                 Ok(n) => {
                     let mut p = self.pending.borrow_mut();
-                    p.extend(buf[..n].iter().copied().filter(|&s| self.holds(s)));
+                    p.extend(buf[..n].iter().copied().filter(|&s| self.holds(s.into())));
                     if n < buf.len() {
                         break;
                     }
@@ -148,7 +149,8 @@ impl SignalSet {
     /// An empty set on `ex`'s context.
     pub fn new(ex: &Executor) -> io::Result<SignalSet> {
         let (reader, writer) = UnixStream::pair()?;
-        // A full socket must lose the byte, never block the signal handler.
+        // A full socket must never block the signal handler (it counts the
+        // occurrence instead).
         writer.set_nonblocking(true)?;
         let b = Base::adopt(ex, Socket::from(OwnedFd::from(reader)), false, false)?;
         let state = Rc::new(State {
@@ -179,7 +181,7 @@ impl SignalSet {
     /// `SIGBUS`, `SIGILL`, `SIGFPE`).
     pub fn add(&self, signal: i32) -> io::Result<()> {
         let st = self.state();
-        if (0..128).contains(&signal) && st.holds(signal as u8) {
+        if st.holds(signal) {
             return Ok(());
         }
         let reg = sig::register(signal, st.writer.as_fd())?;
@@ -193,7 +195,7 @@ impl SignalSet {
     /// delivered; nothing happens if it is not held.
     pub fn remove(&self, signal: i32) -> io::Result<()> {
         let st = self.state();
-        if !(0..128).contains(&signal) || !st.holds(signal as u8) {
+        if !st.holds(signal) {
             return Ok(());
         }
         // Dropping the registration waits out a handler that may be writing;

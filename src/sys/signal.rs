@@ -100,7 +100,7 @@ fn send_byte(fd: i32, byte: u8) -> bool {
 /// Signals a set may not take: those that cannot be caught, and the ones
 /// the kernel raises for a faulting instruction (returning from a handler
 /// would run it again).
-pub(crate) fn refused(sig: i32) -> bool {
+fn refused(sig: i32) -> bool {
     matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE)
 }
 
