@@ -42,8 +42,12 @@ struct IoState {
     /// `async_wait(WaitType::Error)` operations.
     error_waits: VecDeque<Rc<dyn Completion>>,
     /// Per direction: false once a call said would-block, true again on an
-    /// event (edge-triggered readiness).
-    ready: [bool; 2],
+    /// event (edge-triggered readiness). Only half of the story for reads:
+    /// see [`IoState::ready`].
+    kernel_ready: [bool; 2],
+    /// One datagram read ahead (see [`IoObject::recv`]): readable data, as
+    /// much as what the kernel holds.
+    stash: Option<Stash>,
     /// What the descriptor is registered for, once it is.
     interest: Interest,
     /// Added to epoll.
@@ -54,8 +58,8 @@ struct IoState {
     level: bool,
     /// On the reactor's list of sockets with deferred sends.
     flush_listed: bool,
-    /// Per direction: the queue stopped at the budget with readiness left, and
-    /// the object is on the reactor's backlog.
+    /// Per direction: listed on the reactor's backlog, to be looked at next
+    /// turn (what is run then is decided from the state then).
     backlog: [bool; 2],
 }
 
@@ -64,7 +68,8 @@ impl IoState {
         IoState {
             ops: [VecDeque::new(), VecDeque::new()],
             error_waits: VecDeque::new(),
-            ready: [true, true],
+            kernel_ready: [true, true],
+            stash: None,
             interest: BASE_INTEREST,
             registered: false,
             level: true,
@@ -79,6 +84,22 @@ impl IoState {
         while q.front().is_some_and(|o| o.core().is_done()) {
             q.pop_front();
         }
+    }
+
+    /// Operations in `dir` can progress without a new event: the kernel may
+    /// hold more (nothing said would-block since the last event), or a
+    /// datagram waits in the read-ahead slot. Derived, so that the two can
+    /// never disagree: a datagram held in memory is readable whatever the
+    /// kernel's queue says, and no event will ever announce it.
+    fn ready(&self, dir: Dir) -> bool {
+        self.kernel_ready[dir as usize] || (dir == Dir::Read && self.stash.is_some())
+    }
+
+    /// An operation waits in `dir` and could progress now: the socket must
+    /// be run this turn or the next (on the backlog), or nothing would wake it.
+    fn wants_turn(&mut self, dir: Dir) -> bool {
+        self.prune(dir);
+        !self.ops[dir as usize].is_empty() && self.ready(dir)
     }
 }
 
@@ -169,8 +190,6 @@ pub(crate) struct IoObject {
     token: Cell<usize>,
     sock: RefCell<Option<Rc<Socket>>>,
     st: RefCell<IoState>,
-    /// One datagram read ahead (see [`IoObject::recv`]).
-    stash: RefCell<Option<Stash>>,
     /// Receives may read ahead (IP datagram sockets: the spare buffer holds
     /// any datagram they can carry).
     readahead: Cell<bool>,
@@ -200,7 +219,6 @@ impl IoObject {
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
             st: RefCell::new(IoState::new()),
-            stash: RefCell::new(None),
             readahead: Cell::new(readahead),
             gso: Cell::new(false),
             gso_refusals: Cell::new(0),
@@ -244,14 +262,14 @@ impl IoObject {
         {
             let mut st = self.st.borrow_mut();
             st.prune(dir);
-            if !st.ops[dir as usize].is_empty() || !st.ready[dir as usize] {
+            if !st.ops[dir as usize].is_empty() || !st.ready(dir) {
                 return Attempt::Later;
             }
         }
         match f(&sock) {
             Some(r) => Attempt::Done(r),
             None => {
-                self.st.borrow_mut().ready[dir as usize] = false;
+                self.st.borrow_mut().kernel_ready[dir as usize] = false;
                 Attempt::Later
             }
         }
@@ -282,16 +300,16 @@ impl IoObject {
         let (list, registered, edge_drained) = {
             let mut st = self.st.borrow_mut();
             st.ops[dir as usize].push_back(op);
-            let list = deferred && st.ready[Dir::Write as usize] && !st.flush_listed;
+            let list = deferred && st.ready(Dir::Write) && !st.flush_listed;
             st.flush_listed |= list;
-            (list, st.registered, st.registered && !st.level && !st.ready[Dir::Read as usize])
+            (list, st.registered, st.registered && !st.level && !st.ready(Dir::Read))
         };
         if list {
             inner.reactor.flush_list.borrow_mut().push(self.clone());
             inner.reactor.deferred.set(true)
         } else if !deferred && (wait || dir == Dir::Write || !registered) {
             self.sync_interest(inner, &sock, wait);
-        } else if dir == Dir::Read && !wait && edge_drained && !self.has_read_ahead() {
+        } else if dir == Dir::Read && !wait && edge_drained {
             // Back to level-triggered once a receive waits on a drained socket.
             self.set_level(inner, &sock, true);
         }
@@ -377,27 +395,24 @@ impl IoObject {
         flags: i32,
         want_from: bool,
     ) -> io::Result<sys::Received> {
-        {
-            let mut stash = self.stash.borrow_mut();
-            if let Some(d) = stash.as_ref() {
+        let level = {
+            let mut st = self.st.borrow_mut();
+            if let Some(d) = st.stash.as_ref() {
                 let len = scatter(&d.data, bufs);
                 let from = d.from;
                 if flags & libc::MSG_PEEK == 0
-                    && let Some(d) = stash.take()
+                    && let Some(d) = st.stash.take()
                 {
                     *self.stash_buf.borrow_mut() = d.data;
                 }
                 return Ok(sys::Received { len, from });
             }
-        }
-        let level = {
-            let st = self.st.borrow();
             st.registered && st.level
         };
         if level {
             // Level-triggered: the next wait reports any datagram left.
             let r = sys::recv(sock, bufs, flags, want_from)?;
-            self.st.borrow_mut().ready[Dir::Read as usize] = false;
+            self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
             return Ok(r);
         }
         let inner = match self.ctx.upgrade() {
@@ -413,7 +428,7 @@ impl IoObject {
             // Drained. (Should the second receive have failed with an error
             // instead, such as an ICMP report racing in between, the kernel
             // keeps it for the next call, which the next datagram triggers.)
-            None => self.st.borrow_mut().ready[Dir::Read as usize] = false,
+            None => self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false,
         }
         Ok(r.first)
     }
@@ -423,17 +438,17 @@ impl IoObject {
         let mut data = std::mem::take(&mut *self.stash_buf.borrow_mut());
         data.clear();
         data.extend_from_slice(datagram);
-        *self.stash.borrow_mut() = Some(Stash { data, from });
+        self.st.borrow_mut().stash = Some(Stash { data, from });
     }
 
     /// True while a datagram read ahead waits for a receive.
     pub(crate) fn has_read_ahead(&self) -> bool {
-        self.stash.borrow().is_some()
+        self.st.borrow().stash.is_some()
     }
 
     /// Length of the next datagram: the one read ahead, else the kernel's.
     pub(crate) fn available(&self, sock: &Socket) -> io::Result<usize> {
-        match self.stash.borrow().as_ref() {
+        match self.st.borrow().stash.as_ref() {
             Some(d) => Ok(d.data.len()),
             None => sys::available(sock),
         }
@@ -500,11 +515,11 @@ impl IoObject {
         }
     }
 
-    /// Performs queued operations in `dir` until one would block, the queue
-    /// is empty or `budget` completed. Returns true when stopped by the budget.
-    fn run_queue(&self, inner: &Inner, dir: Dir, budget: usize) -> bool {
+    /// Performs queued operations in `dir` until one would block, the
+    /// socket is drained, the queue is empty or `budget` completed.
+    fn run_queue(&self, inner: &Inner, dir: Dir, budget: usize) {
         let Some(sock) = self.socket() else {
-            return false;
+            return;
         };
         let mut done = 0;
         loop {
@@ -514,11 +529,11 @@ impl IoObject {
                 let q = &st.ops[dir as usize];
                 match q.front() {
                     Some(op) => (op.clone(), q.len()),
-                    None => return false,
+                    None => return,
                 }
             };
             if done == budget {
-                return true;
+                return;
             }
             let batch = match dir {
                 // A batch needs two receives waiting: skip collecting candidates otherwise.
@@ -534,32 +549,32 @@ impl IoObject {
             match batch {
                 Batch::Sent(k) => {
                     done += k;
-                    if !self.st.borrow().ready[dir as usize] {
-                        return false; // drained
+                    if !self.st.borrow().ready(dir) {
+                        return; // drained
                     }
                     continue;
                 }
                 Batch::WouldBlock => {
-                    self.st.borrow_mut().ready[dir as usize] = false;
-                    return false;
+                    self.st.borrow_mut().kernel_ready[dir as usize] = false;
+                    return;
                 }
                 Batch::Single => {}
             }
             match op.perform(self, &sock) {
                 None => {
-                    self.st.borrow_mut().ready[dir as usize] = false;
-                    return false;
+                    self.st.borrow_mut().kernel_ready[dir as usize] = false;
+                    return;
                 }
                 Some((err, n)) => {
                     let (front, drained) = {
                         let mut st = self.st.borrow_mut();
-                        (st.ops[dir as usize].pop_front(), !st.ready[dir as usize])
+                        (st.ops[dir as usize].pop_front(), !st.ready(dir))
                     };
                     drop(front);
                     inner.finish(op, err, n);
                     done += 1;
                     if drained {
-                        return false;
+                        return;
                     }
                 }
             }
@@ -600,7 +615,7 @@ impl IoObject {
                     self.keep_read_ahead(&spare[..len], from);
                 } else {
                     // Fewer datagrams than slots: the socket is drained.
-                    self.st.borrow_mut().ready[Dir::Read as usize] = false;
+                    self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
                 }
                 drop(spare);
                 log::trace!("received {k} datagrams in one call");
@@ -793,7 +808,7 @@ impl IoObject {
         }
         for (dir, yes) in [(Dir::Read, readable), (Dir::Write, writable)] {
             if yes {
-                self.st.borrow_mut().ready[dir as usize] = true;
+                self.st.borrow_mut().kernel_ready[dir as usize] = true;
                 self.continue_queue(inner, dir);
             }
         }
@@ -805,28 +820,29 @@ impl IoObject {
         }
     }
 
-    /// Runs a queue; one stopped by the budget goes on the backlog, to be
-    /// continued on the next turn without waiting for another event.
+    /// Runs a queue. Whatever stopped it (the budget, or a datagram left in
+    /// the read-ahead slot), if an operation still waits and could progress,
+    /// no event will say so: the socket goes on the backlog and is looked at
+    /// again next turn, without waiting.
     fn continue_queue(self: &Rc<Self>, inner: &Inner, dir: Dir) {
-        if !self.run_queue(inner, dir, inner.reactor.budget.get()) {
-            if dir == Dir::Write
-                && let Some(sock) = self.socket()
-            {
-                // Drop the write interest once nothing waits for it; register
-                // only if sends are left waiting (a deferred flush that would
-                // block), so a socket whose sends all leave stays out of epoll.
-                let (registered, waiting) = {
-                    let mut st = self.st.borrow_mut();
-                    st.prune(Dir::Write);
-                    (st.registered, !st.ops[Dir::Write as usize].is_empty())
-                };
-                if registered || waiting {
-                    self.sync_interest(inner, &sock, false);
-                }
+        self.run_queue(inner, dir, inner.reactor.budget.get());
+        if self.st.borrow_mut().wants_turn(dir) {
+            self.to_backlog(inner, dir);
+        } else if dir == Dir::Write
+            && let Some(sock) = self.socket()
+        {
+            // Drop the write interest once nothing waits for it; register
+            // only if sends are left waiting (a deferred flush that would
+            // block), so a socket whose sends all leave stays out of epoll.
+            let (registered, waiting) = {
+                let mut st = self.st.borrow_mut();
+                st.prune(Dir::Write);
+                (st.registered, !st.ops[Dir::Write as usize].is_empty())
+            };
+            if registered || waiting {
+                self.sync_interest(inner, &sock, false);
             }
-            return;
         }
-        self.to_backlog(inner, dir);
     }
 
     /// Has the reactor run the `dir` queue on its next turn, without waiting
@@ -845,23 +861,24 @@ impl IoObject {
     /// asynchronous receives wait, no readiness event will come for that
     /// datagram (the kernel's queue may be empty), so they are run next turn.
     pub(crate) fn after_sync_recv(self: &Rc<Self>) {
-        if self.has_read_ahead() {
-            self.wake_reads();
-        }
+        self.backlog_if_ready(Dir::Read);
     }
 
     /// Data arrived that no readiness event will announce (it was read into
-    /// memory by someone other than a queued operation): the next receive is
-    /// tried at once, and queued ones are run on the next turn.
+    /// memory by someone other than a queued operation, as a signal set's
+    /// occurrences are): the next receive is tried at once, and queued ones
+    /// are run on the next turn.
     pub(crate) fn wake_reads(self: &Rc<Self>) {
-        let waiting = {
-            let mut st = self.st.borrow_mut();
-            st.ready[Dir::Read as usize] = true;
-            st.prune(Dir::Read);
-            !st.ops[Dir::Read as usize].is_empty()
-        };
-        if waiting && let Some(inner) = self.ctx.upgrade() {
-            self.to_backlog(&inner, Dir::Read);
+        self.st.borrow_mut().kernel_ready[Dir::Read as usize] = true;
+        self.backlog_if_ready(Dir::Read);
+    }
+
+    /// Lists the socket on the backlog if an operation waits in `dir` and
+    /// could progress.
+    fn backlog_if_ready(self: &Rc<Self>, dir: Dir) {
+        let wants = self.st.borrow_mut().wants_turn(dir);
+        if wants && let Some(inner) = self.ctx.upgrade() {
+            self.to_backlog(&inner, dir);
         }
     }
 
@@ -890,7 +907,7 @@ impl IoObject {
     /// pending operations (through the queue). `None` if already closed.
     pub(crate) fn detach(&self) -> Option<Rc<Socket>> {
         let sock = self.sock.borrow_mut().take()?;
-        drop(self.stash.borrow_mut().take());
+        drop(self.st.borrow_mut().stash.take());
         match self.ctx.upgrade() {
             Some(inner) => {
                 let token = self.token.get();
@@ -918,7 +935,7 @@ impl IoObject {
     /// Context teardown: close the descriptor and hand over every operation.
     pub(crate) fn teardown(&self, ops: &mut Vec<Rc<dyn Completion>>) {
         drop(self.sock.borrow_mut().take());
-        drop(self.stash.borrow_mut().take());
+        drop(self.st.borrow_mut().stash.take());
         ops.extend(self.take_ops());
     }
 }
@@ -1004,14 +1021,17 @@ impl Reactor {
         self.backlogged.get()
     }
 
-    /// Continues the queues that stopped at the budget last turn.
+    /// Continues the queues listed last turn. An entry says only "look
+    /// again": whether the queue runs is decided from the socket's state now
+    /// (an event since may have drained it, or left a datagram read ahead),
+    /// so an entry can never be stale in either direction.
     pub(crate) fn run_backlog(&self, inner: &Inner) {
         let list = std::mem::take(&mut *self.backlog.borrow_mut());
         self.backlogged.set(false);
         for obj in list {
             let dirs = std::mem::take(&mut obj.st.borrow_mut().backlog);
             for dir in [Dir::Read, Dir::Write] {
-                if dirs[dir as usize] {
+                if dirs[dir as usize] && obj.st.borrow_mut().wants_turn(dir) {
                     obj.continue_queue(inner, dir);
                 }
             }
