@@ -629,6 +629,28 @@ fn names_with_a_trailing_slash_are_refused() {
     srv.stop();
 }
 
+#[test]
+fn names_with_control_characters_are_refused() {
+    // "nul\x01name" and the like were accepted for writing: names a shell,
+    // a log or a terminal would misread. Refused for reads and writes.
+    let root = TempDir::new();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    let srv = start(cfg);
+    for name in ["nul\u{1}name", "line\nbreak", "tab\there", "esc\u{1b}[2J", "del\u{7f}", "csi\u{9b}x"] {
+        let (got, msg) = error_for(&srv, &request(2, name, "octet"));
+        assert_eq!(got, code::ACCESS_VIOLATION, "write {name:?}: {msg}");
+        assert!(msg.contains("control character"), "{msg:?}");
+        assert!(!root.path(name).exists(), "write {name:?} created the file");
+        // A file that exists under such a name is not served either.
+        std::fs::write(root.path(name), b"x").unwrap();
+        let (got, msg) = error_for(&srv, &request(1, name, "octet"));
+        assert_eq!(got, code::ACCESS_VIOLATION, "read {name:?}: {msg}");
+    }
+    let stats = srv.stop();
+    assert_eq!(stats.started, 0, "{stats:?}");
+}
+
 /// A full tmpfs mounted at a fresh directory (None where mounting is not
 /// allowed: the test is then skipped); unmounted when dropped.
 struct FullDisk(TempDir);

@@ -45,7 +45,10 @@ const HELP: &str = "usage: tftp_server --root DIR [flags]
   --ignore-client-timeout  retransmit on our schedule, not the client's timeout option
   --drop-rate P            drop a fraction P of our sends (testing retransmission)
   --seed S                 seed of those drops (default 1)
-  --log LEVEL              error, warn, info (default), debug or trace";
+  --log LEVEL              error, warn, info (default), debug or trace
+
+File names are relative to --root: names that are absolute, hold \"..\", end in /
+or hold a control character are refused with error 2 (access violation).";
 
 fn usage(msg: &str) -> ! {
     eprintln!("tftp_server: {msg}\n{HELP}");

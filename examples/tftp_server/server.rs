@@ -8,6 +8,10 @@
 //! the file reads and writes are plain blocking calls, which for local
 //! files are short.
 //!
+//! A request names a file below the served directory: names that are
+//! absolute, hold `..`, end in `/` or hold a control character (C0, DEL,
+//! C1) are refused with error 2 (access violation), for reads and writes.
+//!
 //! `main.rs` runs it as a program; the tests include this file with
 //! `#[path]` to run it in-process.
 
@@ -280,13 +284,19 @@ fn parse_request(p: &[u8]) -> Result<Request, Refusal> {
     Ok(Request { write: op == WRQ, filename: fields[0].clone(), netascii, options })
 }
 
-/// The file a request names, below the root: relative, no `..`, no NUL.
-/// Symbolic links that lead out of the root are refused for reads by
-/// `open_for_read`.
+/// The file a request names, below the root: relative, no `..`, no control
+/// characters (NUL cannot occur: it ends the field). Symbolic links that
+/// lead out of the root are refused for reads by `open_for_read`.
 fn resolve(root: &Path, name: &str) -> Result<PathBuf, Refusal> {
     let path = Path::new(name);
     if name.is_empty() {
         return Err(refuse(code::ACCESS_VIOLATION, "empty file name"));
+    }
+    // C0, DEL and C1: a name holding them is misread by the shells, logs and
+    // terminals that later show it (an escape sequence, a forged log line).
+    // A policy on names, like "..": access violation, for reads and writes.
+    if name.chars().any(char::is_control) {
+        return Err(refuse(code::ACCESS_VIOLATION, "control characters are not allowed in file names"));
     }
     // `Path` drops a trailing "/" or "/.": "dir/" would name a file "dir".
     if matches!(name.rsplit('/').next(), Some("" | ".")) {
