@@ -756,3 +756,71 @@ fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
     let (n, _) = s.recv_from(&mut buf).expect("a reply to the retry");
     assert_eq!(&buf[..n], &ack(0)[..], "the retry was refused");
 }
+
+// ---------------------------------------------------------------------------
+// Abuse: requests that cost the server more than they cost the sender.
+
+#[test]
+fn netascii_tsize_of_a_huge_file_does_not_stall_other_transfers() {
+    // Counting the netascii size of a file read it all on the loop: four
+    // 40-byte requests for a 1 GiB file stalled every other transfer for
+    // seconds. Above a limit the size is not counted and tsize is left out
+    // of the OACK.
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::File::create(root.path("huge")).unwrap().set_len(1 << 30).unwrap(); // sparse
+    std::fs::write(root.path("small"), content(2000, 11)).unwrap();
+    let srv = start(Config::new(&root.0));
+    // One socket each: requests from one port are repeats of one transfer.
+    let askers: Vec<Raw> = (0..4)
+        .map(|_| {
+            let mut c = Raw::new(&srv);
+            c.request(&request_with(1, "huge", "netascii", &[("tsize", "0"), ("blksize", "1024")]));
+            c
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let got = out.path("small");
+    assert_ok(&curl_get(&srv, "small", &got, None), "curl get behind the netascii tsize requests");
+    let took = t0.elapsed();
+    println!("download behind four netascii tsize requests for 1 GiB: {took:?}");
+    assert_same(&got, &root.path("small"));
+    assert!(took < Duration::from_millis(500), "the download took {took:?}");
+    for mut c in askers {
+        let oack = c.recv();
+        assert_eq!(oack_options(&oack), vec![("blksize".to_string(), "1024".to_string())], "tsize not declined");
+    }
+}
+
+#[test]
+fn netascii_tsize_is_counted_up_to_the_limit_only() {
+    let root = TempDir::new();
+    std::fs::write(root.path("four"), b"a\nb\n").unwrap();
+    std::fs::write(root.path("five"), b"a\nb\nc").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.max_netascii_tsize = 4;
+    let srv = start(cfg);
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "four", "netascii", &[("tsize", "0"), ("blksize", "512")]));
+    let oack = c.recv();
+    let want = |tsize: Option<&str>| {
+        let mut v = vec![];
+        if let Some(t) = tsize {
+            v.push(("tsize".to_string(), t.to_string()));
+        }
+        v.push(("blksize".to_string(), "512".to_string()));
+        v
+    };
+    assert_eq!(oack_options(&oack), want(Some("6")));
+    c.send(&ack(0));
+    assert_eq!(c.recv(), data(1, b"a\r\nb\r\n"));
+    c.send(&ack(1));
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "five", "netascii", &[("tsize", "0"), ("blksize", "512")]));
+    assert_eq!(oack_options(&c.recv()), want(None), "a file above the limit is not counted");
+    c.send(&ack(0));
+    assert_eq!(c.recv(), data(1, b"a\r\nb\r\nc"), "the file is still served");
+    c.send(&ack(1));
+    let stats = srv.stop_when(|s| s.completed == 2);
+    assert_eq!((stats.completed, stats.failed), (2, 0), "{stats:?}");
+}

@@ -43,6 +43,9 @@ const HELP: &str = "usage: tftp_server --root DIR [flags]
   --max-transfers N        transfers at once (default 256)
   --max-write-bytes N      largest file a write may create (default 1 GiB)
   --ignore-client-timeout  retransmit on our schedule, not the client's timeout option
+  --max-netascii-tsize N   answer a netascii read's tsize only for files of at most N
+                           bytes (default 1048576): counting reads the whole file on the
+                           loop; above it, tsize is left out of the OACK
   --drop-rate P            drop a fraction P of our sends (testing retransmission)
   --seed S                 seed of those drops (default 1)
   --log LEVEL              error, warn, info (default), debug or trace
@@ -78,6 +81,7 @@ fn main() {
             "--max-transfers" => cfg.max_transfers = value(&mut args, &a),
             "--max-write-bytes" => cfg.max_write_bytes = value(&mut args, &a),
             "--ignore-client-timeout" => cfg.ignore_client_timeout = true,
+            "--max-netascii-tsize" => cfg.max_netascii_tsize = value(&mut args, &a),
             "--drop-rate" => cfg.drop_rate = value(&mut args, &a),
             "--seed" => cfg.seed = value(&mut args, &a),
             "--log" => level = value(&mut args, &a),
