@@ -824,3 +824,115 @@ fn netascii_tsize_is_counted_up_to_the_limit_only() {
     let stats = srv.stop_when(|s| s.completed == 2);
     assert_eq!((stats.completed, stats.failed), (2, 0), "{stats:?}");
 }
+
+/// Sends a read request for `name` with `timeout 8` from one new socket on
+/// each of `ips`, and takes the first reply of each, never answering it.
+/// The sockets are returned to stay open: a closed one would make the
+/// server's retransmission fail (port unreachable) and end its transfer.
+/// Returns them with the number of requests answered by an OACK (a transfer
+/// slot held) and by an ERROR (refused).
+fn silent_requests(srv: &Running, name: &str, ips: &[std::net::Ipv4Addr]) -> (Vec<UdpSocket>, usize, usize) {
+    let packet = request_with(1, name, "octet", &[("timeout", "8")]);
+    let (mut held, mut refused) = (0, 0);
+    let mut socks = Vec::new();
+    let mut buf = [0u8; 600];
+    for &ip in ips {
+        let s = UdpSocket::bind((ip, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        // Sent again if nothing comes back (the kernel may drop a request
+        // when the listening socket's queue is full); a repeat of a request
+        // whose transfer runs is ignored by the server.
+        let n = (0..10)
+            .find_map(|_| {
+                s.send_to(&packet, srv.addr).unwrap();
+                s.recv_from(&mut buf).ok().map(|(n, _)| n)
+            })
+            .expect("a reply to a silent request");
+        match &buf[..2] {
+            [0, 6] => held += 1,
+            [0, 5] => refused += 1,
+            other => panic!("unexpected reply {other:?} ({n} bytes)"),
+        }
+        socks.push(s);
+    }
+    (socks, held, refused)
+}
+
+/// Runs curl until it gets `name` (a refused attempt is retried 50 ms
+/// later), for at most `limit`; returns the time it took and the attempts.
+fn curl_until_served(srv: &Running, name: &str, to: &Path, limit: Duration) -> (Duration, u32) {
+    let t0 = std::time::Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut c = tool("curl");
+        c.args(["-s", "--max-time", "5", "-o"]).arg(to).arg(srv.url(name));
+        if run(c).status.success() {
+            return (t0.elapsed(), attempts);
+        }
+        assert!(t0.elapsed() < limit, "not served within {limit:?} ({attempts} attempts)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn silent_requests_from_one_address_leave_room_for_others() {
+    // 256 requests that never acknowledge, each asking for `timeout 8`, held
+    // every transfer slot for 48 s. One address now holds at most
+    // `max_per_client` of them; the others are refused at once.
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("f"), content(3000, 12)).unwrap();
+    let cfg = Config::new(&root.0);
+    let per_client = cfg.max_per_client;
+    let srv = start(cfg);
+    let attacker = [std::net::Ipv4Addr::new(127, 0, 0, 2); 256];
+    let (_socks, held, refused) = silent_requests(&srv, "f", &attacker);
+    println!("256 silent requests from one address: {held} held, {refused} refused");
+    let got = out.path("f");
+    let (took, attempts) = curl_until_served(&srv, "f", &got, Duration::from_secs(5));
+    println!("legitimate client served after {took:?} ({attempts} attempts)");
+    assert_same(&got, &root.path("f"));
+    assert_eq!((held, refused), (per_client, 256 - per_client));
+    assert_eq!(attempts, 1, "the legitimate client was refused");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn a_dallying_write_gives_its_place_to_a_new_request_from_its_client() {
+    // A completed write waits a while for a resent last block: it counts
+    // against its client's limit, but is ended to make room rather than have
+    // a client that puts several files in a row refused.
+    let root = TempDir::new();
+    std::fs::write(root.path("other"), b"hello").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    cfg.max_per_client = 1;
+    let srv = start(cfg);
+    let mut c = Raw::new(&srv);
+    c.request(&request(2, "up", "octet"));
+    assert_eq!(c.recv(), ack(0));
+    c.send(&data(1, b"abc"));
+    assert_eq!(c.recv(), ack(1));
+    let mut d = Raw::new(&srv);
+    d.request(&request(1, "other", "octet"));
+    assert_eq!(d.recv(), data(1, b"hello"), "refused while the write dallied");
+    // The read runs: a third transfer from the same address is refused.
+    let (got, msg) = error_for(&srv, &request(1, "other", "octet"));
+    assert_eq!(got, code::NOT_DEFINED, "{msg}");
+    assert!(msg.contains("too many"), "{msg:?}");
+    d.send(&ack(1));
+    assert_eq!(std::fs::read(root.path("up")).unwrap(), b"abc");
+    let stats = srv.stop_when(|s| s.completed == 2 && s.active == 0);
+    assert_eq!((stats.started, stats.completed, stats.failed, stats.active), (2, 2, 0, 0), "{stats:?}");
+}
+
+#[test]
+fn clients_are_counted_by_ipv4_address_or_ipv6_slash_64() {
+    let key = |a: &str| server::client_key(a.parse().unwrap());
+    assert_eq!(key("127.0.0.2:1"), key("127.0.0.2:2"));
+    assert_ne!(key("127.0.0.2:1"), key("127.0.0.3:1"));
+    assert_eq!(key("[::ffff:127.0.0.2]:1"), key("127.0.0.2:1"), "an IPv4-mapped address is its IPv4 client");
+    assert_eq!(key("[2001:db8:0:1::5]:1"), key("[2001:db8:0:1:ffff:ffff:ffff:ffff]:1"));
+    assert_ne!(key("[2001:db8:0:1::5]:1"), key("[2001:db8:0:2::5]:1"));
+}

@@ -41,6 +41,10 @@ const HELP: &str = "usage: tftp_server --root DIR [flags]
   --retries N              retransmissions before a transfer is given up (default 5)
   --max-blksize N          largest block size granted, 8..=65464 (default 65464)
   --max-transfers N        transfers at once (default 256)
+  --max-per-client N       transfers one client may hold at once (default 16): an IPv4
+                           address, or an IPv6 address's /64; its further requests are
+                           refused, except that a completed write still waiting for a
+                           resent last block gives its place
   --max-write-bytes N      largest file a write may create (default 1 GiB)
   --ignore-client-timeout  retransmit on our schedule, not the client's timeout option
   --max-netascii-tsize N   answer a netascii read's tsize only for files of at most N
@@ -79,6 +83,7 @@ fn main() {
             "--retries" => cfg.retries = value(&mut args, &a),
             "--max-blksize" => cfg.max_blksize = value(&mut args, &a),
             "--max-transfers" => cfg.max_transfers = value(&mut args, &a),
+            "--max-per-client" => cfg.max_per_client = value(&mut args, &a),
             "--max-write-bytes" => cfg.max_write_bytes = value(&mut args, &a),
             "--ignore-client-timeout" => cfg.ignore_client_timeout = true,
             "--max-netascii-tsize" => cfg.max_netascii_tsize = value(&mut args, &a),

@@ -15,6 +15,10 @@
 //! `max_netascii_tsize` (1 MiB by default); above it the option is left out
 //! of the OACK.
 //!
+//! So that no one holds every transfer slot (`max_transfers`), one client
+//! (an IPv4 address, or an IPv6 address's /64) may hold at most
+//! `max_per_client` transfers (16 by default).
+//!
 //! A request names a file below the served directory: names that are
 //! absolute, hold `..`, end in `/` or hold a control character (C0, DEL,
 //! C1) are refused with error 2 (access violation), for reads and writes.
@@ -31,9 +35,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 const RRQ: u16 = 1;
@@ -78,6 +82,11 @@ pub struct Config {
     pub max_blksize: usize,
     /// Transfers at once; further requests get "server busy".
     pub max_transfers: usize,
+    /// Transfers one client may hold at once (an IPv4 address, or the /64
+    /// of an IPv6 address), so that one host cannot take every slot;
+    /// further requests from it are refused. A completed write still
+    /// waiting for a resent last block gives its place to a new request.
+    pub max_per_client: usize,
     /// The largest file a write request may create.
     pub max_write_bytes: u64,
     /// Do not accept the client's `timeout` option (retransmit on our own
@@ -106,6 +115,7 @@ impl Config {
             retries: 5,
             max_blksize: MAX_BLKSIZE,
             max_transfers: 256,
+            max_per_client: 16,
             max_write_bytes: 1 << 30,
             ignore_client_timeout: false,
             drop_rate: 0.0,
@@ -148,6 +158,9 @@ struct Shared {
     /// Transfers by client address: a request repeated while its transfer
     /// runs is a retransmission, not a new transfer.
     active: RefCell<HashMap<SocketAddr, u64>>,
+    /// Every live transfer (dallying ones too) by client (`client_key`),
+    /// oldest first, for `max_per_client`.
+    clients: RefCell<HashMap<IpAddr, Vec<Weak<RefCell<Transfer>>>>>,
     next_id: Cell<u64>,
 }
 
@@ -197,6 +210,9 @@ impl Server {
         if cfg.max_blksize < 8 || cfg.max_blksize > MAX_BLKSIZE {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "max block size must be in 8..=65464"));
         }
+        if cfg.max_per_client == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "max transfers per client must be at least 1"));
+        }
         let sock = UdpSocket::bind(ex, listen)?;
         let shared = Rc::new(Shared {
             ex: ex.clone(),
@@ -205,6 +221,7 @@ impl Server {
             root,
             stats: Cell::new(Stats::default()),
             active: RefCell::new(HashMap::new()),
+            clients: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
         });
         log::info!("serving {} on {}", shared.root.display(), sock.local_addr()?);
@@ -417,11 +434,46 @@ fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
         log::debug!("{from}: request repeated while its transfer runs: ignored");
         return;
     }
+    if !room_for_client(shared, from) {
+        return send_refusal(shared, from, refuse(code::NOT_DEFINED, "too many transfers from this address"));
+    }
     if shared.stats.get().active as usize >= shared.cfg.max_transfers {
         return send_refusal(shared, from, refuse(code::NOT_DEFINED, "server busy, try again later"));
     }
     if let Err(r) = start_transfer(shared, req, from) {
         send_refusal(shared, from, r);
+    }
+}
+
+/// The client a transfer counts against for `max_per_client`: its IPv4
+/// address (an IPv4-mapped IPv6 one too), or the /64 of its IPv6 address
+/// (a host commonly has a whole /64 to pick addresses from).
+pub fn client_key(peer: SocketAddr) -> IpAddr {
+    match peer.ip().to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & (u128::MAX << 64))),
+        v4 => v4,
+    }
+}
+
+/// True if `from`'s client may start another transfer: it holds fewer than
+/// `max_per_client`, or one of them is a completed write that dallies (the
+/// oldest such one is ended to make room: it only waited for a resend).
+fn room_for_client(shared: &Rc<Shared>, from: SocketAddr) -> bool {
+    let dallying = {
+        let clients = shared.clients.borrow();
+        let Some(held) = clients.get(&client_key(from)) else { return true };
+        if held.len() < shared.cfg.max_per_client {
+            return true;
+        }
+        held.iter().filter_map(Weak::upgrade).find(|t| t.borrow().state == State::Dallying)
+    };
+    match dallying {
+        Some(t) => {
+            log::debug!("{from}: transfer {} ends its dally to make room", t.borrow().id);
+            finish(&t, true);
+            true
+        }
+        None => false,
     }
 }
 
@@ -585,6 +637,7 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
         state: State::Running,
     }));
     shared.active.borrow_mut().insert(peer, id);
+    shared.clients.borrow_mut().entry(client_key(peer)).or_default().push(Rc::downgrade(&t));
     shared.stat(|s| {
         s.started += 1;
         s.active += 1;
@@ -1037,6 +1090,15 @@ fn finish(t: &Rc<RefCell<Transfer>>, ok: bool) {
     tr.timer.cancel();
     tr.sock.close();
     release_peer(&tr);
+    let key = client_key(tr.peer);
+    let mut clients = tr.shared.clients.borrow_mut();
+    if let Some(held) = clients.get_mut(&key) {
+        held.retain(|w| !std::ptr::eq(w.as_ptr(), Rc::as_ptr(t)));
+        if held.is_empty() {
+            clients.remove(&key);
+        }
+    }
+    drop(clients);
     let shared = tr.shared.clone();
     let id = tr.id;
     shared.stat(|s| {
