@@ -899,6 +899,74 @@ fn silent_requests_from_one_address_leave_room_for_others() {
 }
 
 #[test]
+fn silent_requests_from_many_addresses_expire_quickly() {
+    // The same flood from 256 addresses, one request each: no per-client
+    // limit applies, but a first packet that is never acknowledged is given
+    // up after a short budget, whatever the `timeout` option asked for.
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("f"), content(3000, 13)).unwrap();
+    let srv = start(Config::new(&root.0));
+    let first = u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    let attackers: Vec<_> = (0..256).map(|i| std::net::Ipv4Addr::from(first + i)).collect();
+    let (_socks, held, refused) = silent_requests(&srv, "f", &attackers);
+    println!("256 silent requests from 256 addresses: {held} held, {refused} refused");
+    assert_eq!((held, refused), (256, 0));
+    let got = out.path("f");
+    let (took, attempts) = curl_until_served(&srv, "f", &got, Duration::from_secs(5));
+    println!("legitimate client served after {took:?} ({attempts} attempts)");
+    assert_same(&got, &root.path("f"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // They expire together: curl may have taken the first slot freed.
+    let stats = srv.stop_when(|s| s.failed == 256);
+    assert_eq!((stats.failed, stats.completed), (256, 1), "{stats:?}");
+}
+
+#[test]
+fn an_unanswered_first_packet_is_sent_again_once_then_given_up() {
+    // The first packet waited for its answer on the client's `timeout`
+    // schedule: 8 s, doubled up to 8 s, five times (48 s). It now has a
+    // budget of its own (here 300 ms: sent at 0 and 100 ms, given up at 300).
+    let root = TempDir::new();
+    std::fs::write(root.path("f"), b"hello").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    cfg.timeout = Duration::from_millis(100);
+    cfg.first_reply_timeout = Duration::from_millis(300);
+    let srv = start(cfg);
+    let timeout8 = [("timeout", "8")];
+
+    // A client that lost the OACK gets it again, well before 8 s.
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "f", "octet", &timeout8));
+    let oack = c.recv();
+    assert_eq!(oack_options(&oack), vec![("timeout".to_string(), "8".to_string())]);
+    assert_eq!(c.recv_within(Duration::from_millis(250)).as_deref(), Some(&oack[..]), "no retransmission");
+    c.send(&ack(0));
+    assert_eq!(c.recv(), data(1, b"hello"));
+    c.send(&ack(1));
+
+    // Never answered: given up (with an ERROR) once the budget is spent, for
+    // a read and for a write (whose new file is removed).
+    for (op, name) in [(1, "f"), (2, "new")] {
+        let mut c = Raw::new(&srv);
+        let t0 = std::time::Instant::now();
+        c.request(&request_with(op, name, "octet", &timeout8));
+        let first = c.recv();
+        assert_eq!(c.recv(), first, "the first packet is sent again");
+        let error = c.recv();
+        let took = t0.elapsed();
+        println!("unanswered first packet of a request {op} given up after {took:?}");
+        assert_eq!(&error[..4], &[0, 5, 0, code::NOT_DEFINED as u8], "{error:?}");
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "{took:?}");
+    }
+    // The file goes after the ERROR is sent: once the transfer has ended.
+    let stats = srv.stop_when(|s| s.active == 0);
+    assert_eq!((stats.completed, stats.failed, stats.retransmissions), (1, 2, 3), "{stats:?}");
+    assert!(!root.path("new").exists(), "the unanswered write left its file");
+}
+
+#[test]
 fn a_dallying_write_gives_its_place_to_a_new_request_from_its_client() {
     // A completed write waits a while for a resent last block: it counts
     // against its client's limit, but is ended to make room rather than have

@@ -17,7 +17,13 @@
 //!
 //! So that no one holds every transfer slot (`max_transfers`), one client
 //! (an IPv4 address, or an IPv6 address's /64) may hold at most
-//! `max_per_client` transfers (16 by default).
+//! `max_per_client` transfers (16 by default), and a transfer whose first
+//! packet (the OACK, DATA 1 of a read, ACK 0 of a write) is not answered is
+//! given up after `first_reply_timeout` (2 s by default, one retransmission
+//! included), whatever `timeout` its request asked for: requests from
+//! addresses that never answer hold their slots that long only. The
+//! server's own retransmission of the first packet also bounds what a
+//! forged request makes it send to the address it names (two packets).
 //!
 //! A request names a file below the served directory: names that are
 //! absolute, hold `..`, end in `/` or hold a control character (C0, DEL,
@@ -71,13 +77,22 @@ pub struct Config {
     /// Write requests are refused unless this is set.
     pub allow_write: bool,
     /// Wait before the first retransmission (doubled at each one, up to
-    /// `max_timeout`). A client's `timeout` option replaces it unless
-    /// `ignore_client_timeout` (one above `max_timeout` is declined).
+    /// `max_timeout`). Once the client has answered the first packet, its
+    /// `timeout` option replaces it unless `ignore_client_timeout` (one
+    /// above `max_timeout` is declined).
     pub timeout: Duration,
     /// The longest wait between retransmissions.
     pub max_timeout: Duration,
     /// Retransmissions of one packet before the transfer is given up.
     pub retries: u32,
+    /// How long a transfer's first packet (the OACK, or DATA 1 of a read or
+    /// ACK 0 of a write) waits for its answer, retransmissions included,
+    /// whatever the client's `timeout` option: a request from an address
+    /// that never answers (forged, or a flood) then holds its slot only this
+    /// long. It is retransmitted once within it (after `timeout`, or half of
+    /// this if shorter; unless `retries` is 0), so that one lost packet
+    /// costs a client nothing.
+    pub first_reply_timeout: Duration,
     /// The largest block size granted (a client may ask for less).
     pub max_blksize: usize,
     /// Transfers at once; further requests get "server busy".
@@ -113,6 +128,7 @@ impl Config {
             timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             retries: 5,
+            first_reply_timeout: Duration::from_secs(2),
             max_blksize: MAX_BLKSIZE,
             max_transfers: 256,
             max_per_client: 16,
@@ -209,6 +225,9 @@ impl Server {
         }
         if cfg.max_blksize < 8 || cfg.max_blksize > MAX_BLKSIZE {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "max block size must be in 8..=65464"));
+        }
+        if cfg.first_reply_timeout.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the first reply's timeout must not be zero"));
         }
         if cfg.max_per_client == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "max transfers per client must be at least 1"));
@@ -635,6 +654,8 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
         tries: 0,
         packet: Rc::from(Vec::new()),
         state: State::Running,
+        first: true,
+        first_waited: Duration::ZERO,
     }));
     shared.active.borrow_mut().insert(peer, id);
     shared.clients.borrow_mut().entry(client_key(peer)).or_default().push(Rc::downgrade(&t));
@@ -821,6 +842,11 @@ struct Transfer {
     /// The packet to retransmit on timeout.
     packet: Rc<[u8]>,
     state: State,
+    /// The client has not answered the first packet yet: it is
+    /// retransmitted on the server's schedule, within `first_reply_timeout`.
+    first: bool,
+    /// How long the first packet has waited so far.
+    first_waited: Duration,
 }
 
 fn ack_packet(block: u16) -> Vec<u8> {
@@ -850,7 +876,9 @@ fn send_new(t: &Rc<RefCell<Transfer>>, packet: Vec<u8>) {
         let mut tr = t.borrow_mut();
         tr.packet = Rc::from(packet);
         tr.tries = 0;
-        tr.timeout = tr.base_timeout;
+        // The client's timeout option is agreed only once it answers the
+        // first packet (an OACK may yet be refused); until then, ours.
+        tr.timeout = if tr.first { first_wait(&tr.shared.cfg) } else { tr.base_timeout };
     }
     transmit(t);
 }
@@ -885,28 +913,56 @@ fn arm_timer(t: &Rc<RefCell<Transfer>>) {
 }
 
 fn on_timeout(t: &Rc<RefCell<Transfer>>) {
-    let (state, tries, max, id) = {
-        let tr = t.borrow();
-        (tr.state, tr.tries, tr.shared.cfg.retries, tr.id)
-    };
+    let state = t.borrow().state;
     match state {
         State::Done => {}
         State::Dallying => finish(t, true),
-        State::Running if tries >= max => {
-            log::info!("transfer {id}: no answer after {tries} retransmissions: given up");
-            fail(t, Some(refuse(code::NOT_DEFINED, "timed out")));
-        }
         State::Running => {
-            {
-                let mut tr = t.borrow_mut();
-                tr.tries += 1;
-                tr.timeout = (tr.timeout * 2).min(tr.shared.cfg.max_timeout.max(tr.base_timeout));
-                tr.shared.stat(|s| s.retransmissions += 1);
-                log::debug!("transfer {id}: timeout, retransmission {}", tr.tries);
+            let next = next_wait(&mut t.borrow_mut());
+            match next {
+                Some(wait) => {
+                    {
+                        let mut tr = t.borrow_mut();
+                        tr.tries += 1;
+                        tr.timeout = wait;
+                        tr.shared.stat(|s| s.retransmissions += 1);
+                        log::debug!("transfer {}: timeout, retransmission {}", tr.id, tr.tries);
+                    }
+                    transmit(t);
+                }
+                None => fail(t, Some(refuse(code::NOT_DEFINED, "timed out"))),
             }
-            transmit(t);
         }
     }
+}
+
+/// The first wait for an answer to the first packet: short enough for a
+/// retransmission within `first_reply_timeout`.
+fn first_wait(cfg: &Config) -> Duration {
+    cfg.timeout.min(cfg.first_reply_timeout / 2).max(Duration::from_millis(1))
+}
+
+/// After a wait of `tr.timeout` that went unanswered: the wait after the
+/// retransmission (doubled, up to the longest), or `None` if the transfer is
+/// to be given up.
+fn next_wait(tr: &mut Transfer) -> Option<Duration> {
+    let shared = tr.shared.clone();
+    let cfg = &shared.cfg;
+    if tr.tries >= cfg.retries {
+        log::info!("transfer {}: no answer after {} retransmissions: given up", tr.id, tr.tries);
+        return None;
+    }
+    let doubled = (tr.timeout * 2).min(cfg.max_timeout.max(tr.base_timeout));
+    if !tr.first {
+        return Some(doubled);
+    }
+    tr.first_waited += tr.timeout;
+    let left = cfg.first_reply_timeout.saturating_sub(tr.first_waited);
+    if left.is_zero() {
+        log::info!("transfer {}: first packet unanswered after {:?}: given up", tr.id, tr.first_waited);
+        return None;
+    }
+    Some(doubled.min(left))
 }
 
 /// Receives the client's packets until the transfer ends.
@@ -990,6 +1046,7 @@ fn on_ack(t: &Rc<RefCell<Transfer>>, b: u16) {
         log::trace!("transfer {}: duplicate ACK {b} (at {current})", t.borrow().id);
         return;
     }
+    t.borrow_mut().first = false;
     if last {
         finish(t, true);
         return;
@@ -1019,6 +1076,7 @@ fn on_data(t: &Rc<RefCell<Transfer>>, b: u16, data: &[u8]) {
     if state != State::Running || b != acked.wrapping_add(1) {
         return; // not the block we wait for: ignored
     }
+    t.borrow_mut().first = false;
     if data.len() > blksize {
         fail(t, Some(refuse(code::ILLEGAL_OPERATION, "block larger than the block size")));
         return;
