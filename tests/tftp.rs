@@ -1004,3 +1004,32 @@ fn clients_are_counted_by_ipv4_address_or_ipv6_slash_64() {
     assert_eq!(key("[2001:db8:0:1::5]:1"), key("[2001:db8:0:1:ffff:ffff:ffff:ffff]:1"));
     assert_ne!(key("[2001:db8:0:1::5]:1"), key("[2001:db8:0:2::5]:1"));
 }
+
+#[test]
+fn a_fifo_is_refused_without_waiting_for_a_writer() {
+    // Opening a FIFO for reading waits for a writer: on the loop, that
+    // would stop every transfer.
+    let root = TempDir::new();
+    std::fs::write(root.path("f"), b"x").unwrap();
+    let made = Command::new("mkfifo").arg(root.path("fifo")).status().is_ok_and(|s| s.success());
+    assert!(made, "mkfifo failed");
+    let srv = start(Config::new(&root.0));
+    // Should the server be stuck in open(2), this gives it a writer when the
+    // test ends (before `srv` is dropped and joined), so that a regression
+    // fails instead of hanging: an O_RDWR open of a FIFO never waits.
+    struct Writer(std::path::PathBuf);
+    impl Drop for Writer {
+        fn drop(&mut self) {
+            let _ = std::fs::File::options().read(true).write(true).open(&self.0);
+        }
+    }
+    let _writer = Writer(root.path("fifo"));
+    let (got, msg) = error_for(&srv, &request(1, "fifo", "octet"));
+    assert_eq!(got, code::FILE_NOT_FOUND, "{msg}");
+    assert!(msg.contains("not a regular file"), "{msg:?}");
+    let mut c = Raw::new(&srv);
+    c.request(&request(1, "f", "octet"));
+    assert_eq!(c.recv(), data(1, b"x"));
+    c.send(&ack(1));
+    srv.stop();
+}

@@ -42,6 +42,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -385,10 +386,15 @@ fn open_for_read(root: &Path, path: &Path) -> Result<File, Refusal> {
     if !real.starts_with(root) {
         return Err(refuse(code::ACCESS_VIOLATION, "outside the served directory"));
     }
-    if !real.is_file() {
+    // Non-blocking, and the type checked on what was opened: opening a FIFO
+    // (or a device) would wait on the loop for a writer; O_NONBLOCK changes
+    // nothing for a regular file.
+    let file =
+        File::options().read(true).custom_flags(libc::O_NONBLOCK).open(&real).map_err(|e| io_refusal(&e, "open"))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
         return Err(refuse(code::FILE_NOT_FOUND, "not a regular file"));
     }
-    File::open(&real).map_err(|e| io_refusal(&e, "open"))
+    Ok(file)
 }
 
 fn create_for_write(root: &Path, path: &Path) -> Result<File, Refusal> {
