@@ -10,10 +10,14 @@
 //!
 //! So that no request holds up the other transfers, what one packet makes
 //! the loop do is bounded: a block is at most `blksize` bytes read or
-//! written, and a netascii read's `tsize` (the file's size once converted,
+//! written, a file is opened without waiting (a FIFO is refused, not waited
+//! on), and a netascii read's `tsize` (the file's size once converted,
 //! which only reading the whole file tells) is counted only for files up to
 //! `max_netascii_tsize` (1 MiB by default); above it the option is left out
-//! of the OACK.
+//! of the OACK. One wait remains: a write's file is flushed to disk
+//! (`fdatasync`) before its last block is acknowledged, so that a full disk
+//! is reported to the client; that is bounded by what the client has sent
+//! (`max_write_bytes`), and needs `allow_write`.
 //!
 //! So that no one holds every transfer slot (`max_transfers`), one client
 //! (an IPv4 address, or an IPv6 address's /64) may hold at most
@@ -21,9 +25,9 @@
 //! packet (the OACK, DATA 1 of a read, ACK 0 of a write) is not answered is
 //! given up after `first_reply_timeout` (2 s by default, one retransmission
 //! included), whatever `timeout` its request asked for: requests from
-//! addresses that never answer hold their slots that long only. The
-//! server's own retransmission of the first packet also bounds what a
-//! forged request makes it send to the address it names (two packets).
+//! addresses that never answer hold their slots that long only. This also
+//! bounds what a forged request makes the server send to the address it
+//! names (two packets with the defaults).
 //!
 //! A request names a file below the served directory: names that are
 //! absolute, hold `..`, end in `/` or hold a control character (C0, DEL,
