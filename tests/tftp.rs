@@ -629,6 +629,28 @@ fn names_with_a_trailing_slash_are_refused() {
     srv.stop();
 }
 
+#[test]
+fn names_with_control_characters_are_refused() {
+    // "nul\x01name" and the like were accepted for writing: names a shell,
+    // a log or a terminal would misread. Refused for reads and writes.
+    let root = TempDir::new();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    let srv = start(cfg);
+    for name in ["nul\u{1}name", "line\nbreak", "tab\there", "esc\u{1b}[2J", "del\u{7f}", "csi\u{9b}x"] {
+        let (got, msg) = error_for(&srv, &request(2, name, "octet"));
+        assert_eq!(got, code::ACCESS_VIOLATION, "write {name:?}: {msg}");
+        assert!(msg.contains("control character"), "{msg:?}");
+        assert!(!root.path(name).exists(), "write {name:?} created the file");
+        // A file that exists under such a name is not served either.
+        std::fs::write(root.path(name), b"x").unwrap();
+        let (got, msg) = error_for(&srv, &request(1, name, "octet"));
+        assert_eq!(got, code::ACCESS_VIOLATION, "read {name:?}: {msg}");
+    }
+    let stats = srv.stop();
+    assert_eq!(stats.started, 0, "{stats:?}");
+}
+
 /// A full tmpfs mounted at a fresh directory (None where mounting is not
 /// allowed: the test is then skipped); unmounted when dropped.
 struct FullDisk(TempDir);
@@ -733,4 +755,284 @@ fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
     s.send_to(&request(2, "new", "octet"), ("127.0.0.1", port)).unwrap();
     let (n, _) = s.recv_from(&mut buf).expect("a reply to the retry");
     assert_eq!(&buf[..n], &ack(0)[..], "the retry was refused");
+}
+
+// ---------------------------------------------------------------------------
+// Abuse: requests that cost the server more than they cost the sender.
+
+#[test]
+fn netascii_tsize_of_a_huge_file_does_not_stall_other_transfers() {
+    // Counting the netascii size of a file read it all on the loop: four
+    // 40-byte requests for a 1 GiB file stalled every other transfer for
+    // seconds. Above a limit the size is not counted and tsize is left out
+    // of the OACK.
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::File::create(root.path("huge")).unwrap().set_len(1 << 30).unwrap(); // sparse
+    std::fs::write(root.path("small"), content(2000, 11)).unwrap();
+    let srv = start(Config::new(&root.0));
+    // One socket each: requests from one port are repeats of one transfer.
+    let askers: Vec<Raw> = (0..4)
+        .map(|_| {
+            let mut c = Raw::new(&srv);
+            c.request(&request_with(1, "huge", "netascii", &[("tsize", "0"), ("blksize", "1024")]));
+            c
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let got = out.path("small");
+    assert_ok(&curl_get(&srv, "small", &got, None), "curl get behind the netascii tsize requests");
+    let took = t0.elapsed();
+    println!("download behind four netascii tsize requests for 1 GiB: {took:?}");
+    assert_same(&got, &root.path("small"));
+    assert!(took < Duration::from_millis(500), "the download took {took:?}");
+    for mut c in askers {
+        let oack = c.recv();
+        assert_eq!(oack_options(&oack), vec![("blksize".to_string(), "1024".to_string())], "tsize not declined");
+    }
+}
+
+#[test]
+fn netascii_tsize_is_counted_up_to_the_limit_only() {
+    let root = TempDir::new();
+    std::fs::write(root.path("four"), b"a\nb\n").unwrap();
+    std::fs::write(root.path("five"), b"a\nb\nc").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.max_netascii_tsize = 4;
+    let srv = start(cfg);
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "four", "netascii", &[("tsize", "0"), ("blksize", "512")]));
+    let oack = c.recv();
+    let want = |tsize: Option<&str>| {
+        let mut v = vec![];
+        if let Some(t) = tsize {
+            v.push(("tsize".to_string(), t.to_string()));
+        }
+        v.push(("blksize".to_string(), "512".to_string()));
+        v
+    };
+    assert_eq!(oack_options(&oack), want(Some("6")));
+    c.send(&ack(0));
+    assert_eq!(c.recv(), data(1, b"a\r\nb\r\n"));
+    c.send(&ack(1));
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "five", "netascii", &[("tsize", "0"), ("blksize", "512")]));
+    assert_eq!(oack_options(&c.recv()), want(None), "a file above the limit is not counted");
+    c.send(&ack(0));
+    assert_eq!(c.recv(), data(1, b"a\r\nb\r\nc"), "the file is still served");
+    c.send(&ack(1));
+    let stats = srv.stop_when(|s| s.completed == 2);
+    assert_eq!((stats.completed, stats.failed), (2, 0), "{stats:?}");
+}
+
+/// Sends a read request for `name` with `timeout 8` from one new socket on
+/// each of `ips`, and takes the first reply of each, never answering it.
+/// The sockets are returned to stay open: a closed one would make the
+/// server's retransmission fail (port unreachable) and end its transfer.
+/// Returns them with the number of requests answered by an OACK (a transfer
+/// slot held) and by an ERROR (refused).
+fn silent_requests(srv: &Running, name: &str, ips: &[std::net::Ipv4Addr]) -> (Vec<UdpSocket>, usize, usize) {
+    let packet = request_with(1, name, "octet", &[("timeout", "8")]);
+    let (mut held, mut refused) = (0, 0);
+    let mut socks = Vec::new();
+    let mut buf = [0u8; 600];
+    for &ip in ips {
+        let s = UdpSocket::bind((ip, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        // Sent again if nothing comes back (the kernel may drop a request
+        // when the listening socket's queue is full); a repeat of a request
+        // whose transfer runs is ignored by the server.
+        let n = (0..10)
+            .find_map(|_| {
+                s.send_to(&packet, srv.addr).unwrap();
+                s.recv_from(&mut buf).ok().map(|(n, _)| n)
+            })
+            .expect("a reply to a silent request");
+        match &buf[..2] {
+            [0, 6] => held += 1,
+            [0, 5] => refused += 1,
+            other => panic!("unexpected reply {other:?} ({n} bytes)"),
+        }
+        socks.push(s);
+    }
+    (socks, held, refused)
+}
+
+/// Runs curl until it gets `name` (a refused attempt is retried 50 ms
+/// later), for at most `limit`; returns the time it took and the attempts.
+fn curl_until_served(srv: &Running, name: &str, to: &Path, limit: Duration) -> (Duration, u32) {
+    let t0 = std::time::Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut c = tool("curl");
+        c.args(["-s", "--max-time", "5", "-o"]).arg(to).arg(srv.url(name));
+        if run(c).status.success() {
+            return (t0.elapsed(), attempts);
+        }
+        assert!(t0.elapsed() < limit, "not served within {limit:?} ({attempts} attempts)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn silent_requests_from_one_address_leave_room_for_others() {
+    // 256 requests that never acknowledge, each asking for `timeout 8`, held
+    // every transfer slot for 48 s. One address now holds at most
+    // `max_per_client` of them; the others are refused at once.
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("f"), content(3000, 12)).unwrap();
+    let mut cfg = Config::new(&root.0);
+    // The limit alone protects here: the first packets' budget outlasts the
+    // test.
+    cfg.first_reply_timeout = Duration::from_secs(60);
+    let per_client = cfg.max_per_client;
+    let srv = start(cfg);
+    let attacker = [std::net::Ipv4Addr::new(127, 0, 0, 2); 256];
+    let (_socks, held, refused) = silent_requests(&srv, "f", &attacker);
+    println!("256 silent requests from one address: {held} held, {refused} refused");
+    let got = out.path("f");
+    let (took, attempts) = curl_until_served(&srv, "f", &got, Duration::from_secs(5));
+    println!("legitimate client served after {took:?} ({attempts} attempts)");
+    assert_same(&got, &root.path("f"));
+    assert_eq!((held, refused), (per_client, 256 - per_client));
+    assert_eq!(attempts, 1, "the legitimate client was refused");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn silent_requests_from_many_addresses_expire_quickly() {
+    // The same flood from 256 addresses, one request each: no per-client
+    // limit applies, but a first packet that is never acknowledged is given
+    // up after a short budget, whatever the `timeout` option asked for.
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("f"), content(3000, 13)).unwrap();
+    let srv = start(Config::new(&root.0));
+    let first = u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    let attackers: Vec<_> = (0..256).map(|i| std::net::Ipv4Addr::from(first + i)).collect();
+    let (_socks, held, refused) = silent_requests(&srv, "f", &attackers);
+    println!("256 silent requests from 256 addresses: {held} held, {refused} refused");
+    assert_eq!((held, refused), (256, 0));
+    let got = out.path("f");
+    let (took, attempts) = curl_until_served(&srv, "f", &got, Duration::from_secs(5));
+    println!("legitimate client served after {took:?} ({attempts} attempts)");
+    assert_same(&got, &root.path("f"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // They expire together: curl may have taken the first slot freed.
+    let stats = srv.stop_when(|s| s.failed == 256);
+    assert_eq!((stats.failed, stats.completed), (256, 1), "{stats:?}");
+}
+
+#[test]
+fn an_unanswered_first_packet_is_sent_again_once_then_given_up() {
+    // The first packet waited for its answer on the client's `timeout`
+    // schedule: 8 s, doubled up to 8 s, five times (48 s). It now has a
+    // budget of its own (here 300 ms: sent at 0 and 100 ms, given up at 300).
+    let root = TempDir::new();
+    std::fs::write(root.path("f"), b"hello").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    cfg.timeout = Duration::from_millis(100);
+    cfg.first_reply_timeout = Duration::from_millis(300);
+    let srv = start(cfg);
+    let timeout8 = [("timeout", "8")];
+
+    // A client that lost the OACK gets it again, well before 8 s.
+    let mut c = Raw::new(&srv);
+    c.request(&request_with(1, "f", "octet", &timeout8));
+    let oack = c.recv();
+    assert_eq!(oack_options(&oack), vec![("timeout".to_string(), "8".to_string())]);
+    assert_eq!(c.recv_within(Duration::from_millis(250)).as_deref(), Some(&oack[..]), "no retransmission");
+    c.send(&ack(0));
+    assert_eq!(c.recv(), data(1, b"hello"));
+    c.send(&ack(1));
+
+    // Never answered: given up (with an ERROR) once the budget is spent, for
+    // a read and for a write (whose new file is removed).
+    for (op, name) in [(1, "f"), (2, "new")] {
+        let mut c = Raw::new(&srv);
+        let t0 = std::time::Instant::now();
+        c.request(&request_with(op, name, "octet", &timeout8));
+        let first = c.recv();
+        assert_eq!(c.recv(), first, "the first packet is sent again");
+        let error = c.recv();
+        let took = t0.elapsed();
+        println!("unanswered first packet of a request {op} given up after {took:?}");
+        assert_eq!(&error[..4], &[0, 5, 0, code::NOT_DEFINED as u8], "{error:?}");
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "{took:?}");
+    }
+    // The file goes after the ERROR is sent: once the transfer has ended.
+    let stats = srv.stop_when(|s| s.active == 0);
+    assert_eq!((stats.completed, stats.failed, stats.retransmissions), (1, 2, 3), "{stats:?}");
+    assert!(!root.path("new").exists(), "the unanswered write left its file");
+}
+
+#[test]
+fn a_dallying_write_gives_its_place_to_a_new_request_from_its_client() {
+    // A completed write waits a while for a resent last block: it counts
+    // against its client's limit, but is ended to make room rather than have
+    // a client that puts several files in a row refused.
+    let root = TempDir::new();
+    std::fs::write(root.path("other"), b"hello").unwrap();
+    let mut cfg = Config::new(&root.0);
+    cfg.allow_write = true;
+    cfg.max_per_client = 1;
+    let srv = start(cfg);
+    let mut c = Raw::new(&srv);
+    c.request(&request(2, "up", "octet"));
+    assert_eq!(c.recv(), ack(0));
+    c.send(&data(1, b"abc"));
+    assert_eq!(c.recv(), ack(1));
+    let mut d = Raw::new(&srv);
+    d.request(&request(1, "other", "octet"));
+    assert_eq!(d.recv(), data(1, b"hello"), "refused while the write dallied");
+    // The read runs: a third transfer from the same address is refused.
+    let (got, msg) = error_for(&srv, &request(1, "other", "octet"));
+    assert_eq!(got, code::NOT_DEFINED, "{msg}");
+    assert!(msg.contains("too many"), "{msg:?}");
+    d.send(&ack(1));
+    assert_eq!(std::fs::read(root.path("up")).unwrap(), b"abc");
+    let stats = srv.stop_when(|s| s.completed == 2 && s.active == 0);
+    assert_eq!((stats.started, stats.completed, stats.failed, stats.active), (2, 2, 0, 0), "{stats:?}");
+}
+
+#[test]
+fn clients_are_counted_by_ipv4_address_or_ipv6_slash_64() {
+    let key = |a: &str| server::client_key(a.parse().unwrap());
+    assert_eq!(key("127.0.0.2:1"), key("127.0.0.2:2"));
+    assert_ne!(key("127.0.0.2:1"), key("127.0.0.3:1"));
+    assert_eq!(key("[::ffff:127.0.0.2]:1"), key("127.0.0.2:1"), "an IPv4-mapped address is its IPv4 client");
+    assert_eq!(key("[2001:db8:0:1::5]:1"), key("[2001:db8:0:1:ffff:ffff:ffff:ffff]:1"));
+    assert_ne!(key("[2001:db8:0:1::5]:1"), key("[2001:db8:0:2::5]:1"));
+}
+
+#[test]
+fn a_fifo_is_refused_without_waiting_for_a_writer() {
+    // Opening a FIFO for reading waits for a writer: on the loop, that
+    // would stop every transfer.
+    let root = TempDir::new();
+    std::fs::write(root.path("f"), b"x").unwrap();
+    let made = Command::new("mkfifo").arg(root.path("fifo")).status().is_ok_and(|s| s.success());
+    assert!(made, "mkfifo failed");
+    let srv = start(Config::new(&root.0));
+    // Should the server be stuck in open(2), this gives it a writer when the
+    // test ends (before `srv` is dropped and joined), so that a regression
+    // fails instead of hanging: an O_RDWR open of a FIFO never waits.
+    struct Writer(std::path::PathBuf);
+    impl Drop for Writer {
+        fn drop(&mut self) {
+            let _ = std::fs::File::options().read(true).write(true).open(&self.0);
+        }
+    }
+    let _writer = Writer(root.path("fifo"));
+    let (got, msg) = error_for(&srv, &request(1, "fifo", "octet"));
+    assert_eq!(got, code::FILE_NOT_FOUND, "{msg}");
+    assert!(msg.contains("not a regular file"), "{msg:?}");
+    let mut c = Raw::new(&srv);
+    c.request(&request(1, "f", "octet"));
+    assert_eq!(c.recv(), data(1, b"x"));
+    c.send(&ack(1));
+    srv.stop();
 }

@@ -35,17 +35,32 @@ const HELP: &str = "usage: tftp_server --root DIR [flags]
   --listen ADDR:PORT       where requests arrive (default 127.0.0.1:6969)
   --allow-write            accept write requests (never overwriting a file)
   --timeout-ms N           first retransmission after N ms (default 1000), doubled
-                           at each retransmission; a client's timeout option wins
-                           (one above --max-timeout-ms is declined)
+                           at each retransmission; once the client has answered the
+                           first packet, its timeout option wins (one above
+                           --max-timeout-ms is declined)
   --max-timeout-ms N       longest wait between retransmissions (default 8000)
   --retries N              retransmissions before a transfer is given up (default 5)
+  --first-reply-ms N       a transfer whose first packet (OACK, DATA 1, or ACK 0 of a
+                           write) is unanswered after N ms is given up (default 2000),
+                           whatever the client's timeout option; the packet is sent
+                           again within that time (after --timeout-ms, or N/2)
   --max-blksize N          largest block size granted, 8..=65464 (default 65464)
   --max-transfers N        transfers at once (default 256)
+  --max-per-client N       transfers one client may hold at once (default 16): an IPv4
+                           address, or an IPv6 address's /64; its further requests are
+                           refused, except that a completed write still waiting for a
+                           resent last block gives its place
   --max-write-bytes N      largest file a write may create (default 1 GiB)
   --ignore-client-timeout  retransmit on our schedule, not the client's timeout option
+  --max-netascii-tsize N   answer a netascii read's tsize only for files of at most N
+                           bytes (default 1048576): counting reads the whole file on the
+                           loop; above it, tsize is left out of the OACK
   --drop-rate P            drop a fraction P of our sends (testing retransmission)
   --seed S                 seed of those drops (default 1)
-  --log LEVEL              error, warn, info (default), debug or trace";
+  --log LEVEL              error, warn, info (default), debug or trace
+
+File names are relative to --root: names that are absolute, hold \"..\", end in /
+or hold a control character are refused with error 2 (access violation).";
 
 fn usage(msg: &str) -> ! {
     eprintln!("tftp_server: {msg}\n{HELP}");
@@ -71,10 +86,13 @@ fn main() {
             "--timeout-ms" => cfg.timeout = Duration::from_millis(value(&mut args, &a)),
             "--max-timeout-ms" => cfg.max_timeout = Duration::from_millis(value(&mut args, &a)),
             "--retries" => cfg.retries = value(&mut args, &a),
+            "--first-reply-ms" => cfg.first_reply_timeout = Duration::from_millis(value(&mut args, &a)),
             "--max-blksize" => cfg.max_blksize = value(&mut args, &a),
             "--max-transfers" => cfg.max_transfers = value(&mut args, &a),
+            "--max-per-client" => cfg.max_per_client = value(&mut args, &a),
             "--max-write-bytes" => cfg.max_write_bytes = value(&mut args, &a),
             "--ignore-client-timeout" => cfg.ignore_client_timeout = true,
+            "--max-netascii-tsize" => cfg.max_netascii_tsize = value(&mut args, &a),
             "--drop-rate" => cfg.drop_rate = value(&mut args, &a),
             "--seed" => cfg.seed = value(&mut args, &a),
             "--log" => level = value(&mut args, &a),
@@ -88,6 +106,9 @@ fn main() {
     cfg.root = root.unwrap_or_else(|| usage("--root is required")).into();
     if cfg.timeout.is_zero() {
         usage("--timeout-ms must be at least 1");
+    }
+    if cfg.first_reply_timeout.is_zero() {
+        usage("--first-reply-ms must be at least 1");
     }
     log::set_logger(Box::leak(Box::new(StderrLog(level)))).expect("first logger");
     log::set_max_level(level);

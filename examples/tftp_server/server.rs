@@ -8,6 +8,31 @@
 //! the file reads and writes are plain blocking calls, which for local
 //! files are short.
 //!
+//! So that no request holds up the other transfers, what one packet makes
+//! the loop do is bounded: a block is at most `blksize` bytes read or
+//! written, a file is opened without waiting (a FIFO is refused, not waited
+//! on), and a netascii read's `tsize` (the file's size once converted,
+//! which only reading the whole file tells) is counted only for files up to
+//! `max_netascii_tsize` (1 MiB by default); above it the option is left out
+//! of the OACK. One wait remains: a write's file is flushed to disk
+//! (`fdatasync`) before its last block is acknowledged, so that a full disk
+//! is reported to the client; that is bounded by what the client has sent
+//! (`max_write_bytes`), and needs `allow_write`.
+//!
+//! So that no one holds every transfer slot (`max_transfers`), one client
+//! (an IPv4 address, or an IPv6 address's /64) may hold at most
+//! `max_per_client` transfers (16 by default), and a transfer whose first
+//! packet (the OACK, DATA 1 of a read, ACK 0 of a write) is not answered is
+//! given up after `first_reply_timeout` (2 s by default, one retransmission
+//! included), whatever `timeout` its request asked for: requests from
+//! addresses that never answer hold their slots that long only. This also
+//! bounds what a forged request makes the server send to the address it
+//! names (two packets with the defaults).
+//!
+//! A request names a file below the served directory: names that are
+//! absolute, hold `..`, end in `/` or hold a control character (C0, DEL,
+//! C1) are refused with error 2 (access violation), for reads and writes.
+//!
 //! `main.rs` runs it as a program; the tests include this file with
 //! `#[path]` to run it in-process.
 
@@ -20,9 +45,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 const RRQ: u16 = 1;
@@ -56,17 +82,31 @@ pub struct Config {
     /// Write requests are refused unless this is set.
     pub allow_write: bool,
     /// Wait before the first retransmission (doubled at each one, up to
-    /// `max_timeout`). A client's `timeout` option replaces it unless
-    /// `ignore_client_timeout` (one above `max_timeout` is declined).
+    /// `max_timeout`). Once the client has answered the first packet, its
+    /// `timeout` option replaces it unless `ignore_client_timeout` (one
+    /// above `max_timeout` is declined).
     pub timeout: Duration,
     /// The longest wait between retransmissions.
     pub max_timeout: Duration,
     /// Retransmissions of one packet before the transfer is given up.
     pub retries: u32,
+    /// How long a transfer's first packet (the OACK, or DATA 1 of a read or
+    /// ACK 0 of a write) waits for its answer, retransmissions included,
+    /// whatever the client's `timeout` option: a request from an address
+    /// that never answers (forged, or a flood) then holds its slot only this
+    /// long. It is retransmitted once within it (after `timeout`, or half of
+    /// this if shorter; unless `retries` is 0), so that one lost packet
+    /// costs a client nothing.
+    pub first_reply_timeout: Duration,
     /// The largest block size granted (a client may ask for less).
     pub max_blksize: usize,
     /// Transfers at once; further requests get "server busy".
     pub max_transfers: usize,
+    /// Transfers one client may hold at once (an IPv4 address, or the /64
+    /// of an IPv6 address), so that one host cannot take every slot;
+    /// further requests from it are refused. A completed write still
+    /// waiting for a resent last block gives its place to a new request.
+    pub max_per_client: usize,
     /// The largest file a write request may create.
     pub max_write_bytes: u64,
     /// Do not accept the client's `timeout` option (retransmit on our own
@@ -77,6 +117,11 @@ pub struct Config {
     pub drop_rate: f64,
     /// Seed of the drop decisions.
     pub seed: u64,
+    /// A netascii read's `tsize` is counted only for a file of at most this
+    /// many bytes: counting reads the whole file on the loop (about 0.6 ms a
+    /// MiB in a release build). Above it the option is left out of the OACK,
+    /// as RFC 2349 allows (tftp-hpa's server never counts it).
+    pub max_netascii_tsize: u64,
 }
 
 impl Config {
@@ -88,12 +133,15 @@ impl Config {
             timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             retries: 5,
+            first_reply_timeout: Duration::from_secs(2),
             max_blksize: MAX_BLKSIZE,
             max_transfers: 256,
+            max_per_client: 16,
             max_write_bytes: 1 << 30,
             ignore_client_timeout: false,
             drop_rate: 0.0,
             seed: 1,
+            max_netascii_tsize: 1 << 20,
         }
     }
 }
@@ -131,6 +179,9 @@ struct Shared {
     /// Transfers by client address: a request repeated while its transfer
     /// runs is a retransmission, not a new transfer.
     active: RefCell<HashMap<SocketAddr, u64>>,
+    /// Every live transfer (dallying ones too) by client (`client_key`),
+    /// oldest first, for `max_per_client`.
+    clients: RefCell<HashMap<IpAddr, Vec<Weak<RefCell<Transfer>>>>>,
     next_id: Cell<u64>,
 }
 
@@ -180,6 +231,12 @@ impl Server {
         if cfg.max_blksize < 8 || cfg.max_blksize > MAX_BLKSIZE {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "max block size must be in 8..=65464"));
         }
+        if cfg.first_reply_timeout.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the first reply's timeout must not be zero"));
+        }
+        if cfg.max_per_client == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "max transfers per client must be at least 1"));
+        }
         let sock = UdpSocket::bind(ex, listen)?;
         let shared = Rc::new(Shared {
             ex: ex.clone(),
@@ -188,6 +245,7 @@ impl Server {
             root,
             stats: Cell::new(Stats::default()),
             active: RefCell::new(HashMap::new()),
+            clients: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
         });
         log::info!("serving {} on {}", shared.root.display(), sock.local_addr()?);
@@ -280,13 +338,19 @@ fn parse_request(p: &[u8]) -> Result<Request, Refusal> {
     Ok(Request { write: op == WRQ, filename: fields[0].clone(), netascii, options })
 }
 
-/// The file a request names, below the root: relative, no `..`, no NUL.
-/// Symbolic links that lead out of the root are refused for reads by
-/// `open_for_read`.
+/// The file a request names, below the root: relative, no `..`, no control
+/// characters (NUL cannot occur: it ends the field). Symbolic links that
+/// lead out of the root are refused for reads by `open_for_read`.
 fn resolve(root: &Path, name: &str) -> Result<PathBuf, Refusal> {
     let path = Path::new(name);
     if name.is_empty() {
         return Err(refuse(code::ACCESS_VIOLATION, "empty file name"));
+    }
+    // C0, DEL and C1: a name holding them is misread by the shells, logs and
+    // terminals that later show it (an escape sequence, a forged log line).
+    // A policy on names, like "..": access violation, for reads and writes.
+    if name.chars().any(char::is_control) {
+        return Err(refuse(code::ACCESS_VIOLATION, "control characters are not allowed in file names"));
     }
     // `Path` drops a trailing "/" or "/.": "dir/" would name a file "dir".
     if matches!(name.rsplit('/').next(), Some("" | ".")) {
@@ -326,10 +390,15 @@ fn open_for_read(root: &Path, path: &Path) -> Result<File, Refusal> {
     if !real.starts_with(root) {
         return Err(refuse(code::ACCESS_VIOLATION, "outside the served directory"));
     }
-    if !real.is_file() {
+    // Non-blocking, and the type checked on what was opened: opening a FIFO
+    // (or a device) would wait on the loop for a writer; O_NONBLOCK changes
+    // nothing for a regular file.
+    let file =
+        File::options().read(true).custom_flags(libc::O_NONBLOCK).open(&real).map_err(|e| io_refusal(&e, "open"))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
         return Err(refuse(code::FILE_NOT_FOUND, "not a regular file"));
     }
-    File::open(&real).map_err(|e| io_refusal(&e, "open"))
+    Ok(file)
 }
 
 fn create_for_write(root: &Path, path: &Path) -> Result<File, Refusal> {
@@ -394,11 +463,46 @@ fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
         log::debug!("{from}: request repeated while its transfer runs: ignored");
         return;
     }
+    if !room_for_client(shared, from) {
+        return send_refusal(shared, from, refuse(code::NOT_DEFINED, "too many transfers from this address"));
+    }
     if shared.stats.get().active as usize >= shared.cfg.max_transfers {
         return send_refusal(shared, from, refuse(code::NOT_DEFINED, "server busy, try again later"));
     }
     if let Err(r) = start_transfer(shared, req, from) {
         send_refusal(shared, from, r);
+    }
+}
+
+/// The client a transfer counts against for `max_per_client`: its IPv4
+/// address (an IPv4-mapped IPv6 one too), or the /64 of its IPv6 address
+/// (a host commonly has a whole /64 to pick addresses from).
+pub fn client_key(peer: SocketAddr) -> IpAddr {
+    match peer.ip().to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & (u128::MAX << 64))),
+        v4 => v4,
+    }
+}
+
+/// True if `from`'s client may start another transfer: it holds fewer than
+/// `max_per_client`, or one of them is a completed write that dallies (the
+/// oldest such one is ended to make room: it only waited for a resend).
+fn room_for_client(shared: &Rc<Shared>, from: SocketAddr) -> bool {
+    let dallying = {
+        let clients = shared.clients.borrow();
+        let Some(held) = clients.get(&client_key(from)) else { return true };
+        if held.len() < shared.cfg.max_per_client {
+            return true;
+        }
+        held.iter().filter_map(Weak::upgrade).find(|t| t.borrow().state == State::Dallying)
+    };
+    match dallying {
+        Some(t) => {
+            log::debug!("{from}: transfer {} ends its dally to make room", t.borrow().id);
+            finish(&t, true);
+            true
+        }
+        None => false,
     }
 }
 
@@ -467,23 +571,31 @@ fn oack_packet(opts: &[(String, String)]) -> Vec<u8> {
 }
 
 /// The size of `file` once converted to netascii (each LF and CR becomes
-/// two bytes). Reads the whole file, then puts its offset back at the start
-/// for the transfer (a `try_clone` would share that offset, not save it).
-fn netascii_size(file: &File) -> io::Result<u64> {
-    let mut r = BufReader::with_capacity(64 * 1024, file);
-    let mut size = 0u64;
+/// two bytes), or `None` for a file of more than `limit` bytes, which is not
+/// read: counting runs on the loop, and a 40-byte request must not make it
+/// read a large file through. Then puts the offset back at the start for the
+/// transfer (a `try_clone` would share that offset, not save it).
+fn netascii_size(file: &File, limit: u64) -> io::Result<Option<u64>> {
+    if file.metadata()?.len() > limit {
+        return Ok(None);
+    }
+    // The file may have grown since: no more than one byte over the limit is
+    // read, which is enough to tell.
+    let mut r = BufReader::with_capacity(64 * 1024, file.take(limit.saturating_add(1)));
+    let (mut read, mut size) = (0u64, 0u64);
     loop {
         let buf = r.fill_buf()?;
         if buf.is_empty() {
             break;
         }
         let n = buf.len();
+        read += n as u64;
         size += n as u64 + buf.iter().filter(|&&b| b == b'\n' || b == b'\r').count() as u64;
         r.consume(n);
     }
     let mut f: &File = file;
     f.seek(SeekFrom::Start(0))?;
-    Ok(size)
+    Ok((read <= limit).then_some(size))
 }
 
 fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result<(), Refusal> {
@@ -510,11 +622,20 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
     } else {
         let file = open_for_read(&shared.root, &path)?;
         let netascii = req.netascii;
+        let limit = cfg.max_netascii_tsize;
         let granted = negotiate(cfg, &req, |_| {
-            let size = if netascii { netascii_size(&file) } else { file.metadata().map(|m| m.len()) };
+            let size = if netascii {
+                let size = netascii_size(&file, limit);
+                if let Ok(None) = size {
+                    log::debug!("{peer}: tsize declined: netascii file above {limit} bytes");
+                }
+                size
+            } else {
+                file.metadata().map(|m| Some(m.len()))
+            };
             // An empty file's size is left out of the OACK (RFC 2349 lets the
             // server decline): curl takes `tsize 0` for a broken reply.
-            size.map(|n| (n > 0).then_some(n)).map_err(|e| io_refusal(&e, "size"))
+            size.map(|n| n.filter(|&n| n > 0)).map_err(|e| io_refusal(&e, "size"))
         })?;
         let source = Source { inp: BufReader::new(file), netascii, pending: None, eof: false };
         (Kind::Read { source, block: 0, last: false }, granted)
@@ -543,8 +664,11 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
         tries: 0,
         packet: Rc::from(Vec::new()),
         state: State::Running,
+        first: true,
+        first_waited: Duration::ZERO,
     }));
     shared.active.borrow_mut().insert(peer, id);
+    shared.clients.borrow_mut().entry(client_key(peer)).or_default().push(Rc::downgrade(&t));
     shared.stat(|s| {
         s.started += 1;
         s.active += 1;
@@ -728,6 +852,11 @@ struct Transfer {
     /// The packet to retransmit on timeout.
     packet: Rc<[u8]>,
     state: State,
+    /// The client has not answered the first packet yet: it is
+    /// retransmitted on the server's schedule, within `first_reply_timeout`.
+    first: bool,
+    /// How long the first packet has waited so far.
+    first_waited: Duration,
 }
 
 fn ack_packet(block: u16) -> Vec<u8> {
@@ -757,7 +886,9 @@ fn send_new(t: &Rc<RefCell<Transfer>>, packet: Vec<u8>) {
         let mut tr = t.borrow_mut();
         tr.packet = Rc::from(packet);
         tr.tries = 0;
-        tr.timeout = tr.base_timeout;
+        // The client's timeout option is agreed only once it answers the
+        // first packet (an OACK may yet be refused); until then, ours.
+        tr.timeout = if tr.first { first_wait(&tr.shared.cfg) } else { tr.base_timeout };
     }
     transmit(t);
 }
@@ -792,28 +923,56 @@ fn arm_timer(t: &Rc<RefCell<Transfer>>) {
 }
 
 fn on_timeout(t: &Rc<RefCell<Transfer>>) {
-    let (state, tries, max, id) = {
-        let tr = t.borrow();
-        (tr.state, tr.tries, tr.shared.cfg.retries, tr.id)
-    };
+    let state = t.borrow().state;
     match state {
         State::Done => {}
         State::Dallying => finish(t, true),
-        State::Running if tries >= max => {
-            log::info!("transfer {id}: no answer after {tries} retransmissions: given up");
-            fail(t, Some(refuse(code::NOT_DEFINED, "timed out")));
-        }
         State::Running => {
-            {
-                let mut tr = t.borrow_mut();
-                tr.tries += 1;
-                tr.timeout = (tr.timeout * 2).min(tr.shared.cfg.max_timeout.max(tr.base_timeout));
-                tr.shared.stat(|s| s.retransmissions += 1);
-                log::debug!("transfer {id}: timeout, retransmission {}", tr.tries);
+            let next = next_wait(&mut t.borrow_mut());
+            match next {
+                Some(wait) => {
+                    {
+                        let mut tr = t.borrow_mut();
+                        tr.tries += 1;
+                        tr.timeout = wait;
+                        tr.shared.stat(|s| s.retransmissions += 1);
+                        log::debug!("transfer {}: timeout, retransmission {}", tr.id, tr.tries);
+                    }
+                    transmit(t);
+                }
+                None => fail(t, Some(refuse(code::NOT_DEFINED, "timed out"))),
             }
-            transmit(t);
         }
     }
+}
+
+/// The first wait for an answer to the first packet: short enough for a
+/// retransmission within `first_reply_timeout`.
+fn first_wait(cfg: &Config) -> Duration {
+    cfg.timeout.min(cfg.first_reply_timeout / 2).max(Duration::from_millis(1))
+}
+
+/// After a wait of `tr.timeout` that went unanswered: the wait after the
+/// retransmission (doubled, up to the longest), or `None` if the transfer is
+/// to be given up.
+fn next_wait(tr: &mut Transfer) -> Option<Duration> {
+    let shared = tr.shared.clone();
+    let cfg = &shared.cfg;
+    if tr.tries >= cfg.retries {
+        log::info!("transfer {}: no answer after {} retransmissions: given up", tr.id, tr.tries);
+        return None;
+    }
+    let doubled = (tr.timeout * 2).min(cfg.max_timeout.max(tr.base_timeout));
+    if !tr.first {
+        return Some(doubled);
+    }
+    tr.first_waited += tr.timeout;
+    let left = cfg.first_reply_timeout.saturating_sub(tr.first_waited);
+    if left.is_zero() {
+        log::info!("transfer {}: first packet unanswered after {:?}: given up", tr.id, tr.first_waited);
+        return None;
+    }
+    Some(doubled.min(left))
 }
 
 /// Receives the client's packets until the transfer ends.
@@ -897,6 +1056,7 @@ fn on_ack(t: &Rc<RefCell<Transfer>>, b: u16) {
         log::trace!("transfer {}: duplicate ACK {b} (at {current})", t.borrow().id);
         return;
     }
+    t.borrow_mut().first = false;
     if last {
         finish(t, true);
         return;
@@ -926,6 +1086,7 @@ fn on_data(t: &Rc<RefCell<Transfer>>, b: u16, data: &[u8]) {
     if state != State::Running || b != acked.wrapping_add(1) {
         return; // not the block we wait for: ignored
     }
+    t.borrow_mut().first = false;
     if data.len() > blksize {
         fail(t, Some(refuse(code::ILLEGAL_OPERATION, "block larger than the block size")));
         return;
@@ -997,6 +1158,15 @@ fn finish(t: &Rc<RefCell<Transfer>>, ok: bool) {
     tr.timer.cancel();
     tr.sock.close();
     release_peer(&tr);
+    let key = client_key(tr.peer);
+    let mut clients = tr.shared.clients.borrow_mut();
+    if let Some(held) = clients.get_mut(&key) {
+        held.retain(|w| !std::ptr::eq(w.as_ptr(), Rc::as_ptr(t)));
+        if held.is_empty() {
+            clients.remove(&key);
+        }
+    }
+    drop(clients);
     let shared = tr.shared.clone();
     let id = tr.id;
     shared.stat(|s| {
