@@ -516,10 +516,13 @@ impl IoObject {
     }
 
     /// Performs queued operations in `dir` until one would block, the
-    /// socket is drained, the queue is empty or `budget` completed.
-    fn run_queue(&self, inner: &Inner, dir: Dir, budget: usize) {
+    /// socket is drained (not [`ready`](IoState::ready): a datagram read
+    /// ahead keeps it going), the queue is empty or `budget` completed.
+    /// Returns true when stopped by the budget: an operation waits and could
+    /// progress, so it [`wants_turn`](IoState::wants_turn).
+    fn run_queue(&self, inner: &Inner, dir: Dir, budget: usize) -> bool {
         let Some(sock) = self.socket() else {
-            return;
+            return false;
         };
         let mut done = 0;
         loop {
@@ -529,11 +532,11 @@ impl IoObject {
                 let q = &st.ops[dir as usize];
                 match q.front() {
                     Some(op) => (op.clone(), q.len()),
-                    None => return,
+                    None => return false,
                 }
             };
             if done == budget {
-                return;
+                return true;
             }
             let batch = match dir {
                 // A batch needs two receives waiting: skip collecting candidates otherwise.
@@ -550,20 +553,20 @@ impl IoObject {
                 Batch::Sent(k) => {
                     done += k;
                     if !self.st.borrow().ready(dir) {
-                        return; // drained
+                        return false; // drained
                     }
                     continue;
                 }
                 Batch::WouldBlock => {
                     self.st.borrow_mut().kernel_ready[dir as usize] = false;
-                    return;
+                    return false;
                 }
                 Batch::Single => {}
             }
             match op.perform(self, &sock) {
                 None => {
                     self.st.borrow_mut().kernel_ready[dir as usize] = false;
-                    return;
+                    return false;
                 }
                 Some((err, n)) => {
                     let (front, drained) = {
@@ -574,7 +577,7 @@ impl IoObject {
                     inner.finish(op, err, n);
                     done += 1;
                     if drained {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -820,13 +823,14 @@ impl IoObject {
         }
     }
 
-    /// Runs a queue. Whatever stopped it (the budget, or a datagram left in
-    /// the read-ahead slot), if an operation still waits and could progress,
-    /// no event will say so: the socket goes on the backlog and is looked at
-    /// again next turn, without waiting.
+    /// Runs a queue. If the budget stopped it, an operation still waits and
+    /// could progress, and no event will say so: the socket goes on the
+    /// backlog and is looked at again next turn, without waiting. (Any other
+    /// stop leaves nothing that could progress: the queue is empty, or the
+    /// socket is not [`ready`](IoState::ready), a datagram read ahead
+    /// counting as ready.)
     fn continue_queue(self: &Rc<Self>, inner: &Inner, dir: Dir) {
-        self.run_queue(inner, dir, inner.reactor.budget.get());
-        if self.st.borrow_mut().wants_turn(dir) {
+        if self.run_queue(inner, dir, inner.reactor.budget.get()) {
             self.to_backlog(inner, dir);
         } else if dir == Dir::Write
             && let Some(sock) = self.socket()

@@ -33,8 +33,10 @@
 //!     IOCTX_MODEL_SEED=0x1f2e cargo test --test model -- --nocapture
 //!
 //! `IOCTX_MODEL_SEED` runs the one case with that seed and prints its
-//! operations; `IOCTX_MODEL_FIRST` moves the first case's index. A failure
-//! prints the seed and the case's operations.
+//! operations; `IOCTX_MODEL_FIRST` moves the first case's index;
+//! `IOCTX_MODEL_KEEP_GOING` runs every case and lists the failing seeds;
+//! `IOCTX_MODEL_PROFILE=general|datagrams|server` runs cases of one kind
+//! (see `Profile`). A failure prints the seed and the case's operations.
 
 mod common;
 
@@ -85,6 +87,21 @@ fn case_seed(i: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------- the model
+
+/// What a case exercises.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Profile {
+    /// Everything.
+    General,
+    /// Datagrams only, on one or two UDP sockets: long queues around a
+    /// small budget per event.
+    Datagrams,
+    /// A server's receive loop: receives queued on one socket, datagrams
+    /// sent to it in bursts, handlers that start 0, 1 or 2 receives each
+    /// and nothing else, a small budget per event. Small schedules of this
+    /// kind found the lost wakeup of issue 11.
+    Server,
+}
 
 /// The payload of an injected panic (any other panic is a failure).
 struct Injected;
@@ -190,8 +207,8 @@ struct Model {
     depth: Cell<u32>,
     /// Handlers check only, they start nothing (idle checks, the end).
     quiet: Cell<bool>,
-    /// The case only moves datagrams (see `action`).
-    heavy: Cell<bool>,
+    /// What the case exercises (see `Profile`).
+    profile: Cell<Profile>,
     toks: RefCell<Vec<TokRec>>,
     post_seq: Cell<u64>,
     last_post: Cell<u64>,
@@ -348,7 +365,7 @@ fn frame(mut tok: Tok, check: impl FnOnce(&Rc<Model>, &Tok)) {
     let _depth = Depth(&m);
     check(&m, &tok);
     drop(tok);
-    if m.quiet.get() || m.failed() {
+    if m.quiet.get() || m.failed() || m.profile.get() == Profile::Server {
         return;
     }
     let n = [0, 0, 0, 1, 1, 2][m.rng().below(6)];
@@ -597,7 +614,7 @@ fn check_order(m: &Model, s: usize, write: bool, seq: u64, err: Error) {
 }
 
 fn new_sock(m: &Rc<Model>) {
-    let udp = m.heavy.get() || m.pct(70);
+    let udp = m.profile.get() != Profile::General || m.pct(70);
     let made = if udp {
         UdpSocket::bind(&m.ex, "127.0.0.1:0".parse().unwrap()).and_then(|s| {
             let _ = s.set_recv_buffer_size(1 << 20);
@@ -930,9 +947,16 @@ fn recv_on(m: &Rc<Model>, s: usize) {
                 m.fail(format!("receive on {s}: a cancel returned true, yet it completed with {err:?}"));
             }
             // A server's receive loop: the handler starts the next receive.
-            if err.is_ok() && !m.quiet.get() && m.pct(40) {
-                m.log(|| "again".into());
-                recv_on(m, s);
+            if err.is_ok() && !m.quiet.get() {
+                let again = if m.profile.get() == Profile::Server {
+                    [0, 0, 1, 1, 2][m.rng().below(5)]
+                } else {
+                    usize::from(m.pct(40))
+                };
+                for _ in 0..again {
+                    m.log(|| "again".into());
+                    recv_on(m, s);
+                }
             }
         })
     };
@@ -1338,7 +1362,7 @@ fn act_misc(m: &Rc<Model>) {
 /// point that depends on the machine's speed would make a seed replay
 /// differently.
 fn run_bound(m: &Model) -> Duration {
-    if m.pct(50) { Duration::ZERO } else { Duration::from_millis(1) }
+    if m.pct(70) { Duration::ZERO } else { Duration::from_millis(5) }
 }
 
 /// A run from inside a handler.
@@ -1360,6 +1384,29 @@ fn act_nested(m: &Rc<Model>) {
     m.log(|| format!("nested run: {n} handlers"));
 }
 
+/// One step of a `Profile::Server` case: receives queued on socket 0,
+/// datagrams sent to it from socket 1, runs, idle checks.
+fn server_step(m: &Rc<Model>, choice: usize) {
+    match choice {
+        0..=24 => {
+            let n = m.rng().range(1, 16);
+            m.log(|| format!("queue {n} receives"));
+            for _ in 0..n {
+                recv_on(m, 0);
+            }
+        }
+        25..=49 => {
+            let n = m.rng().range(1, 16);
+            m.log(|| format!("send {n} datagrams"));
+            for _ in 0..n {
+                send_on(m, 1, 0);
+            }
+        }
+        50..=84 => act_run(m),
+        _ => check_idle(m),
+    }
+}
+
 /// One random thing, from the top level or from a handler.
 fn action(m: &Rc<Model>, in_handler: bool) {
     if m.failed() {
@@ -1367,7 +1414,7 @@ fn action(m: &Rc<Model>, in_handler: bool) {
     }
     m.count(|s| s.actions += 1);
     let k = m.rng().below(100);
-    if m.heavy.get() {
+    if m.profile.get() != Profile::General {
         // Datagrams only: long queues on one or two sockets.
         match k {
             0..=29 => act_send(m),
@@ -1440,21 +1487,29 @@ fn act_run(m: &Rc<Model>) {
     }
     let was_stopped = ctx.stopped();
     let us = run_bound(m).as_micros() as u64;
-    let which = m.rng().below(6);
-    let what = ["poll", "poll_one", "run_one_for", "run_for", "run_until", "run_one_until"][which];
+    let which = m.rng().below(7);
+    let what = ["poll", "poll_one", "run_one_for", "run_for", "run_until", "run_one_until", "run_one"][which];
+    if which == 6 && !was_stopped {
+        // run_one has no bound: a handler is made ready first, so it returns.
+        act_post(m, 0);
+    }
     let n = top_run(m, what, |c| match which {
         0 => c.poll(),
         1 => c.poll_one(),
         2 => c.run_one_for(Duration::from_micros(us)),
         3 => c.run_for(Duration::from_micros(us)),
         4 => c.run_until(Instant::now() + Duration::from_micros(us)),
-        _ => c.run_one_until(Instant::now() + Duration::from_micros(us)),
+        5 => c.run_one_until(Instant::now() + Duration::from_micros(us)),
+        _ => c.run_one(),
     });
     if was_stopped && n.is_some_and(|n| n > 0) {
         m.fail(format!("{what} on a stopped context ran {n:?} handlers"));
     }
-    if (which == 1 || which == 2 || which == 5) && n.is_some_and(|n| n > 1) {
+    if [1, 2, 5, 6].contains(&which) && n.is_some_and(|n| n > 1) {
         m.fail(format!("{what} ran {n:?} handlers"));
+    }
+    if which == 6 && !was_stopped && n == Some(0) {
+        m.fail("run_one with a handler ready ran none".into());
     }
 }
 
@@ -1483,39 +1538,78 @@ fn drive_to_idle(m: &Rc<Model>) -> bool {
 }
 
 /// The loop is idle: nothing may wait for a wakeup that will not come.
+/// Then, now and then, a receive is started on each socket where data
+/// waits and none is pending, and must complete too: a lost wakeup with no
+/// receive pending shows only when the next receive starts, and traffic
+/// would otherwise heal it before anyone looks.
 fn check_idle(m: &Rc<Model>) {
     if !drive_to_idle(m) {
         return;
     }
     m.count(|s| s.idle_checks += 1);
-    let Some(ctx) = m.ctx() else { return };
+    if let Some(msg) = lost_wakeup(m) {
+        m.fail(msg);
+        return;
+    }
+    if !m.pct(50) {
+        return;
+    }
+    let probes: Vec<usize> = {
+        let socks = m.socks.borrow();
+        let dgrams = m.dgrams.borrow();
+        (0..socks.len())
+            .filter(|&i| {
+                let r = &socks[i];
+                r.open
+                    && !r.reads.iter().any(|(_, op)| op.is_pending())
+                    && (r.sent_waiting(&dgrams) > 0 || available(r) > 0)
+            })
+            .collect()
+    };
+    if probes.is_empty() {
+        return;
+    }
+    for &s in &probes {
+        m.log(|| format!("probe receive on {s}"));
+        drain_one(m, s);
+    }
+    if drive_to_idle(m)
+        && let Some(msg) = lost_wakeup(m)
+    {
+        m.fail(msg);
+    }
+}
+
+/// What a socket says waits in it (0 when closed).
+fn available(r: &SockRec) -> usize {
+    match r.sock.as_ref().filter(|_| r.open) {
+        Some(Sock::Udp(u)) => u.available().unwrap_or(0),
+        Some(Sock::Unix(u)) => u.available().unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// With the loop idle: a receive pending while data waits for it, or a
+/// timer wait pending with nothing to wake the loop for it.
+fn lost_wakeup(m: &Model) -> Option<String> {
+    let ctx = m.ctx()?;
     let socks = m.socks.borrow();
     let dgrams = m.dgrams.borrow();
     for (i, r) in socks.iter().enumerate() {
-        let Some(sock) = r.sock.as_ref().filter(|_| r.open) else { continue };
-        if !r.reads.iter().any(|(_, op)| op.is_pending()) {
+        if !r.open || !r.reads.iter().any(|(_, op)| op.is_pending()) {
             continue;
         }
-        let avail = match sock {
-            Sock::Udp(u) => u.available(),
-            Sock::Unix(u) => u.available(),
-        };
-        let sent = r.sent_waiting(&dgrams);
-        if avail.as_ref().is_ok_and(|&a| a > 0) || sent > 0 {
-            let msg = format!(
+        let (avail, sent) = (available(r), r.sent_waiting(&dgrams));
+        if avail > 0 || sent > 0 {
+            return Some(format!(
                 "lost wakeup: a receive on socket {i} is pending with the loop idle while data waits \
-                 (available {avail:?}, datagrams sent to it {sent})"
-            );
-            drop((socks, dgrams));
-            m.fail(msg);
-            return;
+                 (available {avail}, datagrams sent to it {sent})"
+            ));
         }
     }
-    drop((socks, dgrams));
     let waiting = m.waits.borrow().iter().any(Operation::is_pending);
-    if waiting && !ctx.stopped() && ctx.next_timeout().is_none() {
-        m.fail("a timer wait is pending but next_timeout() is None: nothing will wake the loop".into());
-    }
+    (waiting && !ctx.stopped() && ctx.next_timeout().is_none())
+        .then(|| "a timer wait is pending but next_timeout() is None: nothing will wake the loop".into())
 }
 
 /// Ends a case with the context alive: every datagram is received, every
@@ -1532,18 +1626,13 @@ fn finish_alive(m: &Rc<Model>) {
         let mut started = false;
         let n = m.socks.borrow().len();
         for s in 0..n {
-            let (open, reading, waiting, sock) = {
+            let drain = {
                 let socks = m.socks.borrow();
                 let r = &socks[s];
-                let dgrams = m.dgrams.borrow();
-                (r.open, r.reads.iter().any(|(_, op)| op.is_pending()), r.sent_waiting(&dgrams) > 0, r.sock.clone())
+                let reading = r.reads.iter().any(|(_, op)| op.is_pending());
+                r.open && !reading && (r.sent_waiting(&m.dgrams.borrow()) > 0 || available(r) > 0)
             };
-            let avail = match &sock {
-                Some(Sock::Udp(u)) => u.available().unwrap_or(0),
-                Some(Sock::Unix(u)) => u.available().unwrap_or(0),
-                None => 0,
-            };
-            if open && !reading && (waiting || avail > 0) {
+            if drain {
                 drain_one(m, s);
                 started = true;
             }
@@ -1669,7 +1758,7 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
         initiating: Cell::new(0),
         depth: Cell::new(0),
         quiet: Cell::new(false),
-        heavy: Cell::new(false),
+        profile: Cell::new(Profile::General),
         toks: RefCell::new(Vec::new()),
         post_seq: Cell::new(0),
         last_post: Cell::new(0),
@@ -1690,16 +1779,27 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
     drop(ctx);
     // Fairness settings of the case.
     // Some cases only move datagrams, through long queues on few sockets.
-    m.heavy.set(m.pct(40));
+    let drawn = match m.rng().below(10) {
+        0..=3 => Profile::General,
+        4..=5 => Profile::Datagrams,
+        _ => Profile::Server,
+    };
+    let profile = forced_profile().unwrap_or(drawn);
+    m.profile.set(profile);
     let per_pass = [usize::MAX, usize::MAX, 1, 2, 3, 7][m.rng().below(6)];
-    let per_event = if m.heavy.get() { m.rng().range(1, 6) } else { [64, 64, 1, 2, 3, 5][m.rng().below(6)] };
+    let per_event =
+        if profile == Profile::General { [64, 64, 1, 2, 3, 5][m.rng().below(6)] } else { m.rng().range(1, 6) };
     {
         let ctx = m.ctx().unwrap();
         ctx.set_handlers_per_pass(per_pass).unwrap();
         ctx.set_operations_per_event(per_event).unwrap();
     }
-    m.log(|| format!("case {seed:#x}: handlers per pass {per_pass}, operations per event {per_event}"));
-    let socks = if m.heavy.get() { m.rng().range(1, 2) } else { m.rng().range(1, 4) };
+    m.log(|| format!("case {seed:#x}: {profile:?}, handlers per pass {per_pass}, operations per event {per_event}"));
+    let socks = match profile {
+        Profile::General => m.rng().range(1, 4),
+        Profile::Datagrams => m.rng().range(1, 2),
+        Profile::Server => 2,
+    };
     let timers = m.rng().range(0, 2);
     for _ in 0..socks {
         new_sock(&m);
@@ -1707,16 +1807,27 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
     for _ in 0..timers {
         m.timers.borrow_mut().push(Some(SteadyTimer::new(&m.ex)));
     }
-    let steps = m.rng().range(10, 70);
+    let steps = if profile == Profile::General { m.rng().range(10, 70) } else { m.rng().range(30, 120) };
     let mut dropped = false;
     for _ in 0..steps {
         if m.failed() {
             break;
         }
         let choice = m.rng().below(100);
+        if profile == Profile::Server {
+            server_step(&m, choice);
+            continue;
+        }
         match choice {
             0..=54 => action(&m, false),
-            55..=84 => act_run(&m),
+            55..=84 => {
+                act_run(&m);
+                // Traffic heals a lost wakeup (the next datagram's event runs
+                // the queue): look while the loop is quiet, often.
+                if profile == Profile::Datagrams && m.pct(50) {
+                    check_idle(&m);
+                }
+            }
             85..=97 => check_idle(&m),
             _ => {
                 if m.pct(30) {
@@ -1731,9 +1842,11 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
         if m.pct(35) {
             // Sometimes right after starting things, sometimes once idle.
             if m.pct(50) {
-                drive_to_idle(&m);
+                check_idle(&m);
             }
-            finish_by_drop(&m);
+            if !m.failed() {
+                finish_by_drop(&m);
+            }
         } else {
             finish_alive(&m);
         }
@@ -1787,6 +1900,17 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
     }
 }
 
+/// `IOCTX_MODEL_PROFILE=general|datagrams|server` runs cases of one kind only.
+fn forced_profile() -> Option<Profile> {
+    let v = std::env::var("IOCTX_MODEL_PROFILE").ok()?;
+    match v.as_str() {
+        "general" => Some(Profile::General),
+        "datagrams" => Some(Profile::Datagrams),
+        "server" => Some(Profile::Server),
+        _ => panic!("IOCTX_MODEL_PROFILE={v}: general, datagrams or server"),
+    }
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     let v = v.trim();
@@ -1818,19 +1942,35 @@ fn random_operation_sequences_keep_every_rule() {
         }
     };
     let one = seeds.len() == 1;
+    // With IOCTX_MODEL_KEEP_GOING set, every case runs and the failing seeds
+    // are listed at the end (the first failure's report is printed whole).
+    let keep_going = std::env::var_os("IOCTX_MODEL_KEEP_GOING").is_some();
+    let mut failed: Vec<u64> = Vec::new();
     for seed in seeds {
         match run_case(seed, &dir.0, &mut total) {
             Ok(trace) if one => eprintln!("{trace}"),
             Ok(_) => {}
             Err(report) => {
-                let _ = panic::take_hook();
-                panic!(
+                let msg = format!(
                     "model case failed after {} cases; reproduce with IOCTX_MODEL_SEED={seed:#x} cargo test --test \
                      model -- --nocapture\n{report}",
                     total.cases
                 );
+                if !keep_going {
+                    let _ = panic::take_hook();
+                    panic!("{msg}");
+                }
+                if failed.is_empty() {
+                    eprintln!("{msg}");
+                }
+                failed.push(seed);
             }
         }
+    }
+    if !failed.is_empty() {
+        let _ = panic::take_hook();
+        let seeds: Vec<String> = failed.iter().map(|s| format!("{s:#x}")).collect();
+        panic!("{} of {} model cases failed: {}", failed.len(), total.cases, seeds.join(" "));
     }
     eprintln!(
         "model: {} cases, {} operations, {} handlers run, {} panics injected, {} nested runs, {} contexts dropped \
