@@ -297,19 +297,24 @@ impl IoObject {
             }
         }
         let deferred = dir == Dir::Write && !wait && self.gso.get();
-        let (list, registered, edge_drained) = {
+        let (list, listed, registered, edge_drained) = {
             let mut st = self.st.borrow_mut();
             st.ops[dir as usize].push_back(op);
             let list = deferred && st.ready(Dir::Write) && !st.flush_listed;
             st.flush_listed |= list;
-            (list, st.registered, st.registered && !st.level && !st.ready(Dir::Read))
+            (list, st.flush_listed, st.registered, st.registered && !st.level && !st.ready(Dir::Read))
         };
         if list {
             inner.reactor.flush_list.borrow_mut().push(self.clone());
             inner.reactor.deferred.set(true)
-        } else if !deferred && (wait || dir == Dir::Write || !registered) {
+        } else if deferred && listed {
+            // It leaves with the flush at the end of the pass.
+        } else if wait || dir == Dir::Write || !registered {
+            // Whatever waits for an event must be of interest: a deferred
+            // send behind a would-block too (a re-sync while no send waited
+            // may have dropped writability).
             self.sync_interest(inner, &sock, wait);
-        } else if dir == Dir::Read && !wait && edge_drained {
+        } else if dir == Dir::Read && edge_drained {
             // Back to level-triggered once a receive waits on a drained socket.
             self.set_level(inner, &sock, true);
         }

@@ -230,3 +230,49 @@ fn an_icmp_error_goes_to_the_first_coalesced_send_as_without_gso() {
     assert_eq!(got.len(), 3);
     assert!(sock.gso(), "a socket error is not a refusal of GSO");
 }
+
+/// A `UdpSocket` over one end of a Unix datagram socketpair, whose sends
+/// really would block once the other end (returned, non-blocking) falls
+/// behind: a UDP send on loopback never does. The reactor code is the same.
+fn blocking_pair(ctx: &IoContext) -> (UdpSocket, std::os::unix::net::UnixDatagram) {
+    let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    let sock = UdpSocket::from_std(ctx, std::os::fd::OwnedFd::from(a).into()).unwrap();
+    (sock, b)
+}
+
+/// A send would block (writability becomes of interest), is cancelled, and
+/// with `read_wait` a read wait then re-registers the socket while no send
+/// waits (writability is dropped). The peer drains; with GSO on, a new send
+/// is deferred to the end of the pass, but the socket still counts as not
+/// writable. Returns whether that send left.
+fn deferred_send_after_a_would_block_leaves(read_wait: bool) -> bool {
+    let ctx = IoContext::new().unwrap();
+    let (a, b) = blocking_pair(&ctx);
+    let mut started = 0;
+    while !a.async_send(vec![0u8; 100], |_, _| {}).is_pending() {
+        started += 1;
+        assert!(started < 10_000, "no send ever had to wait");
+    }
+    a.cancel().unwrap();
+    if read_wait {
+        a.async_wait(ioctx::net::WaitType::Read, |_| {});
+    }
+    let mut buf = [0u8; 256];
+    while b.recv(&mut buf).is_ok() {}
+    a.set_gso(true).unwrap();
+    let sent = Rc::new(RefCell::new(None));
+    let s = sent.clone();
+    a.async_send(&b"hello"[..], move |e, n| *s.borrow_mut() = Some((e, n)));
+    ctx.run_for(std::time::Duration::from_millis(300));
+    let r = *sent.borrow();
+    assert!(r.is_none_or(|r| r == (Error::NONE, 5)), "{r:?}");
+    r.is_some()
+}
+
+#[test]
+fn a_deferred_send_behind_a_would_block_waits_for_writability_and_leaves() {
+    assert!(deferred_send_after_a_would_block_leaves(false));
+    // The lost write wakeup: no interest in writability, so no event ever came.
+    assert!(deferred_send_after_a_would_block_leaves(true), "the deferred send never left");
+}

@@ -215,6 +215,8 @@ struct Model {
     socks: RefCell<Vec<SockRec>>,
     dgrams: RefCell<Vec<Dgram>>,
     timers: RefCell<Vec<Option<SteadyTimer>>>,
+    /// Per timer: its waits and their handlers, oldest first.
+    timer_waits: RefCell<Vec<Vec<(usize, Operation)>>>,
     wait_seq: Cell<u64>,
     fired: RefCell<Vec<Fired>>,
     /// Recent operations and their handlers, to cancel.
@@ -1107,8 +1109,7 @@ fn pick_timer(m: &Model) -> Option<(usize, SteadyTimer)> {
 fn act_timer(m: &Rc<Model>) {
     let choice = m.rng().below(20);
     if choice == 0 || m.timers.borrow().iter().all(Option::is_none) {
-        m.log(|| "new timer".into());
-        m.timers.borrow_mut().push(Some(SteadyTimer::new(&m.ex)));
+        new_timer(m);
         return;
     }
     let Some((i, t)) = pick_timer(m) else { return };
@@ -1128,12 +1129,14 @@ fn act_timer(m: &Rc<Model>) {
                     _ => (Some(Duration::from_micros(r.range(300, 3000) as u64)), None),
                 }
             };
+            let pending = pending_waits(m, i);
             let n = m.initiate(|| match (d, at) {
                 (Some(d), _) => t.expires_after(d),
                 (_, Some(at)) => t.expires_at(at),
                 _ => unreachable!(),
             });
             m.log(|| format!("timer {i} expires {d:?}{at:?}: {n} cancelled"));
+            cancelled_waits(m, i, "expires", n, &pending);
         }
         6..=14 => {
             let deadline = t.expiry();
@@ -1174,21 +1177,62 @@ fn act_timer(m: &Rc<Model>) {
             // Taken after the call: the wait was pending from before this instant.
             started.set(Some(Instant::now()));
             keep_op(m, tid, &op);
+            m.timer_waits.borrow_mut()[i].push((tid, op.clone()));
             m.waits.borrow_mut().push(op);
         }
         15..=16 => {
+            let pending = pending_waits(m, i);
             let n = m.initiate(|| t.cancel());
             m.log(|| format!("timer {i} cancel: {n}"));
+            cancelled_waits(m, i, "cancel", n, &pending);
         }
         17..=18 => {
+            let pending = pending_waits(m, i);
             let n = m.initiate(|| t.cancel_one());
             m.log(|| format!("timer {i} cancel_one: {n}"));
+            // The oldest pending wait, and only it.
+            cancelled_waits(m, i, "cancel_one", n, &pending[..pending.len().min(1)]);
         }
         _ => {
+            // The last handle: as Asio's destructor, it cancels the waits.
+            let pending = pending_waits(m, i);
             m.log(|| format!("timer {i} dropped"));
             let t2 = m.timers.borrow_mut()[i].take();
             m.initiate(|| drop((t, t2)));
+            cancelled_waits(m, i, "drop", pending.len(), &pending);
         }
+    }
+}
+
+fn new_timer(m: &Model) {
+    m.log(|| "new timer".into());
+    m.timers.borrow_mut().push(Some(SteadyTimer::new(&m.ex)));
+    m.timer_waits.borrow_mut().push(Vec::new());
+}
+
+/// The handlers of timer `i`'s pending waits, oldest first.
+fn pending_waits(m: &Model, i: usize) -> Vec<usize> {
+    m.timer_waits.borrow()[i].iter().filter(|(_, op)| op.is_pending()).map(|(t, _)| *t).collect()
+}
+
+/// `what` on timer `i` said it cancelled `n` waits, and should have
+/// cancelled exactly those of `expected`: each must end aborted.
+fn cancelled_waits(m: &Model, i: usize, what: &str, n: usize, expected: &[usize]) {
+    if n != expected.len() {
+        m.fail(format!("timer {i}: {what} cancelled {n} waits, {} were due to be (h{expected:?})", expected.len()));
+    }
+    let mut toks = m.toks.borrow_mut();
+    for &t in expected {
+        toks[t].expect_abort = true;
+    }
+    drop(toks);
+    let still: Vec<usize> = m.timer_waits.borrow()[i]
+        .iter()
+        .filter(|(t, op)| expected.contains(t) && op.is_pending())
+        .map(|(t, _)| *t)
+        .collect();
+    if !still.is_empty() {
+        m.fail(format!("timer {i}: after {what}, waits h{still:?} are still pending"));
     }
 }
 
@@ -1551,6 +1595,9 @@ fn check_idle(m: &Rc<Model>) {
         m.fail(msg);
         return;
     }
+    if m.pct(10) {
+        check_no_spin(m);
+    }
     if !m.pct(50) {
         return;
     }
@@ -1577,6 +1624,25 @@ fn check_idle(m: &Rc<Model>) {
         && let Some(msg) = lost_wakeup(m)
     {
         m.fail(msg);
+    }
+}
+
+/// The opposite of a lost wakeup: with the loop idle, a readiness the loop
+/// keeps being told of but cannot act on makes it spin. It waits 2 ms: the
+/// reactor may wake for timers that come due meanwhile and the handlers
+/// they queue, not thousands of times.
+fn check_no_spin(m: &Rc<Model>) {
+    let Some(ctx) = m.ctx() else { return };
+    if ctx.stopped() {
+        return;
+    }
+    let before = ctx.metrics().reactor_waits;
+    let quiet = m.quiet.replace(true);
+    let ran = top_run(m, "run_for 2 ms, looking for a spin", |c| c.run_for(Duration::from_millis(2))).unwrap_or(0);
+    m.quiet.set(quiet);
+    let waits = ctx.metrics().reactor_waits - before;
+    if waits > 20 + 4 * ran as u64 {
+        m.fail(format!("the loop spins: {waits} reactor waits in 2 ms while {ran} handlers ran"));
     }
 }
 
@@ -1765,6 +1831,7 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
         socks: RefCell::new(Vec::new()),
         dgrams: RefCell::new(Vec::new()),
         timers: RefCell::new(Vec::new()),
+        timer_waits: RefCell::new(Vec::new()),
         wait_seq: Cell::new(0),
         fired: RefCell::new(Vec::new()),
         ops: RefCell::new(Vec::new()),
@@ -1805,7 +1872,7 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
         new_sock(&m);
     }
     for _ in 0..timers {
-        m.timers.borrow_mut().push(Some(SteadyTimer::new(&m.ex)));
+        new_timer(&m);
     }
     let steps = if profile == Profile::General { m.rng().range(10, 70) } else { m.rng().range(30, 120) };
     let mut dropped = false;
