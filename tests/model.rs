@@ -599,6 +599,16 @@ fn keep_op(m: &Model, tok: usize, op: &Operation) {
     ops.push((tok, op.clone()));
 }
 
+/// An operation starts on socket `s` in one direction: its number there.
+fn start_op(m: &Model, s: usize, write: bool) -> u64 {
+    let mut socks = m.socks.borrow_mut();
+    let r = &mut socks[s];
+    r.seq += 1;
+    let order = if write { &mut r.write_order } else { &mut r.read_order };
+    order.insert(r.seq);
+    r.seq
+}
+
 /// Completion order within one direction of one socket: an operation that
 /// ends other than aborted must be the oldest still pending there.
 fn check_order(m: &Model, s: usize, write: bool, seq: u64, err: Error) {
@@ -765,13 +775,7 @@ fn send_on(m: &Rc<Model>, s: usize, to: usize) {
     if let Some(id) = tracked {
         m.socks.borrow_mut()[to].inbox.push(id);
     }
-    let seq = {
-        let mut socks = m.socks.borrow_mut();
-        let r = &mut socks[s];
-        r.seq += 1;
-        r.write_order.insert(r.seq);
-        r.seq
-    };
+    let seq = start_op(m, s, true);
     let what = format!("send #{seq} d{id} {len} B in {count} buffers {s} -> {to}");
     let tok = Tok::new(m, what.clone());
     let tid = tok.id;
@@ -910,13 +914,7 @@ fn recv_on(m: &Rc<Model>, s: usize) {
     let bufs = recv_bufs(m);
     let peek = m.pct(6);
     let with_from = !matches!(sock, Sock::Udp(_)) || m.pct(70);
-    let seq = {
-        let mut socks = m.socks.borrow_mut();
-        let r = &mut socks[s];
-        r.seq += 1;
-        r.read_order.insert(r.seq);
-        r.seq
-    };
+    let seq = start_op(m, s, false);
     let room: usize = bufs.iter().map(Vec::len).sum();
     let what =
         format!("receive #{seq} on {s}, room {room} in {} buffers{}", bufs.len(), if peek { ", peek" } else { "" });
@@ -1021,14 +1019,7 @@ fn act_wait(m: &Rc<Model>) {
     let Some(sock) = sock_of(m, s) else { return };
     let open = m.socks.borrow()[s].open;
     let write = m.pct(35);
-    let seq = {
-        let mut socks = m.socks.borrow_mut();
-        let r = &mut socks[s];
-        r.seq += 1;
-        let order = if write { &mut r.write_order } else { &mut r.read_order };
-        order.insert(r.seq);
-        r.seq
-    };
+    let seq = start_op(m, s, write);
     let what = format!("{} wait #{seq} on {s}", if write { "write" } else { "read" });
     let tok = Tok::new(m, what.clone());
     let tid = tok.id;
@@ -1751,13 +1742,7 @@ fn finish_alive(m: &Rc<Model>) {
 /// Starts a receive that takes whatever waits on socket `s`.
 fn drain_one(m: &Rc<Model>, s: usize) {
     let Some(sock) = sock_of(m, s) else { return };
-    let seq = {
-        let mut socks = m.socks.borrow_mut();
-        let r = &mut socks[s];
-        r.seq += 1;
-        r.read_order.insert(r.seq);
-        r.seq
-    };
+    let seq = start_op(m, s, false);
     let tok = Tok::new(m, format!("drain receive #{seq} on {s}"));
     let done = move |err: Error, n: usize, bufs: Vec<u8>, from: Option<Addr>| {
         frame(tok, |m, _| {
