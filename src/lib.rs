@@ -111,3 +111,9 @@ pub use metrics::Metrics;
 pub use remote::{ContextGone, Remote};
 pub use signal::SignalSet;
 pub use timer::SteadyTimer;
+
+/// The `socket2` crate, as this crate uses it: [`net::UdpSocket::open`] takes
+/// a [`socket2::Domain`] and every socket's `with_socket2` hands out a
+/// [`socket2::SockRef`], so a user needs no dependency of their own (and no
+/// second version of it) to call them.
+pub use socket2;

@@ -47,11 +47,15 @@ use std::rc::Rc;
 /// the moment of the fork, releasing a set inherited by the child waits for
 /// a handler that will never finish.
 ///
+/// Signals are the platform's numbers; the common ones are named on the
+/// type ([`SignalSet::SIGINT`], ...) and [`SignalSet::realtime`] gives the
+/// real-time ones, so that no `libc` is needed.
+///
 /// ```no_run
 /// use ioctx::{IoContext, SignalSet};
 ///
 /// let ctx = IoContext::new()?;
-/// let signals = SignalSet::with_signals(&ctx.executor(), &[libc::SIGINT, libc::SIGTERM])?;
+/// let signals = SignalSet::with_signals(&ctx.executor(), &[SignalSet::SIGINT, SignalSet::SIGTERM])?;
 /// signals.async_wait(|err, sig| {
 ///     if err.is_ok() {
 ///         println!("got signal {sig}, shutting down");
@@ -142,6 +146,45 @@ impl State {
 impl fmt::Debug for SignalSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignalSet").field("signals", &self.signals()).finish()
+    }
+}
+
+/// The signals a program commonly waits for, by name (the platform's
+/// numbers), so that no `libc` is needed to name them.
+impl SignalSet {
+    /// Hangup; by convention, reload the configuration.
+    pub const SIGHUP: i32 = libc::SIGHUP;
+    /// Interrupt from the terminal (Ctrl-C).
+    pub const SIGINT: i32 = libc::SIGINT;
+    /// Quit from the terminal (Ctrl-\\).
+    pub const SIGQUIT: i32 = libc::SIGQUIT;
+    /// Termination request (what `kill` sends by default).
+    pub const SIGTERM: i32 = libc::SIGTERM;
+    /// User-defined signal 1.
+    pub const SIGUSR1: i32 = libc::SIGUSR1;
+    /// User-defined signal 2.
+    pub const SIGUSR2: i32 = libc::SIGUSR2;
+    /// Write to a pipe or socket with no reader. The crate's own sends never
+    /// raise it (they pass `MSG_NOSIGNAL`).
+    pub const SIGPIPE: i32 = libc::SIGPIPE;
+    /// Alarm clock (`alarm(2)`).
+    pub const SIGALRM: i32 = libc::SIGALRM;
+    /// A child process stopped or exited.
+    pub const SIGCHLD: i32 = libc::SIGCHLD;
+    /// Continue after a stop.
+    pub const SIGCONT: i32 = libc::SIGCONT;
+    /// Stop from the terminal (Ctrl-Z).
+    pub const SIGTSTP: i32 = libc::SIGTSTP;
+    /// The terminal's window size changed.
+    pub const SIGWINCH: i32 = libc::SIGWINCH;
+
+    /// The real-time signal `SIGRTMIN + n`, or `None` beyond `SIGRTMAX`.
+    /// (The C library reserves the first few for itself, so the range is
+    /// known only at run time.) Real-time signals queue: each occurrence
+    /// reaches a wait.
+    pub fn realtime(n: u32) -> Option<i32> {
+        let sig = i32::try_from(n).ok()?.checked_add(libc::SIGRTMIN())?;
+        (sig <= libc::SIGRTMAX()).then_some(sig)
     }
 }
 

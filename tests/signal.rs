@@ -484,3 +484,42 @@ fn queued_realtime_signals_from_another_thread_all_arrive() {
     }
     assert_eq!(count.get(), queued, "occurrences lost");
 }
+
+#[test]
+fn the_named_signals_are_the_platforms_and_a_set_waits_for_them() {
+    in_child!("the_named_signals_are_the_platforms_and_a_set_waits_for_them");
+    let named = [
+        (SignalSet::SIGHUP, libc::SIGHUP),
+        (SignalSet::SIGINT, libc::SIGINT),
+        (SignalSet::SIGQUIT, libc::SIGQUIT),
+        (SignalSet::SIGTERM, libc::SIGTERM),
+        (SignalSet::SIGUSR1, libc::SIGUSR1),
+        (SignalSet::SIGUSR2, libc::SIGUSR2),
+        (SignalSet::SIGPIPE, libc::SIGPIPE),
+        (SignalSet::SIGALRM, libc::SIGALRM),
+        (SignalSet::SIGCHLD, libc::SIGCHLD),
+        (SignalSet::SIGCONT, libc::SIGCONT),
+        (SignalSet::SIGTSTP, libc::SIGTSTP),
+        (SignalSet::SIGWINCH, libc::SIGWINCH),
+    ];
+    for (ours, platform) in named {
+        assert_eq!(ours, platform);
+    }
+    assert_eq!(SignalSet::realtime(0), Some(libc::SIGRTMIN()));
+    let span = (libc::SIGRTMAX() - libc::SIGRTMIN()) as u32;
+    assert_eq!(SignalSet::realtime(span), Some(libc::SIGRTMAX()));
+    assert_eq!(SignalSet::realtime(span + 1), None);
+    assert_eq!(SignalSet::realtime(u32::MAX), None);
+    // Named and real-time signals, without libc, reach a wait.
+    let rt = SignalSet::realtime(1).unwrap();
+    let ctx = IoContext::new().unwrap();
+    let set = SignalSet::with_signals(&ctx.executor(), &[SignalSet::SIGUSR2, rt]).unwrap();
+    assert_eq!(set.signals(), vec![SignalSet::SIGUSR2, rt]);
+    raise(rt);
+    raise(SignalSet::SIGUSR2);
+    let got = Got::default();
+    set.async_wait(recorder(&got));
+    set.async_wait(recorder(&got));
+    ctx.run();
+    assert_eq!(*got.borrow(), vec![(Error::NONE, rt), (Error::NONE, SignalSet::SIGUSR2)]);
+}
