@@ -709,7 +709,7 @@ fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
     // The file of a write request was created before the transfer's socket:
     // when the socket could not be had (out of descriptors), the request was
     // refused but the new, empty file stayed, and every retry then got "file
-    // exists". Run on the example binary, whose descriptor limit prlimit(1)
+    // exists". Run on the example binary, whose descriptor limit prlimit(2)
     // lowers to leave exactly one free.
     let root = TempDir::new();
     let mut child = Command::new(common::example("tftp_server"))
@@ -731,16 +731,7 @@ fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
     // numbers: with the lowest free one as the only one below it, one more
     // descriptor can be had.
     let lowest_free = (0..).find(|n| !fds.contains(n)).unwrap();
-    let limit = lowest_free + 1;
-    let lowered = Command::new("prlimit")
-        .arg(format!("--pid={pid}"))
-        .arg(format!("--nofile={limit}:"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !lowered {
-        eprintln!("skipped: prlimit is not available");
-        return;
-    }
+    let soft = set_soft_nofile(pid, (lowest_free + 1).into());
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     s.send_to(&request(2, "new", "octet"), ("127.0.0.1", port)).unwrap();
@@ -749,12 +740,26 @@ fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!root.path("new").exists(), "a refused write request left its file behind");
     // With descriptors again, the client's retry is served.
-    let raised = Command::new("prlimit").arg(format!("--pid={pid}")).arg("--nofile=1024:").status().unwrap();
-    assert!(raised.success());
+    set_soft_nofile(pid, soft);
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     s.send_to(&request(2, "new", "octet"), ("127.0.0.1", port)).unwrap();
     let (n, _) = s.recv_from(&mut buf).expect("a reply to the retry");
     assert_eq!(&buf[..n], &ack(0)[..], "the retry was refused");
+}
+
+/// Sets the soft descriptor limit of process `pid` (hard limit kept) and
+/// returns the one it had. The system call rather than prlimit(1): the test
+/// then needs no program beyond the toolchain.
+fn set_soft_nofile(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `old` is a valid rlimit to write to; no new limit is passed.
+    let got = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
+    // SAFETY: `new` is a valid rlimit to read; the old one is not asked for.
+    let set = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
 }
 
 // ---------------------------------------------------------------------------
@@ -1014,8 +1019,10 @@ fn a_fifo_is_refused_without_waiting_for_a_writer() {
     // would stop every transfer.
     let root = TempDir::new();
     std::fs::write(root.path("f"), b"x").unwrap();
-    let made = Command::new("mkfifo").arg(root.path("fifo")).status().is_ok_and(|s| s.success());
-    assert!(made, "mkfifo failed");
+    // mkfifo(3) rather than mkfifo(1): no program beyond the toolchain.
+    let fifo = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(root.path("fifo").as_os_str())).unwrap();
+    // SAFETY: `fifo` is a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
     let srv = start(Config::new(&root.0));
     // Should the server be stuck in open(2), this gives it a writer when the
     // test ends (before `srv` is dropped and joined), so that a regression
