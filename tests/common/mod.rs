@@ -216,3 +216,49 @@ pub fn tick(t: ioctx::SteadyTimer, left: usize, ticks: Rc<std::cell::Cell<usize>
         tick(t2, left - 1, ticks);
     });
 }
+
+/// The environment variable that turns a missing external client into a
+/// failure (`.ci/run` sets it, so that CI never passes without interop).
+pub const REQUIRE_CLIENTS_ENV: &str = "IOCTX_REQUIRE_CLIENTS";
+
+/// The external client `program` (from the Debian package `package`) found
+/// on PATH, for interop tests that drive a program nobody here wrote. When it
+/// is missing, the test is skipped (see [`skipped`]) and None returned, so
+/// that `cargo test` passes with the Rust toolchain alone; or, with
+/// [`REQUIRE_CLIENTS_ENV`] set to anything non-empty, the test fails.
+pub fn client(program: &str, package: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // Resolved here rather than by Command, so that "missing" is decided
+    // once, before the test starts its server.
+    let found = std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute()) // a relative entry would depend on the working directory
+        .map(|dir| dir.join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0));
+    if found.is_none() {
+        if std::env::var_os(REQUIRE_CLIENTS_ENV).is_some_and(|v| !v.is_empty()) {
+            panic!(
+                "{program} is required ({REQUIRE_CLIENTS_ENV} is set) but not found on PATH: \
+                 install the Debian package {package}"
+            );
+        }
+        skipped(&format!("{program} is not installed (Debian package {package}); this interop test did not run"));
+    }
+    found
+}
+
+/// Says that the running test did not run, and why, where a plain `cargo
+/// test` shows it: libtest captures only the `print!` family of macros
+/// (rust-lang/rust#90785), so a write to `io::stderr()` reaches the terminal
+/// even for a passing test. The line also goes through `print!`, to be part
+/// of the test's captured output (`--show-output`), should libtest one day
+/// capture stderr whole; with `--nocapture` it therefore shows twice. Not
+/// written uncaptured to stdout: that is libtest's own stream (`--format`).
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("<unnamed>").to_owned();
+    let line = format!("skipped: {why} ({test})\n");
+    // One write: a whole line even among parallel tests.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    print!("{line}");
+}
