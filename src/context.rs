@@ -621,6 +621,45 @@ impl Drop for IoContext {
 /// The light, cloneable handle on a context that handlers capture (Asio's
 /// `io_context::executor_type`). It does not keep the context alive: once
 /// the context is gone, `post` drops the closure unrun.
+///
+/// # Errors
+///
+/// None reach a closure given to [`post`](Self::post),
+/// [`defer`](Self::defer) or [`dispatch`](Self::dispatch): it takes no
+/// arguments, and the calls return nothing to check. It runs exactly once,
+/// from `run*`/`poll*` (or at once, for `dispatch` from inside the loop), or
+/// never: when the context is dropped, the closures queued and any posted
+/// afterwards are dropped unrun (logged at `debug`);
+/// [`is_alive`](Self::is_alive) tells which. A closure that panics unwinds
+/// out of `run()`.
+///
+/// ```
+/// use ioctx::IoContext;
+/// use std::{cell::RefCell, rc::Rc};
+///
+/// let ctx = IoContext::new()?;
+/// let ex = ctx.executor();
+/// let order = Rc::new(RefCell::new(Vec::new()));
+///
+/// // A closure without arguments needs no types, even stored before the call.
+/// let o = order.clone();
+/// let then = move || o.borrow_mut().push("posted");
+/// let (ex2, o) = (ex.clone(), order.clone());
+/// ex.post(move || {
+///     ex2.post(then); // queued: runs after this handler returns
+///     let o2 = o.clone();
+///     ex2.dispatch(move || o2.borrow_mut().push("dispatched")); // inside the loop: runs now
+///     o.borrow_mut().push("handler");
+/// });
+/// assert!(order.borrow().is_empty()); // post never runs the closure inline
+/// assert_eq!(ctx.run(), 2); // the dispatched closure ran inside a handler
+/// assert_eq!(*order.borrow(), ["dispatched", "handler", "posted"]);
+///
+/// drop(ctx);
+/// assert!(!ex.is_alive());
+/// ex.post(|| unreachable!("the context is gone: dropped unrun"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Executor {
     pub(crate) inner: Weak<Inner>,

@@ -19,6 +19,50 @@ use std::io;
 /// let io: std::io::Error = e.into();
 /// assert_eq!(Error::from(io), e);
 /// ```
+///
+/// A handler gets its outcome as plain arguments, `(Error, usize, ...)`.
+/// [`into_result`](Self::into_result) and [`result`](Self::result) turn them
+/// into an [`io::Result`], so that the handler's work can be written with
+/// `?` in a function (or closure) that returns one:
+///
+/// ```
+/// use ioctx::{Error, IoContext, net::UdpSocket};
+/// use std::{cell::RefCell, io, rc::Rc};
+///
+/// /// What the server does with one request: any error ends it early.
+/// fn answer(err: Error, n: usize, request: &[u8]) -> io::Result<Vec<u8>> {
+///     let n = err.into_result(n)?;
+///     let name = std::str::from_utf8(&request[..n]).map_err(io::Error::other)?;
+///     Ok(format!("hello, {name}").into_bytes())
+/// }
+///
+/// let ctx = IoContext::new()?;
+/// let server = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+/// let client = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+///
+/// let s = server.clone();
+/// server.async_receive_from(vec![0u8; 512], move |err, n, buf, from| match answer(err, n, &buf) {
+///     Ok(reply) => {
+///         s.async_send_to(reply, from, |err, _| assert!(err.is_ok()));
+///     }
+///     Err(e) => eprintln!("request from {from} dropped: {e}"),
+/// });
+///
+/// let got = Rc::new(RefCell::new(None));
+/// let g = got.clone();
+/// client.async_send_to(&b"ioctx"[..], server.local_addr()?, |err, _| assert!(err.is_ok()));
+/// client.async_receive_from(vec![0u8; 512], move |err, n, buf, _from| {
+///     // The same in a closure: `?` returns from the closure, not the handler.
+///     let reply = || -> io::Result<String> {
+///         let n = err.into_result(n)?;
+///         String::from_utf8(buf[..n].to_vec()).map_err(io::Error::other)
+///     };
+///     *g.borrow_mut() = Some(reply());
+/// });
+/// ctx.run();
+/// assert_eq!(got.take().unwrap()?, "hello, ioctx");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Error(i32);
 
@@ -82,6 +126,40 @@ impl Error {
     /// The OS error number, when this error has one.
     pub const fn raw_os_error(self) -> Option<i32> {
         if self.0 > 0 { Some(self.0) } else { None }
+    }
+
+    /// `Ok(value)` for [`Error::NONE`], else this error as an [`io::Error`]
+    /// (converted as by `Into<io::Error>`: the OS number is kept, so
+    /// `OPERATION_ABORTED` reads back as `ECANCELED`; `EOF` has kind
+    /// `UnexpectedEof`; [`Error::from`] gives the `Error` back).
+    ///
+    /// For a handler's result, so that its body can use `?`:
+    /// `let n = err.into_result(n)?;`, or `err.into_result((n, from))?` to
+    /// keep more than the length.
+    ///
+    /// ```
+    /// use ioctx::Error;
+    /// assert_eq!(Error::NONE.into_result(5_usize).unwrap(), 5);
+    /// let e = Error::OPERATION_ABORTED.into_result(0_usize).unwrap_err();
+    /// assert_eq!(Error::from(e), Error::OPERATION_ABORTED);
+    /// let e = Error::EOF.into_result(3_usize).unwrap_err();
+    /// assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    /// ```
+    pub fn into_result<T>(self, value: T) -> io::Result<T> {
+        if self.is_ok() { Ok(value) } else { Err(self.into()) }
+    }
+
+    /// `Ok(())` for [`Error::NONE`], else this error as an [`io::Error`]: the
+    /// form of [`into_result`](Self::into_result) for handlers that get only
+    /// an `Error` (timer and readiness waits, `async_connect`).
+    ///
+    /// ```
+    /// use ioctx::Error;
+    /// assert!(Error::NONE.result().is_ok());
+    /// assert_eq!(Error::TIMED_OUT.result().unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    /// ```
+    pub fn result(self) -> io::Result<()> {
+        self.into_result(())
     }
 
     /// The matching [`io::ErrorKind`] (`Other` for success).
@@ -193,5 +271,35 @@ mod tests {
         assert_eq!(std::mem::size_of::<Error>(), 4);
         assert_eq!(format!("{:?}", Error::MESSAGE_SIZE), "MESSAGE_SIZE");
         assert!(!Error::MESSAGE_SIZE.to_string().is_empty());
+    }
+
+    #[test]
+    fn into_result_keeps_the_value_on_success_and_the_error_otherwise() {
+        assert_eq!(Error::NONE.into_result(7usize).unwrap(), 7);
+        assert_eq!(Error::NONE.into_result((3usize, "kept")).unwrap(), (3, "kept"));
+        assert!(Error::NONE.result().is_ok());
+
+        // An OS error keeps its number (as `Into<io::Error>` does).
+        let e = Error::OPERATION_ABORTED.into_result(5usize).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECANCELED));
+        assert_eq!(Error::from(e), Error::OPERATION_ABORTED);
+        let e = Error::CONNECTION_REFUSED.result().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+
+        // One without an OS number keeps its kind and comes back whole.
+        let e = Error::EOF.into_result(0usize).unwrap_err();
+        assert_eq!(e.raw_os_error(), None);
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(Error::from(e), Error::EOF);
+        let e = Error::NOT_FOUND.result().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(Error::from(e), Error::NOT_FOUND);
+
+        // Any error but NONE is an Err, whatever the value.
+        for code in [1, libc::EAGAIN, libc::EMSGSIZE, -1, -2, -3, -4] {
+            assert!(Error::from_raw_os_error(code).into_result(9usize).is_err(), "{code}");
+            assert!(Error::from_raw_os_error(code).result().is_err(), "{code}");
+        }
     }
 }

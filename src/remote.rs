@@ -74,6 +74,47 @@ impl Shared {
 /// nothing else to do returns, and the closure runs on the next `run*` or
 /// `poll*` (hold a [`WorkGuard`](crate::WorkGuard) to keep `run()` waiting
 /// for remote posts).
+///
+/// # Errors
+///
+/// [`post`](Self::post) and [`stop`](Self::stop) return
+/// `Err(`[`ContextGone`]`)` once the context is dropped, and nothing else;
+/// a closure posted before that but not yet run is dropped unrun with the
+/// context. The closure itself takes no arguments: no `Error` reaches it.
+///
+/// Work done on another thread, its result handed to the loop. A closure
+/// posted from a thread must be `Send`, so it carries values, not the
+/// loop's `Rc` state:
+///
+/// ```
+/// use ioctx::{ContextGone, IoContext};
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// let ctx = IoContext::new()?;
+/// let remote = ctx.remote()?;
+/// let _work = ctx.work_guard(); // run() waits for the worker instead of returning
+/// let sum = Arc::new(AtomicU64::new(0));
+///
+/// let (r, s) = (remote.clone(), sum.clone());
+/// let worker = std::thread::spawn(move || -> Result<(), ContextGone> {
+///     let total = (1..=100u64).sum(); // off the loop
+///     let done = r.clone();
+///     r.post(move || {
+///         // On the loop's thread.
+///         s.store(total, Ordering::Relaxed);
+///         // The guard keeps run() going: stop it (Err only if the context is gone).
+///         done.stop().ok();
+///     })
+/// });
+/// ctx.run();
+/// worker.join().unwrap()?;
+/// assert_eq!(sum.load(Ordering::Relaxed), 5050);
+///
+/// drop(ctx);
+/// assert_eq!(remote.post(|| {}), Err(ContextGone));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Remote {
     pub(crate) shared: Arc<Shared>,
@@ -98,8 +139,12 @@ impl fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Queues `f` to run on the loop and wakes it. After the context is
-    /// dropped this returns `Err(ContextGone)` and drops `f`.
+    /// Queues `f` to run on the loop and wakes it.
+    ///
+    /// # Errors
+    ///
+    /// `Err(ContextGone)` after the context is dropped; `f` is dropped
+    /// unrun.
     pub fn post<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<(), ContextGone> {
         {
             let mut q = self.shared.lock();
@@ -111,7 +156,13 @@ impl Remote {
     }
 
     /// Stops the context (as [`IoContext::stop`](crate::IoContext::stop)),
-    /// from any thread, after the closures posted before it have been taken.
+    /// from any thread, after the closures posted before it have been taken
+    /// (taken into the queue, not run: as after any stop, they run on the
+    /// next `run*` after [`restart`](crate::IoContext::restart)).
+    ///
+    /// # Errors
+    ///
+    /// `Err(ContextGone)` after the context is dropped.
     pub fn stop(&self) -> Result<(), ContextGone> {
         if self.shared.lock().is_none() {
             return Err(ContextGone);

@@ -685,6 +685,54 @@ impl SteadyTimer {
     /// Starts a wait for the expiry. The handler gets `Error::NONE` when it
     /// passes (posted, even if it passed already) or `OPERATION_ABORTED` when
     /// cancelled.
+    ///
+    /// # Errors
+    ///
+    /// `handler` gets one of two values, nothing else (no system call is
+    /// involved):
+    ///
+    /// - `NONE`: the expiry passed.
+    /// - `OPERATION_ABORTED`: the wait was cancelled before, by
+    ///   [`cancel`](Self::cancel) or [`cancel_one`](Self::cancel_one), by
+    ///   [`expires_after`](Self::expires_after) or
+    ///   [`expires_at`](Self::expires_at) (a new expiry cancels the pending
+    ///   waits), by the drop of the timer's last clone, or by
+    ///   [`Operation::cancel`] / [`cancel_after`](Operation::cancel_after).
+    ///
+    /// Once the context is gone the handler is dropped unrun, never called.
+    ///
+    /// A deadline on a receive, as in Asio: whichever ends first cancels the
+    /// other. The timer's handler is stored before the call, so its argument
+    /// is typed:
+    ///
+    /// ```
+    /// use ioctx::{Error, IoContext, SteadyTimer, net::UdpSocket};
+    /// use std::{cell::Cell, rc::Rc, time::Duration};
+    ///
+    /// let ctx = IoContext::new()?;
+    /// let sock = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+    /// let deadline = SteadyTimer::new(&ctx);
+    /// deadline.expires_after(Duration::from_millis(10));
+    ///
+    /// let s = sock.clone();
+    /// let on_deadline = move |err: Error| {
+    ///     // OPERATION_ABORTED: the datagram came first and cancelled the wait.
+    ///     if err.is_ok() {
+    ///         s.cancel().ok(); // errs only if the socket is closed already
+    ///     }
+    /// };
+    /// deadline.async_wait(on_deadline);
+    ///
+    /// let (t, timed_out) = (deadline.clone(), Rc::new(Cell::new(false)));
+    /// let flag = timed_out.clone();
+    /// sock.async_receive_from(vec![0u8; 512], move |err, _n, _buf, _from| {
+    ///     t.cancel(); // a datagram: the deadline's wait ends with OPERATION_ABORTED
+    ///     flag.set(err == Error::OPERATION_ABORTED);
+    /// });
+    /// ctx.run();
+    /// assert!(timed_out.get()); // nobody sent anything
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn async_wait<F: FnOnce(Error) + 'static>(&self, handler: F) -> Operation {
         let Some(inner) = self.obj.exec.upgrade() else {
             log::debug!("timer wait started after its context was dropped: handler dropped");

@@ -255,6 +255,71 @@ impl Run {
 /// ends it with `(OPERATION_ABORTED, bytes read so far)`; total cancellation
 /// is ignored. The operation does not keep the stream open: dropping the
 /// stream's last handle closes it and ends the operation the same way (S4).
+///
+/// # Errors
+///
+/// `handler(err, n, bufs)` always gets `n`, the bytes read in total, which
+/// the buffers hold, error or not. `err` is one of:
+///
+/// - `NONE`: `cond` holds or the buffers are full.
+/// - `EOF`: the peer closed its side first.
+/// - `OPERATION_ABORTED`: cancelled while pending, by the returned
+///   [`Operation`] (terminal or partial, or its
+///   [`cancel_after`](Operation::cancel_after)), or by the stream's
+///   `cancel`, `close`, `release` or the drop of its last handle.
+/// - `BAD_DESCRIPTOR`: the stream was closed when the operation, or one of
+///   its reads, started.
+/// - `INVALID_ARGUMENT`: more than [`MAX_BUFFERS`](crate::MAX_BUFFERS)
+///   buffers.
+/// - `CONNECTION_RESET`, or another OS error from `recvmsg(2)` (for example
+///   `TIMED_OUT` when TCP gave up on the peer), or epoll's refusal to
+///   register the stream (`ENOMEM`, `ENOSPC`).
+///
+/// Once the context is gone the handler is dropped unrun, never called.
+///
+/// A request of 8 bytes read whole, the next one cut short by a timeout,
+/// then the end of the stream. The handler is stored before the calls, so
+/// its arguments are typed:
+///
+/// ```
+/// use ioctx::net::{TcpListener, TcpStream, async_read, transfer_all};
+/// use ioctx::{CancellationType, Error, IoContext};
+/// use std::{cell::RefCell, rc::Rc, time::Duration};
+///
+/// let ctx = IoContext::new()?;
+/// let listener = TcpListener::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+/// let client = TcpStream::connect(&ctx, listener.local_addr()?)?;
+/// let server = listener.accept()?;
+///
+/// let got = Rc::new(RefCell::new(Vec::new()));
+/// let g = got.clone();
+/// let on_request = move |err: Error, n: usize, buf: Vec<u8>| g.borrow_mut().push((err, n, buf[..n].to_vec()));
+///
+/// // Two writes, one handler with all 8 bytes.
+/// client.write_some(&b"GET "[..])?;
+/// client.write_some(&b"/a\r\n"[..])?;
+/// async_read(&server, vec![0u8; 8], transfer_all(), on_request.clone());
+/// ctx.run();
+///
+/// // 3 bytes, then silence: the timeout ends the read with what it got.
+/// client.write_some(&b"GET"[..])?;
+/// ctx.restart();
+/// async_read(&server, vec![0u8; 8], transfer_all(), on_request.clone())
+///     .cancel_after(Duration::from_millis(10), CancellationType::PARTIAL);
+/// ctx.run();
+///
+/// drop(client); // closes the connection
+/// ctx.restart();
+/// async_read(&server, vec![0u8; 8], transfer_all(), on_request);
+/// ctx.run();
+///
+/// assert_eq!(*got.borrow(), [
+///     (Error::NONE, 8, b"GET /a\r\n".to_vec()),
+///     (Error::OPERATION_ABORTED, 3, b"GET".to_vec()),
+///     (Error::EOF, 0, vec![]),
+/// ]);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn async_read<S, B, F>(stream: &S, bufs: B, cond: Transfer, handler: F) -> Operation
 where
     S: AsyncStream,
@@ -305,6 +370,13 @@ where
 /// it; `handler(err, n)` gets the bytes written in total. The buffers are
 /// dropped before the handler runs. Empty buffers complete at once, posted,
 /// without I/O. Cancellation as for [`async_read`].
+///
+/// # Errors
+///
+/// `handler(err, n)` always gets `n`, the bytes written in total. `err` is
+/// one of [`async_read`'s](async_read#errors) but `EOF`, from
+/// `sendmsg(2)`: a peer that has gone shows as `CONNECTION_RESET` or
+/// `EPIPE` (no `SIGPIPE`: sends pass `MSG_NOSIGNAL`).
 pub fn async_write<S, B, F>(stream: &S, bufs: B, cond: Transfer, handler: F) -> Operation
 where
     S: AsyncStream,

@@ -44,6 +44,85 @@ use std::rc::Rc;
 /// Receive through the socket's own calls, not through
 /// [`with_socket2`](Self::with_socket2): a datagram the loop read ahead (see
 /// [`available`](Self::available)) would otherwise be overtaken.
+///
+/// # Errors
+///
+/// The `Error` a handler gets is one of these; after each the socket stays
+/// usable (S6). [`Error::into_result`] turns it into an `io::Result`.
+///
+/// | `Error` | when | operations |
+/// |---|---|---|
+/// | `NONE` | success: `n` is the datagram's length (a receive's cut to its buffers, S8; 0 for an empty datagram, S7) | all |
+/// | `OPERATION_ABORTED` | still pending at `cancel`, `close`, `release`, the drop of the last handle, or [`Operation::cancel`] / [`cancel_after`](Operation::cancel_after) (S4) | all |
+/// | `BAD_DESCRIPTOR` | the socket was closed when the operation started (S5) | all |
+/// | `INVALID_ARGUMENT` | more buffers than [`MAX_BUFFERS`](crate::MAX_BUFFERS); a destination with port 0 | send, receive |
+/// | `MESSAGE_SIZE` | the datagram is larger than UDP carries (65,507 bytes of payload over IPv4) | send |
+/// | `NOT_CONNECTED` | [`async_send`](Self::async_send) on a socket with no peer | send |
+/// | `CONNECTION_REFUSED` | on a connected socket, an earlier datagram was answered by ICMP port unreachable | send, receive |
+/// | another OS error, as [`Error::from_raw_os_error`] | what `sendmsg(2)`/`recvmsg(2)` reported, for example `EACCES` (broadcast without [`set_broadcast`](Self::set_broadcast)), `EAFNOSUPPORT` (an IPv6 destination from an IPv4 socket), `ENETUNREACH`; or epoll's refusal to register the socket (`ENOMEM`, `ENOSPC`) | all |
+///
+/// `async_wait` completes with `NONE` when the readiness holds, and
+/// [`async_connect`](Self::async_connect) with what `connect(2)` returned.
+/// A receive's sender is the unspecified address `0.0.0.0:0` whenever the
+/// `Error` is set. Once the context is dropped no handler is called at all:
+/// pending ones are dropped unrun, and so is the handler of an operation
+/// started afterwards.
+///
+/// # Example: a request, its reply, and a timeout
+///
+/// ```
+/// use ioctx::{CancellationType, Error, IoContext, net::UdpSocket};
+/// use std::{cell::RefCell, io, net::SocketAddr, rc::Rc, time::Duration};
+///
+/// /// The server's receive handler: it replies, then waits for the next
+/// /// request. It takes its argument types from the return type.
+/// fn serve(sock: UdpSocket) -> impl FnOnce(Error, usize, Vec<u8>, SocketAddr) + 'static {
+///     move |err, n, buf, from| {
+///         match err {
+///             Error::NONE => {
+///                 sock.async_send_to(buf[..n].to_ascii_uppercase(), from, |err, _| {
+///                     if err.is_err() {
+///                         eprintln!("reply lost: {err}");
+///                     }
+///                 });
+///             }
+///             Error::OPERATION_ABORTED | Error::BAD_DESCRIPTOR => return, // closed: stop serving
+///             _ => eprintln!("receive failed: {err}"), // the socket stays usable (S6)
+///         }
+///         sock.async_receive_from(buf, serve(sock.clone()));
+///     }
+/// }
+///
+/// let ctx = IoContext::new()?;
+/// let server = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+/// server.async_receive_from(vec![0u8; 512], serve(server.clone()));
+///
+/// let client = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+/// let reply = Rc::new(RefCell::new(None));
+/// // A closure stored before the call names its argument types: Rust infers
+/// // them where the closure is written, not from the call that takes it.
+/// let (r, srv) = (reply.clone(), server.clone());
+/// let on_reply = move |err: Error, n: usize, buf: Vec<u8>, _from: SocketAddr| {
+///     *r.borrow_mut() = Some(err.into_result(n).map(|n| buf[..n].to_vec()));
+///     srv.close(); // the server's pending receive ends with OPERATION_ABORTED
+/// };
+/// client.async_send_to(&b"ping"[..], server.local_addr()?, |err, _| assert!(err.is_ok()));
+/// client
+///     .async_receive_from(vec![0u8; 512], on_reply)
+///     // No reply within 5 s: the receive ends with OPERATION_ABORTED.
+///     .cancel_after(Duration::from_secs(5), CancellationType::TERMINAL);
+///
+/// ctx.run(); // returns once the server has stopped
+/// assert_eq!(reply.take().unwrap()?, b"PING");
+/// # Ok::<(), io::Error>(())
+/// ```
+///
+/// A closure passed straight to an `async_*` call needs no types: it takes
+/// them from the call. One stored first needs them on each argument its body
+/// calls a method on (`err.is_ok()`, `buf.truncate(n)`), or the compiler
+/// asks for "type annotations needed"; annotating every argument, as
+/// `on_reply` does, is the simplest. A function that builds handlers, as
+/// `serve` does, names the signature once in its return type.
 #[derive(Clone)]
 pub struct UdpSocket {
     b: Base,
@@ -153,6 +232,28 @@ impl UdpSocket {
     datagram_common!();
 
     /// Sends `bufs` as one datagram to `dest`; `handler(err, n)`.
+    ///
+    /// # Errors
+    ///
+    /// `handler` gets `NONE` with the datagram's length, or with `n` = 0:
+    /// `OPERATION_ABORTED` (cancelled before the datagram left, S4),
+    /// `BAD_DESCRIPTOR` (closed, S5), `MESSAGE_SIZE` (too large),
+    /// `INVALID_ARGUMENT` (more than [`MAX_BUFFERS`](crate::MAX_BUFFERS)
+    /// buffers, or port 0), `CONNECTION_REFUSED` (a connected socket learnt of
+    /// an ICMP port unreachable), or another OS error from `sendmsg(2)`; see
+    /// the [table](Self#errors). The socket stays usable after each.
+    ///
+    /// ```
+    /// use ioctx::{Error, IoContext, net::UdpSocket};
+    ///
+    /// let ctx = IoContext::new()?;
+    /// let sock = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+    /// let to = sock.local_addr()?;
+    /// sock.async_send_to(vec![0u8; 70_000], to, |err, n| assert_eq!((err, n), (Error::MESSAGE_SIZE, 0)));
+    /// sock.async_send_to(&b"next"[..], to, |err, n| assert_eq!((err, n), (Error::NONE, 4)));
+    /// assert_eq!(ctx.run(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn async_send_to<B, F>(&self, bufs: B, dest: SocketAddr, handler: F) -> Operation
     where
         B: ConstBufferSequence + 'static,
@@ -179,6 +280,35 @@ impl UdpSocket {
 
     /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets
     /// the buffers back and the sender (the unspecified address on error).
+    ///
+    /// # Errors
+    ///
+    /// `handler` gets `NONE` with the datagram's length (cut to the buffers,
+    /// S8), or with `n` = 0 and `from` = `0.0.0.0:0`: `OPERATION_ABORTED`
+    /// (cancelled, S4), `BAD_DESCRIPTOR` (closed, S5), `INVALID_ARGUMENT`
+    /// (more than [`MAX_BUFFERS`](crate::MAX_BUFFERS) buffers),
+    /// `CONNECTION_REFUSED` (a connected socket learnt of an ICMP port
+    /// unreachable), or another OS error from `recvmsg(2)`; see the
+    /// [table](Self#errors).
+    ///
+    /// A receive that nobody answers, ended by a timeout; the handler is
+    /// stored before the call, so its arguments are typed:
+    ///
+    /// ```
+    /// use ioctx::{CancellationType, Error, IoContext, net::UdpSocket};
+    /// use std::{net::SocketAddr, time::Duration};
+    ///
+    /// let ctx = IoContext::new()?;
+    /// let sock = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+    /// let on_recv = |err: Error, n: usize, buf: Vec<u8>, from: SocketAddr| {
+    ///     assert_eq!((err, n, buf.len()), (Error::OPERATION_ABORTED, 0, 512));
+    ///     assert!(from.ip().is_unspecified());
+    /// };
+    /// sock.async_receive_from(vec![0u8; 512], on_recv)
+    ///     .cancel_after(Duration::from_millis(10), CancellationType::TERMINAL);
+    /// assert_eq!(ctx.run(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn async_receive_from<B, F>(&self, bufs: B, handler: F) -> Operation
     where
         B: MutableBufferSequence + 'static,

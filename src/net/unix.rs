@@ -161,6 +161,11 @@ impl UnixStream {
 /// A Unix-domain datagram socket, with the operations and rules of
 /// [`UdpSocket`](super::UdpSocket) (S1–S8), addressed by socket files.
 /// Datagrams are never read ahead on it.
+///
+/// Its handlers get the errors of [`UdpSocket`'s](super::UdpSocket#errors),
+/// read for socket files: `CONNECTION_REFUSED` when nobody is bound to the
+/// file, `ENOENT` (as [`Error::from_raw_os_error`]) when there is no such
+/// file, and `MESSAGE_SIZE` for a datagram larger than the send buffer.
 #[derive(Clone)]
 pub struct UnixDatagram {
     b: Base,
