@@ -51,7 +51,7 @@
 //! | `io_context::stop`, `stopped`, `restart` | [`IoContext::stop`], [`IoContext::stopped`], [`IoContext::restart`] |
 //! | `asio::post`, `asio::dispatch`, `asio::defer` | [`Executor::post`], [`Executor::dispatch`], [`Executor::defer`] |
 //! | `make_work_guard`, `executor_work_guard` | [`Executor::work_guard`], [`WorkGuard`] |
-//! | `boost::system::error_code` | [`Error`] (`Error::NONE` is success) |
+//! | `boost::system::error_code` | [`Error`] (`Error::NONE` is success; `err.into_result(n)?` to use `?`) |
 //! | `asio::error::operation_aborted`, `bad_descriptor`, `eof`, `message_size`, `connection_refused` | `Error::OPERATION_ABORTED`, `BAD_DESCRIPTOR`, `EOF`, `MESSAGE_SIZE`, `CONNECTION_REFUSED` |
 //! | `asio::buffer(...)`, `ConstBufferSequence`, `MutableBufferSequence` | owned buffers: [`ConstBufferSequence`], [`MutableBufferSequence`] (`Vec<u8>`, `Rc<[u8]>`, tuples, arrays, `Vec` of buffers) |
 //! | `ip::udp::socket` | [`net::UdpSocket`] |
@@ -64,7 +64,7 @@
 //! | `asio::post(io_context, f)` from another thread | [`IoContext::remote`], [`Remote::post`] |
 //! | (embedding; Asio has none) | `IoContext` is `AsRawFd`/`AsFd`; [`IoContext::next_timeout`] then [`IoContext::poll`] |
 //! | `steady_timer` | [`SteadyTimer`] |
-//! | `signal_set` (`add`, `remove`, `clear`, `cancel`, `async_wait`) | [`SignalSet`], the same names |
+//! | `signal_set` (`add`, `remove`, `clear`, `cancel`, `async_wait`) | [`SignalSet`], the same names; signals by name (`SignalSet::SIGINT`, ...) |
 //! | (loop statistics; Asio has none) | [`IoContext::metrics`] → [`Metrics`]; [`IoContext::set_handler_timing`] |
 //! | (fairness knobs; Asio has none) | [`IoContext::set_handlers_per_pass`], [`IoContext::set_operations_per_event`] |
 //! | `async_immediate` completion | every immediate completion is posted |
