@@ -42,6 +42,10 @@ fn receive(sock: UdpSocket, left: usize, got: Rc<RefCell<Vec<Vec<u8>>>>) {
 }
 
 fn main() -> ExitCode {
+    // The library logs through `log`: RUST_LOG=ioctx=debug shows its state
+    // changes, ioctx=trace every operation. Unset, only warnings, so that
+    // the program's own output stands alone.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {

@@ -290,6 +290,11 @@ fn timers() {
 }
 
 fn main() {
+    // The library logs through `log`: RUST_LOG=ioctx=debug shows its state
+    // changes, ioctx=trace every operation. Unset, only warnings, so that
+    // the program's own output stands alone. A record below the filter
+    // costs one comparison, as it does with no logger, so timings keep.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut args = std::env::args().skip(1);
     let workload = args.next().unwrap_or_default();
     let variant = args.next();

@@ -61,6 +61,10 @@ fn ticker(t: SteadyTimer, ticks: Rc<Cell<usize>>) {
 }
 
 fn main() -> std::io::Result<()> {
+    // The library logs through `log`: RUST_LOG=ioctx=debug shows its state
+    // changes, ioctx=trace every operation. Unset, only warnings, so that
+    // the program's own output stands alone.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // ioctx's side.
     let ctx = IoContext::new()?;
     let _keep = ctx.work_guard(); // poll() out of work would stop the context

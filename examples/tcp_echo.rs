@@ -163,6 +163,10 @@ fn demo() -> std::io::Result<bool> {
 }
 
 fn main() {
+    // The library logs through `log`: RUST_LOG=ioctx=debug shows its state
+    // changes, ioctx=trace every operation. Unset, only warnings, so that
+    // the program's own output stands alone.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.as_slice() {
         [] => demo(),

@@ -25,7 +25,11 @@
 //!
 //! ```text
 //! cargo run --release --example udp_echo -- [--count N] [--window W] [--size BYTES] [--timeout-ms MS]
+//! RUST_LOG=ioctx=debug cargo run --release --example udp_echo -- --count 100
 //! ```
+//!
+//! `RUST_LOG` selects the library's log records (`ioctx=debug`: state
+//! changes; `ioctx=trace`: every operation), printed to stderr.
 
 use ioctx::net::UdpSocket;
 use ioctx::{Error, IoContext, SteadyTimer};
@@ -53,7 +57,9 @@ usage: udp_echo [--count N | -n N] [--window W | -w W] [--size BYTES] [--timeout
   --count, -n    datagrams to send and verify          (default 100000)
   --window, -w   datagrams in flight at once            (default 16)
   --size         bytes per datagram, at least 16         (default 64)
-  --timeout-ms   resend a datagram not echoed after MS   (default 200)";
+  --timeout-ms   resend a datagram not echoed after MS   (default 200)
+
+RUST_LOG=ioctx=debug (or trace) prints the library's log records to stderr.";
 
 #[derive(Clone, Copy, Debug)]
 struct Config {
@@ -442,6 +448,10 @@ fn micros(ns: u64) -> f64 {
 }
 
 fn main() -> ExitCode {
+    // The library logs through `log`: RUST_LOG=ioctx=debug shows its state
+    // changes, ioctx=trace every operation. Unset, only warnings, so that
+    // the program's own output stands alone.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cfg = match parse_args() {
         Ok(Some(cfg)) => cfg,
         Ok(None) => {

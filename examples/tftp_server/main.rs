@@ -5,7 +5,12 @@
 //!     cargo run --release --example tftp_server -- --root /srv/tftp
 //!     curl -o file tftp://127.0.0.1:6969/file
 //!
-//! `-- --help` lists the flags.
+//! `-- --help` lists the flags. Log records go to stderr through
+//! env_logger: `--log LEVEL` (default info) sets one level for all of them,
+//! `RUST_LOG` when set replaces it and can tell the server's (target `tftp`)
+//! from the library's (`ioctx`):
+//!
+//!     RUST_LOG=tftp=debug,ioctx=warn cargo run --example tftp_server -- --root /srv/tftp
 
 mod server;
 
@@ -13,21 +18,6 @@ use ioctx::IoContext;
 use server::{Config, Server};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Prints log records to stderr.
-struct StderrLog(log::LevelFilter);
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.0
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!("{:5} {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
-}
 
 const HELP: &str = "usage: tftp_server --root DIR [flags]
 
@@ -57,7 +47,12 @@ const HELP: &str = "usage: tftp_server --root DIR [flags]
                            loop; above it, tsize is left out of the OACK
   --drop-rate P            drop a fraction P of our sends (testing retransmission)
   --seed S                 seed of those drops (default 1)
-  --log LEVEL              error, warn, info (default), debug or trace
+  --log LEVEL              error, warn, info (default), debug or trace, for every
+                           log target; RUST_LOG, when set, wins over it
+
+Log records go to stderr, each with its time and target: the server's are
+\"tftp\", the library's \"ioctx::...\". RUST_LOG filters them by target, e.g.
+RUST_LOG=tftp=debug,ioctx=warn (env_logger's syntax).
 
 File names are relative to --root: names that are absolute, hold \"..\", end in /
 or hold a control character are refused with error 2 (access violation).";
@@ -110,8 +105,12 @@ fn main() {
     if cfg.first_reply_timeout.is_zero() {
         usage("--first-reply-ms must be at least 1");
     }
-    log::set_logger(Box::leak(Box::new(StderrLog(level)))).expect("first logger");
-    log::set_max_level(level);
+    // --log is the convenient switch; RUST_LOG, when set, is taken as is,
+    // so that the server's and the library's records can be chosen apart.
+    // Milliseconds, so that retransmission intervals can be read off.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level.as_str()))
+        .format_timestamp_millis()
+        .init();
 
     let ctx = IoContext::new().unwrap_or_else(|e| usage(&format!("cannot create the loop: {e}")));
     let server = Server::start(&ctx.executor(), listen, cfg).unwrap_or_else(|e| usage(&format!("cannot start: {e}")));

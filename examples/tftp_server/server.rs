@@ -35,6 +35,9 @@
 //!
 //! `main.rs` runs it as a program; the tests include this file with
 //! `#[path]` to run it in-process.
+//!
+//! The server logs through `log` with the target `tftp` (see [`LOG`]), apart
+//! from the library's `ioctx::*`: `RUST_LOG=tftp=info,ioctx=warn`.
 
 // The program and the tests each use a part of this module.
 #![allow(dead_code)]
@@ -50,6 +53,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
+
+/// The target of the server's log records. A fixed name, not the module
+/// path, which differs between the program (`tftp_server::server`) and the
+/// tests that include this file: one short name to filter on either way.
+pub const LOG: &str = "tftp";
 
 const RRQ: u16 = 1;
 const WRQ: u16 = 2;
@@ -248,7 +256,7 @@ impl Server {
             clients: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
         });
-        log::info!("serving {} on {}", shared.root.display(), sock.local_addr()?);
+        log::info!(target: LOG, "serving {} on {}", shared.root.display(), sock.local_addr()?);
         listen_loop(sock.clone(), shared.clone());
         Ok(Server { sock, shared })
     }
@@ -282,7 +290,7 @@ fn listen_loop(sock: UdpSocket, shared: Rc<Shared>) {
         if err.is_ok() {
             on_request(&shared, &buf[..n], from);
         } else {
-            log::debug!("listening socket: {err}");
+            log::debug!(target: LOG, "listening socket: {err}");
         }
         listen_loop(s2, shared);
     });
@@ -423,7 +431,7 @@ fn error_packet(code: u16, msg: &str) -> Vec<u8> {
 /// Sends an error for a request that starts no transfer, from a socket of
 /// its own (a new transfer ID, as the reply to a request would come from).
 fn send_refusal(shared: &Rc<Shared>, to: SocketAddr, (code, msg): Refusal) {
-    log::info!("{to}: refused: {msg} (error {code})");
+    log::info!(target: LOG, "{to}: refused: {msg} (error {code})");
     shared.stat(|s| s.errors_sent += 1);
     if shared.drop_this() {
         return;
@@ -433,17 +441,17 @@ fn send_refusal(shared: &Rc<Shared>, to: SocketAddr, (code, msg): Refusal) {
             let keep = sock.clone();
             sock.async_send_to(error_packet(code, &msg), to, move |err, _| {
                 if err.is_err() {
-                    log::debug!("{to}: error packet not sent: {err}");
+                    log::debug!(target: LOG, "{to}: error packet not sent: {err}");
                 }
                 drop(keep);
             });
         }
-        Err(e) => log::warn!("{to}: no socket for an error packet: {e}"),
+        Err(e) => log::warn!(target: LOG, "{to}: no socket for an error packet: {e}"),
     }
 }
 
 fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
-    log::trace!("{from}: request of {} bytes", p.len());
+    log::trace!(target: LOG, "{from}: request of {} bytes", p.len());
     if opcode(p) == Some(ERROR) {
         shared.stat(|s| s.malformed += 1);
         return; // never answer an error with an error
@@ -460,7 +468,7 @@ fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
         }
     };
     if shared.active.borrow().contains_key(&from) {
-        log::debug!("{from}: request repeated while its transfer runs: ignored");
+        log::debug!(target: LOG, "{from}: request repeated while its transfer runs: ignored");
         return;
     }
     if !room_for_client(shared, from) {
@@ -498,7 +506,7 @@ fn room_for_client(shared: &Rc<Shared>, from: SocketAddr) -> bool {
     };
     match dallying {
         Some(t) => {
-            log::debug!("{from}: transfer {} ends its dally to make room", t.borrow().id);
+            log::debug!(target: LOG, "{from}: transfer {} ends its dally to make room", t.borrow().id);
             finish(&t, true);
             true
         }
@@ -627,7 +635,7 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
             let size = if netascii {
                 let size = netascii_size(&file, limit);
                 if let Ok(None) = size {
-                    log::debug!("{peer}: tsize declined: netascii file above {limit} bytes");
+                    log::debug!(target: LOG, "{peer}: tsize declined: netascii file above {limit} bytes");
                 }
                 size
             } else {
@@ -643,7 +651,7 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
     let id = shared.next_id.get();
     shared.next_id.set(id + 1);
     let base = granted.timeout.unwrap_or(cfg.timeout);
-    log::info!(
+    log::info!(target: LOG,
         "{peer}: transfer {id} started: {} {:?} ({}, block size {}{})",
         if req.write { "write" } else { "read" },
         req.filename,
@@ -899,11 +907,11 @@ fn transmit(t: &Rc<RefCell<Transfer>>) {
         (tr.sock.clone(), tr.packet.clone(), tr.shared.clone(), tr.id)
     };
     if shared.drop_this() {
-        log::trace!("transfer {id}: send dropped (test hook)");
+        log::trace!(target: LOG, "transfer {id}: send dropped (test hook)");
     } else {
         sock.async_send(packet, move |err, _| {
             if err.is_err() && err != Error::OPERATION_ABORTED {
-                log::debug!("transfer {id}: send failed: {err}");
+                log::debug!(target: LOG, "transfer {id}: send failed: {err}");
             }
         });
     }
@@ -936,7 +944,7 @@ fn on_timeout(t: &Rc<RefCell<Transfer>>) {
                         tr.tries += 1;
                         tr.timeout = wait;
                         tr.shared.stat(|s| s.retransmissions += 1);
-                        log::debug!("transfer {}: timeout, retransmission {}", tr.id, tr.tries);
+                        log::debug!(target: LOG, "transfer {}: timeout, retransmission {}", tr.id, tr.tries);
                     }
                     transmit(t);
                 }
@@ -959,7 +967,7 @@ fn next_wait(tr: &mut Transfer) -> Option<Duration> {
     let shared = tr.shared.clone();
     let cfg = &shared.cfg;
     if tr.tries >= cfg.retries {
-        log::info!("transfer {}: no answer after {} retransmissions: given up", tr.id, tr.tries);
+        log::info!(target: LOG, "transfer {}: no answer after {} retransmissions: given up", tr.id, tr.tries);
         return None;
     }
     let doubled = (tr.timeout * 2).min(cfg.max_timeout.max(tr.base_timeout));
@@ -969,7 +977,7 @@ fn next_wait(tr: &mut Transfer) -> Option<Duration> {
     tr.first_waited += tr.timeout;
     let left = cfg.first_reply_timeout.saturating_sub(tr.first_waited);
     if left.is_zero() {
-        log::info!("transfer {}: first packet unanswered after {:?}: given up", tr.id, tr.first_waited);
+        log::info!(target: LOG, "transfer {}: first packet unanswered after {:?}: given up", tr.id, tr.first_waited);
         return None;
     }
     Some(doubled.min(left))
@@ -989,7 +997,7 @@ fn receive_loop(t: Rc<RefCell<Transfer>>) {
         if err == Error::CONNECTION_REFUSED {
             // ICMP port unreachable: the client has gone away.
             let id = t.borrow().id;
-            log::info!("transfer {id}: the client went away");
+            log::info!(target: LOG, "transfer {id}: the client went away");
             let dallying = t.borrow().state == State::Dallying;
             if dallying {
                 finish(&t, true);
@@ -1000,7 +1008,7 @@ fn receive_loop(t: Rc<RefCell<Transfer>>) {
         }
         if err.is_err() {
             if err != Error::OPERATION_ABORTED {
-                log::debug!("transfer {}: receive failed: {err}", t.borrow().id);
+                log::debug!(target: LOG, "transfer {}: receive failed: {err}", t.borrow().id);
                 receive_loop(t);
             }
             return;
@@ -1026,7 +1034,7 @@ fn on_packet(t: &Rc<RefCell<Transfer>>, p: &[u8]) {
     if op == Some(ERROR) {
         let code = p.get(2..4).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
         let msg = p.get(4..).map(|m| String::from_utf8_lossy(m.split(|&b| b == 0).next().unwrap_or(&[])).into_owned());
-        log::info!("transfer {id}: the client sent error {code}: {}", msg.unwrap_or_default());
+        log::info!(target: LOG, "transfer {id}: the client sent error {code}: {}", msg.unwrap_or_default());
         fail(t, None);
         return;
     }
@@ -1037,7 +1045,7 @@ fn on_packet(t: &Rc<RefCell<Transfer>>, p: &[u8]) {
         (Some(DATA), Some(b), true) => on_data(t, b, &p[4..]),
         _ => {
             t.borrow().shared.stat(|s| s.malformed += 1);
-            log::info!("transfer {id}: unexpected packet (opcode {op:?}, {} bytes)", p.len());
+            log::info!(target: LOG, "transfer {id}: unexpected packet (opcode {op:?}, {} bytes)", p.len());
             fail(t, Some(refuse(code::ILLEGAL_OPERATION, "unexpected packet")));
         }
     }
@@ -1053,7 +1061,7 @@ fn on_ack(t: &Rc<RefCell<Transfer>>, b: u16) {
         // An ACK for an earlier block is a duplicate (our retransmission
         // crossed its first copy): ignored, so that it cannot trigger another
         // DATA (the Sorcerer's Apprentice bug).
-        log::trace!("transfer {}: duplicate ACK {b} (at {current})", t.borrow().id);
+        log::trace!(target: LOG, "transfer {}: duplicate ACK {b} (at {current})", t.borrow().id);
         return;
     }
     t.borrow_mut().first = false;
@@ -1123,7 +1131,7 @@ fn on_data(t: &Rc<RefCell<Transfer>>, b: u16, data: &[u8]) {
             // A new request from the client's port is a new transfer now.
             release_peer(&tr);
             tr.shared.stat(|s| s.completed += 1);
-            log::info!("transfer {}: write complete", tr.id);
+            log::info!(target: LOG, "transfer {}: write complete", tr.id);
         }
         // Acknowledge, then stay a while for a resent last block: as long as
         // a client may wait before resending it (our longest wait, or twice
@@ -1180,7 +1188,7 @@ fn finish(t: &Rc<RefCell<Transfer>>, ok: bool) {
         }
     });
     if ok && was == State::Running {
-        log::info!("transfer {id}: read complete");
+        log::info!(target: LOG, "transfer {id}: read complete");
     }
 }
 
@@ -1192,7 +1200,7 @@ fn fail(t: &Rc<RefCell<Transfer>>, why: Option<Refusal>) {
     }
     if let Some((code, msg)) = why {
         let tr = t.borrow();
-        log::info!("transfer {}: failed: {msg} (error {code})", tr.id);
+        log::info!(target: LOG, "transfer {}: failed: {msg} (error {code})", tr.id);
         tr.shared.stat(|s| s.errors_sent += 1);
         if !tr.shared.drop_this() {
             tr.sock.async_send(error_packet(code, &msg), |_, _| {});
@@ -1211,8 +1219,8 @@ fn fail(t: &Rc<RefCell<Transfer>>, why: Option<Refusal>) {
     if let Some((sink, path)) = partial {
         drop(sink);
         match std::fs::remove_file(&path) {
-            Ok(()) => log::info!("removed the partial file {}", path.display()),
-            Err(e) => log::warn!("could not remove the partial file {}: {e}", path.display()),
+            Ok(()) => log::info!(target: LOG, "removed the partial file {}", path.display()),
+            Err(e) => log::warn!(target: LOG, "could not remove the partial file {}: {e}", path.display()),
         }
     }
     finish(t, false);
