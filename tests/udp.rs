@@ -643,3 +643,30 @@ fn ttl_applies_to_the_socket_family() {
     v4.set_ttl(11).unwrap();
     assert_eq!(v4.with_socket2(|s| s.ttl_v4().unwrap()).unwrap(), 11);
 }
+
+#[test]
+fn bind_to_binds_an_opened_socket_that_then_works_as_a_bound_one() {
+    let ctx = IoContext::new().unwrap();
+    let sock = UdpSocket::open(&ctx, socket2::Domain::IPV4).unwrap();
+    sock.bind_to(local()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    assert_ne!(addr.port(), 0);
+    // The socket was registered before it had an address: it receives as
+    // one from `UdpSocket::bind` does.
+    let peer = std_peer();
+    peer.send_to(b"one", addr).unwrap();
+    peer.send_to(b"two", addr).unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    for _ in 0..2 {
+        let g = got.clone();
+        sock.async_receive_from(vec![0u8; 8], move |e, n, buf, from| g.borrow_mut().push((e, buf[..n].to_vec(), from)));
+    }
+    ctx.run();
+    let from = peer.local_addr().unwrap();
+    assert_eq!(*got.borrow(), [(Error::NONE, b"one".to_vec(), from), (Error::NONE, b"two".to_vec(), from)]);
+
+    assert_eq!(sock.bind_to(local()).unwrap_err().kind(), std::io::ErrorKind::InvalidInput, "bound twice");
+    sock.close();
+    let bad = std::io::Error::from(Error::BAD_DESCRIPTOR).raw_os_error();
+    assert_eq!(sock.bind_to(local()).unwrap_err().raw_os_error(), bad);
+}

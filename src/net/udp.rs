@@ -71,9 +71,23 @@ impl UdpSocket {
         Self::adopt(ex, sock)
     }
 
-    /// Creates an unbound socket of `domain` (`Domain::IPV4` or `IPV6`).
+    /// Creates an unbound socket of `domain` (`Domain::IPV4` or `IPV6`), for
+    /// options that must be set before binding (Asio's `socket.open()`); bind
+    /// it with [`bind_to`](Self::bind_to).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<UdpSocket> {
         Self::adopt(ex, Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?)
+    }
+
+    /// Binds an [`open`](Self::open)ed socket to `addr` (Asio's
+    /// `basic_socket::bind`; named so because [`bind`](Self::bind) is the
+    /// constructor that opens and binds in one step).
+    ///
+    /// Fails with `ErrorKind::AddrInUse` when another socket holds the
+    /// address, `InvalidInput` when the socket is already bound, and
+    /// `BAD_DESCRIPTOR` when it is closed.
+    pub fn bind_to(&self, addr: SocketAddr) -> io::Result<()> {
+        log::debug!("udp bind {addr}");
+        self.sock()?.bind(&addr.into())
     }
 
     /// Takes over a standard socket.
