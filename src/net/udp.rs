@@ -83,8 +83,9 @@ impl UdpSocket {
     /// constructor that opens and binds in one step).
     ///
     /// Fails with `ErrorKind::AddrInUse` when another socket holds the
-    /// address, `InvalidInput` when the socket is already bound, and
-    /// `BAD_DESCRIPTOR` when it is closed.
+    /// address (unless both set [`set_reuse_port`](Self::set_reuse_port)),
+    /// `InvalidInput` when the socket is already bound, and `BAD_DESCRIPTOR`
+    /// when it is closed.
     pub fn bind_to(&self, addr: SocketAddr) -> io::Result<()> {
         log::debug!("udp bind {addr}");
         self.sock()?.bind(&addr.into())
@@ -301,6 +302,46 @@ impl UdpSocket {
     /// `SO_REUSEADDR`.
     pub fn set_reuse_address(&self, on: bool) -> io::Result<()> {
         self.sock()?.set_reuse_address(on)
+    }
+
+    /// `SO_REUSEPORT`: sockets bound to the same address and port, each with
+    /// this set, by the same user, share it; Linux load-balances the
+    /// datagrams arriving there across them by a hash of the sender's
+    /// address and port, so one sender's datagrams all go to one socket.
+    ///
+    /// This is how a server grows past one core: one [`IoContext`](crate::IoContext)
+    /// per thread, each with its own socket on the same port. The option
+    /// counts only at bind time, so set it between [`open`](Self::open) and
+    /// [`bind_to`](Self::bind_to) (Asio: `open`, `set_option`, `bind`):
+    ///
+    /// ```
+    /// use ioctx::{IoContext, net::UdpSocket};
+    /// use socket2::Domain;
+    /// let ctx = IoContext::new()?;
+    /// let a = UdpSocket::open(&ctx, Domain::IPV4)?;
+    /// a.set_reuse_port(true)?;
+    /// a.bind_to("127.0.0.1:0".parse().unwrap())?;
+    /// // Another thread's context would do the same with a's address.
+    /// let b = UdpSocket::open(&ctx, Domain::IPV4)?;
+    /// b.set_reuse_port(true)?;
+    /// b.bind_to(a.local_addr()?)?;
+    /// assert_eq!(a.local_addr()?, b.local_addr()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// Closing one socket of the group drops the datagrams queued on it, and
+    /// its senders' next datagrams go to the others. Other systems may accept
+    /// the option without spreading the datagrams (FreeBSD balances only
+    /// with `SO_REUSEPORT_LB`).
+    ///
+    /// `examples/reuseport.rs` runs such a server on several threads.
+    pub fn set_reuse_port(&self, on: bool) -> io::Result<()> {
+        self.sock()?.set_reuse_port(on)
+    }
+
+    /// `SO_REUSEPORT` as the kernel reports it.
+    pub fn reuse_port(&self) -> io::Result<bool> {
+        self.sock()?.reuse_port()
     }
 
     /// `SO_SNDBUF`.
