@@ -1,7 +1,7 @@
 //! UdpSocket rules S1–S8 (DESIGN.md §1.4) and the "never inline" rule.
 
 mod common;
-use common::{Seen, connected_pair, local, std_peer};
+use common::{Seen, connected_pair, example, local, std_peer};
 use ioctx::net::{MessageFlags, UdpSocket, WaitType};
 use ioctx::{CancellationType, Error, IoContext, MAX_BUFFERS, Operation};
 use std::cell::{Cell, RefCell};
@@ -778,4 +778,22 @@ fn reuse_port_spreads_senders_across_the_sockets() {
     assert_eq!(senders_seen, (0..SENDERS as u8).collect::<Vec<_>>(), "each datagram received once");
     let on_a = got.iter().filter(|&&(which, _)| which == 0).count();
     assert!(on_a > 0 && on_a < SENDERS, "{on_a} of {SENDERS} senders on the first socket: not spread");
+}
+
+#[test]
+fn the_reuseport_example_answers_every_request_from_each_of_its_threads() {
+    let out = std::process::Command::new(example("reuseport"))
+        .args(["--threads", "2", "--requests", "3000"])
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("verified:      3000 replies"), "{stdout}");
+    // "server thread 0:     1523 requests answered (...)"
+    let answered: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("server thread ")?.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(answered.len(), 2, "{stdout}");
+    assert!(answered.iter().all(|&n| n > 0), "{stdout}");
 }
