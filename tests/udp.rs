@@ -1,7 +1,7 @@
 //! UdpSocket rules S1–S8 (DESIGN.md §1.4) and the "never inline" rule.
 
 mod common;
-use common::{Seen, connected_pair, local, std_peer};
+use common::{Seen, connected_pair, example, local, std_peer};
 use ioctx::net::{MessageFlags, UdpSocket, WaitType};
 use ioctx::{CancellationType, Error, IoContext, MAX_BUFFERS, Operation};
 use std::cell::{Cell, RefCell};
@@ -642,4 +642,158 @@ fn ttl_applies_to_the_socket_family() {
     let v4 = UdpSocket::bind(&ctx, local()).unwrap();
     v4.set_ttl(11).unwrap();
     assert_eq!(v4.with_socket2(|s| s.ttl_v4().unwrap()).unwrap(), 11);
+}
+
+/// An opened IPv4 socket with `SO_REUSEPORT` on, bound to `addr`.
+fn reuse_port_socket(ctx: &IoContext, addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let sock = UdpSocket::open(ctx, socket2::Domain::IPV4)?;
+    sock.set_reuse_port(true)?;
+    sock.bind_to(addr)?;
+    Ok(sock)
+}
+
+#[test]
+fn bind_to_binds_an_opened_socket_that_then_works_as_a_bound_one() {
+    let ctx = IoContext::new().unwrap();
+    let sock = UdpSocket::open(&ctx, socket2::Domain::IPV4).unwrap();
+    sock.bind_to(local()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    assert_ne!(addr.port(), 0);
+    // The socket was registered before it had an address: it receives as
+    // one from `UdpSocket::bind` does.
+    let peer = std_peer();
+    peer.send_to(b"one", addr).unwrap();
+    peer.send_to(b"two", addr).unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    for _ in 0..2 {
+        let g = got.clone();
+        sock.async_receive_from(vec![0u8; 8], move |e, n, buf, from| g.borrow_mut().push((e, buf[..n].to_vec(), from)));
+    }
+    ctx.run();
+    let from = peer.local_addr().unwrap();
+    assert_eq!(*got.borrow(), [(Error::NONE, b"one".to_vec(), from), (Error::NONE, b"two".to_vec(), from)]);
+
+    assert_eq!(sock.bind_to(local()).unwrap_err().kind(), std::io::ErrorKind::InvalidInput, "bound twice");
+    sock.close();
+    let bad = std::io::Error::from(Error::BAD_DESCRIPTOR).raw_os_error();
+    assert_eq!(sock.bind_to(local()).unwrap_err().raw_os_error(), bad);
+    assert_eq!(sock.set_reuse_port(true).unwrap_err().raw_os_error(), bad);
+    assert_eq!(sock.reuse_port().unwrap_err().raw_os_error(), bad);
+}
+
+#[test]
+fn reuse_port_lets_sockets_share_a_port_only_when_each_sets_it() {
+    let ctx = IoContext::new().unwrap();
+    let probe = UdpSocket::open(&ctx, socket2::Domain::IPV4).unwrap();
+    assert!(!probe.reuse_port().unwrap(), "off by default");
+    probe.set_reuse_port(true).unwrap();
+    assert!(probe.reuse_port().unwrap());
+
+    let a = reuse_port_socket(&ctx, local()).unwrap();
+    let addr = a.local_addr().unwrap();
+    let b = reuse_port_socket(&ctx, addr).unwrap();
+    assert_eq!(b.local_addr().unwrap(), addr);
+
+    // A socket without the option cannot join them, in either form of bind.
+    let plain = UdpSocket::open(&ctx, socket2::Domain::IPV4).unwrap();
+    assert_eq!(plain.bind_to(addr).unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
+    assert_eq!(UdpSocket::bind(&ctx, addr).unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
+
+    // Nor can one with it join a socket that was bound without it.
+    let first = UdpSocket::bind(&ctx, local()).unwrap();
+    let err = reuse_port_socket(&ctx, first.local_addr().unwrap()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+/// Two sockets of one `SO_REUSEPORT` group and what each received.
+struct Group {
+    socks: [UdpSocket; 2],
+    guard: ioctx::SteadyTimer,
+    /// (receiving socket, sender index) of every datagram.
+    got: RefCell<Vec<(usize, u8)>>,
+    expected: usize,
+}
+
+impl Group {
+    fn receive(self: Rc<Self>, which: usize) {
+        let g = self.clone();
+        self.socks[which].async_receive_from(vec![0u8; 8], move |e, n, buf, _| {
+            if e.is_err() {
+                return; // closed
+            }
+            assert_eq!(n, 1);
+            g.got.borrow_mut().push((which, buf[0]));
+            if g.got.borrow().len() == g.expected {
+                g.close();
+            } else {
+                g.receive(which);
+            }
+        });
+    }
+
+    fn close(&self) {
+        self.socks.iter().for_each(UdpSocket::close);
+        self.guard.cancel();
+    }
+}
+
+#[test]
+fn reuse_port_spreads_senders_across_the_sockets() {
+    // Linux picks the socket of a group by a hash of the sender's and the
+    // receiver's address and port, keyed by a secret drawn at boot: one
+    // sender always lands on the same socket, and which one cannot be known
+    // in advance. 64 senders (64 source ports) all landing on the same one
+    // of two sockets has a probability of 2^-63: never, in practice.
+    const SENDERS: usize = 64;
+    let ctx = IoContext::new().unwrap();
+    let a = reuse_port_socket(&ctx, local()).unwrap();
+    let addr = a.local_addr().unwrap();
+    let b = reuse_port_socket(&ctx, addr).unwrap();
+    // All open at once, so that the 64 source ports differ.
+    let senders: Vec<_> = (0..SENDERS).map(|_| std_peer()).collect();
+    for (i, s) in senders.iter().enumerate() {
+        s.send_to(&[i as u8], addr).unwrap();
+    }
+
+    let group = Rc::new(Group {
+        socks: [a, b],
+        guard: ioctx::SteadyTimer::new(&ctx),
+        got: RefCell::default(),
+        expected: SENDERS,
+    });
+    group.clone().receive(0);
+    group.clone().receive(1);
+    let g = group.clone();
+    group.guard.expires_after(Duration::from_secs(5));
+    group.guard.async_wait(move |e| {
+        if e.is_ok() {
+            g.close(); // the assertions below say what was missing
+        }
+    });
+    ctx.run();
+
+    let got = group.got.borrow();
+    let mut senders_seen: Vec<u8> = got.iter().map(|&(_, i)| i).collect();
+    senders_seen.sort_unstable();
+    assert_eq!(senders_seen, (0..SENDERS as u8).collect::<Vec<_>>(), "each datagram received once");
+    let on_a = got.iter().filter(|&&(which, _)| which == 0).count();
+    assert!(on_a > 0 && on_a < SENDERS, "{on_a} of {SENDERS} senders on the first socket: not spread");
+}
+
+#[test]
+fn the_reuseport_example_answers_every_request_from_each_of_its_threads() {
+    let out = std::process::Command::new(example("reuseport"))
+        .args(["--threads", "2", "--requests", "3000"])
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("verified:      3000 replies"), "{stdout}");
+    // "server thread 0:     1523 requests answered (...)"
+    let answered: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("server thread ")?.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(answered.len(), 2, "{stdout}");
+    assert!(answered.iter().all(|&n| n > 0), "{stdout}");
 }

@@ -150,9 +150,24 @@ impl UdpSocket {
         Self::adopt(ex, sock)
     }
 
-    /// Creates an unbound socket of `domain` (`Domain::IPV4` or `IPV6`).
+    /// Creates an unbound socket of `domain` (`Domain::IPV4` or `IPV6`), for
+    /// options that must be set before binding (Asio's `socket.open()`); bind
+    /// it with [`bind_to`](Self::bind_to).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<UdpSocket> {
         Self::adopt(ex, Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?)
+    }
+
+    /// Binds an [`open`](Self::open)ed socket to `addr` (Asio's
+    /// `basic_socket::bind`; named so because [`bind`](Self::bind) is the
+    /// constructor that opens and binds in one step).
+    ///
+    /// Fails with `ErrorKind::AddrInUse` when another socket holds the
+    /// address (unless both set [`set_reuse_port`](Self::set_reuse_port)),
+    /// `InvalidInput` when the socket is already bound, and `BAD_DESCRIPTOR`
+    /// when it is closed.
+    pub fn bind_to(&self, addr: SocketAddr) -> io::Result<()> {
+        log::debug!("udp bind {addr}");
+        self.sock()?.bind(&addr.into())
     }
 
     /// Takes over a standard socket.
@@ -417,6 +432,46 @@ impl UdpSocket {
     /// `SO_REUSEADDR`.
     pub fn set_reuse_address(&self, on: bool) -> io::Result<()> {
         self.sock()?.set_reuse_address(on)
+    }
+
+    /// `SO_REUSEPORT`: sockets bound to the same address and port, each with
+    /// this set, by the same user, share it; Linux load-balances the
+    /// datagrams arriving there across them by a hash of the sender's
+    /// address and port, so one sender's datagrams all go to one socket.
+    ///
+    /// This is how a server grows past one core: one [`IoContext`](crate::IoContext)
+    /// per thread, each with its own socket on the same port. The option
+    /// counts only at bind time, so set it between [`open`](Self::open) and
+    /// [`bind_to`](Self::bind_to) (Asio: `open`, `set_option`, `bind`):
+    ///
+    /// ```
+    /// use ioctx::{IoContext, net::UdpSocket};
+    /// use socket2::Domain;
+    /// let ctx = IoContext::new()?;
+    /// let a = UdpSocket::open(&ctx, Domain::IPV4)?;
+    /// a.set_reuse_port(true)?;
+    /// a.bind_to("127.0.0.1:0".parse().unwrap())?;
+    /// // Another thread's context would do the same with a's address.
+    /// let b = UdpSocket::open(&ctx, Domain::IPV4)?;
+    /// b.set_reuse_port(true)?;
+    /// b.bind_to(a.local_addr()?)?;
+    /// assert_eq!(a.local_addr()?, b.local_addr()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// Closing one socket of the group drops the datagrams queued on it, and
+    /// its senders' next datagrams go to the others. Other systems may accept
+    /// the option without spreading the datagrams (FreeBSD balances only
+    /// with `SO_REUSEPORT_LB`).
+    ///
+    /// `examples/reuseport.rs` runs such a server on several threads.
+    pub fn set_reuse_port(&self, on: bool) -> io::Result<()> {
+        self.sock()?.set_reuse_port(on)
+    }
+
+    /// `SO_REUSEPORT` as the kernel reports it.
+    pub fn reuse_port(&self) -> io::Result<bool> {
+        self.sock()?.reuse_port()
     }
 
     /// `SO_SNDBUF`.
