@@ -59,6 +59,7 @@
 //! | `socket_base::message_flags` (`message_peek`, ...) | [`net::MessageFlags`] (`PEEK`, `OUT_OF_BAND`, `DO_NOT_ROUTE`) |
 //! | `socket_base::wait_type` | [`net::WaitType`] |
 //! | `socket.cancel()`, `close()`, `release()`, `available()` | the same names |
+//! | `socket.open()`, `socket.bind(ep)`, `set_option(reuse_port)` | [`net::UdpSocket::open`], [`net::UdpSocket::bind_to`] (`bind` is the constructor), [`net::UdpSocket::set_reuse_port`] |
 //! | `cancellation_signal` / `cancellation_slot`, `cancellation_type` | [`Operation::cancel`], [`CancellationType`] |
 //! | `asio::cancel_after` | [`Operation::cancel_after`] |
 //! | `asio::post(io_context, f)` from another thread | [`IoContext::remote`], [`Remote::post`] |
