@@ -2,73 +2,11 @@
 //! of Asio's cancellation slots.
 
 use crate::context::Inner;
+pub use crate::op::CancellationType;
 use crate::op::Completion;
 use crate::timer::{TimerKey, TimerTarget, Watched};
-use std::ops::{BitAnd, BitOr, BitOrAssign};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
-
-/// Which kinds of cancellation a request allows (a bit set, as Asio's
-/// `cancellation_type`).
-///
-/// - `TERMINAL`: the operation may be left in an unspecified state; only
-///   closing or destroying the object is safe afterwards.
-/// - `PARTIAL`: the operation's side effects are well defined (for a
-///   composed operation: how many bytes were transferred).
-/// - `TOTAL`: nothing happened.
-///
-/// Socket and timer operations honour all three: an operation that has not
-/// completed yet has had no effect, so any request may cancel it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
-pub struct CancellationType(u8);
-
-impl CancellationType {
-    /// No cancellation.
-    pub const NONE: CancellationType = CancellationType(0);
-    /// Terminal cancellation.
-    pub const TERMINAL: CancellationType = CancellationType(1);
-    /// Partial cancellation.
-    pub const PARTIAL: CancellationType = CancellationType(2);
-    /// Total cancellation.
-    pub const TOTAL: CancellationType = CancellationType(4);
-    /// Every kind.
-    pub const ALL: CancellationType = CancellationType(7);
-
-    /// True when every bit of `other` is set in `self`.
-    pub const fn contains(self, other: CancellationType) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// True when no bit is set.
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// True when `self` and `other` share a bit.
-    pub const fn intersects(self, other: CancellationType) -> bool {
-        self.0 & other.0 != 0
-    }
-}
-
-impl BitOr for CancellationType {
-    type Output = CancellationType;
-    fn bitor(self, rhs: CancellationType) -> CancellationType {
-        CancellationType(self.0 | rhs.0)
-    }
-}
-
-impl BitOrAssign for CancellationType {
-    fn bitor_assign(&mut self, rhs: CancellationType) {
-        self.0 |= rhs.0;
-    }
-}
-
-impl BitAnd for CancellationType {
-    type Output = CancellationType;
-    fn bitand(self, rhs: CancellationType) -> CancellationType {
-        CancellationType(self.0 & rhs.0)
-    }
-}
 
 /// A handle on one started asynchronous operation, returned by every `async_*`
 /// call. Cheap to clone; holding it keeps neither the operation nor the

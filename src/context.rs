@@ -1,6 +1,6 @@
 //! `IoContext`: the run loop, work counting, stop/restart, post/dispatch/defer.
 
-use crate::cancel::CancellationType;
+use crate::op::CancellationType;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::op::Completion;
@@ -226,6 +226,25 @@ impl Inner {
         }
         self.drain_remote();
         self.fire_timers();
+    }
+}
+
+impl crate::reactor::Owner for Inner {
+    #[inline]
+    fn reactor(&self) -> &Reactor {
+        &self.reactor
+    }
+    #[inline]
+    fn add_work(&self) {
+        Inner::add_work(self)
+    }
+    #[inline]
+    fn finish(&self, op: Rc<dyn Completion>, err: Error, n: usize) {
+        Inner::finish(self, op, err, n)
+    }
+    #[inline]
+    fn now(&self) -> Instant {
+        Inner::now(self)
     }
 }
 

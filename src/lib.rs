@@ -101,6 +101,7 @@ mod queue;
 mod reactor;
 mod remote;
 mod signal;
+mod steady_timer;
 mod sys;
 mod timer;
 
@@ -111,7 +112,7 @@ pub use error::Error;
 pub use metrics::Metrics;
 pub use remote::{ContextGone, Remote};
 pub use signal::SignalSet;
-pub use timer::SteadyTimer;
+pub use steady_timer::SteadyTimer;
 
 /// The `socket2` crate, as this crate uses it: [`net::UdpSocket::open`] takes
 /// a [`socket2::Domain`] and every socket's `with_socket2` hands out a

@@ -4,16 +4,36 @@
 //! `reactor_op`.
 
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
-use crate::cancel::CancellationType;
 use crate::error::Error;
-use crate::reactor::IoObject;
 use crate::sys;
-use crate::timer::TimerKey;
 use socket2::{SockAddr, Socket};
 use std::cell::{Cell, RefCell};
-use std::io::IoSliceMut;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::ops::{BitAnd, BitOr, BitOrAssign};
 use std::rc::Rc;
+
+/// Names one entry of the timer queue (kept here, beneath the queue, because
+/// an operation holds the key of its `cancel_after` entry): its slot and the slot's round (which
+/// moves on each time an entry of the slot ends), so that the key of an entry
+/// that has ended never reaches a later entry in the same slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct TimerKey {
+    pub(crate) idx: u32,
+    pub(crate) round: u32,
+}
+
+impl TimerKey {
+    /// The key in one word, below 2^63 - 1 (rounds have 31 bits, and no
+    /// slot index reaches `u32::MAX`).
+    pub(crate) fn as_u64(self) -> u64 {
+        (u64::from(self.round) << 32) | u64::from(self.idx)
+    }
+
+    pub(crate) fn from_u64(v: u64) -> TimerKey {
+        TimerKey { idx: v as u32, round: (v >> 32) as u32 }
+    }
+}
 
 /// State shared by every kind of operation.
 #[derive(Default)]
@@ -41,6 +61,68 @@ impl OpCore {
     }
 }
 
+/// Which kinds of cancellation a request allows (a bit set, as Asio's
+/// `cancellation_type`).
+///
+/// - `TERMINAL`: the operation may be left in an unspecified state; only
+///   closing or destroying the object is safe afterwards.
+/// - `PARTIAL`: the operation's side effects are well defined (for a
+///   composed operation: how many bytes were transferred).
+/// - `TOTAL`: nothing happened.
+///
+/// Socket and timer operations honour all three: an operation that has not
+/// completed yet has had no effect, so any request may cancel it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct CancellationType(u8);
+
+impl CancellationType {
+    /// No cancellation.
+    pub const NONE: CancellationType = CancellationType(0);
+    /// Terminal cancellation.
+    pub const TERMINAL: CancellationType = CancellationType(1);
+    /// Partial cancellation.
+    pub const PARTIAL: CancellationType = CancellationType(2);
+    /// Total cancellation.
+    pub const TOTAL: CancellationType = CancellationType(4);
+    /// Every kind.
+    pub const ALL: CancellationType = CancellationType(7);
+
+    /// True when every bit of `other` is set in `self`.
+    pub const fn contains(self, other: CancellationType) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// True when no bit is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// True when `self` and `other` share a bit.
+    pub const fn intersects(self, other: CancellationType) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+impl BitOr for CancellationType {
+    type Output = CancellationType;
+    fn bitor(self, rhs: CancellationType) -> CancellationType {
+        CancellationType(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for CancellationType {
+    fn bitor_assign(&mut self, rhs: CancellationType) {
+        self.0 |= rhs.0;
+    }
+}
+
+impl BitAnd for CancellationType {
+    type Output = CancellationType;
+    fn bitand(self, rhs: CancellationType) -> CancellationType {
+        CancellationType(self.0 & rhs.0)
+    }
+}
+
 /// What the ready queue and `Operation` see of any operation.
 pub(crate) trait Completion {
     fn core(&self) -> &OpCore;
@@ -60,10 +142,25 @@ pub(crate) trait Completion {
     }
 }
 
+/// What stands between an operation and the kernel on its socket: the
+/// read-ahead slot in front of the receive queue, and the traffic counters.
+/// The socket's registration (`reactor::IoObject`) is the one there is; an
+/// operation sees only this.
+pub(crate) trait Io {
+    /// Receives one datagram (or bytes of a stream), from the read-ahead
+    /// slot first.
+    fn recv(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool)
+    -> io::Result<sys::Received>;
+    /// Receives one datagram and its sender in any address family.
+    fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)>;
+    /// Sends `bufs` now.
+    fn send(&self, sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize>;
+}
+
 /// An operation on a socket: it can attempt its system call.
 pub(crate) trait SocketOp: Completion {
     /// Attempts the operation; `None` means it would block.
-    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)>;
+    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)>;
     /// Readiness waits complete on an event and are never tried speculatively.
     fn is_wait(&self) -> bool {
         false
@@ -89,8 +186,8 @@ pub(crate) trait SocketOp: Completion {
 }
 
 /// Sends `bufs` as one datagram now; `None` when the socket would block.
-pub(crate) fn send_now<B: ConstBufferSequence + ?Sized>(
-    io: &IoObject,
+pub(crate) fn send_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
+    io: &I,
     sock: &Socket,
     bufs: &B,
     dest: Option<&SockAddr>,
@@ -100,7 +197,7 @@ pub(crate) fn send_now<B: ConstBufferSequence + ?Sized>(
         // The common case: no gather list to build.
         let mut one: &[u8] = &[];
         bufs.gather(&mut |b| one = b);
-        return sys::result(io.send(sock, &[std::io::IoSlice::new(one)], dest, flags));
+        return sys::result(io.send(sock, &[IoSlice::new(one)], dest, flags));
     }
     let Some(slices) = const_slices(bufs) else {
         return Some((Error::INVALID_ARGUMENT, 0));
@@ -109,8 +206,8 @@ pub(crate) fn send_now<B: ConstBufferSequence + ?Sized>(
 }
 
 /// Receives one datagram into `bufs` now; `None` when the socket would block.
-pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized>(
-    io: &IoObject,
+pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
+    io: &I,
     sock: &Socket,
     bufs: &mut B,
     flags: i32,
@@ -175,7 +272,7 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
 }
 
 impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
-    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
         send_now(io, sock, bufs.as_ref()?, self.dest.as_ref(), self.flags)
     }
@@ -246,7 +343,7 @@ where
     B: MutableBufferSequence + 'static,
     F: FnOnce(Error, usize, B, SocketAddr) + 'static,
 {
-    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         let mut bufs = self.bufs.borrow_mut();
         let (err, n, from) = recv_now(io, sock, bufs.as_mut()?, self.flags, self.want_from)?;
         self.from.set(from);
@@ -312,7 +409,7 @@ impl<F: FnOnce(Error) + 'static> Completion for WaitOp<F> {
 
 impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
     // Reached only on a readiness event (a wait is never tried before it).
-    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, _io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         if !self.connect {
             return Some((Error::NONE, 0));
         }
@@ -379,7 +476,7 @@ impl<F: FnOnce(Error, Option<Socket>) + 'static> Completion for AcceptOp<F> {
 }
 
 impl<F: FnOnce(Error, Option<Socket>) + 'static> SocketOp for AcceptOp<F> {
-    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, _io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         match accept_now(sock)? {
             Ok(s) => {
                 *self.accepted.borrow_mut() = Some(s);
@@ -413,8 +510,8 @@ impl<B, F> RecvFromOp<B, F> {
 }
 
 /// Receives one datagram and its sender now; `None` when it would block.
-pub(crate) fn recv_from_now<B: MutableBufferSequence + ?Sized>(
-    io: &IoObject,
+pub(crate) fn recv_from_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
+    io: &I,
     sock: &Socket,
     bufs: &mut B,
     flags: i32,
@@ -452,7 +549,7 @@ where
     B: MutableBufferSequence + 'static,
     F: FnOnce(Error, usize, B, Option<SockAddr>) + 'static,
 {
-    fn perform(&self, io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         let mut bufs = self.bufs.borrow_mut();
         let (err, n, from) = recv_from_now(io, sock, bufs.as_mut()?, self.flags)?;
         *self.from.borrow_mut() = from;

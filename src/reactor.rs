@@ -1,10 +1,9 @@
 //! The reactor: mio's `Poll`, the registrations (a slab of per-descriptor
 //! state), and readiness turned into performed operations.
 
-use crate::context::Inner;
 use crate::error::Error;
 use crate::metrics::{Counters, bump};
-use crate::op::{Completion, SocketOp};
+use crate::op::{Completion, Io, SocketOp};
 use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
@@ -17,7 +16,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Operations a socket may take per readiness event and direction before the
 /// loop runs handlers again (fairness between sockets and handlers).
@@ -184,9 +183,25 @@ fn scatter(data: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
     off
 }
 
+/// What the reactor needs of the loop that owns it (the context): itself,
+/// the work count, the single way out of the pending state, and the clock.
+/// The reactor names no type of the layer above it.
+pub(crate) trait Owner {
+    /// The reactor (it lives in its owner).
+    fn reactor(&self) -> &Reactor;
+    /// One more pending operation: work that keeps `run` going.
+    fn add_work(&self);
+    /// `op` completed with `(err, n)`: its handler is queued, never run here.
+    fn finish(&self, op: Rc<dyn Completion>, err: Error, n: usize);
+    /// The loop's clock.
+    fn now(&self) -> Instant;
+}
+
 /// Per-descriptor state: the socket, its operation queues and readiness.
 pub(crate) struct IoObject {
-    ctx: Weak<Inner>,
+    /// The loop it belongs to, for what runs without being handed it (a
+    /// receive reading ahead, a socket listed on the backlog, a close).
+    owner: Weak<dyn Owner>,
     token: Cell<usize>,
     sock: RefCell<Option<Rc<Socket>>>,
     st: RefCell<IoState>,
@@ -213,9 +228,10 @@ impl IoObject {
     /// joins epoll later, when an operation first has to wait. `readahead`:
     /// receives may read a datagram ahead (the socket's datagrams always fit
     /// the spare buffer).
-    pub(crate) fn new(inner: &Rc<Inner>, sock: Socket, readahead: bool) -> Rc<IoObject> {
+    pub(crate) fn new<O: Owner + 'static>(inner: &Rc<O>, sock: Socket, readahead: bool) -> Rc<IoObject> {
+        let owner: Weak<dyn Owner> = Rc::downgrade(inner) as Weak<O>;
         let obj = Rc::new(IoObject {
-            ctx: Rc::downgrade(inner),
+            owner,
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
             st: RefCell::new(IoState::new()),
@@ -225,12 +241,12 @@ impl IoObject {
             stash_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
             stream: Cell::new(false),
-            counters: inner.reactor.counters.clone(),
+            counters: inner.reactor().counters.clone(),
         });
         // The descriptor joins epoll only when an operation first has to
         // wait (see `sync_interest`): a socket whose operations all complete at
         // once costs epoll nothing, not even a wake-up callback per send.
-        let token = inner.reactor.regs.borrow_mut().insert(obj.clone());
+        let token = inner.reactor().regs.borrow_mut().insert(obj.clone());
         obj.token.set(token);
         *obj.sock.borrow_mut() = Some(Rc::new(sock));
         log::debug!("socket added, token {token}");
@@ -240,10 +256,6 @@ impl IoObject {
     /// The socket, unless closed.
     pub(crate) fn socket(&self) -> Option<Rc<Socket>> {
         self.sock.borrow().clone()
-    }
-
-    pub(crate) fn context(&self) -> Option<Rc<Inner>> {
-        self.ctx.upgrade()
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -278,7 +290,7 @@ impl IoObject {
     /// Queues an operation behind the others in `dir` (FIFO); it is performed
     /// when the socket becomes ready. Readiness waits re-arm the descriptor so
     /// that readiness that already holds is reported.
-    pub(crate) fn enqueue(self: &Rc<Self>, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) {
+    pub(crate) fn enqueue<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, op: Rc<dyn SocketOp>, dir: Dir) {
         inner.add_work();
         let Some(sock) = self.socket() else {
             inner.finish(op, Error::BAD_DESCRIPTOR, 0);
@@ -305,8 +317,8 @@ impl IoObject {
             (list, st.flush_listed, st.registered, st.registered && !st.level && !st.ready(Dir::Read))
         };
         if list {
-            inner.reactor.flush_list.borrow_mut().push(self.clone());
-            inner.reactor.deferred.set(true)
+            inner.reactor().flush_list.borrow_mut().push(self.clone());
+            inner.reactor().deferred.set(true)
         } else if deferred && listed {
             // It leaves with the flush at the end of the pass.
         } else if wait || dir == Dir::Write || !registered {
@@ -321,12 +333,12 @@ impl IoObject {
     }
 
     /// Switches the registration between level- and edge-triggered.
-    fn set_level(&self, inner: &Inner, sock: &Socket, level: bool) {
+    fn set_level<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, level: bool) {
         let mut st = self.st.borrow_mut();
         if !st.registered || st.level == level {
             return;
         }
-        let epfd = inner.reactor.poll.borrow().as_raw_fd();
+        let epfd = inner.reactor().poll.borrow().as_raw_fd();
         match sys::epoll_register(epfd, false, sock.as_raw_fd(), self.token.get(), st.interest, !level) {
             Ok(()) => st.level = level,
             Err(e) => log::debug!("token {}: switching the trigger failed: {e}", self.token.get()),
@@ -335,7 +347,7 @@ impl IoObject {
     }
 
     /// Receives one datagram: from the read-ahead slot if a datagram waits
-    /// there, else from the socket. A plain receive uses `recvmmsg` with a
+    /// there, else from the socket (see [`Io::recv`]). A plain receive uses `recvmmsg` with a
     /// spare slot, so that one call also says whether the socket is drained
     /// (then the read side waits for the next edge without another call).
     pub(crate) fn recv(
@@ -420,11 +432,11 @@ impl IoObject {
             self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
             return Ok(r);
         }
-        let inner = match self.ctx.upgrade() {
+        let inner = match self.owner.upgrade() {
             Some(inner) if flags == 0 && self.readahead.get() => inner,
             _ => return sys::recv(sock, bufs, flags, want_from),
         };
-        let mut spare = inner.reactor.spare();
+        let mut spare = inner.reactor().spare();
         let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
         match r.second {
             Some((len, from)) => {
@@ -460,7 +472,7 @@ impl IoObject {
     }
 
     /// Starts an `async_wait(WaitType::Error)`.
-    pub(crate) fn start_error_wait(&self, inner: &Rc<Inner>, op: Rc<dyn Completion>) {
+    pub(crate) fn start_error_wait<O: Owner + ?Sized>(&self, inner: &O, op: Rc<dyn Completion>) {
         inner.add_work();
         let Some(sock) = self.socket() else {
             inner.finish(op, Error::BAD_DESCRIPTOR, 0);
@@ -477,7 +489,7 @@ impl IoObject {
     /// Registers the interest the pending operations need. With `force` it
     /// re-registers even when unchanged, so that readiness that already holds
     /// is reported again (edge-triggered epoll re-checks on EPOLL_CTL_MOD).
-    fn sync_interest(&self, inner: &Inner, sock: &Socket, force: bool) {
+    fn sync_interest<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, force: bool) {
         let wanted = {
             let mut st = self.st.borrow_mut();
             st.prune(Dir::Write);
@@ -496,7 +508,7 @@ impl IoObject {
         let token = Token(self.token.get());
         let res = {
             let st = self.st.borrow();
-            let epfd = inner.reactor.poll.borrow().as_raw_fd();
+            let epfd = inner.reactor().poll.borrow().as_raw_fd();
             sys::epoll_register(epfd, !st.registered, sock.as_raw_fd(), token.0, wanted, !st.level)
         };
         match res {
@@ -505,7 +517,7 @@ impl IoObject {
                 st.interest = wanted;
                 if !st.registered {
                     st.registered = true;
-                    inner.reactor.registered.set(inner.reactor.registered.get() + 1);
+                    inner.reactor().registered.set(inner.reactor().registered.get() + 1);
                     log::debug!("token {} registered with epoll", token.0);
                 }
             }
@@ -525,7 +537,7 @@ impl IoObject {
     /// ahead keeps it going), the queue is empty or `budget` completed.
     /// Returns true when stopped by the budget: an operation waits and could
     /// progress, so it [`wants_turn`](IoState::wants_turn).
-    fn run_queue(&self, inner: &Inner, dir: Dir, budget: usize) -> bool {
+    fn run_queue<O: Owner + ?Sized>(&self, inner: &O, dir: Dir, budget: usize) -> bool {
         let Some(sock) = self.socket() else {
             return false;
         };
@@ -593,7 +605,7 @@ impl IoObject {
     /// queue (two or more) with one `recvmmsg`, plus the spare slot, so that
     /// the same call says whether the socket is drained (as `recv` does for
     /// one receive). Each completes with its own length and sender.
-    fn recv_many(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
+    fn recv_many<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, max: usize) -> Batch {
         let candidates: SmallVec<[Rc<dyn SocketOp>; 16]> = {
             let st = self.st.borrow();
             st.ops[Dir::Read as usize]
@@ -606,7 +618,7 @@ impl IoObject {
         if candidates.len() < 2 {
             return Batch::Single;
         }
-        let mut spare = inner.reactor.spare();
+        let mut spare = inner.reactor().spare();
         let mut result = None;
         let mut counts = Vec::with_capacity(candidates.len());
         let lent = lend_recv_bufs(&candidates, Vec::new(), &mut counts, &mut |bufs, counts| {
@@ -643,9 +655,9 @@ impl IoObject {
 
     /// A batch call completed the `k` operations at the front of the `dir`
     /// queue: each leaves the queue and completes with its own length.
-    fn complete_front(
+    fn complete_front<O: Owner + ?Sized>(
         &self,
-        inner: &Inner,
+        inner: &O,
         dir: Dir,
         k: usize,
         done: impl Iterator<Item = (Rc<dyn SocketOp>, usize)>,
@@ -664,7 +676,7 @@ impl IoObject {
     /// A batch call failed on its first datagram: the error (its own, or the
     /// socket's pending one, which the call consumed) goes to the operation
     /// at the front, as it would without batching; the others stay queued.
-    fn fail_front(&self, inner: &Inner, dir: Dir, e: io::Error) -> Batch {
+    fn fail_front<O: Owner + ?Sized>(&self, inner: &O, dir: Dir, e: io::Error) -> Batch {
         let front = self.st.borrow_mut().ops[dir as usize].pop_front();
         if let Some(op) = front {
             inner.finish(op, Error::from(e), 0);
@@ -683,7 +695,7 @@ impl IoObject {
     /// destinations) in one `sendmmsg`, each completing with its own result.
     /// Sends queue only behind a socket that would block, so this is the
     /// flush when it becomes writable again. `Single` when fewer than two.
-    fn send_many(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
+    fn send_many<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, max: usize) -> Batch {
         let candidates = self.front_sends(max.min(MAX_SEGMENTS));
         if candidates.len() < 2 {
             return Batch::Single;
@@ -698,7 +710,7 @@ impl IoObject {
         if run.len() < 2 {
             return Batch::Single;
         }
-        let mut buf = inner.reactor.batch.borrow_mut();
+        let mut buf = inner.reactor().batch.borrow_mut();
         buf.clear();
         let mut starts: SmallVec<[usize; 16]> = SmallVec::new();
         for (op, _, _) in &run {
@@ -729,7 +741,7 @@ impl IoObject {
     /// `Single` when there is no run of two or more, or when the kernel
     /// refused the batch: the operations then go one by one, each with its
     /// own result (and a refusal of GSO itself turns it off for the socket).
-    fn send_run(&self, inner: &Inner, sock: &Socket, max: usize) -> Batch {
+    fn send_run<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, max: usize) -> Batch {
         let candidates = self.front_sends(max.min(MAX_SEGMENTS));
         let mut run: SmallVec<[Rc<dyn SocketOp>; 16]> = SmallVec::new();
         let (segment, dest) = {
@@ -757,7 +769,7 @@ impl IoObject {
         if run.len() < 2 {
             return Batch::Single;
         }
-        let mut buf = inner.reactor.batch.borrow_mut();
+        let mut buf = inner.reactor().batch.borrow_mut();
         buf.clear();
         let mut lens: SmallVec<[usize; 16]> = SmallVec::new();
         for op in &run {
@@ -800,7 +812,7 @@ impl IoObject {
     }
 
     /// Handles a readiness event.
-    fn on_event(self: &Rc<Self>, inner: &Inner, readable: bool, writable: bool, error: bool) {
+    fn on_event<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, readable: bool, writable: bool, error: bool) {
         if readable || error {
             // Level-triggered readiness with no receive to take the data (or
             // an error to consume) would be reported at every wait: go
@@ -834,8 +846,8 @@ impl IoObject {
     /// stop leaves nothing that could progress: the queue is empty, or the
     /// socket is not [`ready`](IoState::ready), a datagram read ahead
     /// counting as ready.)
-    fn continue_queue(self: &Rc<Self>, inner: &Inner, dir: Dir) {
-        if self.run_queue(inner, dir, inner.reactor.budget.get()) {
+    fn continue_queue<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, dir: Dir) {
+        if self.run_queue(inner, dir, inner.reactor().budget.get()) {
             self.to_backlog(inner, dir);
         } else if dir == Dir::Write
             && let Some(sock) = self.socket()
@@ -856,13 +868,13 @@ impl IoObject {
 
     /// Has the reactor run the `dir` queue on its next turn, without waiting
     /// for an event.
-    fn to_backlog(self: &Rc<Self>, inner: &Inner, dir: Dir) {
+    fn to_backlog<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, dir: Dir) {
         let mut st = self.st.borrow_mut();
         let listed = st.backlog.iter().any(|b| *b);
         st.backlog[dir as usize] = true;
         if !listed {
-            inner.reactor.backlog.borrow_mut().push(self.clone());
-            inner.reactor.backlogged.set(true);
+            inner.reactor().backlog.borrow_mut().push(self.clone());
+            inner.reactor().backlogged.set(true);
         }
     }
 
@@ -886,13 +898,13 @@ impl IoObject {
     /// could progress.
     fn backlog_if_ready(self: &Rc<Self>, dir: Dir) {
         let wants = self.st.borrow_mut().wants_turn(dir);
-        if wants && let Some(inner) = self.ctx.upgrade() {
-            self.to_backlog(&inner, dir);
+        if wants && let Some(inner) = self.owner.upgrade() {
+            self.to_backlog(&*inner, dir);
         }
     }
 
     /// Completes every pending operation with `OPERATION_ABORTED`.
-    pub(crate) fn cancel_all(&self, inner: &Inner) -> usize {
+    pub(crate) fn cancel_all<O: Owner + ?Sized>(&self, inner: &O) -> usize {
         let ops = self.take_ops();
         let mut n = 0;
         for op in ops {
@@ -917,18 +929,18 @@ impl IoObject {
     pub(crate) fn detach(&self) -> Option<Rc<Socket>> {
         let sock = self.sock.borrow_mut().take()?;
         drop(self.st.borrow_mut().stash.take());
-        match self.ctx.upgrade() {
+        match self.owner.upgrade() {
             Some(inner) => {
                 let token = self.token.get();
                 if std::mem::take(&mut self.st.borrow_mut().registered) {
-                    let r = &inner.reactor;
+                    let r = inner.reactor();
                     r.registered.set(r.registered.get() - 1);
                     if let Err(e) = r.poll.borrow().registry().deregister(&mut SourceFd(&sock.as_raw_fd())) {
                         log::debug!("deregistering token {token} failed: {e}");
                     }
                 }
-                let removed = inner.reactor.regs.borrow_mut().try_remove(token);
-                self.cancel_all(&inner);
+                let removed = inner.reactor().regs.borrow_mut().try_remove(token);
+                self.cancel_all(&*inner);
                 drop(removed);
                 log::debug!("socket closed, token {token}");
             }
@@ -946,6 +958,24 @@ impl IoObject {
         drop(self.sock.borrow_mut().take());
         drop(self.st.borrow_mut().stash.take());
         ops.extend(self.take_ops());
+    }
+}
+
+impl Io for IoObject {
+    fn recv(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+        want_from: bool,
+    ) -> io::Result<sys::Received> {
+        IoObject::recv(self, sock, bufs, flags, want_from)
+    }
+    fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
+        IoObject::recv_from_any(self, sock, bufs, flags)
+    }
+    fn send(&self, sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
+        IoObject::send(self, sock, bufs, dest, flags)
     }
 }
 
@@ -1008,7 +1038,7 @@ impl Reactor {
     /// Sends the sends deferred during the pass (sockets with GSO on), each
     /// socket's queue coalesced into as few system calls as it allows.
     #[inline]
-    pub(crate) fn flush_deferred(&self, inner: &Inner) {
+    pub(crate) fn flush_deferred<O: Owner + ?Sized>(&self, inner: &O) {
         if !self.deferred.get() {
             return;
         }
@@ -1034,7 +1064,7 @@ impl Reactor {
     /// again": whether the queue runs is decided from the socket's state now
     /// (an event since may have drained it, or left a datagram read ahead),
     /// so an entry can never be stale in either direction.
-    pub(crate) fn run_backlog(&self, inner: &Inner) {
+    pub(crate) fn run_backlog<O: Owner + ?Sized>(&self, inner: &O) {
         let list = std::mem::take(&mut *self.backlog.borrow_mut());
         self.backlogged.set(false);
         for obj in list {
@@ -1048,7 +1078,7 @@ impl Reactor {
     }
 
     /// Waits for events at most `timeout` and handles them.
-    pub(crate) fn poll(&self, inner: &Inner, timeout: Option<Duration>) {
+    pub(crate) fn poll<O: Owner + ?Sized>(&self, inner: &O, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         let c = &self.counters;
         bump(&c.reactor_waits, 1);

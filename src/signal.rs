@@ -11,8 +11,8 @@ use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
 use crate::net::base::Base;
-use crate::op::{Completion, OpCore, SocketOp};
-use crate::reactor::{Attempt, Dir, IoObject};
+use crate::op::{Completion, Io, OpCore, SocketOp};
+use crate::reactor::{Attempt, Dir};
 use crate::sys::signal::{self as sig, Registration};
 use socket2::Socket;
 use std::cell::{Cell, RefCell};
@@ -331,7 +331,7 @@ impl<F: FnOnce(Error, i32) + 'static> Completion for SignalOp<F> {
 }
 
 impl<F: FnOnce(Error, i32) + 'static> SocketOp for SignalOp<F> {
-    fn perform(&self, _io: &IoObject, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, _io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         self.state.take(sock)
     }
 }

@@ -1,44 +1,20 @@
 //! The context's timer queue (bucketed deadlines: insertion O(1) within
 //! about 4 s of the earliest bucket, O(log b) for b buckets beyond, O(k) into
 //! the k items of the current bucket; O(1) removal; equal deadlines in the
-//! order set) and `SteadyTimer`.
+//! order set). `SteadyTimer` is in `steady_timer.rs`.
 //!
 //! A timer wait is not an operation object: its handler sits in its slot of
 //! the queue until the wait ends and then moves straight into the ready queue,
 //! so a wait costs no allocation and a million pending timers stay compact.
 
-use crate::cancel::{CancellationType, Operation};
-use crate::context::Executor;
-use crate::error::Error;
-use crate::op::Completion;
+use crate::op::{CancellationType, Completion};
+pub(crate) use crate::op::TimerKey;
 use crate::sys::{self, WaitHandler};
 use slab::Slab;
-use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::{Rc, Weak};
+use std::rc::Weak;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// Names one entry of the timer queue: its slot and the slot's round (which
-/// moves on each time an entry of the slot ends), so that the key of an entry
-/// that has ended never reaches a later entry in the same slot.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct TimerKey {
-    idx: u32,
-    round: u32,
-}
-
-impl TimerKey {
-    /// The key in one word, below 2^63 - 1 (rounds have 31 bits, and no
-    /// slot index reaches `u32::MAX`).
-    fn as_u64(self) -> u64 {
-        (u64::from(self.round) << 32) | u64::from(self.idx)
-    }
-
-    fn from_u64(v: u64) -> TimerKey {
-        TimerKey { idx: v as u32, round: (v >> 32) as u32 }
-    }
-}
 
 /// Rounds count within 31 bits, so that a key packs below 2^63 ([`Waits`]).
 const ROUND_MASK: u32 = u32::MAX >> 1;
@@ -66,7 +42,7 @@ pub(crate) fn clock_base() -> Instant {
 }
 
 /// `at` in nanoseconds since `base` (0 for anything earlier).
-fn ns_since(base: Instant, at: Instant) -> u64 {
+pub(crate) fn ns_since(base: Instant, at: Instant) -> u64 {
     at.saturating_duration_since(base).as_nanos().min(u64::MAX as u128) as u64
 }
 
@@ -260,7 +236,7 @@ impl TimerQueue {
     }
 
     /// Queues `target` for `at_ns` nanoseconds after the base.
-    fn insert_ns(&mut self, at_ns: u64, target: TimerTarget) -> TimerKey {
+    pub(crate) fn insert_ns(&mut self, at_ns: u64, target: TimerTarget) -> TimerKey {
         let key = match self.free.pop() {
             Some(idx) => {
                 self.targets[idx as usize] = target;
@@ -508,24 +484,24 @@ impl TimerQueue {
 /// allocation: 0 is none, a key + 1 is one wait (the common case), and
 /// `GROUP | g` several, listed in the queue's group `g`.
 #[derive(Clone, Copy, Default)]
-struct Waits(u64);
+pub(crate) struct Waits(u64);
 
 const GROUP: u64 = 1 << 63;
 
-enum WaitsView {
+pub(crate) enum WaitsView {
     None,
     One(TimerKey),
     Group(usize),
 }
 
 impl Waits {
-    const NONE: Waits = Waits(0);
+    pub(crate) const NONE: Waits = Waits(0);
 
     fn one(key: TimerKey) -> Waits {
         Waits(key.as_u64() + 1)
     }
 
-    fn view(self) -> WaitsView {
+    pub(crate) fn view(self) -> WaitsView {
         match self.0 {
             0 => WaitsView::None,
             v if v & GROUP != 0 => WaitsView::Group((v & !GROUP) as usize),
@@ -536,7 +512,7 @@ impl Waits {
 
 impl TimerQueue {
     /// `waits` with `key` added and the waits that ended pruned.
-    fn add_wait(&mut self, waits: Waits, key: TimerKey) -> Waits {
+    pub(crate) fn add_wait(&mut self, waits: Waits, key: TimerKey) -> Waits {
         match waits.view() {
             WaitsView::None => Waits::one(key),
             WaitsView::One(k) if !self.is_live(k) => Waits::one(key),
@@ -552,7 +528,7 @@ impl TimerQueue {
     }
 
     /// Takes the keys out of `waits` (its group, if any, is freed).
-    fn take_waits(&mut self, waits: Waits) -> Vec<TimerKey> {
+    pub(crate) fn take_waits(&mut self, waits: Waits) -> Vec<TimerKey> {
         match waits.view() {
             WaitsView::None => Vec::new(),
             WaitsView::One(k) => vec![k],
@@ -561,7 +537,7 @@ impl TimerQueue {
     }
 
     /// Packs `keys` (in a group when there are several).
-    fn store_waits(&mut self, keys: Vec<TimerKey>) -> Waits {
+    pub(crate) fn store_waits(&mut self, keys: Vec<TimerKey>) -> Waits {
         match keys.len() {
             0 => Waits::NONE,
             1 => Waits::one(keys[0]),
@@ -570,204 +546,13 @@ impl TimerQueue {
     }
 }
 
-struct TimerObj {
-    exec: Executor,
-    /// Nanoseconds since [`clock_base`].
-    expiry: Cell<u64>,
-    waits: Cell<Waits>,
-}
-
-impl TimerObj {
-    /// Cancels pending waits, oldest first, at most `limit` of them.
-    fn cancel_waits(&self, limit: usize) -> usize {
-        let waits = self.waits.replace(Waits::NONE);
-        if let WaitsView::None = waits.view() {
-            return 0;
-        }
-        // With the context gone, its queue (and any group) is gone too.
-        let Some(inner) = self.exec.upgrade() else {
-            return 0;
-        };
-        if let WaitsView::One(key) = waits.view() {
-            // The common case, without a list. A handler dropped by the
-            // cancel may start a wait here: it is recorded as usual.
-            return usize::from(limit > 0 && inner.cancel_wait(key));
-        }
-        let keys = inner.timers.borrow_mut().take_waits(waits);
-        let mut n = 0;
-        let mut keep = Vec::new();
-        for key in keys {
-            if n < limit {
-                // A key whose wait already ended is simply dropped.
-                if inner.cancel_wait(key) {
-                    n += 1;
-                }
-            } else {
-                keep.push(key);
-            }
-        }
-        let mut timers = inner.timers.borrow_mut();
-        // A dropped handler may have started a wait on this timer meanwhile.
-        let added = self.waits.replace(Waits::NONE);
-        keep.extend(timers.take_waits(added));
-        self.waits.set(timers.store_waits(keep));
-        n
-    }
-}
-
-impl Drop for TimerObj {
-    fn drop(&mut self) {
-        // As Asio's destructor: pending waits complete with OPERATION_ABORTED.
-        self.cancel_waits(usize::MAX);
-    }
-}
-
-/// A timer on the monotonic clock (Asio's `steady_timer`).
-///
-/// Any number of waits may be pending on one timer; they all complete when
-/// the expiry passes, in the order they were started. Changing the expiry
-/// cancels them. Clones share the timer; when the last clone is dropped the
-/// pending waits complete with `Error::OPERATION_ABORTED`.
-///
-/// ```
-/// # use ioctx::{IoContext, SteadyTimer, Error};
-/// # use std::time::Duration;
-/// let ctx = IoContext::new().unwrap();
-/// let t = SteadyTimer::new(&ctx);
-/// t.expires_after(Duration::from_millis(5));
-/// t.async_wait(|e| assert_eq!(e, Error::NONE));
-/// assert_eq!(ctx.run(), 1);
-/// ```
-#[derive(Clone)]
-pub struct SteadyTimer {
-    obj: Rc<TimerObj>,
-}
-
-impl std::fmt::Debug for SteadyTimer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SteadyTimer").field("expiry", &self.expiry()).finish()
-    }
-}
-
-impl SteadyTimer {
-    /// A timer on `ex`'s context that has already expired (its expiry lies
-    /// before the context's creation; a wait started before `expires_*`
-    /// completes on the next turn of the loop, as with Asio's default expiry).
-    pub fn new(ex: &Executor) -> SteadyTimer {
-        SteadyTimer { obj: Rc::new(TimerObj { exec: ex.clone(), expiry: Cell::new(0), waits: Cell::new(Waits::NONE) }) }
-    }
-
-    /// The current expiry. (Timers count time from a day before the process
-    /// first used one; an expiry set earlier than that reads back as that
-    /// base, which has passed all the same.)
-    pub fn expiry(&self) -> Instant {
-        clock_base() + Duration::from_nanos(self.obj.expiry.get())
-    }
-
-    /// Sets the expiry to `now + d`; cancels the pending waits and returns how
-    /// many it cancelled.
-    pub fn expires_after(&self, d: Duration) -> usize {
-        let at = match self.obj.exec.upgrade() {
-            Some(inner) => inner.later(d),
-            None => crate::context::later(Instant::now(), d),
-        };
-        self.expires_at(at)
-    }
-
-    /// Sets the expiry; cancels the pending waits and returns how many it
-    /// cancelled.
-    pub fn expires_at(&self, at: Instant) -> usize {
-        let n = self.cancel();
-        self.obj.expiry.set(ns_since(clock_base(), at));
-        n
-    }
-
-    /// Starts a wait for the expiry. The handler gets `Error::NONE` when it
-    /// passes (posted, even if it passed already) or `OPERATION_ABORTED` when
-    /// cancelled.
-    ///
-    /// # Errors
-    ///
-    /// `handler` gets one of two values, nothing else (no system call is
-    /// involved):
-    ///
-    /// - `NONE`: the expiry passed.
-    /// - `OPERATION_ABORTED`: the wait was cancelled before, by
-    ///   [`cancel`](Self::cancel) or [`cancel_one`](Self::cancel_one), by
-    ///   [`expires_after`](Self::expires_after) or
-    ///   [`expires_at`](Self::expires_at) (a new expiry cancels the pending
-    ///   waits), by the drop of the timer's last clone, or by
-    ///   [`Operation::cancel`] / [`cancel_after`](Operation::cancel_after).
-    ///
-    /// Once the context is gone the handler is dropped unrun, never called.
-    ///
-    /// A deadline on a receive, as in Asio: whichever ends first cancels the
-    /// other. The timer's handler is stored before the call, so its argument
-    /// is typed:
-    ///
-    /// ```
-    /// use ioctx::{Error, IoContext, SteadyTimer, net::UdpSocket};
-    /// use std::{cell::Cell, rc::Rc, time::Duration};
-    ///
-    /// let ctx = IoContext::new()?;
-    /// let sock = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
-    /// let deadline = SteadyTimer::new(&ctx);
-    /// deadline.expires_after(Duration::from_millis(10));
-    ///
-    /// let s = sock.clone();
-    /// let on_deadline = move |err: Error| {
-    ///     // OPERATION_ABORTED: the datagram came first and cancelled the wait.
-    ///     if err.is_ok() {
-    ///         s.cancel().ok(); // errs only if the socket is closed already
-    ///     }
-    /// };
-    /// deadline.async_wait(on_deadline);
-    ///
-    /// let (t, timed_out) = (deadline.clone(), Rc::new(Cell::new(false)));
-    /// let flag = timed_out.clone();
-    /// sock.async_receive_from(vec![0u8; 512], move |err, _n, _buf, _from| {
-    ///     t.cancel(); // a datagram: the deadline's wait ends with OPERATION_ABORTED
-    ///     flag.set(err == Error::OPERATION_ABORTED);
-    /// });
-    /// ctx.run();
-    /// assert!(timed_out.get()); // nobody sent anything
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn async_wait<F: FnOnce(Error) + 'static>(&self, handler: F) -> Operation {
-        let Some(inner) = self.obj.exec.upgrade() else {
-            log::debug!("timer wait started after its context was dropped: handler dropped");
-            return Operation::detached();
-        };
-        inner.add_work();
-        let key = {
-            let mut timers = inner.timers.borrow_mut();
-            debug_assert!(timers.base() == clock_base(), "the queue counts time from the timers' base");
-            let key = timers.insert_ns(self.obj.expiry.get(), TimerTarget::Wait(WaitHandler::new(handler)));
-            let waits = timers.add_wait(self.obj.waits.get(), key);
-            self.obj.waits.set(waits);
-            key
-        };
-        log::trace!("timer wait started");
-        Operation::wait(&inner, key)
-    }
-
-    /// Cancels every pending wait (each completes with `OPERATION_ABORTED`);
-    /// returns how many.
-    pub fn cancel(&self) -> usize {
-        self.obj.cancel_waits(usize::MAX)
-    }
-
-    /// Cancels the oldest pending wait; returns 1, or 0 when none was pending.
-    pub fn cancel_one(&self) -> usize {
-        self.obj.cancel_waits(1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::sys::HandlerQueue;
     use std::cell::RefCell;
+    use std::rc::Rc;
 
     /// A wait entry whose handler records `id` when it runs.
     fn wait(log: &Rc<RefCell<Vec<u64>>>, id: u64) -> TimerTarget {
@@ -928,7 +713,8 @@ mod tests {
 #[cfg(test)]
 mod round_tests {
     use super::*;
-    use crate::IoContext;
+    use crate::error::Error;
+    use crate::{IoContext, SteadyTimer};
 
     #[test]
     fn a_stale_key_does_not_reach_another_timers_wait_after_the_round_wraps() {
@@ -941,7 +727,7 @@ mod round_tests {
         // With a last-freed-first free list, one busy timer reuses that slot
         // for each of its waits: fast-forward to its last 31-bit round.
         let inner = ctx.executor().upgrade().unwrap();
-        let WaitsView::One(k) = idle.obj.waits.get().view() else { panic!("one wait recorded") };
+        let WaitsView::One(k) = idle.waits_view() else { panic!("one wait recorded") };
         assert_eq!(k.round, 0);
         inner.timers.borrow_mut().rounds[k.idx as usize] = ROUND_MASK;
         let busy = SteadyTimer::new(&ctx);
@@ -961,7 +747,8 @@ mod round_tests {
 #[cfg(test)]
 mod internal_tests {
     use super::*;
-    use crate::{CancellationType, IoContext};
+    use crate::{CancellationType, IoContext, SteadyTimer};
+    use std::rc::Rc;
 
     fn inner(ctx: &IoContext) -> Rc<crate::context::Inner> {
         ctx.executor().upgrade().unwrap()
@@ -1004,7 +791,7 @@ mod internal_tests {
         // One wait at a time: no group is ever needed.
         for _ in 0..3 {
             t.async_wait(|_| {});
-            assert!(matches!(t.obj.waits.get().view(), WaitsView::One(_)));
+            assert!(matches!(t.waits_view(), WaitsView::One(_)));
             assert_eq!(ctx.run(), 1);
             ctx.restart();
         }
@@ -1017,7 +804,7 @@ mod internal_tests {
             ctx.restart();
         }
         t.async_wait(|_| {});
-        let WaitsView::Group(g) = t.obj.waits.get().view() else { panic!("no group") };
+        let WaitsView::Group(g) = t.waits_view() else { panic!("no group") };
         let i = inner(&ctx);
         assert_eq!(i.timers.borrow().groups.len(), 1);
         assert_eq!(i.timers.borrow().groups[g].len(), 1, "ended waits kept in the timer's list");
@@ -1082,14 +869,14 @@ mod internal_tests {
         i.timers.borrow_mut().free.extend([1, 0]);
         t.expires_after(Duration::from_secs(60));
         t.async_wait(|_| {});
-        assert!(matches!(t.obj.waits.get().view(), WaitsView::One(k) if k.round == ROUND_MASK));
+        assert!(matches!(t.waits_view(), WaitsView::One(k) if k.round == ROUND_MASK));
         t.async_wait(|_| {});
         assert_eq!(t.cancel(), 2);
         assert_eq!(ctx.run(), 2);
         ctx.restart();
         // Their rounds are used up: new waits get keys that were never given out.
         t.async_wait(|_| {});
-        assert!(matches!(t.obj.waits.get().view(), WaitsView::One(k) if k.idx >= 2), "a used-up slot was reused");
+        assert!(matches!(t.waits_view(), WaitsView::One(k) if k.idx >= 2), "a used-up slot was reused");
         assert_eq!(t.cancel(), 1);
         assert_eq!(ctx.run(), 1);
     }

@@ -21,6 +21,8 @@ use std::rc::Rc;
 /// Closes the socket when the last clone of the socket's handle goes.
 struct Handle {
     io: Rc<IoObject>,
+    /// The context the socket belongs to.
+    ctx: std::rc::Weak<Inner>,
 }
 
 impl Drop for Handle {
@@ -71,7 +73,7 @@ impl Base {
         sock.set_nonblocking(true)?;
         let io = IoObject::new(&inner, sock, readahead);
         io.stream.set(stream);
-        Ok(Base { h: Rc::new(Handle { io }) })
+        Ok(Base { h: Rc::new(Handle { io, ctx: Rc::downgrade(&inner) }) })
     }
 
     pub(crate) fn downgrade(&self) -> WeakBase {
@@ -80,6 +82,11 @@ impl Base {
 
     pub(crate) fn io(&self) -> &Rc<IoObject> {
         &self.h.io
+    }
+
+    /// The socket's context, while it exists.
+    pub(crate) fn context(&self) -> Option<Rc<Inner>> {
+        self.h.ctx.upgrade()
     }
 
     /// The socket, or `BAD_DESCRIPTOR` once closed.
@@ -98,13 +105,13 @@ impl Base {
     }
 
     pub(crate) fn executor(&self) -> Executor {
-        Executor { inner: self.io().context().as_ref().map_or_else(std::rc::Weak::new, Rc::downgrade) }
+        Executor { inner: self.h.ctx.clone() }
     }
 
     /// The context, unless it is gone or being dropped (then the handler of
     /// an operation about to start is dropped unrun).
     pub(crate) fn live_context(&self) -> Option<Rc<Inner>> {
-        let inner = self.io().context().filter(|i| !i.is_shut());
+        let inner = self.context().filter(|i| !i.is_shut());
         if inner.is_none() {
             log::debug!("operation started after the context was dropped: handler dropped unrun");
         }
@@ -114,7 +121,7 @@ impl Base {
     /// Queues an operation that could not complete at once.
     pub(crate) fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
         let handle = Operation::new(inner, &(op.clone() as Rc<dyn Completion>));
-        self.io().enqueue(inner, op, dir);
+        self.io().enqueue(&**inner, op, dir);
         handle
     }
 
@@ -138,7 +145,7 @@ impl Base {
             WaitType::Error => {
                 let op: Rc<dyn Completion> = Rc::new(WaitOp::new(handler));
                 let handle = Operation::new(&inner, &op);
-                self.io().start_error_wait(&inner, op);
+                self.io().start_error_wait(&*inner, op);
                 handle
             }
         }
@@ -171,8 +178,8 @@ impl Base {
     /// Completes every pending operation with `OPERATION_ABORTED`.
     pub(crate) fn cancel(&self) -> io::Result<()> {
         self.sock()?;
-        let inner = self.io().context().ok_or_else(gone)?;
-        let n = self.io().cancel_all(&inner);
+        let inner = self.context().ok_or_else(gone)?;
+        let n = self.io().cancel_all(&*inner);
         log::debug!("cancel: {n} operations aborted");
         Ok(())
     }
@@ -220,7 +227,7 @@ impl Base {
             return Operation::detached();
         }
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(io, s, &mut bufs, 0, false)) {
+        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, 0, false)) {
             Attempt::Done((err, n, _)) => (eof(err, n), n),
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -249,7 +256,7 @@ impl Base {
             return Operation::detached();
         }
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Write, |s| send_now(io, s, &bufs, None, 0)) {
+        let (err, n) = match io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, None, 0)) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -349,7 +356,7 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Write, |s| send_now(io, s, &bufs, dest.as_ref(), flags.bits())) {
+        let (err, n) = match io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, dest.as_ref(), flags.bits())) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -372,7 +379,7 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_now(io, s, &mut bufs, flags.bits(), want_from)) {
+        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, flags.bits(), want_from)) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
             Attempt::Later => {
@@ -396,7 +403,7 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_from_now(io, s, &mut bufs, flags.bits())) {
+        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_from_now(&**io, s, &mut bufs, flags.bits())) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
             Attempt::Later => {
