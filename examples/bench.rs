@@ -1,17 +1,19 @@
-//! The comparison program: runs the workloads W1–W5 of BENCHMARKS.md exactly
+//! The comparison program: runs the workloads W1–W6 of BENCHMARKS.md exactly
 //! as the peers in `../shared/peers/` do, verifies each result and prints one
 //! line per run:
 //!
 //!     workload=<name> impl=ioctx ops=<N> secs=<float> ops_per_sec=<float>
 //!
-//! Usage: `bench <post_chain|post_burst|udp_pingpong|udp_blast|timers> [variant]`.
-//! On a failed verification it prints `VERIFY FAILED: ...` to stderr and
-//! exits 1. Beside the peers:
+//! Usage: `bench <post_chain|post_burst|udp_pingpong|udp_blast|udp_server|timers> [variant]`.
+//! The variant `gso` of `udp_blast` and `udp_server` turns the socket's GSO
+//! option on and prints `impl=ioctx_gso`. On a failed verification it prints
+//! `VERIFY FAILED: ...` to stderr and exits 1. Beside the peers:
 //! `IOCTX_BENCH=target/release/examples/bench bash ../shared/peers/run.sh`.
 
 use ioctx::net::UdpSocket;
 use ioctx::{Error, Executor, IoContext, SteadyTimer};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,9 @@ const W5_SPAN_US: u64 = 200_000;
 const W5_SEED: u64 = 0x5EED_5EED_5EED_5EED;
 const W5_EXPECTED_SUM_US: u64 = 99_965_032_853;
 const MSG_LEN: usize = 64;
+const W6_N: u64 = 1_000_000;
+const W6_WINDOW: u64 = 32;
+const W6_STOP: u64 = u64::MAX;
 
 fn report(workload: &str, imp: &str, ops: u64, secs: f64) {
     println!("workload={workload} impl={imp} ops={ops} secs={secs:.6} ops_per_sec={:.1}", ops as f64 / secs);
@@ -289,6 +294,175 @@ fn timers() {
     drop(timers);
 }
 
+// ------------------------------------------------------------------ W6
+// The client is the peers' `w6_client` (rust/src/lib.rs, common/w6_client.h)
+// line for line, so that every implementation is timed by the same code: a
+// thread with a blocking socket connected to the server, W6_WINDOW requests
+// outstanding, every reply checked against the outstanding set, the stop
+// datagram at the end. Join it for the seconds it measured.
+fn w6_client(server: SocketAddr) -> std::thread::JoinHandle<f64> {
+    std::thread::spawn(move || {
+        let s = std::net::UdpSocket::bind(local()).unwrap_or_else(|e| fail(format!("udp_server client: bind: {e}")));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.connect(server).unwrap();
+        let mut outstanding = vec![false; W6_N as usize];
+        let mut buf = [0u8; MSG_LEN];
+        let (mut next, mut replies) = (0u64, 0u64);
+        let t0 = Instant::now();
+        let send = |s: &std::net::UdpSocket, i: u64, buf: &mut [u8; MSG_LEN]| {
+            buf[..8].copy_from_slice(&i.to_le_bytes());
+            if s.send(buf).unwrap_or_else(|e| fail(format!("udp_server client: send: {e}"))) != MSG_LEN {
+                fail("udp_server client: short send");
+            }
+        };
+        while next < W6_WINDOW.min(W6_N) {
+            send(&s, next, &mut buf);
+            outstanding[next as usize] = true;
+            next += 1;
+        }
+        while replies < W6_N {
+            let n = s.recv(&mut buf).unwrap_or_else(|e| fail(format!("udp_server client: reply after {replies}: {e}")));
+            if n != MSG_LEN {
+                fail(format!("udp_server client: reply of {n} bytes"));
+            }
+            let i = u64::from_le_bytes(buf[..8].try_into().unwrap());
+            if i >= W6_N || !outstanding[i as usize] {
+                fail(format!("udp_server client: unexpected reply {i}"));
+            }
+            outstanding[i as usize] = false;
+            replies += 1;
+            if next < W6_N {
+                send(&s, next, &mut buf);
+                outstanding[next as usize] = true;
+                next += 1;
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let mut stop = [0u8; MSG_LEN];
+        stop[..8].copy_from_slice(&W6_STOP.to_le_bytes());
+        let _ = s.send(&stop);
+        secs
+    })
+}
+
+/// Receives kept outstanding on the server socket: one wakeup then fills
+/// them all from one `recvmmsg`. `W6_RECEIVES=<k>` overrides it (to compare).
+const W6_RECEIVES: usize = 16;
+/// Room offered to each receive: any datagram up to this size is echoed whole.
+const W6_BUF: usize = 2048;
+
+/// The server: one unconnected socket, and the buffers not lent to the loop.
+struct Echo {
+    sock: UdpSocket,
+    pool: RefCell<Vec<Vec<u8>>>,
+    echoed: Cell<u64>,
+    stopped: Cell<bool>,
+}
+
+/// A received datagram on its way back: the receive's own buffer (no copy),
+/// which returns to the pool when the loop drops it after the send, so
+/// steady state allocates no buffers.
+struct Reply {
+    buf: Vec<u8>,
+    len: usize,
+    srv: &'static Echo,
+}
+
+impl ioctx::ConstBuffer for Reply {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl ioctx::ConstBufferSequence for Reply {
+    fn buffer_count(&self) -> usize {
+        1
+    }
+    fn gather<'a>(&'a self, out: &mut dyn FnMut(&'a [u8])) {
+        out(&self.buf[..self.len])
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.srv.pool.borrow_mut().push(std::mem::take(&mut self.buf));
+    }
+}
+
+// The handlers capture the leaked server by reference (as in W1), so no
+// reference count moves per request.
+fn echo_receive(srv: &'static Echo, buf: Vec<u8>) {
+    srv.sock.async_receive_from(buf, move |e, n, buf, from| on_request(srv, e, n, buf, from));
+}
+
+fn on_request(srv: &'static Echo, e: Error, n: usize, buf: Vec<u8>, from: SocketAddr) {
+    if e == Error::OPERATION_ABORTED && srv.stopped.get() {
+        return; // the other receives, ended by the close below
+    }
+    if e.is_err() {
+        fail(format!("udp_server: receive_from: {e:?}"));
+    }
+    if n >= 8 && buf[..8] == W6_STOP.to_le_bytes() {
+        // Pending receives end with OPERATION_ABORTED, and run() returns.
+        srv.stopped.set(true);
+        srv.sock.close();
+        return;
+    }
+    // The echo first (it is tried at once, S1), then the slot re-armed with
+    // a spare buffer rather than after the send's completion.
+    srv.sock.async_send_to(Reply { buf, len: n, srv }, from, move |e, sent| {
+        if e.is_err() || sent != n {
+            fail(format!("udp_server: send_to: {e:?} {sent} of {n}"));
+        }
+        srv.echoed.set(srv.echoed.get() + 1);
+    });
+    let spare = srv.pool.borrow_mut().pop().unwrap_or_else(|| vec![0u8; W6_BUF]);
+    echo_receive(srv, spare);
+}
+
+fn udp_server(variant: Option<&str>) {
+    let (imp, gso) = match variant {
+        None => ("ioctx", false),
+        Some("gso") => ("ioctx_gso", true),
+        Some(v) => fail(format!("udp_server: unknown variant {v}")),
+    };
+    let k = match std::env::var("W6_RECEIVES") {
+        Ok(v) => v.parse().ok().filter(|&k| k > 0).unwrap_or_else(|| fail(format!("W6_RECEIVES={v}"))),
+        Err(_) => W6_RECEIVES,
+    };
+    let ctx = IoContext::new().unwrap();
+    let sock = UdpSocket::bind(&ctx, local()).unwrap();
+    sock.set_gso(gso).unwrap();
+    // Spares for the sends in flight: at most one per outstanding request.
+    let pool = (0..W6_WINDOW as usize).map(|_| vec![0u8; W6_BUF]).collect();
+    let srv: &'static Echo =
+        Box::leak(Box::new(Echo { sock, pool: RefCell::new(pool), echoed: Cell::new(0), stopped: Cell::new(false) }));
+    for _ in 0..k {
+        echo_receive(srv, vec![0u8; W6_BUF]);
+    }
+    let client = w6_client(srv.sock.local_addr().unwrap());
+    ctx.run();
+    let secs = client.join().unwrap_or_else(|_| fail("udp_server: client panicked"));
+    if !srv.stopped.get() || srv.echoed.get() != W6_N {
+        fail(format!("udp_server: {} echoes sent, stopped: {}", srv.echoed.get(), srv.stopped.get()));
+    }
+    if gso && !srv.sock.gso() {
+        eprintln!("udp_server: the kernel refused UDP_SEGMENT; sent one by one");
+    }
+    // W6_STATS=1: how well the receives were batched, to compare values of K.
+    if std::env::var_os("W6_STATS").is_some() {
+        let m = ctx.metrics();
+        eprintln!(
+            "k={k}: {:.2} datagrams per epoll_wait, {:.2} handlers per turn, blocked {:.3} s, spare buffers {}",
+            m.datagrams_in as f64 / m.reactor_waits.max(1) as f64,
+            m.handlers_run as f64 / m.loop_turns.max(1) as f64,
+            m.time_waiting.as_secs_f64(),
+            srv.pool.borrow().len()
+        );
+    }
+    report("udp_server", imp, W6_N, secs);
+}
+
 fn main() {
     // The library logs through `log`: RUST_LOG=ioctx=debug shows its state
     // changes, ioctx=trace every operation. Unset, only warnings, so that
@@ -303,9 +477,10 @@ fn main() {
         "post_burst" => post_burst(),
         "udp_pingpong" => udp_pingpong(),
         "udp_blast" => udp_blast(variant.as_deref()),
+        "udp_server" => udp_server(variant.as_deref()),
         "timers" => timers(),
         _ => {
-            eprintln!("usage: bench post_chain|post_burst|udp_pingpong|udp_blast|timers [variant]");
+            eprintln!("usage: bench post_chain|post_burst|udp_pingpong|udp_blast|udp_server|timers [variant]");
             std::process::exit(2);
         }
     }
