@@ -1,8 +1,8 @@
 //! `IoContext`: the run loop, work counting, stop/restart, post/dispatch/defer.
 
-use crate::op::CancellationType;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::op::CancellationType;
 use crate::op::Completion;
 use crate::queue::ReadyQueue;
 use crate::reactor::Reactor;

@@ -149,8 +149,13 @@ pub(crate) trait Completion {
 pub(crate) trait Io {
     /// Receives one datagram (or bytes of a stream), from the read-ahead
     /// slot first.
-    fn recv(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool)
-    -> io::Result<sys::Received>;
+    fn recv(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+        want_from: bool,
+    ) -> io::Result<sys::Received>;
     /// Receives one datagram and its sender in any address family.
     fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)>;
     /// Sends `bufs` now.

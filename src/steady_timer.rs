@@ -4,8 +4,8 @@
 use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
-use crate::timer::{TimerTarget, Waits, WaitsView, clock_base, ns_since};
 use crate::sys::WaitHandler;
+use crate::timer::{TimerTarget, Waits, WaitsView, clock_base, ns_since};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};

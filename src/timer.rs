@@ -7,8 +7,8 @@
 //! the queue until the wait ends and then moves straight into the ready queue,
 //! so a wait costs no allocation and a million pending timers stay compact.
 
-use crate::op::{CancellationType, Completion};
 pub(crate) use crate::op::TimerKey;
+use crate::op::{CancellationType, Completion};
 use crate::sys::{self, WaitHandler};
 use slab::Slab;
 use std::collections::{BTreeMap, VecDeque};
