@@ -346,24 +346,6 @@ impl IoObject {
         log::trace!("token {}: level-triggered {level}", self.token.get());
     }
 
-    /// Receives one datagram: from the read-ahead slot if a datagram waits
-    /// there, else from the socket (see [`Io::recv`]). A plain receive uses `recvmmsg` with a
-    /// spare slot, so that one call also says whether the socket is drained
-    /// (then the read side waits for the next edge without another call).
-    pub(crate) fn recv(
-        &self,
-        sock: &Socket,
-        bufs: &mut [IoSliceMut<'_>],
-        flags: i32,
-        want_from: bool,
-    ) -> io::Result<sys::Received> {
-        let r = self.recv_uncounted(sock, bufs, flags, want_from)?;
-        if flags & libc::MSG_PEEK == 0 {
-            self.counted_in(r.len);
-        }
-        Ok(r)
-    }
-
     /// A receive of `n` bytes succeeded.
     #[inline]
     fn counted_in(&self, n: usize) {
@@ -374,35 +356,6 @@ impl IoObject {
     #[inline]
     fn counted_out(&self, n: usize) {
         self.counters.sent(n, !self.stream.get());
-    }
-
-    /// Sends `bufs` now (`sys::send`), counting what left.
-    #[inline]
-    pub(crate) fn send(
-        &self,
-        sock: &Socket,
-        bufs: &[IoSlice<'_>],
-        dest: Option<&SockAddr>,
-        flags: i32,
-    ) -> io::Result<usize> {
-        let n = sys::send(sock, bufs, dest, flags)?;
-        self.counted_out(n);
-        Ok(n)
-    }
-
-    /// Receives one datagram and its sender in any address family
-    /// (`sys::recv_from_any`), counting it.
-    pub(crate) fn recv_from_any(
-        &self,
-        sock: &Socket,
-        bufs: &mut [IoSliceMut<'_>],
-        flags: i32,
-    ) -> io::Result<(usize, SockAddr)> {
-        let r = sys::recv_from_any(sock, bufs, flags)?;
-        if flags & libc::MSG_PEEK == 0 {
-            self.counted_in(r.0);
-        }
-        Ok(r)
     }
 
     fn recv_uncounted(
@@ -961,7 +914,13 @@ impl IoObject {
     }
 }
 
+/// An operation's system calls on this socket: receives go through the
+/// read-ahead slot, and every transfer is counted.
 impl Io for IoObject {
+    /// From the read-ahead slot if a datagram waits there, else from the
+    /// socket. A plain receive uses `recvmmsg` with a spare slot, so that one
+    /// call also says whether the socket is drained (then the read side
+    /// waits for the next edge without another call).
     fn recv(
         &self,
         sock: &Socket,
@@ -969,13 +928,26 @@ impl Io for IoObject {
         flags: i32,
         want_from: bool,
     ) -> io::Result<sys::Received> {
-        IoObject::recv(self, sock, bufs, flags, want_from)
+        let r = self.recv_uncounted(sock, bufs, flags, want_from)?;
+        if flags & libc::MSG_PEEK == 0 {
+            self.counted_in(r.len);
+        }
+        Ok(r)
     }
+
     fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
-        IoObject::recv_from_any(self, sock, bufs, flags)
+        let r = sys::recv_from_any(sock, bufs, flags)?;
+        if flags & libc::MSG_PEEK == 0 {
+            self.counted_in(r.0);
+        }
+        Ok(r)
     }
+
+    #[inline]
     fn send(&self, sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
-        IoObject::send(self, sock, bufs, dest, flags)
+        let n = sys::send(sock, bufs, dest, flags)?;
+        self.counted_out(n);
+        Ok(n)
     }
 }
 

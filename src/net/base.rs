@@ -8,7 +8,8 @@ use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
 use crate::op::{
-    AcceptOp, Completion, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_from_now, recv_now, send_now,
+    AcceptOp, Completion, Io, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_from_now, recv_now,
+    send_now,
 };
 use crate::reactor::{Attempt, Dir, IoObject};
 use crate::sys::{self, Readiness};

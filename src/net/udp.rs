@@ -7,7 +7,7 @@ use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mu
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
-use crate::op::WaitOp;
+use crate::op::{Io, WaitOp};
 use crate::reactor::IoObject;
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};

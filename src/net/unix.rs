@@ -9,6 +9,7 @@ use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mu
 use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
+use crate::op::Io;
 use crate::sys::Readiness;
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::fmt;
