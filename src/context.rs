@@ -2,10 +2,9 @@
 
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::op::CancellationType;
-use crate::op::Completion;
+use crate::op::{CancellationType, Completion};
 use crate::queue::ReadyQueue;
-use crate::reactor::Reactor;
+use crate::reactor::{Owner, Reactor};
 use crate::remote::{self, Remote};
 use crate::sys::WaitHandler;
 use crate::timer::{TimerKey, TimerQueue, TimerTarget, Watched};
@@ -229,7 +228,8 @@ impl Inner {
     }
 }
 
-impl crate::reactor::Owner for Inner {
+/// The reactor's view of its loop (the reactor names no type above it).
+impl Owner for Inner {
     #[inline]
     fn reactor(&self) -> &Reactor {
         &self.reactor

@@ -44,7 +44,7 @@ struct IoState {
     /// event (edge-triggered readiness). Only half of the story for reads:
     /// see [`IoState::ready`].
     kernel_ready: [bool; 2],
-    /// One datagram read ahead (see [`IoObject::recv`]): readable data, as
+    /// One datagram read ahead (see [`Io::recv`]): readable data, as
     /// much as what the kernel holds.
     stash: Option<Stash>,
     /// What the descriptor is registered for, once it is.
@@ -228,10 +228,10 @@ impl IoObject {
     /// joins epoll later, when an operation first has to wait. `readahead`:
     /// receives may read a datagram ahead (the socket's datagrams always fit
     /// the spare buffer).
-    pub(crate) fn new<O: Owner + 'static>(inner: &Rc<O>, sock: Socket, readahead: bool) -> Rc<IoObject> {
-        let owner: Weak<dyn Owner> = Rc::downgrade(inner) as Weak<O>;
+    pub(crate) fn new<O: Owner + 'static>(owner: &Rc<O>, sock: Socket, readahead: bool) -> Rc<IoObject> {
+        let link: Weak<dyn Owner> = Rc::downgrade(owner) as Weak<O>;
         let obj = Rc::new(IoObject {
-            owner,
+            owner: link,
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
             st: RefCell::new(IoState::new()),
@@ -241,12 +241,12 @@ impl IoObject {
             stash_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
             stream: Cell::new(false),
-            counters: inner.reactor().counters.clone(),
+            counters: owner.reactor().counters.clone(),
         });
         // The descriptor joins epoll only when an operation first has to
         // wait (see `sync_interest`): a socket whose operations all complete at
         // once costs epoll nothing, not even a wake-up callback per send.
-        let token = inner.reactor().regs.borrow_mut().insert(obj.clone());
+        let token = owner.reactor().regs.borrow_mut().insert(obj.clone());
         obj.token.set(token);
         *obj.sock.borrow_mut() = Some(Rc::new(sock));
         log::debug!("socket added, token {token}");
@@ -290,10 +290,10 @@ impl IoObject {
     /// Queues an operation behind the others in `dir` (FIFO); it is performed
     /// when the socket becomes ready. Readiness waits re-arm the descriptor so
     /// that readiness that already holds is reported.
-    pub(crate) fn enqueue<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, op: Rc<dyn SocketOp>, dir: Dir) {
-        inner.add_work();
+    pub(crate) fn enqueue<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, op: Rc<dyn SocketOp>, dir: Dir) {
+        owner.add_work();
         let Some(sock) = self.socket() else {
-            inner.finish(op, Error::BAD_DESCRIPTOR, 0);
+            owner.finish(op, Error::BAD_DESCRIPTOR, 0);
             return;
         };
         let wait = op.is_wait();
@@ -304,7 +304,7 @@ impl IoObject {
                 // Readable now, though the kernel's queue may be empty: no
                 // event would come for the datagram already read ahead.
                 drop(st);
-                inner.finish(op, Error::NONE, 0);
+                owner.finish(op, Error::NONE, 0);
                 return;
             }
         }
@@ -317,28 +317,28 @@ impl IoObject {
             (list, st.flush_listed, st.registered, st.registered && !st.level && !st.ready(Dir::Read))
         };
         if list {
-            inner.reactor().flush_list.borrow_mut().push(self.clone());
-            inner.reactor().deferred.set(true)
+            owner.reactor().flush_list.borrow_mut().push(self.clone());
+            owner.reactor().deferred.set(true)
         } else if deferred && listed {
             // It leaves with the flush at the end of the pass.
         } else if wait || dir == Dir::Write || !registered {
             // Whatever waits for an event must be of interest: a deferred
             // send behind a would-block too (a re-sync while no send waited
             // may have dropped writability).
-            self.sync_interest(inner, &sock, wait);
+            self.sync_interest(owner, &sock, wait);
         } else if dir == Dir::Read && edge_drained {
             // Back to level-triggered once a receive waits on a drained socket.
-            self.set_level(inner, &sock, true);
+            self.set_level(owner, &sock, true);
         }
     }
 
     /// Switches the registration between level- and edge-triggered.
-    fn set_level<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, level: bool) {
+    fn set_level<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, level: bool) {
         let mut st = self.st.borrow_mut();
         if !st.registered || st.level == level {
             return;
         }
-        let epfd = inner.reactor().poll.borrow().as_raw_fd();
+        let epfd = owner.reactor().poll.borrow().as_raw_fd();
         match sys::epoll_register(epfd, false, sock.as_raw_fd(), self.token.get(), st.interest, !level) {
             Ok(()) => st.level = level,
             Err(e) => log::debug!("token {}: switching the trigger failed: {e}", self.token.get()),
@@ -385,11 +385,11 @@ impl IoObject {
             self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
             return Ok(r);
         }
-        let inner = match self.owner.upgrade() {
-            Some(inner) if flags == 0 && self.readahead.get() => inner,
+        let owner = match self.owner.upgrade() {
+            Some(owner) if flags == 0 && self.readahead.get() => owner,
             _ => return sys::recv(sock, bufs, flags, want_from),
         };
-        let mut spare = inner.reactor().spare();
+        let mut spare = owner.reactor().spare();
         let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
         match r.second {
             Some((len, from)) => {
@@ -425,10 +425,10 @@ impl IoObject {
     }
 
     /// Starts an `async_wait(WaitType::Error)`.
-    pub(crate) fn start_error_wait<O: Owner + ?Sized>(&self, inner: &O, op: Rc<dyn Completion>) {
-        inner.add_work();
+    pub(crate) fn start_error_wait<O: Owner + ?Sized>(&self, owner: &O, op: Rc<dyn Completion>) {
+        owner.add_work();
         let Some(sock) = self.socket() else {
-            inner.finish(op, Error::BAD_DESCRIPTOR, 0);
+            owner.finish(op, Error::BAD_DESCRIPTOR, 0);
             return;
         };
         {
@@ -436,13 +436,13 @@ impl IoObject {
             st.error_waits.retain(|w| !w.core().is_done()); // cancelled ones
             st.error_waits.push_back(op);
         }
-        self.sync_interest(inner, &sock, true);
+        self.sync_interest(owner, &sock, true);
     }
 
     /// Registers the interest the pending operations need. With `force` it
     /// re-registers even when unchanged, so that readiness that already holds
     /// is reported again (edge-triggered epoll re-checks on EPOLL_CTL_MOD).
-    fn sync_interest<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, force: bool) {
+    fn sync_interest<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, force: bool) {
         let wanted = {
             let mut st = self.st.borrow_mut();
             st.prune(Dir::Write);
@@ -461,7 +461,7 @@ impl IoObject {
         let token = Token(self.token.get());
         let res = {
             let st = self.st.borrow();
-            let epfd = inner.reactor().poll.borrow().as_raw_fd();
+            let epfd = owner.reactor().poll.borrow().as_raw_fd();
             sys::epoll_register(epfd, !st.registered, sock.as_raw_fd(), token.0, wanted, !st.level)
         };
         match res {
@@ -470,7 +470,7 @@ impl IoObject {
                 st.interest = wanted;
                 if !st.registered {
                     st.registered = true;
-                    inner.reactor().registered.set(inner.reactor().registered.get() + 1);
+                    owner.reactor().registered.set(owner.reactor().registered.get() + 1);
                     log::debug!("token {} registered with epoll", token.0);
                 }
             }
@@ -479,7 +479,7 @@ impl IoObject {
                 log::debug!("registering token {} with epoll failed: {e}", token.0);
                 let err = Error::from(e);
                 for op in self.take_ops() {
-                    inner.finish(op, err, 0);
+                    owner.finish(op, err, 0);
                 }
             }
         }
@@ -490,7 +490,7 @@ impl IoObject {
     /// ahead keeps it going), the queue is empty or `budget` completed.
     /// Returns true when stopped by the budget: an operation waits and could
     /// progress, so it [`wants_turn`](IoState::wants_turn).
-    fn run_queue<O: Owner + ?Sized>(&self, inner: &O, dir: Dir, budget: usize) -> bool {
+    fn run_queue<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, budget: usize) -> bool {
         let Some(sock) = self.socket() else {
             return false;
         };
@@ -511,13 +511,13 @@ impl IoObject {
             let batch = match dir {
                 // A batch needs two receives waiting: skip collecting candidates otherwise.
                 Dir::Read if queued > 1 && self.readahead.get() && !self.has_read_ahead() => {
-                    self.recv_many(inner, &sock, budget - done)
+                    self.recv_many(owner, &sock, budget - done)
                 }
                 Dir::Read => Batch::Single,
-                Dir::Write if self.gso.get() => self.send_run(inner, &sock, budget - done),
+                Dir::Write if self.gso.get() => self.send_run(owner, &sock, budget - done),
                 // A stream write may be partial: writes leave one at a time.
                 Dir::Write if self.stream.get() => Batch::Single,
-                Dir::Write => self.send_many(inner, &sock, budget - done),
+                Dir::Write => self.send_many(owner, &sock, budget - done),
             };
             match batch {
                 Batch::Sent(k) => {
@@ -544,7 +544,7 @@ impl IoObject {
                         (st.ops[dir as usize].pop_front(), !st.ready(dir))
                     };
                     drop(front);
-                    inner.finish(op, err, n);
+                    owner.finish(op, err, n);
                     done += 1;
                     if drained {
                         return false;
@@ -558,7 +558,7 @@ impl IoObject {
     /// queue (two or more) with one `recvmmsg`, plus the spare slot, so that
     /// the same call says whether the socket is drained (as `recv` does for
     /// one receive). Each completes with its own length and sender.
-    fn recv_many<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, max: usize) -> Batch {
+    fn recv_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
         let candidates: SmallVec<[Rc<dyn SocketOp>; 16]> = {
             let st = self.st.borrow();
             st.ops[Dir::Read as usize]
@@ -571,7 +571,7 @@ impl IoObject {
         if candidates.len() < 2 {
             return Batch::Single;
         }
-        let mut spare = inner.reactor().spare();
+        let mut spare = owner.reactor().spare();
         let mut result = None;
         let mut counts = Vec::with_capacity(candidates.len());
         let lent = lend_recv_bufs(&candidates, Vec::new(), &mut counts, &mut |bufs, counts| {
@@ -596,12 +596,12 @@ impl IoObject {
                     op.set_sender(from);
                     (op, len)
                 });
-                self.complete_front(inner, Dir::Read, k, done)
+                self.complete_front(owner, Dir::Read, k, done)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) => {
                 drop(spare);
-                self.fail_front(inner, Dir::Read, e)
+                self.fail_front(owner, Dir::Read, e)
             }
         }
     }
@@ -610,7 +610,7 @@ impl IoObject {
     /// queue: each leaves the queue and completes with its own length.
     fn complete_front<O: Owner + ?Sized>(
         &self,
-        inner: &O,
+        owner: &O,
         dir: Dir,
         k: usize,
         done: impl Iterator<Item = (Rc<dyn SocketOp>, usize)>,
@@ -621,7 +621,7 @@ impl IoObject {
                 Dir::Read => self.counted_in(len),
                 Dir::Write => self.counted_out(len),
             }
-            inner.finish(op, Error::NONE, len);
+            owner.finish(op, Error::NONE, len);
         }
         Batch::Sent(k)
     }
@@ -629,10 +629,10 @@ impl IoObject {
     /// A batch call failed on its first datagram: the error (its own, or the
     /// socket's pending one, which the call consumed) goes to the operation
     /// at the front, as it would without batching; the others stay queued.
-    fn fail_front<O: Owner + ?Sized>(&self, inner: &O, dir: Dir, e: io::Error) -> Batch {
+    fn fail_front<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, e: io::Error) -> Batch {
         let front = self.st.borrow_mut().ops[dir as usize].pop_front();
         if let Some(op) = front {
-            inner.finish(op, Error::from(e), 0);
+            owner.finish(op, Error::from(e), 0);
         }
         Batch::Sent(1)
     }
@@ -648,7 +648,7 @@ impl IoObject {
     /// destinations) in one `sendmmsg`, each completing with its own result.
     /// Sends queue only behind a socket that would block, so this is the
     /// flush when it becomes writable again. `Single` when fewer than two.
-    fn send_many<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, max: usize) -> Batch {
+    fn send_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
         let candidates = self.front_sends(max.min(MAX_SEGMENTS));
         if candidates.len() < 2 {
             return Batch::Single;
@@ -663,7 +663,7 @@ impl IoObject {
         if run.len() < 2 {
             return Batch::Single;
         }
-        let mut buf = inner.reactor().batch.borrow_mut();
+        let mut buf = owner.reactor().batch.borrow_mut();
         buf.clear();
         let mut starts: SmallVec<[usize; 16]> = SmallVec::new();
         for (op, _, _) in &run {
@@ -681,10 +681,10 @@ impl IoObject {
         match r {
             Ok(k) => {
                 log::trace!("sent {k} of {} queued datagrams in one call", run.len());
-                self.complete_front(inner, Dir::Write, k, run.into_iter().take(k).map(|(op, len, _)| (op, len)))
+                self.complete_front(owner, Dir::Write, k, run.into_iter().take(k).map(|(op, len, _)| (op, len)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
-            Err(e) => self.fail_front(inner, Dir::Write, e),
+            Err(e) => self.fail_front(owner, Dir::Write, e),
         }
     }
 
@@ -694,7 +694,7 @@ impl IoObject {
     /// `Single` when there is no run of two or more, or when the kernel
     /// refused the batch: the operations then go one by one, each with its
     /// own result (and a refusal of GSO itself turns it off for the socket).
-    fn send_run<O: Owner + ?Sized>(&self, inner: &O, sock: &Socket, max: usize) -> Batch {
+    fn send_run<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
         let candidates = self.front_sends(max.min(MAX_SEGMENTS));
         let mut run: SmallVec<[Rc<dyn SocketOp>; 16]> = SmallVec::new();
         let (segment, dest) = {
@@ -722,7 +722,7 @@ impl IoObject {
         if run.len() < 2 {
             return Batch::Single;
         }
-        let mut buf = inner.reactor().batch.borrow_mut();
+        let mut buf = owner.reactor().batch.borrow_mut();
         buf.clear();
         let mut lens: SmallVec<[usize; 16]> = SmallVec::new();
         for op in &run {
@@ -737,7 +737,7 @@ impl IoObject {
                 self.gso_refusals.set(0);
                 log::trace!("sent {} datagrams of {segment} bytes in one call", run.len());
                 let k = run.len();
-                self.complete_front(inner, Dir::Write, k, run.into_iter().zip(lens))
+                self.complete_front(owner, Dir::Write, k, run.into_iter().zip(lens))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) if sys::gso_refused(&e) || e.raw_os_error() == Some(libc::EMSGSIZE) => {
@@ -759,13 +759,13 @@ impl IoObject {
                 // The socket's own pending error (an ICMP report, say): the
                 // call consumed it, so it goes to the first send, as it would
                 // without batching; the others stay queued.
-                self.fail_front(inner, Dir::Write, e)
+                self.fail_front(owner, Dir::Write, e)
             }
         }
     }
 
     /// Handles a readiness event.
-    fn on_event<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, readable: bool, writable: bool, error: bool) {
+    fn on_event<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, readable: bool, writable: bool, error: bool) {
         if readable || error {
             // Level-triggered readiness with no receive to take the data (or
             // an error to consume) would be reported at every wait: go
@@ -776,19 +776,19 @@ impl IoObject {
                 st.level && st.ops[Dir::Read as usize].is_empty()
             };
             if mute && let Some(sock) = self.socket() {
-                self.set_level(inner, &sock, false);
+                self.set_level(owner, &sock, false);
             }
         }
         for (dir, yes) in [(Dir::Read, readable), (Dir::Write, writable)] {
             if yes {
                 self.st.borrow_mut().kernel_ready[dir as usize] = true;
-                self.continue_queue(inner, dir);
+                self.continue_queue(owner, dir);
             }
         }
         if error {
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
             for op in waits {
-                inner.finish(op, Error::NONE, 0);
+                owner.finish(op, Error::NONE, 0);
             }
         }
     }
@@ -799,9 +799,9 @@ impl IoObject {
     /// stop leaves nothing that could progress: the queue is empty, or the
     /// socket is not [`ready`](IoState::ready), a datagram read ahead
     /// counting as ready.)
-    fn continue_queue<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, dir: Dir) {
-        if self.run_queue(inner, dir, inner.reactor().budget.get()) {
-            self.to_backlog(inner, dir);
+    fn continue_queue<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, dir: Dir) {
+        if self.run_queue(owner, dir, owner.reactor().budget.get()) {
+            self.to_backlog(owner, dir);
         } else if dir == Dir::Write
             && let Some(sock) = self.socket()
         {
@@ -814,20 +814,20 @@ impl IoObject {
                 (st.registered, !st.ops[Dir::Write as usize].is_empty())
             };
             if registered || waiting {
-                self.sync_interest(inner, &sock, false);
+                self.sync_interest(owner, &sock, false);
             }
         }
     }
 
     /// Has the reactor run the `dir` queue on its next turn, without waiting
     /// for an event.
-    fn to_backlog<O: Owner + ?Sized>(self: &Rc<Self>, inner: &O, dir: Dir) {
+    fn to_backlog<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, dir: Dir) {
         let mut st = self.st.borrow_mut();
         let listed = st.backlog.iter().any(|b| *b);
         st.backlog[dir as usize] = true;
         if !listed {
-            inner.reactor().backlog.borrow_mut().push(self.clone());
-            inner.reactor().backlogged.set(true);
+            owner.reactor().backlog.borrow_mut().push(self.clone());
+            owner.reactor().backlogged.set(true);
         }
     }
 
@@ -851,18 +851,18 @@ impl IoObject {
     /// could progress.
     fn backlog_if_ready(self: &Rc<Self>, dir: Dir) {
         let wants = self.st.borrow_mut().wants_turn(dir);
-        if wants && let Some(inner) = self.owner.upgrade() {
-            self.to_backlog(&*inner, dir);
+        if wants && let Some(owner) = self.owner.upgrade() {
+            self.to_backlog(&*owner, dir);
         }
     }
 
     /// Completes every pending operation with `OPERATION_ABORTED`.
-    pub(crate) fn cancel_all<O: Owner + ?Sized>(&self, inner: &O) -> usize {
+    pub(crate) fn cancel_all<O: Owner + ?Sized>(&self, owner: &O) -> usize {
         let ops = self.take_ops();
         let mut n = 0;
         for op in ops {
             if !op.core().is_done() {
-                inner.finish(op, Error::OPERATION_ABORTED, 0);
+                owner.finish(op, Error::OPERATION_ABORTED, 0);
                 n += 1;
             }
         }
@@ -883,17 +883,17 @@ impl IoObject {
         let sock = self.sock.borrow_mut().take()?;
         drop(self.st.borrow_mut().stash.take());
         match self.owner.upgrade() {
-            Some(inner) => {
+            Some(owner) => {
                 let token = self.token.get();
                 if std::mem::take(&mut self.st.borrow_mut().registered) {
-                    let r = inner.reactor();
+                    let r = owner.reactor();
                     r.registered.set(r.registered.get() - 1);
                     if let Err(e) = r.poll.borrow().registry().deregister(&mut SourceFd(&sock.as_raw_fd())) {
                         log::debug!("deregistering token {token} failed: {e}");
                     }
                 }
-                let removed = inner.reactor().regs.borrow_mut().try_remove(token);
-                self.cancel_all(&*inner);
+                let removed = owner.reactor().regs.borrow_mut().try_remove(token);
+                self.cancel_all(&*owner);
                 drop(removed);
                 log::debug!("socket closed, token {token}");
             }
@@ -1010,7 +1010,7 @@ impl Reactor {
     /// Sends the sends deferred during the pass (sockets with GSO on), each
     /// socket's queue coalesced into as few system calls as it allows.
     #[inline]
-    pub(crate) fn flush_deferred<O: Owner + ?Sized>(&self, inner: &O) {
+    pub(crate) fn flush_deferred<O: Owner + ?Sized>(&self, owner: &O) {
         if !self.deferred.get() {
             return;
         }
@@ -1018,7 +1018,7 @@ impl Reactor {
         let list = std::mem::take(&mut *self.flush_list.borrow_mut());
         for obj in list {
             obj.st.borrow_mut().flush_listed = false;
-            obj.continue_queue(inner, Dir::Write);
+            obj.continue_queue(owner, Dir::Write);
         }
     }
 
@@ -1036,29 +1036,29 @@ impl Reactor {
     /// again": whether the queue runs is decided from the socket's state now
     /// (an event since may have drained it, or left a datagram read ahead),
     /// so an entry can never be stale in either direction.
-    pub(crate) fn run_backlog<O: Owner + ?Sized>(&self, inner: &O) {
+    pub(crate) fn run_backlog<O: Owner + ?Sized>(&self, owner: &O) {
         let list = std::mem::take(&mut *self.backlog.borrow_mut());
         self.backlogged.set(false);
         for obj in list {
             let dirs = std::mem::take(&mut obj.st.borrow_mut().backlog);
             for dir in [Dir::Read, Dir::Write] {
                 if dirs[dir as usize] && obj.st.borrow_mut().wants_turn(dir) {
-                    obj.continue_queue(inner, dir);
+                    obj.continue_queue(owner, dir);
                 }
             }
         }
     }
 
     /// Waits for events at most `timeout` and handles them.
-    pub(crate) fn poll<O: Owner + ?Sized>(&self, inner: &O, timeout: Option<Duration>) {
+    pub(crate) fn poll<O: Owner + ?Sized>(&self, owner: &O, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         let c = &self.counters;
         bump(&c.reactor_waits, 1);
         // The clock is read only around a wait that may block.
-        let start = (timeout != Some(Duration::ZERO)).then(|| inner.now());
+        let start = (timeout != Some(Duration::ZERO)).then(|| owner.now());
         let r = self.poll.borrow_mut().poll(&mut events, timeout);
         if let Some(start) = start {
-            c.waited(inner.now().saturating_duration_since(start));
+            c.waited(owner.now().saturating_duration_since(start));
         }
         if let Err(e) = r {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -1074,7 +1074,7 @@ impl Reactor {
             let readable = ev.is_readable() || ev.is_read_closed() || error;
             let writable = ev.is_writable() || ev.is_write_closed() || error;
             log::trace!("event token {} r={readable} w={writable} e={error}", ev.token().0);
-            obj.on_event(inner, readable, writable, error || ev.is_priority());
+            obj.on_event(owner, readable, writable, error || ev.is_priority());
         }
     }
 
