@@ -54,6 +54,12 @@ impl Operation {
         Operation { link: Some(Link::Op(Rc::downgrade(inner), Rc::downgrade(op))) }
     }
 
+    /// The handle of a socket operation about to be queued.
+    #[inline]
+    pub(crate) fn pending(inner: &Rc<Inner>, op: Weak<dyn crate::op::SocketOp>) -> Operation {
+        Operation { link: Some(Link::Op(Rc::downgrade(inner), op)) }
+    }
+
     /// The handle of the timer wait queued under `key`.
     pub(crate) fn wait(inner: &Rc<Inner>, key: TimerKey) -> Operation {
         Operation { link: Some(Link::Wait(Rc::downgrade(inner), key)) }

@@ -7,6 +7,7 @@ use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mu
 use crate::error::Error;
 use crate::sys;
 use socket2::{SockAddr, Socket};
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
@@ -59,6 +60,45 @@ impl OpCore {
     pub(crate) fn result(&self) -> (Error, usize) {
         (self.err.get().unwrap_or(Error::NONE), self.n.get())
     }
+}
+
+thread_local! {
+    /// The memory of the operation whose handler ran last, emptied, kept for
+    /// the next operation of the same type (Asio's recycling allocator, one
+    /// block deep). A handler usually starts its successor, of its own
+    /// type, so a steady stream of operations allocates nothing. Per
+    /// thread, as Asio's, because the loop that frees an operation is the
+    /// loop that starts the next one.
+    static SPARE: Cell<Option<Rc<dyn Any>>> = const { Cell::new(None) };
+}
+
+/// Keeps `op`'s memory for [`reuse`] if nothing else refers to it (no
+/// clone, and no `Operation` handle, which would otherwise find a new
+/// operation behind its weak link). Its fields must hold no handler or
+/// buffers any more.
+#[inline]
+fn recycle<T: 'static>(mut op: Rc<T>) {
+    if Rc::get_mut(&mut op).is_some() {
+        let old = SPARE.replace(Some(op as Rc<dyn Any>));
+        drop(old);
+    }
+}
+
+/// `value` in the recycled block if it has the right type, else in a new one.
+#[inline]
+fn reuse<T: 'static>(value: T) -> Rc<T> {
+    if let Some(spare) = SPARE.take() {
+        match spare.downcast::<T>() {
+            Ok(mut rc) => {
+                if let Some(slot) = Rc::get_mut(&mut rc) {
+                    *slot = value;
+                    return rc;
+                }
+            }
+            Err(other) => SPARE.set(Some(other)),
+        }
+    }
+    Rc::new(value)
 }
 
 /// Which kinds of cancellation a request allows (a bit set, as Asio's
@@ -257,6 +297,13 @@ impl<B, F> SendOp<B, F> {
     }
 }
 
+impl<B: 'static, F: 'static> SendOp<B, F> {
+    /// A new send in recycled memory when there is some.
+    pub(crate) fn rc(bufs: B, dest: Option<SockAddr>, flags: i32, handler: F) -> Rc<Self> {
+        reuse(SendOp::new(bufs, dest, flags, handler))
+    }
+}
+
 impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> {
     fn core(&self) -> &OpCore {
         &self.core
@@ -266,7 +313,7 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
         drop(self.bufs.take());
         let (err, n) = self.core.result();
         if let Some(h) = self.handler.take() {
-            drop(self);
+            recycle(self);
             h(err, n);
         }
     }
@@ -325,6 +372,13 @@ impl<B, F> RecvOp<B, F> {
     }
 }
 
+impl<B: 'static, F: 'static> RecvOp<B, F> {
+    /// A new receive in recycled memory when there is some.
+    pub(crate) fn rc(bufs: B, flags: i32, want_from: bool, handler: F) -> Rc<Self> {
+        reuse(RecvOp::new(bufs, flags, want_from, handler))
+    }
+}
+
 impl<B: 'static, F: FnOnce(Error, usize, B, SocketAddr) + 'static> Completion for RecvOp<B, F> {
     fn core(&self) -> &OpCore {
         &self.core
@@ -333,7 +387,7 @@ impl<B: 'static, F: FnOnce(Error, usize, B, SocketAddr) + 'static> Completion fo
         let (err, n) = self.core.result();
         let from = self.from.get().unwrap_or_else(sys::unspecified_addr);
         if let (Some(h), Some(b)) = (self.handler.take(), self.bufs.take()) {
-            drop(self);
+            recycle(self);
             h(err, n, b, from);
         }
     }

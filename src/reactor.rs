@@ -78,6 +78,7 @@ impl IoState {
     }
 
     /// Drops completed (cancelled) entries from the front of a queue.
+    #[inline]
     fn prune(&mut self, dir: Dir) {
         let q = &mut self.ops[dir as usize];
         while q.front().is_some_and(|o| o.core().is_done()) {
@@ -254,6 +255,7 @@ impl IoObject {
     }
 
     /// The socket, unless closed.
+    #[inline]
     pub(crate) fn socket(&self) -> Option<Rc<Socket>> {
         self.sock.borrow().clone()
     }
@@ -292,10 +294,10 @@ impl IoObject {
     /// that readiness that already holds is reported.
     pub(crate) fn enqueue<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, op: Rc<dyn SocketOp>, dir: Dir) {
         owner.add_work();
-        let Some(sock) = self.socket() else {
+        if !self.is_open() {
             owner.finish(op, Error::BAD_DESCRIPTOR, 0);
             return;
-        };
+        }
         let wait = op.is_wait();
         if wait && dir == Dir::Read && self.has_read_ahead() {
             let mut st = self.st.borrow_mut();
@@ -325,8 +327,13 @@ impl IoObject {
             // Whatever waits for an event must be of interest: a deferred
             // send behind a would-block too (a re-sync while no send waited
             // may have dropped writability).
-            self.sync_interest(owner, &sock, wait);
-        } else if dir == Dir::Read && edge_drained {
+            if let Some(sock) = self.socket() {
+                self.sync_interest(owner, &sock, wait);
+            }
+        } else if dir == Dir::Read
+            && edge_drained
+            && let Some(sock) = self.socket()
+        {
             // Back to level-triggered once a receive waits on a drained socket.
             self.set_level(owner, &sock, true);
         }

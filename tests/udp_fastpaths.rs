@@ -1489,3 +1489,66 @@ fn a_read_wait_behind_receives_that_drained_the_socket_waits_for_new_data() {
     assert!(woke.get(), "the wait missed the new datagram");
     assert_eq!(sock.available().unwrap(), 4, "a wait does not consume");
 }
+
+/// The memory of a completed operation is reused for the next operation of
+/// the same type, but never while an `Operation` handle still refers to it:
+/// cancelling the old handle must not reach the new operation.
+#[test]
+fn a_handle_on_a_completed_receive_never_reaches_the_receive_started_after_it() {
+    let ctx = IoContext::new().unwrap();
+    let (sock, peer) = connected_pair(&ctx);
+    let old: Rc<RefCell<Option<Operation>>> = Rc::default();
+    let next: Rc<RefCell<Option<Operation>>> = Rc::default();
+    let got: Rc<RefCell<Vec<(Error, usize)>>> = Rc::default();
+    fn arm(
+        sock: &UdpSocket,
+        got: &Rc<RefCell<Vec<(Error, usize)>>>,
+        next: &Rc<RefCell<Option<Operation>>>,
+        again: bool,
+    ) -> Operation {
+        let (s, g, n) = (sock.clone(), got.clone(), next.clone());
+        sock.async_receive(vec![0u8; 16], move |e, len, _| {
+            g.borrow_mut().push((e, len));
+            if again {
+                // The same closure type, so the same operation type: it may
+                // take the memory of the one whose handler this is.
+                *n.borrow_mut() = Some(arm(&s, &g, &n, false));
+            }
+        })
+    }
+    // Two rounds: the first keeps the handle (no reuse may happen), the
+    // second drops it at once (reuse may happen), and both behave the same.
+    for keep in [true, false] {
+        got.borrow_mut().clear();
+        let op = arm(&sock, &got, &next, true);
+        assert!(op.is_pending());
+        if keep {
+            *old.borrow_mut() = Some(op);
+        } else {
+            drop(op);
+        }
+        peer.send(b"one").unwrap();
+        assert_eq!(run_until_len(&ctx, &got, 1), 1);
+        let follower = next.borrow_mut().take().expect("the handler started the next receive");
+        assert!(follower.is_pending());
+        if let Some(old) = old.borrow_mut().take() {
+            assert!(!old.is_pending());
+            assert!(!old.cancel(CancellationType::ALL), "the old handle reached the new receive");
+        }
+        assert!(follower.is_pending(), "the new receive is still pending");
+        peer.send(b"second").unwrap();
+        assert_eq!(run_until_len(&ctx, &got, 2), 2);
+        assert_eq!(*got.borrow(), [(Error::NONE, 3), (Error::NONE, 6)]);
+        assert!(!follower.is_pending());
+    }
+}
+
+/// Polls until `got` holds `n` entries (or two seconds pass); returns its length.
+fn run_until_len<T>(ctx: &IoContext, got: &Rc<RefCell<Vec<T>>>, n: usize) -> usize {
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    while got.borrow().len() < n && std::time::Instant::now() < end {
+        ctx.restart();
+        ctx.run_one_for(Duration::from_millis(50));
+    }
+    got.borrow().len()
+}

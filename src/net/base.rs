@@ -121,7 +121,7 @@ impl Base {
 
     /// Queues an operation that could not complete at once.
     pub(crate) fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
-        let handle = Operation::new(inner, &(op.clone() as Rc<dyn Completion>));
+        let handle = Operation::pending(inner, Rc::downgrade(&op));
         self.io().enqueue(&**inner, op, dir);
         handle
     }
@@ -233,7 +233,7 @@ impl Base {
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
                 let h = move |err: Error, n: usize, bufs: B, _: SocketAddr| handler(eof(err, n), n, bufs);
-                return self.enqueue(&inner, Rc::new(RecvOp::new(bufs, 0, false, h)), Dir::Read);
+                return self.enqueue(&inner, RecvOp::rc(bufs, 0, false, h), Dir::Read);
             }
         };
         inner.post(move || handler(err, n, bufs));
@@ -261,7 +261,7 @@ impl Base {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
-                return self.enqueue(&inner, Rc::new(SendOp::new(bufs, None, 0, handler)), Dir::Write);
+                return self.enqueue(&inner, SendOp::rc(bufs, None, 0, handler), Dir::Write);
             }
         };
         drop(bufs); // before the handler runs, as a queued write does
@@ -348,7 +348,14 @@ impl Base {
 
     /// Starts a send: performed at once when the socket allows (S1), its
     /// completion posted without allocating an operation; otherwise queued.
-    pub(crate) fn start_send<B, F>(&self, bufs: B, dest: Option<SockAddr>, flags: MessageFlags, handler: F) -> Operation
+    /// `dest` is borrowed: the address is copied only if the send must wait.
+    pub(crate) fn start_send<B, F>(
+        &self,
+        bufs: B,
+        dest: Option<&SockAddr>,
+        flags: MessageFlags,
+        handler: F,
+    ) -> Operation
     where
         B: ConstBufferSequence + 'static,
         F: FnOnce(Error, usize) + 'static,
@@ -357,11 +364,12 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, dest.as_ref(), flags.bits())) {
+        let (err, n) = match io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, dest, flags.bits())) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
-                return self.enqueue(&inner, Rc::new(SendOp::new(bufs, dest, flags.bits(), handler)), Dir::Write);
+                let op = SendOp::rc(bufs, dest.cloned(), flags.bits(), handler);
+                return self.enqueue(&inner, op, Dir::Write);
             }
         };
         drop(bufs); // before the handler runs, as a queued send does
@@ -384,7 +392,7 @@ impl Base {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
             Attempt::Later => {
-                return self.enqueue(&inner, Rc::new(RecvOp::new(bufs, flags.bits(), want_from, handler)), Dir::Read);
+                return self.enqueue(&inner, RecvOp::rc(bufs, flags.bits(), want_from, handler), Dir::Read);
             }
         };
         let from = from.unwrap_or_else(sys::unspecified_addr);

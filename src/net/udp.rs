@@ -290,7 +290,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send_to {dest}, {} buffers", bufs.buffer_count());
-        self.b.start_send(bufs, Some(dest.into()), flags, handler)
+        self.b.start_send(bufs, Some(&dest.into()), flags, handler)
     }
 
     /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets

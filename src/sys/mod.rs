@@ -38,7 +38,7 @@ pub(crate) fn send(sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>,
         // One buffer: send(2)/sendto(2), cheaper in the kernel than sendmsg(2).
         let r = match (dest, bufs) {
             (Some(addr), [one]) => sock.send_to_with_flags(one, addr, flags),
-            (None, [one]) => sock.send_with_flags(one, flags),
+            (None, [one]) => send_connected(sock, one, flags),
             (Some(addr), _) => sock.send_to_vectored_with_flags(bufs, addr, flags),
             (None, _) => sock.send_vectored_with_flags(bufs, flags),
         };
@@ -47,6 +47,25 @@ pub(crate) fn send(sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>,
             r => return r,
         }
     }
+}
+
+/// send(2) of one buffer to the connected peer (the common case, without
+/// socket2's layers).
+#[inline]
+fn send_connected(sock: &Socket, buf: &[u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
+    let r = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// recv(2) into one buffer, without the sender (the common case, without
+/// socket2's layers).
+#[inline]
+fn recv_connected(sock: &Socket, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call,
+    // and the kernel writes only initialised bytes into it.
+    let r = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
 /// What one `recvmsg` produced.
@@ -107,6 +126,14 @@ pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i
 /// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
 /// and no scatter list to build. Retries on EINTR.
 fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, want_from: bool) -> io::Result<Received> {
+    if !want_from {
+        loop {
+            match recv_connected(sock, buf, flags) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r.map(|len| Received { len, from: None }),
+            }
+        }
+    }
     // SAFETY: as in `recv`: the slice is initialised and socket2 only lets
     // the kernel write bytes into it.
     let buf: &mut [MaybeUninit<u8>] = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
