@@ -86,6 +86,7 @@ impl Base {
     }
 
     /// The socket's context, while it exists.
+    #[inline]
     pub(crate) fn context(&self) -> Option<Rc<Inner>> {
         self.h.ctx.upgrade()
     }
@@ -111,6 +112,7 @@ impl Base {
 
     /// The context, unless it is gone or being dropped (then the handler of
     /// an operation about to start is dropped unrun).
+    #[inline]
     pub(crate) fn live_context(&self) -> Option<Rc<Inner>> {
         let inner = self.context().filter(|i| !i.is_shut());
         if inner.is_none() {
@@ -120,6 +122,7 @@ impl Base {
     }
 
     /// Queues an operation that could not complete at once.
+    #[inline]
     pub(crate) fn enqueue(&self, inner: &Rc<Inner>, op: Rc<dyn SocketOp>, dir: Dir) -> Operation {
         let handle = Operation::pending(inner, Rc::downgrade(&op));
         self.io().enqueue(&**inner, op, dir);
@@ -349,6 +352,7 @@ impl Base {
     /// Starts a send: performed at once when the socket allows (S1), its
     /// completion posted without allocating an operation; otherwise queued.
     /// `dest` is borrowed: the address is copied only if the send must wait.
+    #[inline]
     pub(crate) fn start_send<B, F>(
         &self,
         bufs: B,
@@ -379,6 +383,7 @@ impl Base {
 
     /// Starts a receive: performed at once when a datagram may be waiting,
     /// otherwise queued.
+    #[inline]
     pub(crate) fn start_recv<B, F>(&self, mut bufs: B, flags: MessageFlags, want_from: bool, handler: F) -> Operation
     where
         B: MutableBufferSequence + 'static,
@@ -526,6 +531,7 @@ pub(crate) use stream_common;
 macro_rules! datagram_common {
     () => {
         /// Sends `bufs` as one datagram to the connected peer; `handler(err, n)`.
+        #[inline]
         pub fn async_send<B, F>(&self, bufs: B, handler: F) -> Operation
         where
             B: ConstBufferSequence + 'static,
@@ -535,6 +541,7 @@ macro_rules! datagram_common {
         }
 
         /// [`async_send`](Self::async_send) with message flags.
+        #[inline]
         pub fn async_send_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
         where
             B: ConstBufferSequence + 'static,
@@ -546,6 +553,7 @@ macro_rules! datagram_common {
 
         /// Receives one datagram from the connected peer into `bufs`;
         /// `handler(err, n, bufs)` gets the buffers back.
+        #[inline]
         pub fn async_receive<B, F>(&self, bufs: B, handler: F) -> Operation
         where
             B: MutableBufferSequence + 'static,
@@ -555,6 +563,7 @@ macro_rules! datagram_common {
         }
 
         /// [`async_receive`](Self::async_receive) with message flags.
+        #[inline]
         pub fn async_receive_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
         where
             B: MutableBufferSequence + 'static,

@@ -269,6 +269,7 @@ impl UdpSocket {
     /// assert_eq!(ctx.run(), 2);
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[inline]
     pub fn async_send_to<B, F>(&self, bufs: B, dest: SocketAddr, handler: F) -> Operation
     where
         B: ConstBufferSequence + 'static,
@@ -278,6 +279,7 @@ impl UdpSocket {
     }
 
     /// [`async_send_to`](Self::async_send_to) with message flags.
+    #[inline]
     pub fn async_send_to_with_flags<B, F>(
         &self,
         bufs: B,
@@ -324,6 +326,7 @@ impl UdpSocket {
     /// assert_eq!(ctx.run(), 1);
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[inline]
     pub fn async_receive_from<B, F>(&self, bufs: B, handler: F) -> Operation
     where
         B: MutableBufferSequence + 'static,
@@ -333,6 +336,7 @@ impl UdpSocket {
     }
 
     /// [`async_receive_from`](Self::async_receive_from) with message flags.
+    #[inline]
     pub fn async_receive_from_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
     where
         B: MutableBufferSequence + 'static,

@@ -243,6 +243,7 @@ impl UnixDatagram {
     datagram_common!();
 
     /// Sends `bufs` as one datagram to the socket file `path`.
+    #[inline]
     pub fn async_send_to<B, F>(&self, bufs: B, path: impl AsRef<Path>, handler: F) -> Operation
     where
         B: ConstBufferSequence + 'static,
@@ -252,6 +253,7 @@ impl UnixDatagram {
     }
 
     /// [`async_send_to`](Self::async_send_to) with message flags.
+    #[inline]
     pub fn async_send_to_with_flags<B, F>(
         &self,
         bufs: B,
@@ -271,6 +273,7 @@ impl UnixDatagram {
     }
 
     /// Receives one datagram and its sender (`None` on an error).
+    #[inline]
     pub fn async_receive_from<B, F>(&self, bufs: B, handler: F) -> Operation
     where
         B: MutableBufferSequence + 'static,
@@ -280,6 +283,7 @@ impl UnixDatagram {
     }
 
     /// [`async_receive_from`](Self::async_receive_from) with message flags.
+    #[inline]
     pub fn async_receive_from_with_flags<B, F>(&self, bufs: B, flags: MessageFlags, handler: F) -> Operation
     where
         B: MutableBufferSequence + 'static,
