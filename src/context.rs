@@ -82,6 +82,7 @@ impl Inner {
     /// Completes a pending operation: records the result, removes its timer
     /// entries and queues it to have its handler run. The single path by which
     /// every operation leaves the pending state.
+    #[inline]
     pub(crate) fn finish(&self, op: Rc<dyn Completion>, err: Error, n: usize) {
         let core = op.core();
         if core.is_done() {

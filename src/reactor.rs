@@ -260,6 +260,7 @@ impl IoObject {
         self.sock.borrow().clone()
     }
 
+    #[inline]
     pub(crate) fn is_open(&self) -> bool {
         self.sock.borrow().is_some()
     }
@@ -365,6 +366,7 @@ impl IoObject {
         self.counters.sent(n, !self.stream.get());
     }
 
+    #[inline]
     fn recv_uncounted(
         &self,
         sock: &Socket,
@@ -419,6 +421,7 @@ impl IoObject {
     }
 
     /// True while a datagram read ahead waits for a receive.
+    #[inline]
     pub(crate) fn has_read_ahead(&self) -> bool {
         self.st.borrow().stash.is_some()
     }
@@ -497,6 +500,7 @@ impl IoObject {
     /// ahead keeps it going), the queue is empty or `budget` completed.
     /// Returns true when stopped by the budget: an operation waits and could
     /// progress, so it [`wants_turn`](IoState::wants_turn).
+    #[inline]
     fn run_queue<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, budget: usize) -> bool {
         let Some(sock) = self.socket() else {
             return false;

@@ -15,6 +15,7 @@ pub(crate) use handler::{HandlerQueue, WaitHandler};
 
 /// Maps a non-blocking call's outcome to an operation result; `None` when it
 /// would block.
+#[inline]
 pub(crate) fn result(r: io::Result<usize>) -> Option<(Error, usize)> {
     match r {
         Ok(n) => Some((Error::NONE, n)),
@@ -30,6 +31,7 @@ pub(crate) fn unspecified_addr() -> SocketAddr {
 
 /// `sendmsg`: the whole gather list as one datagram, to `dest` or the
 /// connected peer. Retries on EINTR.
+#[inline]
 pub(crate) fn send(sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
     // A write to a stream the peer has reset fails with EPIPE in the handler
     // instead of killing a host process that has not ignored SIGPIPE.
@@ -92,6 +94,7 @@ fn uninit_slices<'a>(bufs: &'a mut [IoSliceMut<'_>]) -> UninitSlices<'a> {
 }
 
 /// `recvmsg` into the scatter list. Retries on EINTR.
+#[inline]
 pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool) -> io::Result<Received> {
     if let [one] = bufs {
         return recv_one(sock, one, flags, want_from);
@@ -125,6 +128,7 @@ pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i
 
 /// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
 /// and no scatter list to build. Retries on EINTR.
+#[inline]
 fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, want_from: bool) -> io::Result<Received> {
     if !want_from {
         loop {
