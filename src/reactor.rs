@@ -300,6 +300,15 @@ impl IoObject {
             return;
         }
         let wait = op.is_wait();
+        if dir == Dir::Read && !wait {
+            // The common case, in one borrow: a receive behind a registered
+            // socket whose trigger needs no change (see below).
+            let mut st = self.st.borrow_mut();
+            if st.registered && (st.level || st.ready(Dir::Read)) {
+                st.ops[Dir::Read as usize].push_back(op);
+                return;
+            }
+        }
         if wait && dir == Dir::Read && self.has_read_ahead() {
             let mut st = self.st.borrow_mut();
             st.prune(dir);
@@ -776,25 +785,29 @@ impl IoObject {
     }
 
     /// Handles a readiness event.
+    #[inline]
     fn on_event<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, readable: bool, writable: bool, error: bool) {
         if readable || error {
+            let (idle, mute) = {
+                let mut st = self.st.borrow_mut();
+                st.kernel_ready[Dir::Read as usize] |= readable;
+                st.prune(Dir::Read);
+                let idle = st.ops[Dir::Read as usize].is_empty();
+                (idle, idle && st.level)
+            };
             // Level-triggered readiness with no receive to take the data (or
             // an error to consume) would be reported at every wait: go
             // edge-triggered until a receive waits on a drained socket again.
-            let mute = {
-                let mut st = self.st.borrow_mut();
-                st.prune(Dir::Read);
-                st.level && st.ops[Dir::Read as usize].is_empty()
-            };
             if mute && let Some(sock) = self.socket() {
                 self.set_level(owner, &sock, false);
             }
-        }
-        for (dir, yes) in [(Dir::Read, readable), (Dir::Write, writable)] {
-            if yes {
-                self.st.borrow_mut().kernel_ready[dir as usize] = true;
-                self.continue_queue(owner, dir);
+            if readable && !idle {
+                self.continue_queue(owner, Dir::Read);
             }
+        }
+        if writable {
+            self.st.borrow_mut().kernel_ready[Dir::Write as usize] = true;
+            self.continue_queue(owner, Dir::Write);
         }
         if error {
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
@@ -810,23 +823,27 @@ impl IoObject {
     /// stop leaves nothing that could progress: the queue is empty, or the
     /// socket is not [`ready`](IoState::ready), a datagram read ahead
     /// counting as ready.)
+    #[inline]
     fn continue_queue<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, dir: Dir) {
         if self.run_queue(owner, dir, owner.reactor().budget.get()) {
             self.to_backlog(owner, dir);
-        } else if dir == Dir::Write
-            && let Some(sock) = self.socket()
-        {
-            // Drop the write interest once nothing waits for it; register
-            // only if sends are left waiting (a deferred flush that would
-            // block), so a socket whose sends all leave stays out of epoll.
-            let (registered, waiting) = {
-                let mut st = self.st.borrow_mut();
-                st.prune(Dir::Write);
-                (st.registered, !st.ops[Dir::Write as usize].is_empty())
-            };
-            if registered || waiting {
-                self.sync_interest(owner, &sock, false);
-            }
+        } else if dir == Dir::Write {
+            self.settle_write_interest(owner);
+        }
+    }
+
+    /// Drops the write interest once nothing waits for it; registers only if
+    /// sends are left waiting (a deferred flush that would block), so a
+    /// socket whose sends all leave stays out of epoll.
+    fn settle_write_interest<O: Owner + ?Sized>(&self, owner: &O) {
+        let Some(sock) = self.socket() else { return };
+        let (registered, waiting) = {
+            let mut st = self.st.borrow_mut();
+            st.prune(Dir::Write);
+            (st.registered, !st.ops[Dir::Write as usize].is_empty())
+        };
+        if registered || waiting {
+            self.sync_interest(owner, &sock, false);
         }
     }
 
