@@ -72,6 +72,7 @@ impl Inner {
 
     /// Removes the `cancel_after` entry `key`, if any, from the timer queue.
     /// It holds no handler: dropping it runs no user code.
+    #[inline]
     pub(crate) fn drop_cancel_after(&self, key: Option<TimerKey>) {
         if let Some(key) = key {
             let removed = self.timers.borrow_mut().remove(key);

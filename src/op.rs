@@ -37,28 +37,36 @@ impl TimerKey {
 }
 
 /// State shared by every kind of operation.
-#[derive(Default)]
 pub(crate) struct OpCore {
     done: Cell<bool>,
-    err: Cell<Option<Error>>,
+    err: Cell<Error>,
     n: Cell<usize>,
     /// The entry of a `cancel_after` watching this operation.
     pub(crate) cancel_key: Cell<Option<TimerKey>>,
 }
 
+impl Default for OpCore {
+    fn default() -> OpCore {
+        OpCore { done: Cell::new(false), err: Cell::new(Error::NONE), n: Cell::new(0), cancel_key: Cell::new(None) }
+    }
+}
+
 impl OpCore {
+    #[inline]
     pub(crate) fn is_done(&self) -> bool {
         self.done.get()
     }
 
+    #[inline]
     pub(crate) fn set_result(&self, err: Error, n: usize) {
         self.done.set(true);
-        self.err.set(Some(err));
+        self.err.set(err);
         self.n.set(n);
     }
 
+    #[inline]
     pub(crate) fn result(&self) -> (Error, usize) {
-        (self.err.get().unwrap_or(Error::NONE), self.n.get())
+        (self.err.get(), self.n.get())
     }
 }
 

@@ -406,7 +406,16 @@ impl TimerQueue {
         }
     }
 
+    #[inline]
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        if self.live == 0 && self.dead == 0 {
+            return None; // the common case of a loop without timers, inline
+        }
+        self.next_deadline_slow()
+    }
+
+    #[inline(never)]
+    fn next_deadline_slow(&mut self) -> Option<Instant> {
         if self.live == 0 {
             if self.dead > 0 {
                 // Only dead items left: drop them all at once.
@@ -451,6 +460,7 @@ impl TimerQueue {
     }
 
     /// Live entries.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.live
     }
