@@ -52,6 +52,12 @@ impl Default for OpCore {
 }
 
 impl OpCore {
+    /// Back to the state of a new operation (recycled memory).
+    #[inline]
+    fn reset(&mut self) {
+        *self = OpCore::default();
+    }
+
     #[inline]
     pub(crate) fn is_done(&self) -> bool {
         self.done.get()
@@ -92,21 +98,18 @@ fn recycle<T: 'static>(mut op: Rc<T>) {
     }
 }
 
-/// `value` in the recycled block if it has the right type, else in a new one.
+/// The recycled block if it holds a `T` (unique: [`recycle`] keeps only
+/// blocks nothing else refers to, and nothing can reach it since).
 #[inline]
-fn reuse<T: 'static>(value: T) -> Rc<T> {
-    if let Some(spare) = SPARE.take() {
-        match spare.downcast::<T>() {
-            Ok(mut rc) => {
-                if let Some(slot) = Rc::get_mut(&mut rc) {
-                    *slot = value;
-                    return rc;
-                }
-            }
-            Err(other) => SPARE.set(Some(other)),
+fn spare<T: 'static>() -> Option<Rc<T>> {
+    let spare = SPARE.take()?;
+    match spare.downcast::<T>() {
+        Ok(rc) => Some(rc),
+        Err(other) => {
+            SPARE.set(Some(other));
+            None
         }
     }
-    Rc::new(value)
 }
 
 /// Which kinds of cancellation a request allows (a bit set, as Asio's
@@ -308,7 +311,18 @@ impl<B, F> SendOp<B, F> {
 impl<B: 'static, F: 'static> SendOp<B, F> {
     /// A new send in recycled memory when there is some.
     pub(crate) fn rc(bufs: B, dest: Option<SockAddr>, flags: i32, handler: F) -> Rc<Self> {
-        reuse(SendOp::new(bufs, dest, flags, handler))
+        if let Some(mut rc) = spare::<Self>()
+            && let Some(op) = Rc::get_mut(&mut rc)
+        {
+            // Field by field, in place: no new operation built and copied in.
+            op.core.reset();
+            *op.bufs.get_mut() = Some(bufs);
+            op.dest = dest;
+            op.flags = flags;
+            *op.handler.get_mut() = Some(handler);
+            return rc;
+        }
+        Rc::new(SendOp::new(bufs, dest, flags, handler))
     }
 }
 
@@ -383,7 +397,18 @@ impl<B, F> RecvOp<B, F> {
 impl<B: 'static, F: 'static> RecvOp<B, F> {
     /// A new receive in recycled memory when there is some.
     pub(crate) fn rc(bufs: B, flags: i32, want_from: bool, handler: F) -> Rc<Self> {
-        reuse(RecvOp::new(bufs, flags, want_from, handler))
+        if let Some(mut rc) = spare::<Self>()
+            && let Some(op) = Rc::get_mut(&mut rc)
+        {
+            op.core.reset();
+            *op.bufs.get_mut() = Some(bufs);
+            op.flags = flags;
+            op.want_from = want_from;
+            *op.from.get_mut() = None;
+            *op.handler.get_mut() = Some(handler);
+            return rc;
+        }
+        Rc::new(RecvOp::new(bufs, flags, want_from, handler))
     }
 }
 
