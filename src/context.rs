@@ -70,6 +70,20 @@ impl Inner {
         self.queue.push(f);
     }
 
+    /// Posts `handler(err, n)`. The error and a length below 2^32 share one
+    /// word, so that a handler of two words still fits a slot of the ready
+    /// ring with its result instead of being boxed.
+    #[inline(always)]
+    pub(crate) fn post_result<F: FnOnce(Error, usize) + 'static>(&self, handler: F, err: Error, n: usize) {
+        match u32::try_from(n) {
+            Ok(n32) => {
+                let packed = (u64::from(n32) << 32) | u64::from(err.code() as u32);
+                self.post(move || handler(Error::from_code(packed as u32 as i32), (packed >> 32) as usize));
+            }
+            Err(_) => self.post(move || handler(err, n)),
+        }
+    }
+
     /// Removes the `cancel_after` entry `key`, if any, from the timer queue.
     /// It holds no handler: dropping it runs no user code.
     #[inline]

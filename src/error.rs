@@ -113,6 +113,18 @@ impl Error {
         Error(code)
     }
 
+    /// The code in one word, for packing (see `Inner::post_result`).
+    #[inline]
+    pub(crate) const fn code(self) -> i32 {
+        self.0
+    }
+
+    /// The error of a code from [`code`](Self::code).
+    #[inline]
+    pub(crate) const fn from_code(code: i32) -> Error {
+        Error(code)
+    }
+
     /// True for [`Error::NONE`].
     pub const fn is_ok(self) -> bool {
         self.0 == 0

@@ -268,7 +268,7 @@ impl Base {
             }
         };
         drop(bufs); // before the handler runs, as a queued write does
-        inner.post(move || handler(err, n));
+        inner.post_result(handler, err, n);
         Operation::detached()
     }
 
@@ -377,7 +377,7 @@ impl Base {
             }
         };
         drop(bufs); // before the handler runs, as a queued send does
-        inner.post(move || handler(err, n));
+        inner.post_result(handler, err, n);
         Operation::detached()
     }
 
