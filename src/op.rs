@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::sys;
 use socket2::{SockAddr, Socket};
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
@@ -232,10 +232,11 @@ pub(crate) trait SocketOp: Completion {
     fn is_plain_recv(&self) -> bool {
         false
     }
-    /// For a plain receive (no flags) that can join a batch: lends its
-    /// scatter list to `f` and returns true; false otherwise.
-    fn with_recv_bufs(&self, _f: &mut dyn FnMut(&mut [IoSliceMut<'_>])) -> bool {
-        false
+    /// For a plain receive (no flags) that can join a batch: its buffers,
+    /// borrowed for as long as the guard lives (the batch's system call);
+    /// `None` otherwise.
+    fn recv_bufs(&self) -> Option<RefMut<'_, dyn MutableBufferSequence>> {
+        None
     }
     /// For a receive completed in a batch: the sender it got.
     fn set_sender(&self, _from: Option<SocketAddr>) {}
@@ -444,15 +445,12 @@ where
     fn is_plain_recv(&self) -> bool {
         self.flags == 0
     }
-    fn with_recv_bufs(&self, f: &mut dyn FnMut(&mut [IoSliceMut<'_>])) -> bool {
+    fn recv_bufs(&self) -> Option<RefMut<'_, dyn MutableBufferSequence>> {
         if self.flags != 0 {
-            return false;
+            return None;
         }
-        let mut bufs = self.bufs.borrow_mut();
-        let Some(bufs) = bufs.as_mut() else { return false };
-        let Some(mut slices) = mut_slices(bufs) else { return false };
-        f(&mut slices);
-        true
+        let bufs = self.bufs.try_borrow_mut().ok()?;
+        RefMut::filter_map(bufs, |b| b.as_mut().map(|b| b as &mut dyn MutableBufferSequence)).ok()
     }
     fn set_sender(&self, from: Option<SocketAddr>) {
         if self.want_from {

@@ -1,6 +1,7 @@
 //! The reactor: mio's `Poll`, the registrations (a slab of per-descriptor
 //! state), and readiness turned into performed operations.
 
+use crate::buffer::{MAX_BUFFERS, MutableBufferSequence};
 use crate::error::Error;
 use crate::metrics::{Counters, bump};
 use crate::op::{Completion, Io, SocketOp};
@@ -10,7 +11,7 @@ use mio::{Events, Interest, Token};
 use slab::Slab;
 use smallvec::SmallVec;
 use socket2::{SockAddr, Socket};
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
@@ -111,34 +112,6 @@ pub(crate) enum Attempt<R> {
     Closed,
     /// Must be queued.
     Later,
-}
-
-/// Lends the scatter lists of all `ops` at once and calls `call` with them
-/// laid end to end (`counts[i]` slices for op `i`). Each level of the
-/// recursion holds one operation's buffers borrowed while the inner levels
-/// run, which is what keeps every list valid during the system call.
-/// Returns false (without calling) if an operation cannot lend its buffers.
-fn lend_recv_bufs(
-    ops: &[Rc<dyn SocketOp>],
-    outer: Vec<IoSliceMut<'_>>,
-    counts: &mut Vec<usize>,
-    call: &mut dyn FnMut(&mut [IoSliceMut<'_>], &[usize]),
-) -> bool {
-    let Some((op, rest)) = ops.split_first() else {
-        let mut all = outer;
-        call(&mut all, counts);
-        return true;
-    };
-    let mut outer = Some(outer);
-    let mut inner_ok = false;
-    let lent = op.with_recv_bufs(&mut |mine| {
-        let Some(outer) = outer.take() else { return };
-        counts.push(mine.len());
-        let mut all: Vec<IoSliceMut<'_>> = outer;
-        all.extend(mine.iter_mut().map(|s| IoSliceMut::new(&mut s[..])));
-        inner_ok = lend_recv_bufs(rest, all, counts, call);
-    });
-    lent && inner_ok
 }
 
 /// A send taken for a batch: the operation, its length and destination.
@@ -591,17 +564,27 @@ impl IoObject {
         if candidates.len() < 2 {
             return Batch::Single;
         }
-        let mut spare = owner.reactor().spare();
-        let mut result = None;
-        let mut counts = Vec::with_capacity(candidates.len());
-        let lent = lend_recv_bufs(&candidates, Vec::new(), &mut counts, &mut |bufs, counts| {
-            result = Some(sys::recv_many(sock, bufs, counts, &mut spare));
-        });
+        // Every buffer stays borrowed (the guards) until the call returns.
         // A receive that cannot join (flags, too many buffers) ends the batch.
-        let Some(result) = result.filter(|_| lent) else { return Batch::Single };
+        let mut guards: SmallVec<[RefMut<'_, dyn MutableBufferSequence>; 16]> =
+            candidates.iter().map_while(|op| op.recv_bufs().filter(|b| b.buffer_count() <= MAX_BUFFERS)).collect();
+        if guards.len() < 2 {
+            return Batch::Single;
+        }
+        let mut counts: SmallVec<[usize; 16]> = SmallVec::new();
+        let mut slices: SmallVec<[IoSliceMut<'_>; 16]> = SmallVec::new();
+        for g in guards.iter_mut() {
+            let before = slices.len();
+            g.scatter(&mut |b| slices.push(IoSliceMut::new(b)));
+            counts.push(slices.len() - before);
+        }
+        let mut spare = owner.reactor().spare();
+        let result = sys::recv_many(sock, &mut slices, &counts, &mut spare);
+        drop(slices);
+        let ops = guards.len();
+        drop(guards);
         match result {
             Ok(got) => {
-                let ops = candidates.len();
                 let k = got.len().min(ops);
                 if got.len() > ops {
                     let (len, from) = got[ops];

@@ -797,3 +797,32 @@ fn the_reuseport_example_answers_every_request_from_each_of_its_threads() {
     assert_eq!(answered.len(), 2, "{stdout}");
     assert!(answered.iter().all(|&n| n > 0), "{stdout}");
 }
+
+/// Receives batched into one `recvmmsg` each get their own sender, in both
+/// families (the batch reads the kernel's addresses itself).
+#[test]
+fn batched_receives_report_each_sender_in_both_families() {
+    for host in ["127.0.0.1", "[::1]"] {
+        let ctx = IoContext::new().unwrap();
+        let server = UdpSocket::bind(&ctx, format!("{host}:0").parse().unwrap()).unwrap();
+        let got: Rc<RefCell<Vec<(Error, usize, SocketAddr)>>> = Rc::default();
+        for _ in 0..4 {
+            let g = got.clone();
+            server.async_receive_from(vec![0u8; 16], move |e, n, _, from| g.borrow_mut().push((e, n, from)));
+        }
+        // Four senders, one datagram each, all queued before the loop runs:
+        // the first readiness event takes them in one batch.
+        let senders: Vec<std::net::UdpSocket> =
+            (0..4).map(|_| std::net::UdpSocket::bind(format!("{host}:0")).unwrap()).collect();
+        for (i, s) in senders.iter().enumerate() {
+            s.send_to(&vec![7u8; i + 1], server.local_addr().unwrap()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        ctx.run_for(Duration::from_secs(2));
+        let got = got.borrow();
+        let want: Vec<_> =
+            senders.iter().enumerate().map(|(i, s)| (Error::NONE, i + 1, s.local_addr().unwrap())).collect();
+        assert_eq!(*got, want, "{host}");
+        assert!(ctx.metrics().reactor_waits <= 3, "{host}: not batched? {:?}", ctx.metrics());
+    }
+}

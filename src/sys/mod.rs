@@ -343,41 +343,38 @@ pub(crate) fn recv_many(
     if n > RECV_BATCH || counts.iter().sum::<usize>() != bufs.len() {
         return Err(io::Error::from(Error::INVALID_ARGUMENT));
     }
-    let mut names: smallvec::SmallVec<[SockAddrStorage; RECV_BATCH]> =
-        (0..n).map(|_| SockAddrStorage::zeroed()).collect();
-    let name_len = names[0].size_of();
+    // Nothing here is zeroed first: the kernel writes the names, and each
+    // header is written whole before the call.
+    let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; RECV_BATCH];
+    let name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let mut spare_iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
     let base: *mut libc::iovec = bufs.as_mut_ptr().cast();
-    let mut msgs: smallvec::SmallVec<[libc::mmsghdr; RECV_BATCH]> = smallvec::SmallVec::new();
+    let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RECV_BATCH];
     let mut start = 0;
-    for (i, name) in names.iter_mut().enumerate() {
-        // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-        let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        // SAFETY: `view_as` gives the storage as the platform's sockaddr_storage.
-        m.msg_hdr.msg_name =
-            unsafe { name.view_as::<libc::sockaddr_storage>() } as *mut libc::sockaddr_storage as *mut _;
-        m.msg_hdr.msg_namelen = name_len;
-        match counts.get(i) {
-            Some(&c) => {
-                // SAFETY: start + c <= bufs.len() (the counts sum to it), so the
-                // pointer stays inside `bufs`; `IoSliceMut` is ABI-compatible
-                // with `iovec` on Unix (documented by std).
-                m.msg_hdr.msg_iov = unsafe { base.add(start) };
-                m.msg_hdr.msg_iovlen = c as _;
-                start += c;
-            }
-            None => {
-                m.msg_hdr.msg_iov = &mut spare_iov;
-                m.msg_hdr.msg_iovlen = 1;
-            }
-        }
-        msgs.push(m);
+    for (i, (m, name)) in msgs.iter_mut().zip(names.iter_mut()).take(n).enumerate() {
+        let (iov, iovlen) = match counts.get(i) {
+            // SAFETY: start + c <= bufs.len() (the counts sum to it), so the
+            // pointer stays inside `bufs`; `IoSliceMut` is ABI-compatible
+            // with `iovec` on Unix (documented by std).
+            Some(&c) => (unsafe { base.add(start) }, c),
+            None => (&raw mut spare_iov, 1),
+        };
+        start += counts.get(i).copied().unwrap_or(0);
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = name.as_mut_ptr().cast();
+        hdr.msg_namelen = name_len;
+        hdr.msg_iov = iov;
+        hdr.msg_iovlen = iovlen as _;
+        m.write(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
     }
     let got = loop {
-        // SAFETY: every header points into `bufs`, `spare_iov`/`spare` and
-        // `names`, all alive and unmoved for the call; the descriptor is
-        // non-blocking, so the call returns the datagrams already queued.
-        let r = unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0, std::ptr::null_mut()) };
+        // SAFETY: the first `n` headers are initialised and point into `bufs`,
+        // `spare_iov`/`spare` and `names`, all alive and unmoved for the
+        // call; the descriptor is non-blocking, so the call returns the
+        // datagrams already queued.
+        let r =
+            unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr().cast(), n as u32, 0, std::ptr::null_mut()) };
         if r >= 0 {
             break r as usize;
         }
@@ -388,14 +385,52 @@ pub(crate) fn recv_many(
     };
     Ok(msgs
         .iter()
-        .zip(names)
+        .zip(&names)
         .take(got)
         .map(|(m, name)| {
-            // SAFETY: the kernel initialised `msg_namelen` bytes of the storage.
-            let from = unsafe { SockAddr::new(name, m.msg_hdr.msg_namelen) }.as_socket();
+            // SAFETY: the first `got` headers were initialised above, and the
+            // kernel wrote each one's `msg_len` and `msg_namelen` bytes of its name.
+            let m = unsafe { m.assume_init_ref() };
+            // SAFETY: as just said: `msg_namelen` bytes of the name are initialised.
+            let from = unsafe { ip_addr(name.as_ptr(), m.msg_hdr.msg_namelen) };
             (m.msg_len as usize, from)
         })
         .collect())
+}
+
+/// The IP address in a socket address the kernel wrote; `None` for any
+/// other family.
+///
+/// # Safety
+/// `len` bytes at `name` must be initialised.
+unsafe fn ip_addr(name: *const libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    // SAFETY: the family field is the first of every address, and the
+    // caller vouches for `len` initialised bytes (checked against each
+    // family's size before the cast).
+    unsafe {
+        if len < std::mem::size_of::<libc::sa_family_t>() {
+            return None;
+        }
+        match i32::from((*name).ss_family) {
+            libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+                let a = &*name.cast::<libc::sockaddr_in>();
+                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+            }
+            libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+                let a = &*name.cast::<libc::sockaddr_in6>();
+                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(a.sin6_port),
+                    u32::from_be(a.sin6_flowinfo),
+                    a.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// `epoll_ctl` ADD (`add`) or MOD of `fd` on the epoll instance `epfd` (mio's,
