@@ -236,8 +236,14 @@ impl Inner {
             timeout = Some(timeout.map_or(t, |x| x.min(t)));
         }
         // Nothing can become ready without a registration: skip the system call.
-        if timeout != Some(Duration::ZERO) || self.reactor.has_registrations() {
-            self.reactor.poll(self, timeout);
+        if (timeout != Some(Duration::ZERO) || self.reactor.has_registrations())
+            && let Err(e) = self.reactor.poll(self, timeout)
+        {
+            // Waiting again would fail again, at once: stop rather than spin.
+            // The next run* (after restart) waits again.
+            log::error!("the reactor's wait failed, the io context stops: {e}");
+            self.stopped.set(true);
+            return;
         }
         self.drain_remote();
         self.fire_timers();
@@ -274,12 +280,9 @@ impl AsRawFd for IoContext {
 
 impl AsFd for IoContext {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        crate::sys::borrow_fd(self, self.inner.reactor.raw_fd())
+        self.inner.reactor.as_fd()
     }
 }
-
-/// The reactor token of the remote waker (registration tokens are slab keys).
-const REMOTE_TOKEN: usize = usize::MAX;
 
 /// The most timer entries one reactor turn fires.
 const FIRE_BATCH: usize = 256;
@@ -545,13 +548,13 @@ impl IoContext {
 
     /// A handle that posts to this context from any thread (Asio's
     /// `post(io_context, f)` from another thread). All remotes share one
-    /// `mio::Waker`, created on the first call.
+    /// waker (an eventfd in the context's epoll), created on the first call.
     pub fn remote(&self) -> io::Result<Remote> {
         let inner = &*self.inner;
         if let Some(shared) = inner.remote.borrow().as_ref() {
             return Ok(Remote { shared: shared.clone() });
         }
-        let shared = Arc::new(remote::Shared::new(inner.reactor.new_waker(REMOTE_TOKEN)?));
+        let shared = Arc::new(remote::Shared::new(inner.reactor.waker()?));
         *inner.remote.borrow_mut() = Some(shared.clone());
         inner.has_remote.set(true);
         log::debug!("remote waker registered");

@@ -90,6 +90,7 @@
 //! - Dropping the context drops every pending handler without running it.
 #![deny(missing_docs)]
 
+mod backend;
 mod buffer;
 mod cancel;
 mod context;

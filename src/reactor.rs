@@ -1,13 +1,12 @@
-//! The reactor: mio's `Poll`, the registrations (a slab of per-descriptor
-//! state), and readiness turned into performed operations.
+//! The reactor: the registrations (a slab of per-descriptor state) in the
+//! readiness [`Backend`], and readiness turned into performed operations.
 
+use crate::backend::{Backend, Interest, Readiness, Waker};
 use crate::buffer::{MAX_BUFFERS, MutableBufferSequence};
 use crate::error::Error;
 use crate::metrics::{Counters, bump};
 use crate::op::{Completion, Io, SocketOp};
 use crate::sys;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Token};
 use slab::Slab;
 use smallvec::SmallVec;
 use socket2::{SockAddr, Socket};
@@ -15,8 +14,9 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Operations a socket may take per readiness event and direction before the
@@ -328,8 +328,7 @@ impl IoObject {
         if !st.registered || st.level == level {
             return;
         }
-        let epfd = owner.reactor().poll.borrow().as_raw_fd();
-        match sys::epoll_register(epfd, false, sock.as_raw_fd(), self.token.get(), st.interest, !level) {
+        match owner.reactor().backend.reregister(sock.as_fd(), self.token.get(), st.interest, !level) {
             Ok(()) => st.level = level,
             Err(e) => log::debug!("token {}: switching the trigger failed: {e}", self.token.get()),
         }
@@ -450,11 +449,15 @@ impl IoObject {
             }
             wanted
         };
-        let token = Token(self.token.get());
+        let token = self.token.get();
         let res = {
             let st = self.st.borrow();
-            let epfd = owner.reactor().poll.borrow().as_raw_fd();
-            sys::epoll_register(epfd, !st.registered, sock.as_raw_fd(), token.0, wanted, !st.level)
+            let backend = &owner.reactor().backend;
+            if st.registered {
+                backend.reregister(sock.as_fd(), token, wanted, !st.level)
+            } else {
+                backend.register(sock.as_fd(), token, wanted, !st.level)
+            }
         };
         match res {
             Ok(()) => {
@@ -463,12 +466,12 @@ impl IoObject {
                 if !st.registered {
                     st.registered = true;
                     owner.reactor().registered.set(owner.reactor().registered.get() + 1);
-                    log::debug!("token {} registered with epoll", token.0);
+                    log::debug!("token {token} registered with epoll");
                 }
             }
             // The pending operations then wait for nothing: fail them.
             Err(e) => {
-                log::debug!("registering token {} with epoll failed: {e}", token.0);
+                log::debug!("registering token {token} with epoll failed: {e}");
                 let err = Error::from(e);
                 for op in self.take_ops() {
                     owner.finish(op, err, 0);
@@ -769,27 +772,29 @@ impl IoObject {
 
     /// Handles a readiness event.
     #[inline]
-    fn on_event<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, readable: bool, writable: bool, error: bool) {
-        if readable || error {
-            let (idle, mute) = {
-                let mut st = self.st.borrow_mut();
-                st.kernel_ready[Dir::Read as usize] |= readable;
-                st.prune(Dir::Read);
-                let idle = st.ops[Dir::Read as usize].is_empty();
-                (idle, idle && st.level)
-            };
+    fn on_event<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, ready: Readiness) {
+        let (readable, writable, error) = (ready.readable(), ready.writable(), ready.error());
+        // One borrow for everything the event changes before queues run.
+        let mute = {
+            let mut st = self.st.borrow_mut();
+            st.kernel_ready[Dir::Read as usize] |= readable;
+            st.kernel_ready[Dir::Write as usize] |= writable;
             // Level-triggered readiness with no receive to take the data (or
             // an error to consume) would be reported at every wait: go
             // edge-triggered until a receive waits on a drained socket again.
-            if mute && let Some(sock) = self.socket() {
-                self.set_level(owner, &sock, false);
-            }
-            if readable && !idle {
-                self.continue_queue(owner, Dir::Read);
-            }
+            // Not pruned first (the read run below prunes): a cancelled
+            // receive still at the front only delays the switch by one wait,
+            // and the usual event, a receive waiting, pays no virtual call
+            // to find that out.
+            (readable || error) && st.level && st.ops[Dir::Read as usize].is_empty()
+        };
+        if mute && let Some(sock) = self.socket() {
+            self.set_level(owner, &sock, false);
+        }
+        if readable {
+            self.continue_queue(owner, Dir::Read);
         }
         if writable {
-            self.st.borrow_mut().kernel_ready[Dir::Write as usize] = true;
             self.continue_queue(owner, Dir::Write);
         }
         if error {
@@ -899,7 +904,7 @@ impl IoObject {
                 if std::mem::take(&mut self.st.borrow_mut().registered) {
                     let r = owner.reactor();
                     r.registered.set(r.registered.get() - 1);
-                    if let Err(e) = r.poll.borrow().registry().deregister(&mut SourceFd(&sock.as_raw_fd())) {
+                    if let Err(e) = r.backend.deregister(sock.as_fd()) {
                         log::debug!("deregistering token {token} failed: {e}");
                     }
                 }
@@ -962,10 +967,10 @@ impl Io for IoObject {
     }
 }
 
-/// mio's poll plus the registrations.
+/// The readiness backend plus the registrations.
 pub(crate) struct Reactor {
-    poll: RefCell<mio::Poll>,
-    events: RefCell<Events>,
+    /// Where descriptors are registered and readiness is waited for.
+    backend: Backend,
     regs: RefCell<Slab<Rc<IoObject>>>,
     /// Sockets whose queue stopped at the budget with readiness left.
     backlog: RefCell<Vec<Rc<IoObject>>>,
@@ -990,8 +995,7 @@ pub(crate) struct Reactor {
 impl Reactor {
     pub(crate) fn new() -> io::Result<Reactor> {
         Ok(Reactor {
-            poll: RefCell::new(mio::Poll::new()?),
-            events: RefCell::new(Events::with_capacity(256)),
+            backend: Backend::new()?,
             regs: RefCell::new(Slab::new()),
             backlog: RefCell::new(Vec::new()),
             budget: Cell::new(DEFAULT_BUDGET),
@@ -1060,39 +1064,40 @@ impl Reactor {
         }
     }
 
-    /// Waits for events at most `timeout` and handles them.
-    pub(crate) fn poll<O: Owner + ?Sized>(&self, owner: &O, timeout: Option<Duration>) {
-        let mut events = self.events.borrow_mut();
+    /// Waits for events at most `timeout` and handles them. An error is
+    /// the backend's wait failing (not EINTR, which is a wait that reported
+    /// nothing): waiting again at once would most likely fail the same way.
+    pub(crate) fn poll<O: Owner + ?Sized>(&self, owner: &O, timeout: Option<Duration>) -> io::Result<()> {
         let c = &self.counters;
         bump(&c.reactor_waits, 1);
         // The clock is read only around a wait that may block.
         let start = (timeout != Some(Duration::ZERO)).then(|| owner.now());
-        let r = self.poll.borrow_mut().poll(&mut events, timeout);
+        let r = self.backend.wait(timeout);
         if let Some(start) = start {
             c.waited(owner.now().saturating_duration_since(start));
         }
-        if let Err(e) = r {
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::error!("reactor poll failed: {e}");
+        let reported = r?;
+        bump(&c.events, reported.len() as u64);
+        reported.for_each(|token, ready| {
+            // A clone, not a borrow of the slab: what the event sets off may
+            // add or remove registrations, even this one.
+            let obj = self.regs.borrow().get(token).cloned();
+            if let Some(obj) = obj {
+                obj.on_event(owner, ready);
             }
-            return;
-        }
-        for ev in events.iter() {
-            bump(&c.events, 1);
-            let obj = self.regs.borrow().get(ev.token().0).cloned();
-            let Some(obj) = obj else { continue };
-            let error = ev.is_error();
-            let readable = ev.is_readable() || ev.is_read_closed() || error;
-            let writable = ev.is_writable() || ev.is_write_closed() || error;
-            log::trace!("event token {} r={readable} w={writable} e={error}", ev.token().0);
-            obj.on_event(owner, readable, writable, error || ev.is_priority());
-        }
+        });
+        Ok(())
     }
 
-    /// The epoll descriptor: stable for the reactor's life, whatever is
+    /// The backend's descriptor: stable for the reactor's life, whatever is
     /// registered or not (a host loop polls it for readability).
-    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
-        self.poll.borrow().as_raw_fd()
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.backend.raw_fd()
+    }
+
+    /// [`raw_fd`](Self::raw_fd), borrowed for as long as the reactor lives.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.backend.as_fd()
     }
 
     /// Sends are deferred to the end of the pass (GSO sockets).
@@ -1100,9 +1105,16 @@ impl Reactor {
         self.deferred.get()
     }
 
-    /// A waker on this poll instance, reported with `token`.
-    pub(crate) fn new_waker(&self, token: usize) -> io::Result<mio::Waker> {
-        mio::Waker::new(self.poll.borrow().registry(), Token(token))
+    /// The backend, for tests that provoke its failures.
+    #[cfg(test)]
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The backend's waker (created on the first call, then shared): a
+    /// wake from any thread makes the loop's wait return.
+    pub(crate) fn waker(&self) -> io::Result<Arc<Waker>> {
+        self.backend.waker()
     }
 
     /// Empties the registrations (context teardown).

@@ -1,5 +1,7 @@
-//! `Remote`: posting to a context from other threads (on one `mio::Waker`).
+//! `Remote`: posting to a context from other threads (on the backend's
+//! [`Waker`]).
 
+use crate::backend::Waker;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +18,11 @@ pub(crate) struct Shared {
     /// the loop's only cost while nobody posts is loading this flag.
     pending: AtomicBool,
     stop: AtomicBool,
-    waker: mio::Waker,
+    waker: Arc<Waker>,
 }
 
 impl Shared {
-    pub(crate) fn new(waker: mio::Waker) -> Shared {
+    pub(crate) fn new(waker: Arc<Waker>) -> Shared {
         Shared {
             queue: Mutex::new(Some(VecDeque::new())),
             pending: AtomicBool::new(false),

@@ -1,5 +1,6 @@
 //! Every system call the crate makes on a socket, in one place: the seam a
-//! simulated backend can later replace. `unsafe` lives only here.
+//! simulated backend can later replace. `unsafe` lives only here. The
+//! readiness calls (epoll, the waker's eventfd) are in [`epoll`].
 
 use crate::error::Error;
 use socket2::{MaybeUninitSlice, SockAddr, SockAddrStorage, Socket};
@@ -9,9 +10,29 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
+pub(crate) mod epoll;
 mod handler;
 pub(crate) mod signal;
 pub(crate) use handler::{HandlerQueue, WaitHandler};
+
+/// A libc call's return value as a `Result`: -1 means the call failed and
+/// `errno` says why (the convention of every call made here).
+#[inline(always)]
+pub(crate) fn cvt<T: From<i8> + PartialEq>(r: T) -> io::Result<T> {
+    if r == T::from(-1) { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// Calls `f` again while it fails with EINTR: a signal that arrived during
+/// the call is no reason to fail it (its handler has already run).
+#[inline(always)]
+pub(crate) fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
 
 /// Maps a non-blocking call's outcome to an operation result; `None` when it
 /// would block.
@@ -36,19 +57,13 @@ pub(crate) fn send(sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>,
     // A write to a stream the peer has reset fails with EPIPE in the handler
     // instead of killing a host process that has not ignored SIGPIPE.
     let flags = flags | libc::MSG_NOSIGNAL;
-    loop {
-        // One buffer: send(2)/sendto(2), cheaper in the kernel than sendmsg(2).
-        let r = match (dest, bufs) {
-            (Some(addr), [one]) => sock.send_to_with_flags(one, addr, flags),
-            (None, [one]) => send_connected(sock, one, flags),
-            (Some(addr), _) => sock.send_to_vectored_with_flags(bufs, addr, flags),
-            (None, _) => sock.send_vectored_with_flags(bufs, flags),
-        };
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
+    // One buffer: send(2)/sendto(2), cheaper in the kernel than sendmsg(2).
+    retry(|| match (dest, bufs) {
+        (Some(addr), [one]) => sock.send_to_with_flags(one, addr, flags),
+        (None, [one]) => send_connected(sock, one, flags),
+        (Some(addr), _) => sock.send_to_vectored_with_flags(bufs, addr, flags),
+        (None, _) => sock.send_vectored_with_flags(bufs, flags),
+    })
 }
 
 /// send(2) of one buffer to the connected peer (the common case, without
@@ -56,8 +71,7 @@ pub(crate) fn send(sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>,
 #[inline]
 fn send_connected(sock: &Socket, buf: &[u8], flags: i32) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
-    let r = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+    cvt(unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) }).map(|n| n as usize)
 }
 
 /// recv(2) into one buffer, without the sender (the common case, without
@@ -66,8 +80,7 @@ fn send_connected(sock: &Socket, buf: &[u8], flags: i32) -> io::Result<usize> {
 fn recv_connected(sock: &Socket, buf: &mut [u8], flags: i32) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call,
     // and the kernel writes only initialised bytes into it.
-    let r = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+    cvt(unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) }).map(|n| n as usize)
 }
 
 /// What one `recvmsg` produced.
@@ -100,30 +113,21 @@ pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_
         return recv_one(sock, one, flags, want_from);
     }
     let mut slices = uninit_slices(bufs);
-    loop {
-        let r = if want_from {
+    retry(|| {
+        if want_from {
             sock.recv_from_vectored_with_flags(&mut slices, flags)
                 .map(|(len, _, addr)| Received { len, from: addr.as_socket() })
         } else {
             sock.recv_vectored_with_flags(&mut slices, flags).map(|(len, _)| Received { len, from: None })
-        };
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
         }
-    }
+    })
 }
 
 /// `recvmsg` into the scatter list, with the sender's address whatever its
 /// family (a Unix-domain datagram's sender, for one). Retries on EINTR.
 pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
     let mut slices = uninit_slices(bufs);
-    loop {
-        match sock.recv_from_vectored_with_flags(&mut slices, flags) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r.map(|(len, _, addr)| (len, addr)),
-        }
-    }
+    retry(|| sock.recv_from_vectored_with_flags(&mut slices, flags)).map(|(len, _, addr)| (len, addr))
 }
 
 /// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
@@ -131,27 +135,12 @@ pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i
 #[inline]
 fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, want_from: bool) -> io::Result<Received> {
     if !want_from {
-        loop {
-            match recv_connected(sock, buf, flags) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r.map(|len| Received { len, from: None }),
-            }
-        }
+        return retry(|| recv_connected(sock, buf, flags)).map(|len| Received { len, from: None });
     }
     // SAFETY: as in `recv`: the slice is initialised and socket2 only lets
     // the kernel write bytes into it.
     let buf: &mut [MaybeUninit<u8>] = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-    loop {
-        let r = if want_from {
-            sock.recv_from_with_flags(buf, flags).map(|(len, addr)| Received { len, from: addr.as_socket() })
-        } else {
-            sock.recv_with_flags(buf, flags).map(|len| Received { len, from: None })
-        };
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
+    retry(|| sock.recv_from_with_flags(buf, flags).map(|(len, addr)| Received { len, from: addr.as_socket() }))
 }
 
 /// Sends `buf` as datagrams of `segment` bytes each (the last may be
@@ -185,18 +174,9 @@ pub(crate) fn send_segments(sock: &Socket, buf: &[u8], dest: Option<&SockAddr>, 
         (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
         libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(segment);
     }
-    loop {
-        // SAFETY: `msg` and everything it points to (name, iovec, buffer,
-        // control) are valid for the duration of the call.
-        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: `msg` and everything it points to (name, iovec, buffer,
+    // control) are valid for the duration of the call.
+    retry(|| cvt(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })).map(|n| n as usize)
 }
 
 /// One datagram of a [`send_many`] batch: its bytes within the batch buffer
@@ -230,19 +210,11 @@ pub(crate) fn send_many(sock: &Socket, buf: &[u8], parts: &[Part<'_>]) -> io::Re
             m
         })
         .collect();
-    loop {
-        // SAFETY: every header points to an iovec in `iovs` and a name in
-        // `parts`, both alive and unmoved for the call; the kernel only reads
-        // them (and writes `msg_len` into `msgs`, which we own).
-        let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: every header points to an iovec in `iovs` and a name in
+    // `parts`, both alive and unmoved for the call; the kernel only reads
+    // them (and writes `msg_len` into `msgs`, which we own).
+    retry(|| cvt(unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_NOSIGNAL) }))
+        .map(|n| n as usize)
 }
 
 /// True for the errors with which a kernel or device refuses segmentation
@@ -295,20 +267,12 @@ pub(crate) fn recv_readahead(
     msgs[1].msg_hdr.msg_namelen = name_len;
     msgs[1].msg_hdr.msg_iov = &mut spare_iov;
     msgs[1].msg_hdr.msg_iovlen = 1;
-    let n = loop {
-        // SAFETY: `msgs` holds two valid headers whose names, iovecs and
-        // buffers outlive the call; the descriptor is non-blocking, so the
-        // call returns at once (with the count received before the queue
-        // ran dry).
-        let r = unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, 0, std::ptr::null_mut()) };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+    // SAFETY: `msgs` holds two valid headers whose names, iovecs and
+    // buffers outlive the call; the descriptor is non-blocking, so the
+    // call returns at once (with the count received before the queue
+    // ran dry).
+    let n = retry(|| cvt(unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, 0, std::ptr::null_mut()) }))?
+        as usize;
     let [n0, n1] = names;
     let addr = |storage: SockAddrStorage, len: libc::socklen_t| {
         // SAFETY: the kernel initialised `len` bytes of the storage as an address.
@@ -368,21 +332,13 @@ pub(crate) fn recv_many(
         hdr.msg_iovlen = iovlen as _;
         m.write(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
     }
-    let got = loop {
-        // SAFETY: the first `n` headers are initialised and point into `bufs`,
-        // `spare_iov`/`spare` and `names`, all alive and unmoved for the
-        // call; the descriptor is non-blocking, so the call returns the
-        // datagrams already queued.
-        let r =
-            unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr().cast(), n as u32, 0, std::ptr::null_mut()) };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+    // SAFETY: the first `n` headers are initialised and point into `bufs`,
+    // `spare_iov`/`spare` and `names`, all alive and unmoved for the call;
+    // the descriptor is non-blocking, so the call returns the datagrams
+    // already queued.
+    let got = retry(|| {
+        cvt(unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr().cast(), n as u32, 0, std::ptr::null_mut()) })
+    })? as usize;
     Ok(msgs
         .iter()
         .zip(&names)
@@ -433,40 +389,6 @@ unsafe fn ip_addr(name: *const libc::sockaddr_storage, len: libc::socklen_t) -> 
     }
 }
 
-/// `epoll_ctl` ADD (`add`) or MOD of `fd` on the epoll instance `epfd` (mio's,
-/// whose events carry the token in `u64` as here). mio registers everything
-/// edge-triggered; `edge: false` asks for level-triggered readiness, which
-/// reports a socket that still holds data at every wait, so a receive needs
-/// no second call to learn that the socket is drained.
-pub(crate) fn epoll_register(
-    epfd: RawFd,
-    add: bool,
-    fd: RawFd,
-    token: usize,
-    interest: mio::Interest,
-    edge: bool,
-) -> io::Result<()> {
-    let mut events = 0;
-    if interest.is_readable() {
-        events |= libc::EPOLLIN | libc::EPOLLRDHUP;
-    }
-    if interest.is_writable() {
-        events |= libc::EPOLLOUT;
-    }
-    if interest.is_priority() {
-        events |= libc::EPOLLPRI;
-    }
-    if edge {
-        events |= libc::EPOLLET;
-    }
-    let mut ev = libc::epoll_event { events: events as u32, u64: token as u64 };
-    let op = if add { libc::EPOLL_CTL_ADD } else { libc::EPOLL_CTL_MOD };
-    // SAFETY: `ev` is a valid epoll_event for the duration of the call; the
-    // kernel only reads it.
-    let r = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// Which readiness a blocking synchronous call waits for.
 #[derive(Clone, Copy)]
 pub(crate) enum Readiness {
@@ -483,18 +405,8 @@ pub(crate) fn wait_fd(fd: RawFd, what: Readiness, timeout: Option<Duration>) -> 
     };
     let mut pfd = libc::pollfd { fd, events, revents: 0 };
     let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    loop {
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        return Ok(r > 0);
-    }
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
+    retry(|| cvt(unsafe { libc::poll(&mut pfd, 1, ms) })).map(|r| r > 0)
 }
 
 /// Bytes that can be read without blocking (`FIONREAD`; for a datagram
@@ -502,10 +414,7 @@ pub(crate) fn wait_fd(fd: RawFd, what: Readiness, timeout: Option<Duration>) -> 
 pub(crate) fn available(sock: &Socket) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int through the pointer, which points to `n`.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) })?;
     Ok(n.max(0) as usize)
 }
 
@@ -524,14 +433,4 @@ pub(crate) fn prefetch<T>(r: &T) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;
-}
-
-/// `fd` as a `BorrowedFd` that lives as long as `_owner`.
-pub(crate) fn borrow_fd<T: ?Sized>(_owner: &T, fd: RawFd) -> std::os::fd::BorrowedFd<'_> {
-    // SAFETY: the caller passes the descriptor its `_owner` owns and keeps open
-    // for as long as `_owner` lives (the context's epoll descriptor is closed
-    // only when the context is dropped), and the borrow cannot outlive
-    // `_owner`. No safe constructor exists for a descriptor held inside a
-    // `RefCell`.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
