@@ -48,6 +48,18 @@ impl Shared {
 
     /// Takes what was posted, oldest first, and whether a stop was asked.
     pub(crate) fn take(&self) -> Option<(VecDeque<Job>, bool)> {
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
+        }
+        // The wake is consumed here, where the posts are, not only when a
+        // wait reports it: a loop that skips the wait (nothing else
+        // registered) would otherwise leave its descriptor readable for
+        // ever, and a host sleeping on it would spin. Drained before
+        // `pending` clears, so a post racing in after this still finds
+        // `pending` false and wakes again.
+        if let Err(e) = self.waker.drain() {
+            log::error!("draining the remote waker failed: {e}");
+        }
         if !self.pending.swap(false, Ordering::AcqRel) {
             return None;
         }

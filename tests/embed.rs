@@ -138,3 +138,38 @@ fn next_timeout_is_zero_while_handlers_wait_and_none_when_stopped() {
     ctx.restart();
     assert_eq!(ctx.next_timeout(), Some(Duration::ZERO));
 }
+
+/// A context with a `Remote` and nothing else registered: once `poll()` has
+/// run a remote post, the descriptor must not stay readable, or a host that
+/// sleeps on it would spin without end.
+#[test]
+fn a_remote_post_leaves_the_descriptor_quiet_once_polled() {
+    let ctx = IoContext::new().unwrap();
+    let _guard = ctx.work_guard();
+    let remote = ctx.remote().unwrap();
+    let mut host = Host::new(&ctx);
+    let ran = Rc::new(Cell::new(0));
+    for round in 1..=3 {
+        let r = ran.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rem = remote.clone();
+        std::thread::spawn(move || {
+            rem.post(move || drop(tx)).unwrap();
+        })
+        .join()
+        .unwrap();
+        host.wait(Some(Duration::from_secs(2)));
+        assert_eq!(ctx.poll(), 1, "round {round}: the remote post runs");
+        assert!(rx.recv().is_err(), "round {round}: the remote closure ran and dropped its sender");
+        r.set(r.get() + 1);
+        assert_eq!(ctx.next_timeout(), None);
+        // Quiet: the host's wait now times out instead of returning at once.
+        let t = Instant::now();
+        let n =
+            epoll::wait(&host.epoll, &mut host.events, Some(&Timespec::try_from(Duration::from_millis(30)).unwrap()))
+                .unwrap();
+        assert_eq!(n, 0, "round {round}: the descriptor is still readable after poll()");
+        assert!(t.elapsed() >= Duration::from_millis(25));
+    }
+    assert_eq!(ran.get(), 3);
+}
