@@ -187,6 +187,10 @@ pub(crate) struct IoObject {
     pub(crate) gso: Cell<bool>,
     /// Segmented sends refused in a row.
     gso_refusals: Cell<u8>,
+    /// How many receives the next `recv_many` offers the kernel: twice
+    /// what the last batch got (2..=16), so a socket that gets one datagram
+    /// per wake-up does not pay for sixteen slots each time.
+    batch_hint: Cell<u8>,
     /// The read-ahead buffer, kept for reuse while no datagram is held.
     stash_buf: RefCell<Vec<u8>>,
     /// `set_nonblocking(true)`: synchronous calls return WouldBlock.
@@ -212,6 +216,7 @@ impl IoObject {
             readahead: Cell::new(readahead),
             gso: Cell::new(false),
             gso_refusals: Cell::new(0),
+            batch_hint: Cell::new((sys::RECV_BATCH - 1) as u8),
             stash_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
             stream: Cell::new(false),
@@ -560,7 +565,7 @@ impl IoObject {
             st.ops[Dir::Read as usize]
                 .iter()
                 .take_while(|op| !op.core().is_done() && op.is_plain_recv())
-                .take(max.min(sys::RECV_BATCH - 1))
+                .take(max.min(usize::from(self.batch_hint.get())))
                 .cloned()
                 .collect()
         };
@@ -589,6 +594,8 @@ impl IoObject {
         match result {
             Ok(got) => {
                 let k = got.len().min(ops);
+                let hint = (2 * got.len()).clamp(2, sys::RECV_BATCH - 1);
+                self.batch_hint.set(hint as u8);
                 if got.len() > ops {
                     let (len, from) = got[ops];
                     self.keep_read_ahead(&spare[..len], from);
