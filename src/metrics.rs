@@ -76,6 +76,13 @@ impl Counters {
         bump(&self.datagrams_out, datagram as u64);
     }
 
+    /// `datagrams` datagrams of `n` bytes in all sent by one call.
+    #[inline]
+    pub(crate) fn sent_datagrams(&self, n: usize, datagrams: usize) {
+        bump(&self.bytes_out, n as u64);
+        bump(&self.datagrams_out, datagrams as u64);
+    }
+
     pub(crate) fn waited(&self, d: Duration) {
         bump(&self.waiting_ns, d.as_nanos().min(u64::MAX as u128) as u64);
     }

@@ -221,13 +221,14 @@ pub(crate) trait SocketOp: Completion {
     fn is_wait(&self) -> bool {
         false
     }
-    /// For a send: its datagram's length and destination (`None`: the
-    /// connected peer), so that runs of sends can be batched.
-    fn send_parts(&self) -> Option<(usize, Option<&SockAddr>)> {
+    /// For a pending send that can join a batch (no flags, at most
+    /// `MAX_BUFFERS` buffers) whose datagram is at most `room` bytes long: appends the
+    /// datagram's bytes to `out` and returns its length and destination
+    /// (`None`: the connected peer). `None`, with `out` unchanged, otherwise.
+    /// One call per datagram, so that a batch reads each send's buffers once.
+    fn append_datagram(&self, _out: &mut Vec<u8>, _room: usize) -> Option<(usize, Option<&SockAddr>)> {
         None
     }
-    /// For a send: appends its datagram's bytes to `out`.
-    fn copy_payload(&self, _out: &mut Vec<u8>) {}
     /// True for a receive without flags, which can join a batch.
     fn is_plain_recv(&self) -> bool {
         false
@@ -351,24 +352,45 @@ impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> Socket
         let bufs = self.bufs.borrow();
         send_now(io, sock, bufs.as_ref()?, self.dest.as_ref(), self.flags)
     }
-    fn send_parts(&self) -> Option<(usize, Option<&SockAddr>)> {
-        if self.flags != 0 {
-            return None; // flags apply per datagram: not batched
+    #[inline]
+    fn append_datagram(&self, out: &mut Vec<u8>, room: usize) -> Option<(usize, Option<&SockAddr>)> {
+        if self.flags != 0 || self.core.is_done() {
+            return None; // flags apply per datagram: not batched; a cancelled send stays
         }
         let bufs = self.bufs.borrow();
         let bufs = bufs.as_ref()?;
-        if bufs.buffer_count() > crate::buffer::MAX_BUFFERS {
-            return None;
-        }
-        let mut len = 0;
-        bufs.gather(&mut |b| len += b.len());
+        let len = if bufs.buffer_count() == 1 {
+            // The common case: one buffer, one look at it.
+            let mut one: &[u8] = &[];
+            bufs.gather(&mut |b| one = b);
+            if one.len() > room {
+                return None;
+            }
+            out.extend_from_slice(one);
+            one.len()
+        } else {
+            append_gathered(bufs, out, room)?
+        };
         Some((len, self.dest.as_ref()))
     }
-    fn copy_payload(&self, out: &mut Vec<u8>) {
-        if let Some(bufs) = self.bufs.borrow().as_ref() {
-            bufs.gather(&mut |b| out.extend_from_slice(b));
-        }
+}
+
+/// [`SocketOp::append_datagram`] for a sequence of several buffers (or none):
+/// appends them all to `out`, unless there are more than `MAX_BUFFERS` or
+/// more than `room` bytes.
+#[inline(never)]
+fn append_gathered<B: ConstBufferSequence + ?Sized>(bufs: &B, out: &mut Vec<u8>, room: usize) -> Option<usize> {
+    if bufs.buffer_count() > crate::buffer::MAX_BUFFERS {
+        return None;
     }
+    let mut len = 0;
+    bufs.gather(&mut |b| len += b.len());
+    if len > room {
+        return None;
+    }
+    out.reserve(len);
+    bufs.gather(&mut |b| out.extend_from_slice(b));
+    Some(len)
 }
 
 /// A receive (`async_receive`, `async_receive_from`); the handler gets the

@@ -114,8 +114,14 @@ pub(crate) enum Attempt<R> {
     Later,
 }
 
-/// A send taken for a batch: the operation, its length and destination.
-type QueuedSend = (Rc<dyn SocketOp>, usize, Option<SockAddr>);
+/// Where the reactor assembles a batch of sends: their datagrams laid end
+/// to end, and the operations, in queue order. The room is kept from one
+/// batch to the next.
+#[derive(Default)]
+struct SendBatch {
+    bytes: Vec<u8>,
+    ops: Vec<Rc<dyn SocketOp>>,
+}
 
 /// Result of a batch attempt (`recv_many`, `send_many`, `send_run`).
 enum Batch {
@@ -650,11 +656,67 @@ impl IoObject {
         Batch::Sent(1)
     }
 
-    /// The pending sends at the front of the write queue, at most `max`.
-    /// Taken out of the borrow: inspecting them runs the buffers' own code.
-    fn front_sends(&self, max: usize) -> SmallVec<[Rc<dyn SocketOp>; 16]> {
-        let st = self.st.borrow();
-        st.ops[Dir::Write as usize].iter().take_while(|op| !op.core().is_done()).take(max).cloned().collect()
+    /// The `i`-th operation of the write queue: the next candidate for a
+    /// batch (which [`SocketOp::append_datagram`] refuses if it is done).
+    /// Cloned out of the borrow, because looking at it runs the buffers' own
+    /// code.
+    #[inline]
+    fn queued_send(&self, i: usize) -> Option<Rc<dyn SocketOp>> {
+        self.st.borrow().ops[Dir::Write as usize].get(i).cloned()
+    }
+
+    /// Fewer than two sends are queued: no batch to make.
+    #[inline]
+    fn lone_send(&self) -> bool {
+        self.st.borrow().ops[Dir::Write as usize].len() < 2
+    }
+
+    /// One system call sent the first `k` sends of `ops`, the front of the
+    /// write queue in order: each leaves the queue and completes with its own
+    /// length, `len(i)` for the `i`-th.
+    fn complete_sends<O: Owner + ?Sized>(
+        &self,
+        owner: &O,
+        ops: &mut Vec<Rc<dyn SocketOp>>,
+        k: usize,
+        len: impl Fn(usize) -> usize,
+    ) -> Batch {
+        {
+            // `ops` holds a clone of each, so none is dropped (and no user
+            // code runs) while the queue is borrowed.
+            let mut st = self.st.borrow_mut();
+            let q = &mut st.ops[Dir::Write as usize];
+            let sent = &ops[..k];
+            if q.len() >= k && q.iter().zip(sent).all(|(a, b)| Rc::ptr_eq(a, b)) {
+                q.drain(..k);
+            } else {
+                // The buffers' own code changed the queue meanwhile.
+                q.retain(|o| !sent.iter().any(|op| Rc::ptr_eq(o, op)));
+            }
+        }
+        let mut bytes = 0;
+        for (i, op) in ops.drain(..k).enumerate() {
+            let n = len(i);
+            bytes += n;
+            owner.finish(op, Error::NONE, n);
+        }
+        // Batches are datagrams: a stream writes one at a time.
+        self.counters.sent_datagrams(bytes, k);
+        Batch::Sent(k)
+    }
+
+    /// Runs `make` with the reactor's batch, taken out of it for the while
+    /// (no borrow is held while the buffers' own code runs, nor while an
+    /// operation left over is dropped), then gives the room back.
+    #[inline]
+    fn with_batch<O: Owner + ?Sized>(&self, owner: &O, make: impl FnOnce(&mut SendBatch) -> Batch) -> Batch {
+        let reactor = owner.reactor();
+        let mut b = reactor.batch.take().unwrap_or_default();
+        b.bytes.clear();
+        let r = make(&mut b);
+        b.ops.clear();
+        reactor.batch.set(Some(b));
+        r
     }
 
     /// Sends the queued sends at the front of the write queue (any sizes and
@@ -662,43 +724,42 @@ impl IoObject {
     /// Sends queue only behind a socket that would block, so this is the
     /// flush when it becomes writable again. `Single` when fewer than two.
     fn send_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
-        let candidates = self.front_sends(max.min(MAX_SEGMENTS));
-        if candidates.len() < 2 {
+        if self.lone_send() {
             return Batch::Single;
         }
-        let mut run: SmallVec<[QueuedSend; 16]> = SmallVec::new();
-        for op in &candidates {
-            match op.send_parts() {
-                Some((len, dest)) => run.push((op.clone(), len, dest.cloned())),
-                None => break,
+        let max = max.min(MAX_SEGMENTS);
+        self.with_batch(owner, |SendBatch { bytes, ops }| {
+            // Length and destination of each.
+            let mut sends: SmallVec<[(usize, Option<SockAddr>); 16]> = SmallVec::new();
+            while ops.len() < max {
+                let Some(op) = self.queued_send(ops.len()) else { break };
+                let Some((len, dest)) = op.append_datagram(bytes, usize::MAX) else { break };
+                sends.push((len, dest.cloned()));
+                ops.push(op);
             }
-        }
-        if run.len() < 2 {
-            return Batch::Single;
-        }
-        let mut buf = owner.reactor().batch.borrow_mut();
-        buf.clear();
-        let mut starts: SmallVec<[usize; 16]> = SmallVec::new();
-        for (op, _, _) in &run {
-            starts.push(buf.len());
-            op.copy_payload(&mut buf);
-        }
-        let parts: SmallVec<[sys::Part<'_>; 16]> = run
-            .iter()
-            .zip(&starts)
-            .map(|((_, len, dest), start)| sys::Part { start: *start, len: *len, dest: dest.as_ref() })
-            .collect();
-        let r = sys::send_many(sock, &buf, &parts);
-        drop(parts);
-        drop(buf);
-        match r {
-            Ok(k) => {
-                log::trace!("sent {k} of {} queued datagrams in one call", run.len());
-                self.complete_front(owner, Dir::Write, k, run.into_iter().take(k).map(|(op, len, _)| (op, len)))
+            if ops.len() < 2 {
+                return Batch::Single;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
-            Err(e) => self.fail_front(owner, Dir::Write, e),
-        }
+            let mut start = 0;
+            let parts: SmallVec<[sys::Part<'_>; 16]> = sends
+                .iter()
+                .map(|(len, dest)| {
+                    start += len;
+                    sys::Part { start: start - len, len: *len, dest: dest.as_ref() }
+                })
+                .collect();
+            let r = sys::send_many(sock, bytes, &parts);
+            drop(parts);
+            match r {
+                Ok(k) => {
+                    log::trace!("sent {k} of {} queued datagrams in one call", ops.len());
+                    let k = k.min(ops.len());
+                    self.complete_sends(owner, ops, k, |i| sends[i].0)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
+                Err(e) => self.fail_front(owner, Dir::Write, e),
+            }
+        })
     }
 
     /// Sends the run of equal-size datagrams (same destination, the last may
@@ -707,50 +768,53 @@ impl IoObject {
     /// `Single` when there is no run of two or more, or when the kernel
     /// refused the batch: the operations then go one by one, each with its
     /// own result (and a refusal of GSO itself turns it off for the socket).
+    ///
+    /// Each send is looked at once: its datagram is appended to the batch
+    /// if it fits the run (see [`SocketOp::append_datagram`]).
     fn send_run<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
-        let candidates = self.front_sends(max.min(MAX_SEGMENTS));
-        let mut run: SmallVec<[Rc<dyn SocketOp>; 16]> = SmallVec::new();
-        let (segment, dest) = {
-            let mut it = candidates.iter();
-            let Some(first) = it.next() else { return Batch::Single };
-            let Some((segment, dest)) = first.send_parts() else { return Batch::Single };
-            if segment == 0 || segment > MAX_SEGMENT {
-                return Batch::Single;
-            }
-            let mut total = segment;
-            run.push(first.clone());
-            for op in it {
-                let Some((len, d)) = op.send_parts() else { break };
-                if d != dest || len > segment || len == 0 || total + len > MAX_GSO_BYTES {
-                    break;
-                }
-                total += len;
-                run.push(op.clone());
-                if len < segment {
-                    break; // only the last segment may be shorter
-                }
-            }
-            (segment, dest.cloned())
-        };
-        if run.len() < 2 {
+        if self.lone_send() {
             return Batch::Single;
         }
-        let mut buf = owner.reactor().batch.borrow_mut();
-        buf.clear();
-        let mut lens: SmallVec<[usize; 16]> = SmallVec::new();
-        for op in &run {
-            let before = buf.len();
-            op.copy_payload(&mut buf);
-            lens.push(buf.len() - before);
+        let max = max.min(MAX_SEGMENTS);
+        self.with_batch(owner, |b| self.send_run_in(owner, sock, max, b))
+    }
+
+    fn send_run_in<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize, b: &mut SendBatch) -> Batch {
+        let SendBatch { bytes, ops } = b;
+        let mut segment = 0;
+        let mut dest: Option<SockAddr> = None;
+        while ops.len() < max {
+            let Some(op) = self.queued_send(ops.len()) else { break };
+            // The first sets the segment size; the others must not exceed it,
+            // nor the room left in one IP datagram.
+            let room =
+                if ops.is_empty() { MAX_SEGMENT } else { segment.min(MAX_GSO_BYTES.saturating_sub(bytes.len())) };
+            let Some((len, d)) = op.append_datagram(bytes, room) else { break };
+            if ops.is_empty() {
+                if len == 0 {
+                    break; // a zero-length datagram goes on its own
+                }
+                segment = len;
+                dest = d.cloned();
+            } else if len == 0 || d != dest.as_ref() {
+                bytes.truncate(bytes.len() - len);
+                break;
+            }
+            ops.push(op);
+            if len < segment {
+                break; // only the last segment may be shorter
+            }
         }
-        let r = sys::send_segments(sock, &buf, dest.as_ref(), segment as u16);
-        drop(buf);
-        match r {
+        if ops.len() < 2 {
+            return Batch::Single;
+        }
+        match sys::send_segments(sock, bytes, dest.as_ref(), segment as u16) {
             Ok(_) => {
                 self.gso_refusals.set(0);
-                log::trace!("sent {} datagrams of {segment} bytes in one call", run.len());
-                let k = run.len();
-                self.complete_front(owner, Dir::Write, k, run.into_iter().zip(lens))
+                let k = ops.len();
+                log::trace!("sent {k} datagrams of {segment} bytes in one call");
+                let last = bytes.len() - segment * (k - 1);
+                self.complete_sends(owner, ops, k, |i| if i + 1 == k { last } else { segment })
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) if sys::gso_refused(&e) || e.raw_os_error() == Some(libc::EMSGSIZE) => {
@@ -993,8 +1057,9 @@ pub(crate) struct Reactor {
     deferred: Cell<bool>,
     /// Sockets with sends deferred to the end of the pass.
     flush_list: RefCell<Vec<Rc<IoObject>>>,
-    /// Where a batch of datagrams is assembled for one segmented send.
-    batch: RefCell<Vec<u8>>,
+    /// Where a batch of sends is assembled (`sendmmsg`, or one segmented
+    /// send), from the first batch on. Boxed: one word in the reactor.
+    batch: Cell<Option<Box<SendBatch>>>,
     /// The loop's counters (see `metrics()`), shared with every socket.
     pub(crate) counters: Rc<Counters>,
 }
@@ -1011,7 +1076,7 @@ impl Reactor {
             backlogged: Cell::new(false),
             deferred: Cell::new(false),
             flush_list: RefCell::new(Vec::new()),
-            batch: RefCell::new(Vec::new()),
+            batch: Cell::default(),
             counters: Rc::default(),
         })
     }
@@ -1033,14 +1098,27 @@ impl Reactor {
     /// socket's queue coalesced into as few system calls as it allows.
     #[inline]
     pub(crate) fn flush_deferred<O: Owner + ?Sized>(&self, owner: &O) {
-        if !self.deferred.get() {
-            return;
+        if self.deferred.get() {
+            self.flush_listed(owner);
         }
+    }
+
+    /// [`flush_deferred`](Self::flush_deferred) when a socket is listed: out
+    /// of line, so that the loop of a context without GSO sockets does not
+    /// carry it.
+    #[inline(never)]
+    fn flush_listed<O: Owner + ?Sized>(&self, owner: &O) {
         self.deferred.set(false);
-        let list = std::mem::take(&mut *self.flush_list.borrow_mut());
-        for obj in list {
+        let mut list = std::mem::take(&mut *self.flush_list.borrow_mut());
+        for obj in list.drain(..) {
             obj.st.borrow_mut().flush_listed = false;
             obj.continue_queue(owner, Dir::Write);
+        }
+        // The list's room serves the next pass (a socket listed meanwhile
+        // keeps the one it made).
+        let mut next = self.flush_list.borrow_mut();
+        if next.is_empty() {
+            *next = list;
         }
     }
 

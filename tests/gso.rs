@@ -276,3 +276,88 @@ fn a_deferred_send_behind_a_would_block_waits_for_writability_and_leaves() {
     // The lost write wakeup: no interest in writability, so no event ever came.
     assert!(deferred_send_after_a_would_block_leaves(true), "the deferred send never left");
 }
+
+/// A buffer whose own code runs a hook the first time the reactor reads it:
+/// the one place where user code runs while a batch is being assembled.
+struct Hooked {
+    data: Vec<u8>,
+    hook: RefCell<Option<Box<dyn FnOnce()>>>,
+}
+
+impl ioctx::ConstBufferSequence for Hooked {
+    fn buffer_count(&self) -> usize {
+        1
+    }
+    fn gather<'a>(&'a self, out: &mut dyn FnMut(&'a [u8])) {
+        if let Some(hook) = self.hook.borrow_mut().take() {
+            hook();
+        }
+        out(&self.data);
+    }
+}
+
+#[test]
+fn a_batch_completes_its_own_sends_even_when_a_buffer_reshapes_the_queue() {
+    // While the flush copies B's datagram, B's buffer cancels A (already in
+    // the batch) and starts a write wait, which prunes A from the queue: the
+    // front of the queue is then [B, wait]. The batch must take B off the
+    // queue, not the wait, which still completes.
+    let ctx = IoContext::new().unwrap();
+    let rx = receiver();
+    let sock = gso_sender(&ctx, &rx);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    let a = sock.async_send(datagram(0, 40), move |e, n| l.borrow_mut().push((0, e, n)));
+    let (s, l) = (sock.clone(), log.clone());
+    let hook: Box<dyn FnOnce()> = Box::new(move || {
+        assert!(a.cancel(CancellationType::TOTAL));
+        s.async_wait(ioctx::net::WaitType::Write, move |e| l.borrow_mut().push((2, e, 0)));
+    });
+    let l = log.clone();
+    sock.async_send(Hooked { data: datagram(1, 40), hook: RefCell::new(Some(hook)) }, move |e, n| {
+        l.borrow_mut().push((1, e, n))
+    });
+    ctx.run_for(std::time::Duration::from_secs(5));
+    assert_eq!(
+        *log.borrow(),
+        vec![(0, Error::OPERATION_ABORTED, 0), (1, Error::NONE, 40), (2, Error::NONE, 0)],
+        "each completes once, the wait too"
+    );
+    assert!(ctx.stopped(), "nothing is left pending");
+}
+
+#[test]
+fn a_sendmmsg_batch_completes_its_own_sends_even_when_a_buffer_reshapes_the_queue() {
+    // The same through `sendmmsg` (GSO off): the sends queue behind a socket
+    // that would block, and leave together when it becomes writable.
+    let ctx = IoContext::new().unwrap();
+    let (sock, peer) = blocking_pair(&ctx);
+    let mut started = 0;
+    while !sock.async_send(vec![0u8; 100], |_, _| {}).is_pending() {
+        started += 1;
+        assert!(started < 10_000, "no send ever had to wait");
+    }
+    sock.cancel().unwrap(); // their handlers (which log nothing) run in run_for below
+    let log: Log = Rc::default();
+    let l = log.clone();
+    let a = sock.async_send(datagram(0, 40), move |e, n| l.borrow_mut().push((0, e, n)));
+    assert!(a.is_pending());
+    let (s, l) = (sock.clone(), log.clone());
+    let hook: Box<dyn FnOnce()> = Box::new(move || {
+        assert!(a.cancel(CancellationType::TOTAL));
+        s.async_wait(ioctx::net::WaitType::Write, move |e| l.borrow_mut().push((2, e, 0)));
+    });
+    let l = log.clone();
+    sock.async_send(Hooked { data: datagram(1, 40), hook: RefCell::new(Some(hook)) }, move |e, n| {
+        l.borrow_mut().push((1, e, n))
+    });
+    let mut buf = [0u8; 256];
+    while peer.recv(&mut buf).is_ok() {}
+    ctx.run_for(std::time::Duration::from_secs(5));
+    assert_eq!(
+        *log.borrow(),
+        vec![(0, Error::OPERATION_ABORTED, 0), (1, Error::NONE, 40), (2, Error::NONE, 0)],
+        "each completes once, the wait too"
+    );
+    assert!(ctx.stopped(), "nothing is left pending");
+}
