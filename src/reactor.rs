@@ -292,6 +292,14 @@ impl IoObject {
                 st.ops[Dir::Read as usize].push_back(op);
                 return;
             }
+        } else if dir == Dir::Write && !wait && self.gso.get() {
+            // Likewise a deferred send on a socket already on the flush list:
+            // it leaves with the flush at the end of the pass.
+            let mut st = self.st.borrow_mut();
+            if st.flush_listed {
+                st.ops[Dir::Write as usize].push_back(op);
+                return;
+            }
         }
         if wait && dir == Dir::Read && self.has_read_ahead() {
             let mut st = self.st.borrow_mut();
