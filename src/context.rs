@@ -26,7 +26,7 @@ pub(crate) struct Inner {
     /// How many `run*`/`poll*` calls of this context are on the stack.
     depth: Cell<usize>,
     /// Set while the context is being dropped: nothing new is queued.
-    shut: Cell<bool>,
+    dropping: Cell<bool>,
     pub(crate) reactor: Reactor,
     pub(crate) timers: RefCell<TimerQueue>,
     /// What `Remote`s share with the loop, once `remote()` was called.
@@ -57,13 +57,13 @@ impl Inner {
         self.outstanding.set(self.outstanding.get().saturating_sub(1));
     }
 
-    pub(crate) fn is_shut(&self) -> bool {
-        self.shut.get()
+    pub(crate) fn is_dropping(&self) -> bool {
+        self.dropping.get()
     }
 
     #[inline(always)]
     pub(crate) fn post<F: FnOnce() + 'static>(&self, f: F) {
-        if self.shut.get() {
+        if self.dropping.get() {
             log::debug!("handler posted while the context is being dropped: dropped unrun");
             return;
         }
@@ -98,7 +98,7 @@ impl Inner {
     /// entries and queues it to have its handler run. The single path by which
     /// every operation leaves the pending state.
     #[inline]
-    pub(crate) fn finish(&self, op: Rc<dyn Completion>, err: Error, n: usize) {
+    pub(crate) fn complete(&self, op: Rc<dyn Completion>, err: Error, n: usize) {
         let core = op.core();
         if core.is_done() {
             return;
@@ -112,7 +112,7 @@ impl Inner {
 
     /// Marks a composed operation complete (its handler is queued by the
     /// caller) and removes the `cancel_after` entry watching it.
-    pub(crate) fn settle(&self, core: &crate::op::OpCore) {
+    pub(crate) fn complete_composed(&self, core: &crate::op::OpCore) {
         if !core.is_done() {
             core.set_result(Error::NONE, 0);
         }
@@ -130,18 +130,18 @@ impl Inner {
         if op.core().is_done() {
             return false;
         }
-        self.finish(op, Error::OPERATION_ABORTED, 0);
+        self.complete(op, Error::OPERATION_ABORTED, 0);
         true
     }
 
     /// Ends a pending timer wait: removes the `cancel_after` watching it and
     /// queues its handler with `err`. The single path by which every timer
     /// wait leaves the pending state.
-    fn end_wait(&self, handler: WaitHandler, cancel: Option<TimerKey>, err: Error) {
+    fn complete_wait(&self, handler: WaitHandler, cancel: Option<TimerKey>, err: Error) {
         self.drop_cancel_after(cancel);
         self.remove_work();
         log::trace!("timer wait completed: {err:?}");
-        if self.shut.get() {
+        if self.dropping.get() {
             drop(handler);
         } else {
             self.queue.push_wait(handler, err);
@@ -153,7 +153,7 @@ impl Inner {
         let removed = self.timers.borrow_mut().remove_wait(key);
         match removed {
             Some((handler, cancel)) => {
-                self.end_wait(handler, cancel, Error::OPERATION_ABORTED);
+                self.complete_wait(handler, cancel, Error::OPERATION_ABORTED);
                 true
             }
             None => false,
@@ -195,7 +195,7 @@ impl Inner {
             let due = self.timers.borrow_mut().pop_due(now);
             match due {
                 None => break,
-                Some((TimerTarget::Wait(handler), cancel)) => self.end_wait(handler, cancel, Error::NONE),
+                Some((TimerTarget::Wait(handler), cancel)) => self.complete_wait(handler, cancel, Error::NONE),
                 Some((TimerTarget::CancelAfter(Watched::Op(w), ty), _)) => {
                     if let Some(op) = w.upgrade() {
                         op.core().cancel_key.set(None);
@@ -261,8 +261,8 @@ impl Owner for Inner {
         Inner::add_work(self)
     }
     #[inline]
-    fn finish(&self, op: Rc<dyn Completion>, err: Error, n: usize) {
-        Inner::finish(self, op, err, n)
+    fn complete(&self, op: Rc<dyn Completion>, err: Error, n: usize) {
+        Inner::complete(self, op, err, n)
     }
     #[inline]
     fn now(&self) -> Instant {
@@ -364,7 +364,7 @@ impl IoContext {
             outstanding: Cell::new(0),
             stopped: Cell::new(false),
             depth: Cell::new(0),
-            shut: Cell::new(false),
+            dropping: Cell::new(false),
             reactor: Reactor::new()?,
             timers: RefCell::new(TimerQueue::new(crate::timer::clock_base())),
             remote: RefCell::new(None),
@@ -487,13 +487,13 @@ impl IoContext {
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "an event completes at least one operation"));
         }
-        self.inner.reactor.budget.set(n);
+        self.inner.reactor.operations_per_event.set(n);
         Ok(())
     }
 
     /// See [`set_operations_per_event`](Self::set_operations_per_event).
     pub fn operations_per_event(&self) -> usize {
-        self.inner.reactor.budget.get()
+        self.inner.reactor.operations_per_event.get()
     }
 
     /// What the loop has done so far: handlers run, loop turns, reactor
@@ -627,7 +627,7 @@ impl IoContext {
 impl Drop for IoContext {
     fn drop(&mut self) {
         let inner = &*self.inner;
-        inner.shut.set(true);
+        inner.dropping.set(true);
         inner.stopped.set(true);
         // Remote posts fail from now on; what they queued is dropped unrun.
         if let Some(shared) = inner.remote.borrow_mut().take() {
@@ -738,7 +738,7 @@ impl Executor {
     /// otherwise posts it.
     pub fn dispatch<F: FnOnce() + 'static>(&self, f: F) {
         match self.inner.upgrade() {
-            Some(inner) if inner.depth.get() > 0 && !inner.is_shut() => {
+            Some(inner) if inner.depth.get() > 0 && !inner.is_dropping() => {
                 drop(inner);
                 f()
             }

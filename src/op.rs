@@ -83,7 +83,7 @@ thread_local! {
     /// type, so a steady stream of operations allocates nothing. Per
     /// thread, as Asio's, because the loop that frees an operation is the
     /// loop that starts the next one.
-    static SPARE: Cell<Option<Rc<dyn Any>>> = const { Cell::new(None) };
+    static RECYCLED: Cell<Option<Rc<dyn Any>>> = const { Cell::new(None) };
 }
 
 /// Keeps `op`'s memory for [`reuse`] if nothing else refers to it (no
@@ -93,7 +93,7 @@ thread_local! {
 #[inline]
 fn recycle<T: 'static>(mut op: Rc<T>) {
     if Rc::get_mut(&mut op).is_some() {
-        let old = SPARE.replace(Some(op as Rc<dyn Any>));
+        let old = RECYCLED.replace(Some(op as Rc<dyn Any>));
         drop(old);
     }
 }
@@ -101,12 +101,12 @@ fn recycle<T: 'static>(mut op: Rc<T>) {
 /// The recycled block if it holds a `T` (unique: [`recycle`] keeps only
 /// blocks nothing else refers to, and nothing can reach it since).
 #[inline]
-fn spare<T: 'static>() -> Option<Rc<T>> {
-    let spare = SPARE.take()?;
-    match spare.downcast::<T>() {
+fn recycled<T: 'static>() -> Option<Rc<T>> {
+    let block = RECYCLED.take()?;
+    match block.downcast::<T>() {
         Ok(rc) => Some(rc),
         Err(other) => {
-            SPARE.set(Some(other));
+            RECYCLED.set(Some(other));
             None
         }
     }
@@ -313,7 +313,7 @@ impl<B, F> SendOp<B, F> {
 impl<B: 'static, F: 'static> SendOp<B, F> {
     /// A new send in recycled memory when there is some.
     pub(crate) fn rc(bufs: B, dest: Option<SockAddr>, flags: i32, handler: F) -> Rc<Self> {
-        if let Some(mut rc) = spare::<Self>()
+        if let Some(mut rc) = recycled::<Self>()
             && let Some(op) = Rc::get_mut(&mut rc)
         {
             // Field by field, in place: no new operation built and copied in.
@@ -420,7 +420,7 @@ impl<B, F> RecvOp<B, F> {
 impl<B: 'static, F: 'static> RecvOp<B, F> {
     /// A new receive in recycled memory when there is some.
     pub(crate) fn rc(bufs: B, flags: i32, want_from: bool, handler: F) -> Rc<Self> {
-        if let Some(mut rc) = spare::<Self>()
+        if let Some(mut rc) = recycled::<Self>()
             && let Some(op) = Rc::get_mut(&mut rc)
         {
             op.core.reset();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// Operations a socket may take per readiness event and direction before the
 /// loop runs handlers again (fairness between sockets and handlers).
-pub(crate) const DEFAULT_BUDGET: usize = 64;
+pub(crate) const DEFAULT_OPERATIONS_PER_EVENT: usize = 64;
 
 /// Read or write side of a descriptor.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -47,7 +47,7 @@ struct IoState {
     kernel_ready: [bool; 2],
     /// One datagram read ahead (see [`Io::recv`]): readable data, as
     /// much as what the kernel holds.
-    stash: Option<Stash>,
+    read_ahead: Option<Datagram>,
     /// What the descriptor is registered for, once it is.
     interest: Interest,
     /// Added to epoll.
@@ -69,7 +69,7 @@ impl IoState {
             ops: [VecDeque::new(), VecDeque::new()],
             error_waits: VecDeque::new(),
             kernel_ready: [true, true],
-            stash: None,
+            read_ahead: None,
             interest: BASE_INTEREST,
             registered: false,
             level: true,
@@ -93,7 +93,7 @@ impl IoState {
     /// never disagree: a datagram held in memory is readable whatever the
     /// kernel's queue says, and no event will ever announce it.
     fn ready(&self, dir: Dir) -> bool {
-        self.kernel_ready[dir as usize] || (dir == Dir::Read && self.stash.is_some())
+        self.kernel_ready[dir as usize] || (dir == Dir::Read && self.read_ahead.is_some())
     }
 
     /// An operation waits in `dir` and could progress now: the socket must
@@ -139,11 +139,11 @@ const MAX_SEGMENTS: usize = 64;
 const MAX_SEGMENT: usize = 65_507;
 const MAX_GSO_BYTES: usize = 65_000;
 
-/// Size of the context's spare receive buffer: the largest UDP payload.
-const SPARE_LEN: usize = 65_536;
+/// Size of the space a datagram read ahead lands in: the largest UDP payload.
+const READ_AHEAD_SPACE: usize = 65_536;
 
 /// A datagram received ahead of any receive operation.
-struct Stash {
+struct Datagram {
     data: Vec<u8>,
     from: Option<SocketAddr>,
 }
@@ -172,7 +172,7 @@ pub(crate) trait Owner {
     /// One more pending operation: work that keeps `run` going.
     fn add_work(&self);
     /// `op` completed with `(err, n)`: its handler is queued, never run here.
-    fn finish(&self, op: Rc<dyn Completion>, err: Error, n: usize);
+    fn complete(&self, op: Rc<dyn Completion>, err: Error, n: usize);
     /// The loop's clock.
     fn now(&self) -> Instant;
 }
@@ -185,9 +185,9 @@ pub(crate) struct IoObject {
     token: Cell<usize>,
     sock: RefCell<Option<Rc<Socket>>>,
     st: RefCell<IoState>,
-    /// Receives may read ahead (IP datagram sockets: the spare buffer holds
+    /// Receives may read ahead (IP datagram sockets: the read-ahead space holds
     /// any datagram they can carry).
-    readahead: Cell<bool>,
+    can_read_ahead: Cell<bool>,
     /// Sends are deferred to the end of the handler pass and coalesced with
     /// UDP segmentation offload (see `UdpSocket::set_gso`).
     pub(crate) gso: Cell<bool>,
@@ -198,7 +198,7 @@ pub(crate) struct IoObject {
     /// per wake-up does not pay for sixteen slots each time.
     batch_hint: Cell<u8>,
     /// The read-ahead buffer, kept for reuse while no datagram is held.
-    stash_buf: RefCell<Vec<u8>>,
+    read_ahead_buf: RefCell<Vec<u8>>,
     /// `set_nonblocking(true)`: synchronous calls return WouldBlock.
     pub(crate) user_nonblocking: Cell<bool>,
     /// A stream socket: writes may be partial, so they are never batched.
@@ -211,7 +211,7 @@ impl IoObject {
     /// Adds `sock` (already non-blocking) to the context's registrations; it
     /// joins epoll later, when an operation first has to wait. `readahead`:
     /// receives may read a datagram ahead (the socket's datagrams always fit
-    /// the spare buffer).
+    /// the read-ahead space).
     pub(crate) fn new<O: Owner + 'static>(owner: &Rc<O>, sock: Socket, readahead: bool) -> Rc<IoObject> {
         let link: Weak<dyn Owner> = Rc::downgrade(owner) as Weak<O>;
         let obj = Rc::new(IoObject {
@@ -219,11 +219,11 @@ impl IoObject {
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
             st: RefCell::new(IoState::new()),
-            readahead: Cell::new(readahead),
+            can_read_ahead: Cell::new(readahead),
             gso: Cell::new(false),
             gso_refusals: Cell::new(0),
             batch_hint: Cell::new((sys::RECV_BATCH - 1) as u8),
-            stash_buf: RefCell::new(Vec::new()),
+            read_ahead_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
             stream: Cell::new(false),
             counters: owner.reactor().counters.clone(),
@@ -280,7 +280,7 @@ impl IoObject {
     pub(crate) fn enqueue<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, op: Rc<dyn SocketOp>, dir: Dir) {
         owner.add_work();
         if !self.is_open() {
-            owner.finish(op, Error::BAD_DESCRIPTOR, 0);
+            owner.complete(op, Error::BAD_DESCRIPTOR, 0);
             return;
         }
         let wait = op.is_wait();
@@ -308,7 +308,7 @@ impl IoObject {
                 // Readable now, though the kernel's queue may be empty: no
                 // event would come for the datagram already read ahead.
                 drop(st);
-                owner.finish(op, Error::NONE, 0);
+                owner.complete(op, Error::NONE, 0);
                 return;
             }
         }
@@ -376,13 +376,13 @@ impl IoObject {
     ) -> io::Result<sys::Received> {
         let level = {
             let mut st = self.st.borrow_mut();
-            if let Some(d) = st.stash.as_ref() {
+            if let Some(d) = st.read_ahead.as_ref() {
                 let len = scatter(&d.data, bufs);
                 let from = d.from;
                 if flags & libc::MSG_PEEK == 0
-                    && let Some(d) = st.stash.take()
+                    && let Some(d) = st.read_ahead.take()
                 {
-                    *self.stash_buf.borrow_mut() = d.data;
+                    *self.read_ahead_buf.borrow_mut() = d.data;
                 }
                 return Ok(sys::Received { len, from });
             }
@@ -395,14 +395,14 @@ impl IoObject {
             return Ok(r);
         }
         let owner = match self.owner.upgrade() {
-            Some(owner) if flags == 0 && self.readahead.get() => owner,
+            Some(owner) if flags == 0 && self.can_read_ahead.get() => owner,
             _ => return sys::recv(sock, bufs, flags, want_from),
         };
-        let mut spare = owner.reactor().spare();
-        let r = sys::recv_readahead(sock, bufs, want_from, &mut spare)?;
+        let mut space = owner.reactor().read_ahead_space();
+        let r = sys::recv_read_ahead(sock, bufs, want_from, &mut space)?;
         match r.second {
             Some((len, from)) => {
-                self.keep_read_ahead(&spare[..len], from);
+                self.keep_read_ahead(&space[..len], from);
             }
             // Drained. (Should the second receive have failed with an error
             // instead, such as an ICMP report racing in between, the kernel
@@ -414,21 +414,21 @@ impl IoObject {
 
     /// Holds a datagram read ahead for the next receive, in the reused buffer.
     fn keep_read_ahead(&self, datagram: &[u8], from: Option<SocketAddr>) {
-        let mut data = std::mem::take(&mut *self.stash_buf.borrow_mut());
+        let mut data = std::mem::take(&mut *self.read_ahead_buf.borrow_mut());
         data.clear();
         data.extend_from_slice(datagram);
-        self.st.borrow_mut().stash = Some(Stash { data, from });
+        self.st.borrow_mut().read_ahead = Some(Datagram { data, from });
     }
 
     /// True while a datagram read ahead waits for a receive.
     #[inline]
     pub(crate) fn has_read_ahead(&self) -> bool {
-        self.st.borrow().stash.is_some()
+        self.st.borrow().read_ahead.is_some()
     }
 
     /// Length of the next datagram: the one read ahead, else the kernel's.
     pub(crate) fn available(&self, sock: &Socket) -> io::Result<usize> {
-        match self.st.borrow().stash.as_ref() {
+        match self.st.borrow().read_ahead.as_ref() {
             Some(d) => Ok(d.data.len()),
             None => sys::available(sock),
         }
@@ -438,7 +438,7 @@ impl IoObject {
     pub(crate) fn start_error_wait<O: Owner + ?Sized>(&self, owner: &O, op: Rc<dyn Completion>) {
         owner.add_work();
         let Some(sock) = self.socket() else {
-            owner.finish(op, Error::BAD_DESCRIPTOR, 0);
+            owner.complete(op, Error::BAD_DESCRIPTOR, 0);
             return;
         };
         {
@@ -493,7 +493,7 @@ impl IoObject {
                 log::debug!("registering token {token} with epoll failed: {e}");
                 let err = Error::from(e);
                 for op in self.take_ops() {
-                    owner.finish(op, err, 0);
+                    owner.complete(op, err, 0);
                 }
             }
         }
@@ -501,11 +501,11 @@ impl IoObject {
 
     /// Performs queued operations in `dir` until one would block, the
     /// socket is drained (not [`ready`](IoState::ready): a datagram read
-    /// ahead keeps it going), the queue is empty or `budget` completed.
-    /// Returns true when stopped by the budget: an operation waits and could
+    /// ahead keeps it going), the queue is empty or `limit` completed.
+    /// Returns true when stopped by the limit: an operation waits and could
     /// progress, so it [`wants_turn`](IoState::wants_turn).
     #[inline]
-    fn run_queue<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, budget: usize) -> bool {
+    fn run_queue<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, limit: usize) -> bool {
         let Some(sock) = self.socket() else {
             return false;
         };
@@ -520,19 +520,19 @@ impl IoObject {
                     None => return false,
                 }
             };
-            if done == budget {
+            if done == limit {
                 return true;
             }
             let batch = match dir {
                 // A batch needs two receives waiting: skip collecting candidates otherwise.
-                Dir::Read if queued > 1 && self.readahead.get() && !self.has_read_ahead() => {
-                    self.recv_many(owner, &sock, budget - done)
+                Dir::Read if queued > 1 && self.can_read_ahead.get() && !self.has_read_ahead() => {
+                    self.recv_many(owner, &sock, limit - done)
                 }
                 Dir::Read => Batch::Single,
-                Dir::Write if self.gso.get() => self.send_run(owner, &sock, budget - done),
+                Dir::Write if self.gso.get() => self.send_run(owner, &sock, limit - done),
                 // A stream write may be partial: writes leave one at a time.
                 Dir::Write if self.stream.get() => Batch::Single,
-                Dir::Write => self.send_many(owner, &sock, budget - done),
+                Dir::Write => self.send_many(owner, &sock, limit - done),
             };
             match batch {
                 Batch::Sent(k) => {
@@ -559,7 +559,7 @@ impl IoObject {
                         (st.ops[dir as usize].pop_front(), !st.ready(dir))
                     };
                     drop(front);
-                    owner.finish(op, err, n);
+                    owner.complete(op, err, n);
                     done += 1;
                     if drained {
                         return false;
@@ -570,7 +570,7 @@ impl IoObject {
     }
 
     /// Receives into the plain receives pending at the front of the read
-    /// queue (two or more) with one `recvmmsg`, plus the spare slot, so that
+    /// queue (two or more) with one `recvmmsg`, plus the read-ahead slot, so that
     /// the same call says whether the socket is drained (as `recv` does for
     /// one receive). Each completes with its own length and sender.
     fn recv_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
@@ -600,8 +600,8 @@ impl IoObject {
             g.scatter(&mut |b| slices.push(IoSliceMut::new(b)));
             counts.push(slices.len() - before);
         }
-        let mut spare = owner.reactor().spare();
-        let result = sys::recv_many(sock, &mut slices, &counts, &mut spare);
+        let mut space = owner.reactor().read_ahead_space();
+        let result = sys::recv_many(sock, &mut slices, &counts, &mut space);
         drop(slices);
         let ops = guards.len();
         drop(guards);
@@ -612,12 +612,12 @@ impl IoObject {
                 self.batch_hint.set(hint as u8);
                 if got.len() > ops {
                     let (len, from) = got[ops];
-                    self.keep_read_ahead(&spare[..len], from);
+                    self.keep_read_ahead(&space[..len], from);
                 } else {
                     // Fewer datagrams than slots: the socket is drained.
                     self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
                 }
-                drop(spare);
+                drop(space);
                 log::trace!("received {k} datagrams in one call");
                 let done = candidates.into_iter().zip(got).take(k).map(|(op, (len, from))| {
                     op.set_sender(from);
@@ -627,7 +627,7 @@ impl IoObject {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
             Err(e) => {
-                drop(spare);
+                drop(space);
                 self.fail_front(owner, Dir::Read, e)
             }
         }
@@ -648,7 +648,7 @@ impl IoObject {
                 Dir::Read => self.counted_in(len),
                 Dir::Write => self.counted_out(len),
             }
-            owner.finish(op, Error::NONE, len);
+            owner.complete(op, Error::NONE, len);
         }
         Batch::Sent(k)
     }
@@ -659,7 +659,7 @@ impl IoObject {
     fn fail_front<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, e: io::Error) -> Batch {
         let front = self.st.borrow_mut().ops[dir as usize].pop_front();
         if let Some(op) = front {
-            owner.finish(op, Error::from(e), 0);
+            owner.complete(op, Error::from(e), 0);
         }
         Batch::Sent(1)
     }
@@ -706,7 +706,7 @@ impl IoObject {
         for (i, op) in ops.drain(..k).enumerate() {
             let n = len(i);
             bytes += n;
-            owner.finish(op, Error::NONE, n);
+            owner.complete(op, Error::NONE, n);
         }
         // Batches are datagrams: a stream writes one at a time.
         self.counters.sent_datagrams(bytes, k);
@@ -879,12 +879,12 @@ impl IoObject {
         if error {
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
             for op in waits {
-                owner.finish(op, Error::NONE, 0);
+                owner.complete(op, Error::NONE, 0);
             }
         }
     }
 
-    /// Runs a queue. If the budget stopped it, an operation still waits and
+    /// Runs a queue. If the limit stopped it, an operation still waits and
     /// could progress, and no event will say so: the socket goes on the
     /// backlog and is looked at again next turn, without waiting. (Any other
     /// stop leaves nothing that could progress: the queue is empty, or the
@@ -892,17 +892,17 @@ impl IoObject {
     /// counting as ready.)
     #[inline]
     fn continue_queue<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, dir: Dir) {
-        if self.run_queue(owner, dir, owner.reactor().budget.get()) {
+        if self.run_queue(owner, dir, owner.reactor().operations_per_event.get()) {
             self.to_backlog(owner, dir);
         } else if dir == Dir::Write {
-            self.settle_write_interest(owner);
+            self.drop_idle_write_interest(owner);
         }
     }
 
     /// Drops the write interest once nothing waits for it; registers only if
     /// sends are left waiting (a deferred flush that would block), so a
     /// socket whose sends all leave stays out of epoll.
-    fn settle_write_interest<O: Owner + ?Sized>(&self, owner: &O) {
+    fn drop_idle_write_interest<O: Owner + ?Sized>(&self, owner: &O) {
         let Some(sock) = self.socket() else { return };
         let (registered, waiting) = {
             let mut st = self.st.borrow_mut();
@@ -957,7 +957,7 @@ impl IoObject {
         let mut n = 0;
         for op in ops {
             if !op.core().is_done() {
-                owner.finish(op, Error::OPERATION_ABORTED, 0);
+                owner.complete(op, Error::OPERATION_ABORTED, 0);
                 n += 1;
             }
         }
@@ -976,7 +976,7 @@ impl IoObject {
     /// pending operations (through the queue). `None` if already closed.
     pub(crate) fn detach(&self) -> Option<Rc<Socket>> {
         let sock = self.sock.borrow_mut().take()?;
-        drop(self.st.borrow_mut().stash.take());
+        drop(self.st.borrow_mut().read_ahead.take());
         match self.owner.upgrade() {
             Some(owner) => {
                 let token = self.token.get();
@@ -1004,7 +1004,7 @@ impl IoObject {
     /// Context teardown: close the descriptor and hand over every operation.
     pub(crate) fn teardown(&self, ops: &mut Vec<Rc<dyn Completion>>) {
         drop(self.sock.borrow_mut().take());
-        drop(self.st.borrow_mut().stash.take());
+        drop(self.st.borrow_mut().read_ahead.take());
         ops.extend(self.take_ops());
     }
 }
@@ -1013,7 +1013,7 @@ impl IoObject {
 /// read-ahead slot, and every transfer is counted.
 impl Io for IoObject {
     /// From the read-ahead slot if a datagram waits there, else from the
-    /// socket. A plain receive uses `recvmmsg` with a spare slot, so that one
+    /// socket. A plain receive uses `recvmmsg` with a read-ahead slot, so that one
     /// call also says whether the socket is drained (then the read side
     /// waits for the next edge without another call).
     fn recv(
@@ -1051,12 +1051,12 @@ pub(crate) struct Reactor {
     /// Where descriptors are registered and readiness is waited for.
     backend: Backend,
     regs: RefCell<Slab<Rc<IoObject>>>,
-    /// Sockets whose queue stopped at the budget with readiness left.
+    /// Sockets whose queue stopped at the limit with readiness left.
     backlog: RefCell<Vec<Rc<IoObject>>>,
     /// Operations one socket may complete per direction per turn.
-    pub(crate) budget: Cell<usize>,
+    pub(crate) operations_per_event: Cell<usize>,
     /// Where a receive puts the datagram it reads ahead (allocated on first use).
-    spare: RefCell<Box<[u8]>>,
+    read_ahead_space: RefCell<Box<[u8]>>,
     /// Descriptors added to epoll.
     registered: Cell<usize>,
     /// `backlog` is not empty (read on every pass, without a borrow).
@@ -1078,8 +1078,8 @@ impl Reactor {
             backend: Backend::new()?,
             regs: RefCell::new(Slab::new()),
             backlog: RefCell::new(Vec::new()),
-            budget: Cell::new(DEFAULT_BUDGET),
-            spare: RefCell::new(Box::default()),
+            operations_per_event: Cell::new(DEFAULT_OPERATIONS_PER_EVENT),
+            read_ahead_space: RefCell::new(Box::default()),
             registered: Cell::new(0),
             backlogged: Cell::new(false),
             deferred: Cell::new(false),
@@ -1089,13 +1089,13 @@ impl Reactor {
         })
     }
 
-    /// The spare receive buffer, allocated on first use.
-    fn spare(&self) -> std::cell::RefMut<'_, Box<[u8]>> {
-        let mut spare = self.spare.borrow_mut();
-        if spare.is_empty() {
-            *spare = vec![0u8; SPARE_LEN].into_boxed_slice();
+    /// Where the kernel writes a datagram read ahead: the largest UDP payload, allocated on first use.
+    fn read_ahead_space(&self) -> std::cell::RefMut<'_, Box<[u8]>> {
+        let mut space = self.read_ahead_space.borrow_mut();
+        if space.is_empty() {
+            *space = vec![0u8; READ_AHEAD_SPACE].into_boxed_slice();
         }
-        spare
+        space
     }
 
     pub(crate) fn has_registrations(&self) -> bool {

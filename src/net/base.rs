@@ -114,7 +114,7 @@ impl Base {
     /// an operation about to start is dropped unrun).
     #[inline]
     pub(crate) fn live_context(&self) -> Option<Rc<Inner>> {
-        let inner = self.context().filter(|i| !i.is_shut());
+        let inner = self.context().filter(|i| !i.is_dropping());
         if inner.is_none() {
             log::debug!("operation started after the context was dropped: handler dropped unrun");
         }
@@ -133,7 +133,7 @@ impl Base {
     pub(crate) fn complete_now(&self, inner: &Rc<Inner>, op: Rc<dyn Completion>, err: Error) -> Operation {
         inner.add_work();
         let handle = Operation::new(inner, &op);
-        inner.finish(op, err, 0);
+        inner.complete(op, err, 0);
         handle
     }
 

@@ -227,7 +227,7 @@ impl Run {
     /// Starts a composed operation; `None` when the stream's context is gone
     /// (the handler is then dropped unrun, as for any operation).
     fn start(ex: &Executor) -> Option<(Run, Operation)> {
-        let Some(inner) = ex.upgrade().filter(|i| !i.is_shut()) else {
+        let Some(inner) = ex.upgrade().filter(|i| !i.is_dropping()) else {
             log::debug!("composed operation started after the context was dropped: handler dropped unrun");
             return None;
         };
@@ -243,7 +243,7 @@ impl Run {
     /// Completes: the operation stops being pending now and its handler is
     /// queued (never run from the call that started the operation).
     fn complete(self, f: impl FnOnce() + 'static) {
-        self.inner.settle(&self.state.core);
+        self.inner.complete_composed(&self.state.core);
         self.inner.post(f);
     }
 }

@@ -176,7 +176,7 @@ impl UdpSocket {
     }
 
     fn adopt(ex: &Executor, sock: Socket) -> io::Result<UdpSocket> {
-        // Read-ahead needs a spare buffer that holds any datagram: true of
+        // Read-ahead needs a landing space that holds any datagram: true of
         // UDP (64 KiB at most), not of every datagram socket `from_std` takes.
         let ip = sock.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6());
         Ok(UdpSocket { b: Base::adopt(ex, sock, ip, false)? })

@@ -227,24 +227,24 @@ pub(crate) fn gso_refused(e: &io::Error) -> bool {
 /// and the next one when it was already queued.
 pub(crate) struct ReadAhead {
     pub(crate) first: Received,
-    /// Length and sender of a second datagram, now in the spare buffer.
+    /// Length and sender of a second datagram, now in the read-ahead space.
     pub(crate) second: Option<(usize, Option<SocketAddr>)>,
 }
 
-/// `recvmmsg` into the caller's buffers plus `spare`: one system call that
+/// `recvmmsg` into the caller's buffers plus `ahead` (the read-ahead space): one system call that
 /// receives a datagram AND tells whether the queue is now empty (a second
-/// datagram lands in `spare`, else the queue was drained). This saves the
+/// datagram lands in `ahead`, else the queue was drained). This saves the
 /// extra receive that edge-triggered readiness otherwise costs to learn that
 /// the socket would block.
-pub(crate) fn recv_readahead(
+pub(crate) fn recv_read_ahead(
     sock: &Socket,
     bufs: &mut [IoSliceMut<'_>],
     want_from: bool,
-    spare: &mut [u8],
+    ahead: &mut [u8],
 ) -> io::Result<ReadAhead> {
     let mut names = [SockAddrStorage::zeroed(), SockAddrStorage::zeroed()];
     let name_len = names[0].size_of();
-    let mut spare_iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+    let mut ahead_iov = libc::iovec { iov_base: ahead.as_mut_ptr().cast(), iov_len: ahead.len() };
     // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
     let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
     let [n0, n1] = &mut names;
@@ -265,7 +265,7 @@ pub(crate) fn recv_readahead(
     msgs[0].msg_hdr.msg_iovlen = bufs.len() as _;
     msgs[1].msg_hdr.msg_name = p1.cast();
     msgs[1].msg_hdr.msg_namelen = name_len;
-    msgs[1].msg_hdr.msg_iov = &mut spare_iov;
+    msgs[1].msg_hdr.msg_iov = &mut ahead_iov;
     msgs[1].msg_hdr.msg_iovlen = 1;
     // SAFETY: `msgs` holds two valid headers whose names, iovecs and
     // buffers outlive the call; the descriptor is non-blocking, so the
@@ -286,22 +286,22 @@ pub(crate) fn recv_readahead(
     Ok(ReadAhead { first, second })
 }
 
-/// Most datagrams one [`recv_many`] takes (receives plus the spare slot).
+/// Most datagrams one [`recv_many`] takes (receives plus the read-ahead slot).
 pub(crate) const RECV_BATCH: usize = 17;
 
 /// Length and sender of each datagram a [`recv_many`] received.
 pub(crate) type RecvBatch = smallvec::SmallVec<[(usize, Option<SocketAddr>); RECV_BATCH]>;
 
-/// `recvmmsg` into several receives' scatter lists at once, plus `spare`
+/// `recvmmsg` into several receives' scatter lists at once, plus `ahead` (the read-ahead space)
 /// last: message `i` fills the next `counts[i]` slices of `bufs`. Returns
 /// the length and sender of each datagram received, in order (at least one);
-/// one more than `counts.len()` means the spare slot got a datagram too,
+/// one more than `counts.len()` means the read-ahead slot got a datagram too,
 /// fewer means the socket is drained.
 pub(crate) fn recv_many(
     sock: &Socket,
     bufs: &mut [IoSliceMut<'_>],
     counts: &[usize],
-    spare: &mut [u8],
+    ahead: &mut [u8],
 ) -> io::Result<RecvBatch> {
     let n = counts.len() + 1;
     if n > RECV_BATCH || counts.iter().sum::<usize>() != bufs.len() {
@@ -311,7 +311,7 @@ pub(crate) fn recv_many(
     // header is written whole before the call.
     let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; RECV_BATCH];
     let name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let mut spare_iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+    let mut ahead_iov = libc::iovec { iov_base: ahead.as_mut_ptr().cast(), iov_len: ahead.len() };
     let base: *mut libc::iovec = bufs.as_mut_ptr().cast();
     let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RECV_BATCH];
     let mut start = 0;
@@ -321,7 +321,7 @@ pub(crate) fn recv_many(
             // pointer stays inside `bufs`; `IoSliceMut` is ABI-compatible
             // with `iovec` on Unix (documented by std).
             Some(&c) => (unsafe { base.add(start) }, c),
-            None => (&raw mut spare_iov, 1),
+            None => (&raw mut ahead_iov, 1),
         };
         start += counts.get(i).copied().unwrap_or(0);
         // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
@@ -333,7 +333,7 @@ pub(crate) fn recv_many(
         m.write(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
     }
     // SAFETY: the first `n` headers are initialised and point into `bufs`,
-    // `spare_iov`/`spare` and `names`, all alive and unmoved for the call;
+    // `ahead_iov`/`ahead` and `names`, all alive and unmoved for the call;
     // the descriptor is non-blocking, so the call returns the datagrams
     // already queued.
     let got = retry(|| {
