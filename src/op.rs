@@ -293,7 +293,9 @@ pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
 pub(crate) struct SendOp<B, F> {
     core: OpCore,
     bufs: RefCell<Option<B>>,
-    dest: Option<SockAddr>,
+    /// Boxed: a socket address is 136 bytes, and most sends go to the
+    /// connected peer (`None`).
+    dest: Option<Box<SockAddr>>,
     flags: i32,
     handler: Cell<Option<F>>,
 }
@@ -303,7 +305,7 @@ impl<B, F> SendOp<B, F> {
         SendOp {
             core: OpCore::default(),
             bufs: RefCell::new(Some(bufs)),
-            dest,
+            dest: dest.map(Box::new),
             flags,
             handler: Cell::new(Some(handler)),
         }
@@ -319,7 +321,11 @@ impl<B: 'static, F: 'static> SendOp<B, F> {
             // Field by field, in place: no new operation built and copied in.
             op.core.reset();
             *op.bufs.get_mut() = Some(bufs);
-            op.dest = dest;
+            match (&mut op.dest, dest) {
+                // The recycled box is reused too.
+                (Some(old), Some(new)) => **old = new,
+                (slot, new) => *slot = new.map(Box::new),
+            }
             op.flags = flags;
             *op.handler.get_mut() = Some(handler);
             return rc;
@@ -350,7 +356,7 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
 impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
     fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
-        send_now(io, sock, bufs.as_ref()?, self.dest.as_ref(), self.flags)
+        send_now(io, sock, bufs.as_ref()?, self.dest.as_deref(), self.flags)
     }
     #[inline]
     fn append_datagram(&self, out: &mut Vec<u8>, room: usize) -> Option<(usize, Option<&SockAddr>)> {
@@ -371,7 +377,7 @@ impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> Socket
         } else {
             append_gathered(bufs, out, room)?
         };
-        Some((len, self.dest.as_ref()))
+        Some((len, self.dest.as_deref()))
     }
 }
 
