@@ -792,3 +792,32 @@ impl Drop for WorkGuard {
         self.reset();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `post_result` packs the error and the length into one word when the
+    /// length allows: every code (those below zero too) and every length
+    /// must come out as they went in, on both sides of 2^32.
+    #[test]
+    fn a_posted_result_reaches_its_handler_unchanged_whatever_its_code_and_length() {
+        let ctx = IoContext::new().unwrap();
+        let got: Rc<RefCell<Vec<(Error, usize)>>> = Rc::default();
+        let cases = [
+            (Error::NONE, 0),
+            (Error::EOF, 5),
+            (Error::OTHER, u32::MAX as usize),
+            (Error::from_raw_os_error(libc::EPIPE), u32::MAX as usize + 7),
+            (Error::NOT_FOUND, usize::MAX),
+            (Error::from_raw_os_error(i32::MAX), 1 << 31),
+        ];
+        for (err, n) in cases {
+            let g = got.clone();
+            ctx.inner.post_result(move |e, m| g.borrow_mut().push((e, m)), err, n);
+        }
+        assert!(got.borrow().is_empty(), "posted, never run inline");
+        assert_eq!(ctx.run(), cases.len());
+        assert_eq!(*got.borrow(), cases);
+    }
+}

@@ -86,7 +86,7 @@ thread_local! {
     static RECYCLED: Cell<Option<Rc<dyn Any>>> = const { Cell::new(None) };
 }
 
-/// Keeps `op`'s memory for [`reuse`] if nothing else refers to it (no
+/// Keeps `op`'s memory for [`recycled`] if nothing else refers to it (no
 /// clone, and no `Operation` handle, which would otherwise find a new
 /// operation behind its weak link). Its fields must hold no handler or
 /// buffers any more.

@@ -3,7 +3,7 @@
 //! readiness calls (epoll, the waker's eventfd) are in [`epoll`].
 
 use crate::error::Error;
-use socket2::{MaybeUninitSlice, SockAddr, SockAddrStorage, Socket};
+use socket2::{MaybeUninitSlice, SockAddr, Socket};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -242,48 +242,11 @@ pub(crate) fn recv_read_ahead(
     want_from: bool,
     ahead: &mut [u8],
 ) -> io::Result<ReadAhead> {
-    let mut names = [SockAddrStorage::zeroed(), SockAddrStorage::zeroed()];
-    let name_len = names[0].size_of();
-    let mut ahead_iov = libc::iovec { iov_base: ahead.as_mut_ptr().cast(), iov_len: ahead.len() };
-    // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
-    let [n0, n1] = &mut names;
-    // SAFETY: `view_as` gives the storage as the platform's sockaddr_storage,
-    // which is what the kernel writes into.
-    let (p0, p1) = unsafe {
-        (
-            n0.view_as::<libc::sockaddr_storage>() as *mut libc::sockaddr_storage,
-            n1.view_as::<libc::sockaddr_storage>() as *mut libc::sockaddr_storage,
-        )
-    };
-    if want_from {
-        msgs[0].msg_hdr.msg_name = p0.cast();
-        msgs[0].msg_hdr.msg_namelen = name_len;
-    }
-    // `IoSliceMut` is ABI-compatible with `iovec` on Unix (documented by std).
-    msgs[0].msg_hdr.msg_iov = bufs.as_mut_ptr().cast();
-    msgs[0].msg_hdr.msg_iovlen = bufs.len() as _;
-    msgs[1].msg_hdr.msg_name = p1.cast();
-    msgs[1].msg_hdr.msg_namelen = name_len;
-    msgs[1].msg_hdr.msg_iov = &mut ahead_iov;
-    msgs[1].msg_hdr.msg_iovlen = 1;
-    // SAFETY: `msgs` holds two valid headers whose names, iovecs and
-    // buffers outlive the call; the descriptor is non-blocking, so the
-    // call returns at once (with the count received before the queue
-    // ran dry).
-    let n = retry(|| cvt(unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, 0, std::ptr::null_mut()) }))?
-        as usize;
-    let [n0, n1] = names;
-    let addr = |storage: SockAddrStorage, len: libc::socklen_t| {
-        // SAFETY: the kernel initialised `len` bytes of the storage as an address.
-        unsafe { SockAddr::new(storage, len) }.as_socket()
-    };
-    let first = Received {
-        len: msgs[0].msg_len as usize,
-        from: if want_from { addr(n0, msgs[0].msg_hdr.msg_namelen) } else { None },
-    };
-    let second = (n >= 2).then(|| (msgs[1].msg_len as usize, addr(n1, msgs[1].msg_hdr.msg_namelen)));
-    Ok(ReadAhead { first, second })
+    // One receive and the read-ahead slot: a batch of one.
+    let count = bufs.len();
+    let got = recv_many(sock, bufs, &[count], ahead)?;
+    let (len, from) = got[0];
+    Ok(ReadAhead { first: Received { len, from: from.filter(|_| want_from) }, second: got.get(1).copied() })
 }
 
 /// Most datagrams one [`recv_many`] takes (receives plus the read-ahead slot).
@@ -354,8 +317,8 @@ pub(crate) fn recv_many(
         .collect())
 }
 
-/// The IP address in a socket address the kernel wrote; `None` for any
-/// other family.
+/// The IP address in a socket address the kernel wrote (the one place
+/// `sys` reads one); `None` for any other family.
 ///
 /// # Safety
 /// `len` bytes at `name` must be initialised.
