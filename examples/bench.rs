@@ -431,6 +431,8 @@ fn udp_server(variant: Option<&str>) {
         Err(_) => W6_RECEIVES,
     };
     let ctx = IoContext::new().unwrap();
+    // W6_STATS=1 reports the time blocked, which needs the clock (off otherwise).
+    ctx.set_wait_timing(std::env::var_os("W6_STATS").is_some());
     let sock = UdpSocket::bind(&ctx, local()).unwrap();
     sock.set_gso(gso).unwrap();
     // Spares for the sends in flight: at most one per outstanding request.

@@ -230,6 +230,7 @@ fn serve(
 ) -> ServerReport {
     let setup = || -> std::io::Result<(IoContext, Rc<Server>)> {
         let ctx = IoContext::new()?;
+        ctx.set_wait_timing(true); // the report shows each loop's idle time
         let sock = UdpSocket::open(&ctx, Domain::for_address(addr))?;
         sock.set_reuse_port(true)?;
         sock.bind_to(addr)?;

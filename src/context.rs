@@ -497,8 +497,9 @@ impl IoContext {
     }
 
     /// What the loop has done so far: handlers run, loop turns, reactor
-    /// waits and events, datagrams and bytes in and out, time spent waiting
-    /// and, with [`set_handler_timing`](Self::set_handler_timing), the longest
+    /// waits and events, datagrams and bytes in and out and, with
+    /// [`set_wait_timing`](Self::set_wait_timing), the time spent waiting and,
+    /// with [`set_handler_timing`](Self::set_handler_timing), the longest
     /// handler. Counting makes no system calls; see [`Metrics`].
     ///
     /// ```
@@ -544,6 +545,34 @@ impl IoContext {
     /// See [`set_handler_timing`](Self::set_handler_timing).
     pub fn handler_timing(&self) -> bool {
         self.inner.queue.timing.get()
+    }
+
+    /// Times every reactor wait that may block, for
+    /// [`Metrics::time_waiting`] (the loop's idle time; busy share =
+    /// 1 − waiting / elapsed). Off by default: it reads the clock twice per
+    /// such wait, which a ping-pong loop does twice per round trip, a cost
+    /// of several percent (libuv's idle time is opt-in for the same reason).
+    ///
+    /// ```
+    /// use ioctx::{IoContext, SteadyTimer};
+    /// use std::time::Duration;
+    ///
+    /// let ctx = IoContext::new()?;
+    /// ctx.set_wait_timing(true);
+    /// let t = SteadyTimer::new(&ctx.executor());
+    /// t.expires_after(Duration::from_millis(5));
+    /// t.async_wait(|_| {});
+    /// ctx.run();
+    /// assert!(ctx.metrics().time_waiting >= Duration::from_millis(4));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_wait_timing(&self, on: bool) {
+        self.inner.reactor.counters.wait_timing.set(on);
+    }
+
+    /// See [`set_wait_timing`](Self::set_wait_timing).
+    pub fn wait_timing(&self) -> bool {
+        self.inner.reactor.counters.wait_timing.get()
     }
 
     /// A handle that posts to this context from any thread (Asio's

@@ -66,7 +66,7 @@
 //! | (embedding; Asio has none) | `IoContext` is `AsRawFd`/`AsFd`; [`IoContext::next_timeout`] then [`IoContext::poll`] |
 //! | `steady_timer` | [`SteadyTimer`] |
 //! | `signal_set` (`add`, `remove`, `clear`, `cancel`, `async_wait`) | [`SignalSet`], the same names; signals by name (`SignalSet::SIGINT`, ...) |
-//! | (loop statistics; Asio has none) | [`IoContext::metrics`] → [`Metrics`]; [`IoContext::set_handler_timing`] |
+//! | (loop statistics; Asio has none) | [`IoContext::metrics`] → [`Metrics`]; [`IoContext::set_wait_timing`], [`IoContext::set_handler_timing`] |
 //! | (fairness knobs; Asio has none) | [`IoContext::set_handlers_per_pass`], [`IoContext::set_operations_per_event`] |
 //! | `async_immediate` completion | every immediate completion is posted |
 //! | `ip::tcp::acceptor`, `ip::tcp::socket` | [`net::TcpListener`], [`net::TcpStream`] |

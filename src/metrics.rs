@@ -8,12 +8,16 @@ use std::time::Duration;
 /// [`reset_metrics`](crate::IoContext::reset_metrics)): a snapshot, taken
 /// by [`IoContext::metrics`](crate::IoContext::metrics).
 ///
-/// Counting costs a few additions per handler and per transfer, and the
-/// clock is read only around reactor waits that may block. Timing each
-/// handler for [`longest_handler`](Self::longest_handler) costs two clock
-/// reads per handler, more than a small handler itself, so it is off until
-/// [`set_handler_timing`](crate::IoContext::set_handler_timing) turns it on
-/// (as tokio's poll-time histogram is).
+/// Counting costs a few additions per handler and per transfer and never
+/// reads the clock. What needs the clock is off until asked for, because a
+/// clock read (about 35 ns) costs more than a small handler, and a loop
+/// that waits twice per round trip would pay four of them (libuv's idle
+/// time is opt-in for the same reason):
+/// [`time_waiting`](Self::time_waiting) with
+/// [`set_wait_timing`](crate::IoContext::set_wait_timing), and
+/// [`longest_handler`](Self::longest_handler) with
+/// [`set_handler_timing`](crate::IoContext::set_handler_timing) (as tokio's
+/// poll-time histogram is).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Metrics {
@@ -37,7 +41,8 @@ pub struct Metrics {
     pub datagrams_out: u64,
     /// Bytes sent, on every kind of socket.
     pub bytes_out: u64,
-    /// Time spent inside reactor waits that were allowed to block.
+    /// Time spent inside reactor waits that were allowed to block; zero
+    /// unless [`set_wait_timing`](crate::IoContext::set_wait_timing) is on.
     pub time_waiting: Duration,
     /// The longest a single handler has run (including any `run`/`poll`
     /// nested in it); `None` unless handler timing is on.
@@ -55,6 +60,8 @@ pub(crate) struct Counters {
     datagrams_out: Cell<u64>,
     bytes_out: Cell<u64>,
     waiting_ns: Cell<u64>,
+    /// Waits that may block are timed (`set_wait_timing`).
+    pub(crate) wait_timing: Cell<bool>,
 }
 
 pub(crate) fn bump(c: &Cell<u64>, n: u64) {

@@ -131,6 +131,7 @@ fn stream_bytes_are_counted_without_datagrams() {
 #[test]
 fn time_waiting_covers_a_timer_and_a_readiness_event_is_counted() {
     let ctx = IoContext::new().unwrap();
+    ctx.set_wait_timing(true);
     let t = SteadyTimer::new(&ctx.executor());
     t.expires_after(Duration::from_millis(30));
     t.async_wait(|e| assert!(e.is_ok()));
@@ -245,8 +246,35 @@ fn a_peek_with_the_sender_is_not_counted() {
 }
 
 #[test]
+fn time_waiting_stays_zero_until_wait_timing_is_on() {
+    let ctx = IoContext::new().unwrap();
+    assert!(!ctx.wait_timing(), "off by default");
+    let wait_for_timer = |ms| {
+        let t = SteadyTimer::new(&ctx.executor());
+        t.expires_after(Duration::from_millis(ms));
+        t.async_wait(|e| assert!(e.is_ok()));
+        ctx.restart();
+        ctx.run();
+    };
+    wait_for_timer(20);
+    let m = ctx.metrics();
+    assert!(m.reactor_waits >= 1, "{m:?}");
+    assert_eq!(m.time_waiting, Duration::ZERO, "timing off: the wait was not measured");
+
+    ctx.set_wait_timing(true);
+    assert!(ctx.wait_timing());
+    wait_for_timer(20);
+    assert!(ctx.metrics().time_waiting >= Duration::from_millis(15), "{:?}", ctx.metrics());
+    ctx.set_wait_timing(false);
+    let before = ctx.metrics().time_waiting;
+    wait_for_timer(10);
+    assert_eq!(ctx.metrics().time_waiting, before, "off again: nothing added");
+}
+
+#[test]
 fn waits_that_may_not_block_add_no_time_waiting() {
     let ctx = IoContext::new().unwrap();
+    ctx.set_wait_timing(true); // else nothing would be measured anyway
     let sock = UdpSocket::bind(&ctx, local()).unwrap();
     sock.async_receive(vec![0u8; 16], |_, _, _| {});
     for _ in 0..10 {
