@@ -1,19 +1,21 @@
 //! The reactor: the registrations (a slab of per-descriptor state) in the
 //! readiness [`Backend`], and readiness turned into performed operations.
+//! Datagram batching, segmentation offload and the read-ahead slot are in
+//! [`datagram`]: the reactor proper knows readiness and queues.
+
+mod datagram;
 
 use crate::backend::{Backend, Interest, Readiness, Waker};
-use crate::buffer::{MAX_BUFFERS, MutableBufferSequence};
 use crate::error::Error;
 use crate::metrics::{Counters, bump};
 use crate::op::{Completion, Io, SocketOp};
 use crate::sys;
+use datagram::{Batch, Datagram, SendBatch};
 use slab::Slab;
-use smallvec::SmallVec;
 use socket2::{SockAddr, Socket};
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -112,55 +114,6 @@ pub(crate) enum Attempt<R> {
     Closed,
     /// Must be queued.
     Later,
-}
-
-/// Where the reactor assembles a batch of sends: their datagrams laid end
-/// to end, and the operations, in queue order. The room is kept from one
-/// batch to the next.
-#[derive(Default)]
-struct SendBatch {
-    bytes: Vec<u8>,
-    ops: Vec<Rc<dyn SocketOp>>,
-}
-
-/// Result of a batch attempt (`recv_many`, `send_many`, `send_run`).
-enum Batch {
-    /// This many operations completed in one call.
-    Sent(usize),
-    /// The socket would block: wait for writability.
-    WouldBlock,
-    /// Send the front operation on its own.
-    Single,
-}
-
-/// Limits of one segmented send (Linux: at most 64 segments, and the whole
-/// buffer must fit one IP datagram's payload).
-const MAX_SEGMENTS: usize = 64;
-const MAX_SEGMENT: usize = 65_507;
-const MAX_GSO_BYTES: usize = 65_000;
-
-/// Size of the space a datagram read ahead lands in: the largest UDP payload.
-const READ_AHEAD_SPACE: usize = 65_536;
-
-/// A datagram received ahead of any receive operation.
-struct Datagram {
-    data: Vec<u8>,
-    from: Option<SocketAddr>,
-}
-
-/// Copies `data` into the scatter list; returns how much fitted (a datagram
-/// longer than the buffers is truncated, as the kernel does).
-fn scatter(data: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
-    let mut off = 0;
-    for b in bufs.iter_mut() {
-        let n = b.len().min(data.len() - off);
-        b[..n].copy_from_slice(&data[off..off + n]);
-        off += n;
-        if off == data.len() {
-            break;
-        }
-    }
-    off
 }
 
 /// What the reactor needs of the loop that owns it (the context): itself,
@@ -366,74 +319,6 @@ impl IoObject {
         self.counters.sent(n, !self.stream.get());
     }
 
-    #[inline]
-    fn recv_uncounted(
-        &self,
-        sock: &Socket,
-        bufs: &mut [IoSliceMut<'_>],
-        flags: i32,
-        want_from: bool,
-    ) -> io::Result<sys::Received> {
-        let level = {
-            let mut st = self.st.borrow_mut();
-            if let Some(d) = st.read_ahead.as_ref() {
-                let len = scatter(&d.data, bufs);
-                let from = d.from;
-                if flags & libc::MSG_PEEK == 0
-                    && let Some(d) = st.read_ahead.take()
-                {
-                    *self.read_ahead_buf.borrow_mut() = d.data;
-                }
-                return Ok(sys::Received { len, from });
-            }
-            st.registered && st.level
-        };
-        if level {
-            // Level-triggered: the next wait reports any datagram left.
-            let r = sys::recv(sock, bufs, flags, want_from)?;
-            self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
-            return Ok(r);
-        }
-        let owner = match self.owner.upgrade() {
-            Some(owner) if flags == 0 && self.can_read_ahead.get() => owner,
-            _ => return sys::recv(sock, bufs, flags, want_from),
-        };
-        let mut space = owner.reactor().read_ahead_space();
-        let r = sys::recv_read_ahead(sock, bufs, want_from, &mut space)?;
-        match r.second {
-            Some((len, from)) => {
-                self.keep_read_ahead(&space[..len], from);
-            }
-            // Drained. (Should the second receive have failed with an error
-            // instead, such as an ICMP report racing in between, the kernel
-            // keeps it for the next call, which the next datagram triggers.)
-            None => self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false,
-        }
-        Ok(r.first)
-    }
-
-    /// Holds a datagram read ahead for the next receive, in the reused buffer.
-    fn keep_read_ahead(&self, datagram: &[u8], from: Option<SocketAddr>) {
-        let mut data = std::mem::take(&mut *self.read_ahead_buf.borrow_mut());
-        data.clear();
-        data.extend_from_slice(datagram);
-        self.st.borrow_mut().read_ahead = Some(Datagram { data, from });
-    }
-
-    /// True while a datagram read ahead waits for a receive.
-    #[inline]
-    pub(crate) fn has_read_ahead(&self) -> bool {
-        self.st.borrow().read_ahead.is_some()
-    }
-
-    /// Length of the next datagram: the one read ahead, else the kernel's.
-    pub(crate) fn available(&self, sock: &Socket) -> io::Result<usize> {
-        match self.st.borrow().read_ahead.as_ref() {
-            Some(d) => Ok(d.data.len()),
-            None => sys::available(sock),
-        }
-    }
-
     /// Starts an `async_wait(WaitType::Error)`.
     pub(crate) fn start_error_wait<O: Owner + ?Sized>(&self, owner: &O, op: Rc<dyn Completion>) {
         owner.add_work();
@@ -565,286 +450,6 @@ impl IoObject {
                         return false;
                     }
                 }
-            }
-        }
-    }
-
-    /// Receives into the plain receives pending at the front of the read
-    /// queue (two or more) with one `recvmmsg`, plus the read-ahead slot, so that
-    /// the same call says whether the socket is drained (as `recv` does for
-    /// one receive). Each completes with its own length and sender.
-    fn recv_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
-        let candidates: SmallVec<[Rc<dyn SocketOp>; 16]> = {
-            let st = self.st.borrow();
-            st.ops[Dir::Read as usize]
-                .iter()
-                .take_while(|op| !op.core().is_done() && op.is_plain_recv())
-                .take(max.min(usize::from(self.batch_hint.get())))
-                .cloned()
-                .collect()
-        };
-        if candidates.len() < 2 {
-            return Batch::Single;
-        }
-        // Every buffer stays borrowed (the guards) until the call returns.
-        // A receive that cannot join (flags, too many buffers) ends the batch.
-        let mut guards: SmallVec<[RefMut<'_, dyn MutableBufferSequence>; 16]> =
-            candidates.iter().map_while(|op| op.recv_bufs().filter(|b| b.buffer_count() <= MAX_BUFFERS)).collect();
-        if guards.len() < 2 {
-            return Batch::Single;
-        }
-        let mut counts: SmallVec<[usize; 16]> = SmallVec::new();
-        let mut slices: SmallVec<[IoSliceMut<'_>; 16]> = SmallVec::new();
-        for g in guards.iter_mut() {
-            let before = slices.len();
-            g.scatter(&mut |b| slices.push(IoSliceMut::new(b)));
-            counts.push(slices.len() - before);
-        }
-        let mut space = owner.reactor().read_ahead_space();
-        let result = sys::recv_many(sock, &mut slices, &counts, &mut space);
-        drop(slices);
-        let ops = guards.len();
-        drop(guards);
-        match result {
-            Ok(got) => {
-                let k = got.len().min(ops);
-                let hint = (2 * got.len()).clamp(2, sys::RECV_BATCH - 1);
-                self.batch_hint.set(hint as u8);
-                if got.len() > ops {
-                    let (len, from) = got[ops];
-                    self.keep_read_ahead(&space[..len], from);
-                } else {
-                    // Fewer datagrams than slots: the socket is drained.
-                    self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
-                }
-                drop(space);
-                log::trace!("received {k} datagrams in one call");
-                let done = candidates.into_iter().zip(got).take(k).map(|(op, (len, from))| {
-                    op.set_sender(from);
-                    (op, len)
-                });
-                self.complete_front(owner, Dir::Read, k, done)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
-            Err(e) => {
-                drop(space);
-                self.fail_front(owner, Dir::Read, e)
-            }
-        }
-    }
-
-    /// A batch call completed the `k` operations at the front of the `dir`
-    /// queue: each leaves the queue and completes with its own length.
-    fn complete_front<O: Owner + ?Sized>(
-        &self,
-        owner: &O,
-        dir: Dir,
-        k: usize,
-        done: impl Iterator<Item = (Rc<dyn SocketOp>, usize)>,
-    ) -> Batch {
-        self.st.borrow_mut().ops[dir as usize].drain(..k);
-        for (op, len) in done {
-            match dir {
-                Dir::Read => self.counted_in(len),
-                Dir::Write => self.counted_out(len),
-            }
-            owner.complete(op, Error::NONE, len);
-        }
-        Batch::Sent(k)
-    }
-
-    /// A batch call failed on its first datagram: the error (its own, or the
-    /// socket's pending one, which the call consumed) goes to the operation
-    /// at the front, as it would without batching; the others stay queued.
-    fn fail_front<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, e: io::Error) -> Batch {
-        let front = self.st.borrow_mut().ops[dir as usize].pop_front();
-        if let Some(op) = front {
-            owner.complete(op, Error::from(e), 0);
-        }
-        Batch::Sent(1)
-    }
-
-    /// The `i`-th operation of the write queue: the next candidate for a
-    /// batch (which [`SocketOp::append_datagram`] refuses if it is done).
-    /// Cloned out of the borrow, because looking at it runs the buffers' own
-    /// code.
-    #[inline]
-    fn queued_send(&self, i: usize) -> Option<Rc<dyn SocketOp>> {
-        self.st.borrow().ops[Dir::Write as usize].get(i).cloned()
-    }
-
-    /// Fewer than two sends are queued: no batch to make.
-    #[inline]
-    fn lone_send(&self) -> bool {
-        self.st.borrow().ops[Dir::Write as usize].len() < 2
-    }
-
-    /// One system call sent the first `k` sends of `ops`, the front of the
-    /// write queue in order: each leaves the queue and completes with its own
-    /// length, `len(i)` for the `i`-th.
-    fn complete_sends<O: Owner + ?Sized>(
-        &self,
-        owner: &O,
-        ops: &mut Vec<Rc<dyn SocketOp>>,
-        k: usize,
-        len: impl Fn(usize) -> usize,
-    ) -> Batch {
-        {
-            // `ops` holds a clone of each, so none is dropped (and no user
-            // code runs) while the queue is borrowed.
-            let mut st = self.st.borrow_mut();
-            let q = &mut st.ops[Dir::Write as usize];
-            let sent = &ops[..k];
-            if q.len() >= k && q.iter().zip(sent).all(|(a, b)| Rc::ptr_eq(a, b)) {
-                q.drain(..k);
-            } else {
-                // The buffers' own code changed the queue meanwhile.
-                q.retain(|o| !sent.iter().any(|op| Rc::ptr_eq(o, op)));
-            }
-        }
-        let mut bytes = 0;
-        for (i, op) in ops.drain(..k).enumerate() {
-            let n = len(i);
-            bytes += n;
-            owner.complete(op, Error::NONE, n);
-        }
-        // Batches are datagrams: a stream writes one at a time.
-        self.counters.sent_datagrams(bytes, k);
-        Batch::Sent(k)
-    }
-
-    /// Runs `make` with the reactor's batch, taken out of it for the while
-    /// (no borrow is held while the buffers' own code runs, nor while an
-    /// operation left over is dropped), then gives the room back.
-    #[inline]
-    fn with_batch<O: Owner + ?Sized>(&self, owner: &O, make: impl FnOnce(&mut SendBatch) -> Batch) -> Batch {
-        let reactor = owner.reactor();
-        let mut b = reactor.batch.take().unwrap_or_default();
-        b.bytes.clear();
-        let r = make(&mut b);
-        b.ops.clear();
-        reactor.batch.set(Some(b));
-        r
-    }
-
-    /// Sends the queued sends at the front of the write queue (any sizes and
-    /// destinations) in one `sendmmsg`, each completing with its own result.
-    /// Sends queue only behind a socket that would block, so this is the
-    /// flush when it becomes writable again. `Single` when fewer than two.
-    fn send_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
-        if self.lone_send() {
-            return Batch::Single;
-        }
-        let max = max.min(MAX_SEGMENTS);
-        self.with_batch(owner, |SendBatch { bytes, ops }| {
-            // Length and destination of each.
-            let mut sends: SmallVec<[(usize, Option<SockAddr>); 16]> = SmallVec::new();
-            while ops.len() < max {
-                let Some(op) = self.queued_send(ops.len()) else { break };
-                let Some((len, dest)) = op.append_datagram(bytes, usize::MAX) else { break };
-                sends.push((len, dest.cloned()));
-                ops.push(op);
-            }
-            if ops.len() < 2 {
-                return Batch::Single;
-            }
-            let mut start = 0;
-            let parts: SmallVec<[sys::Part<'_>; 16]> = sends
-                .iter()
-                .map(|(len, dest)| {
-                    start += len;
-                    sys::Part { start: start - len, len: *len, dest: dest.as_ref() }
-                })
-                .collect();
-            let r = sys::send_many(sock, bytes, &parts);
-            drop(parts);
-            match r {
-                Ok(k) => {
-                    log::trace!("sent {k} of {} queued datagrams in one call", ops.len());
-                    let k = k.min(ops.len());
-                    self.complete_sends(owner, ops, k, |i| sends[i].0)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
-                Err(e) => self.fail_front(owner, Dir::Write, e),
-            }
-        })
-    }
-
-    /// Sends the run of equal-size datagrams (same destination, the last may
-    /// be shorter) at the front of the write queue in one system call with
-    /// UDP segmentation offload; each operation completes with its own length.
-    /// `Single` when there is no run of two or more, or when the kernel
-    /// refused the batch: the operations then go one by one, each with its
-    /// own result (and a refusal of GSO itself turns it off for the socket).
-    ///
-    /// Each send is looked at once: its datagram is appended to the batch
-    /// if it fits the run (see [`SocketOp::append_datagram`]).
-    fn send_run<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
-        if self.lone_send() {
-            return Batch::Single;
-        }
-        let max = max.min(MAX_SEGMENTS);
-        self.with_batch(owner, |b| self.send_run_in(owner, sock, max, b))
-    }
-
-    fn send_run_in<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize, b: &mut SendBatch) -> Batch {
-        let SendBatch { bytes, ops } = b;
-        let mut segment = 0;
-        let mut dest: Option<SockAddr> = None;
-        while ops.len() < max {
-            let Some(op) = self.queued_send(ops.len()) else { break };
-            // The first sets the segment size; the others must not exceed it,
-            // nor the room left in one IP datagram.
-            let room =
-                if ops.is_empty() { MAX_SEGMENT } else { segment.min(MAX_GSO_BYTES.saturating_sub(bytes.len())) };
-            let Some((len, d)) = op.append_datagram(bytes, room) else { break };
-            if ops.is_empty() {
-                if len == 0 {
-                    break; // a zero-length datagram goes on its own
-                }
-                segment = len;
-                dest = d.cloned();
-            } else if len == 0 || d != dest.as_ref() {
-                bytes.truncate(bytes.len() - len);
-                break;
-            }
-            ops.push(op);
-            if len < segment {
-                break; // only the last segment may be shorter
-            }
-        }
-        if ops.len() < 2 {
-            return Batch::Single;
-        }
-        match sys::send_segments(sock, bytes, dest.as_ref(), segment as u16) {
-            Ok(_) => {
-                self.gso_refusals.set(0);
-                let k = ops.len();
-                log::trace!("sent {k} datagrams of {segment} bytes in one call");
-                let last = bytes.len() - segment * (k - 1);
-                self.complete_sends(owner, ops, k, |i| if i + 1 == k { last } else { segment })
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
-            Err(e) if sys::gso_refused(&e) || e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                // About the batch, not the datagrams: send them one by one,
-                // each with its own result. EINVAL may concern this batch only
-                // (segments above the path MTU), so GSO goes off for the
-                // socket only after several refusals in a row.
-                if sys::gso_refused(&e) {
-                    let n = self.gso_refusals.get() + 1;
-                    self.gso_refusals.set(n);
-                    if e.raw_os_error() != Some(libc::EINVAL) || n >= 4 {
-                        log::debug!("UDP segmentation offload refused ({e}): sending one by one");
-                        self.gso.set(false);
-                    }
-                }
-                Batch::Single
-            }
-            Err(e) => {
-                // The socket's own pending error (an ICMP report, say): the
-                // call consumed it, so it goes to the first send, as it would
-                // without batching; the others stay queued.
-                self.fail_front(owner, Dir::Write, e)
             }
         }
     }
@@ -1087,15 +692,6 @@ impl Reactor {
             batch: Cell::default(),
             counters: Rc::default(),
         })
-    }
-
-    /// Where the kernel writes a datagram read ahead: the largest UDP payload, allocated on first use.
-    fn read_ahead_space(&self) -> std::cell::RefMut<'_, Box<[u8]>> {
-        let mut space = self.read_ahead_space.borrow_mut();
-        if space.is_empty() {
-            *space = vec![0u8; READ_AHEAD_SPACE].into_boxed_slice();
-        }
-        space
     }
 
     pub(crate) fn has_registrations(&self) -> bool {
