@@ -157,43 +157,58 @@ impl IoObject {
     /// the same call says whether the socket is drained (as `recv` does for
     /// one receive). Each completes with its own length and sender.
     pub(super) fn recv_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
-        let candidates: SmallVec<[Rc<dyn SocketOp>; 16]> = {
+        // Fixed arrays, not collected vectors: a batch is built on every
+        // readable event of a busy server, and collecting cost more per
+        // receive than the rest of the batch's bookkeeping.
+        const N: usize = sys::RECV_BATCH - 1;
+        let mut candidates: [Option<Rc<dyn SocketOp>>; N] = Default::default();
+        let mut n = 0;
+        {
+            let limit = max.min(usize::from(self.batch_hint.get())).min(N);
             let st = self.st.borrow();
-            st.ops[Dir::Read as usize]
-                .iter()
-                .take_while(|op| !op.core().is_done() && op.is_plain_recv())
-                .take(max.min(usize::from(self.batch_hint.get())))
-                .cloned()
-                .collect()
-        };
-        if candidates.len() < 2 {
+            for op in st.ops[Dir::Read as usize].iter().take(limit) {
+                if op.core().is_done() || !op.is_plain_recv() {
+                    break;
+                }
+                candidates[n] = Some(op.clone());
+                n += 1;
+            }
+        }
+        if n < 2 {
             return Batch::Single;
         }
         // Every buffer stays borrowed (the guards) until the call returns.
         // A receive that cannot join (flags, too many buffers) ends the batch.
-        let mut guards: SmallVec<[RefMut<'_, dyn MutableBufferSequence>; 16]> =
-            candidates.iter().map_while(|op| op.recv_bufs().filter(|b| b.buffer_count() <= MAX_BUFFERS)).collect();
-        if guards.len() < 2 {
+        let mut guards: [Option<RefMut<'_, dyn MutableBufferSequence>>; N] = Default::default();
+        let mut ops = 0;
+        for op in candidates[..n].iter().flatten() {
+            match op.recv_bufs().filter(|b| b.buffer_count() <= MAX_BUFFERS) {
+                Some(g) => guards[ops] = Some(g),
+                None => break,
+            }
+            ops += 1;
+        }
+        if ops < 2 {
             return Batch::Single;
         }
-        let mut counts: SmallVec<[usize; 16]> = SmallVec::new();
-        let mut slices: SmallVec<[IoSliceMut<'_>; 16]> = SmallVec::new();
-        for g in guards.iter_mut() {
+        let mut counts: SmallVec<[usize; N]> = SmallVec::new();
+        let mut slices: SmallVec<[IoSliceMut<'_>; N]> = SmallVec::new();
+        for g in guards[..ops].iter_mut().flatten() {
             let before = slices.len();
             g.scatter(&mut |b| slices.push(IoSliceMut::new(b)));
             counts.push(slices.len() - before);
         }
         let mut space = owner.reactor().read_ahead_space();
-        let result = sys::recv_many(sock, &mut slices, &counts, &mut space);
+        let mut got = [(0, None); sys::RECV_BATCH];
+        let result = sys::recv_many(sock, &mut slices, &counts, &mut space, &mut got);
         drop(slices);
-        let ops = guards.len();
         drop(guards);
         match result {
-            Ok(got) => {
-                let k = got.len().min(ops);
-                let hint = (2 * got.len()).clamp(2, sys::RECV_BATCH - 1);
+            Ok(received) => {
+                let k = received.min(ops);
+                let hint = (2 * received).clamp(2, N);
                 self.batch_hint.set(hint as u8);
-                if got.len() > ops {
+                if received > ops {
                     let (len, from) = got[ops];
                     self.keep_read_ahead(&space[..len], from);
                 } else {
@@ -202,9 +217,12 @@ impl IoObject {
                 }
                 drop(space);
                 log::trace!("received {k} datagrams in one call");
-                let done = candidates.into_iter().zip(got).take(k).map(|(op, (len, from))| {
+                // By index: iterating the arrays by value would copy them whole.
+                let done = (0..k).filter_map(|i| {
+                    let op = candidates[i].take()?;
+                    let (len, from) = got[i];
                     op.set_sender(from);
-                    (op, len)
+                    Some((op, len))
                 });
                 self.complete_front(owner, Dir::Read, k, done)
             }

@@ -244,30 +244,31 @@ pub(crate) fn recv_read_ahead(
 ) -> io::Result<ReadAhead> {
     // One receive and the read-ahead slot: a batch of one.
     let count = bufs.len();
-    let got = recv_many(sock, bufs, &[count], ahead)?;
+    let mut got = [(0, None); 2];
+    let n = recv_many(sock, bufs, &[count], ahead, &mut got)?;
     let (len, from) = got[0];
-    Ok(ReadAhead { first: Received { len, from: from.filter(|_| want_from) }, second: got.get(1).copied() })
+    Ok(ReadAhead { first: Received { len, from: from.filter(|_| want_from) }, second: (n > 1).then_some(got[1]) })
 }
 
 /// Most datagrams one [`recv_many`] takes (receives plus the read-ahead slot).
 pub(crate) const RECV_BATCH: usize = 17;
 
-/// Length and sender of each datagram a [`recv_many`] received.
-pub(crate) type RecvBatch = smallvec::SmallVec<[(usize, Option<SocketAddr>); RECV_BATCH]>;
-
 /// `recvmmsg` into several receives' scatter lists at once, plus `ahead` (the read-ahead space)
 /// last: message `i` fills the next `counts[i]` slices of `bufs`. Returns
-/// the length and sender of each datagram received, in order (at least one);
-/// one more than `counts.len()` means the read-ahead slot got a datagram too,
-/// fewer means the socket is drained.
+/// how many datagrams arrived (at least one), and puts the length and sender
+/// of the `i`-th in `got[i]` (the caller's room, at least `counts.len() + 1`
+/// long: nothing is collected or moved here); one more than `counts.len()`
+/// means the read-ahead slot got a datagram too, fewer means the socket is
+/// drained.
 pub(crate) fn recv_many(
     sock: &Socket,
     bufs: &mut [IoSliceMut<'_>],
     counts: &[usize],
     ahead: &mut [u8],
-) -> io::Result<RecvBatch> {
+    got: &mut [(usize, Option<SocketAddr>)],
+) -> io::Result<usize> {
     let n = counts.len() + 1;
-    if n > RECV_BATCH || counts.iter().sum::<usize>() != bufs.len() {
+    if n > RECV_BATCH || got.len() < n || counts.iter().sum::<usize>() != bufs.len() {
         return Err(io::Error::from(Error::INVALID_ARGUMENT));
     }
     // Nothing here is zeroed first: the kernel writes the names, and each
@@ -299,22 +300,19 @@ pub(crate) fn recv_many(
     // `ahead_iov`/`ahead` and `names`, all alive and unmoved for the call;
     // the descriptor is non-blocking, so the call returns the datagrams
     // already queued.
-    let got = retry(|| {
+    let received = retry(|| {
         cvt(unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr().cast(), n as u32, 0, std::ptr::null_mut()) })
     })? as usize;
-    Ok(msgs
-        .iter()
-        .zip(&names)
-        .take(got)
-        .map(|(m, name)| {
-            // SAFETY: the first `got` headers were initialised above, and the
-            // kernel wrote each one's `msg_len` and `msg_namelen` bytes of its name.
-            let m = unsafe { m.assume_init_ref() };
-            // SAFETY: as just said: `msg_namelen` bytes of the name are initialised.
-            let from = unsafe { ip_addr(name.as_ptr(), m.msg_hdr.msg_namelen) };
-            (m.msg_len as usize, from)
-        })
-        .collect())
+    let k = received.min(n);
+    for ((m, name), out) in msgs.iter().zip(&names).zip(got.iter_mut()).take(k) {
+        // SAFETY: the first `k` headers were initialised above, and the
+        // kernel wrote each one's `msg_len` and `msg_namelen` bytes of its name.
+        let m = unsafe { m.assume_init_ref() };
+        // SAFETY: as just said: `msg_namelen` bytes of the name are initialised.
+        let from = unsafe { ip_addr(name.as_ptr(), m.msg_hdr.msg_namelen) };
+        *out = (m.msg_len as usize, from);
+    }
+    Ok(k)
 }
 
 /// The IP address in a socket address the kernel wrote (the one place
