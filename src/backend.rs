@@ -63,6 +63,13 @@ impl Readiness {
         self.0.is_writable() | self.0.is_write_closed() | self.0.is_error()
     }
 
+    /// The read side is closed: shut down, or hung up. The descriptor is
+    /// then readable for good, even with nothing queued to read.
+    #[inline]
+    pub(crate) fn read_closed(self) -> bool {
+        self.0.is_read_closed()
+    }
+
     /// An error or priority data is pending (what `WaitType::Error` waits for).
     #[inline]
     pub(crate) fn error(self) -> bool {

@@ -7,7 +7,7 @@ use crate::queue::ReadyQueue;
 use crate::reactor::{Owner, Reactor};
 use crate::remote::{self, Remote};
 use crate::sys::WaitHandler;
-use crate::timer::{TimerKey, TimerQueue, TimerTarget, Watched};
+use crate::timer::{TimerKey, TimerQueue, TimerTarget, Wake, Watched};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
@@ -208,6 +208,11 @@ impl Inner {
                         self.cancel_wait(key);
                     }
                 }
+                Some((TimerTarget::Wake(w), _)) => {
+                    if let Some(w) = w.upgrade() {
+                        w.wake();
+                    }
+                }
             }
         }
     }
@@ -267,6 +272,10 @@ impl Owner for Inner {
     #[inline]
     fn now(&self) -> Instant {
         Inner::now(self)
+    }
+    fn wake_after(&self, what: Weak<dyn Wake>, after: Duration) {
+        let at = self.later(after);
+        let _key = self.timers.borrow_mut().insert(at, TimerTarget::Wake(what));
     }
 }
 

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::metrics::{Counters, bump};
 use crate::op::{Completion, Io, SocketOp};
 use crate::sys;
+use crate::timer::Wake;
 use datagram::{Batch, Datagram, SendBatch};
 use slab::Slab;
 use socket2::{SockAddr, Socket};
@@ -47,6 +48,12 @@ struct IoState {
     /// event (edge-triggered readiness). Only half of the story for reads:
     /// see [`IoState::ready`].
     kernel_ready: [bool; 2],
+    /// The last readable event said the read side is closed (`shutdown`
+    /// for reading, or a hang-up): a receive that finds nothing queued then
+    /// ends with `EOF` instead of waiting, as a blocking `recv` returns 0 at
+    /// once. The descriptor stays readable, so waiting would spin
+    /// (level-triggered) or hang (edge-triggered).
+    read_closed: bool,
     /// One datagram read ahead (see [`Io::recv`]): readable data, as
     /// much as what the kernel holds.
     read_ahead: Option<Datagram>,
@@ -60,6 +67,9 @@ struct IoState {
     level: bool,
     /// On the reactor's list of sockets with deferred sends.
     flush_listed: bool,
+    /// Queued sends wait for a retry timer, not for writability (see
+    /// [`IoObject::back_off`]): the interest leaves writability out.
+    write_backoff: bool,
     /// Per direction: listed on the reactor's backlog, to be looked at next
     /// turn (what is run then is decided from the state then).
     backlog: [bool; 2],
@@ -71,11 +81,13 @@ impl IoState {
             ops: [VecDeque::new(), VecDeque::new()],
             error_waits: VecDeque::new(),
             kernel_ready: [true, true],
+            read_closed: false,
             read_ahead: None,
             interest: BASE_INTEREST,
             registered: false,
             level: true,
             flush_listed: false,
+            write_backoff: false,
             backlog: [false, false],
         }
     }
@@ -128,6 +140,8 @@ pub(crate) trait Owner {
     fn complete(&self, op: Rc<dyn Completion>, err: Error, n: usize);
     /// The loop's clock.
     fn now(&self) -> Instant;
+    /// Calls `what` back once `after` has passed (unless it is gone by then).
+    fn wake_after(&self, what: Weak<dyn Wake>, after: Duration);
 }
 
 /// Per-descriptor state: the socket, its operation queues and readiness.
@@ -150,6 +164,12 @@ pub(crate) struct IoObject {
     /// what the last batch got (2..=16), so a socket that gets one datagram
     /// per wake-up does not pay for sixteen slots each time.
     batch_hint: Cell<u8>,
+    /// The last write run stopped on a send that would block before any
+    /// send left (read after a writability event, see [`IoObject::on_event`]).
+    first_send_blocked: Cell<bool>,
+    /// Retries in a row that found the socket still refusing sends (the
+    /// next retry waits 2^n ms, at most 64).
+    backoffs: Cell<u8>,
     /// The read-ahead buffer, kept for reuse while no datagram is held.
     read_ahead_buf: RefCell<Vec<u8>>,
     /// `set_nonblocking(true)`: synchronous calls return WouldBlock.
@@ -176,6 +196,8 @@ impl IoObject {
             gso: Cell::new(false),
             gso_refusals: Cell::new(0),
             batch_hint: Cell::new((sys::RECV_BATCH - 1) as u8),
+            first_send_blocked: Cell::new(false),
+            backoffs: Cell::new(0),
             read_ahead_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
             stream: Cell::new(false),
@@ -342,7 +364,7 @@ impl IoObject {
             let mut st = self.st.borrow_mut();
             st.prune(Dir::Write);
             let mut wanted = BASE_INTEREST;
-            if !st.ops[Dir::Write as usize].is_empty() {
+            if !st.ops[Dir::Write as usize].is_empty() && !st.write_backoff {
                 wanted = wanted.add(Interest::WRITABLE);
             }
             if !st.error_waits.is_empty() {
@@ -427,16 +449,22 @@ impl IoObject {
                     }
                     continue;
                 }
-                Batch::WouldBlock => {
-                    self.st.borrow_mut().kernel_ready[dir as usize] = false;
-                    return false;
-                }
-                Batch::Single => {}
+                Batch::WouldBlock if !self.would_block(dir, done == 0) => return false,
+                // (A closed read side: the front receive alone ends below.)
+                Batch::WouldBlock | Batch::Single => {}
             }
             match op.perform(self, &sock) {
                 None => {
-                    self.st.borrow_mut().kernel_ready[dir as usize] = false;
-                    return false;
+                    if !self.would_block(dir, done == 0) {
+                        return false;
+                    }
+                    // The kernel would not wait either: a blocking `recv`
+                    // returns 0 at once on a closed read side.
+                    let front = self.st.borrow_mut().ops[dir as usize].pop_front();
+                    drop(front);
+                    log::debug!("token {}: receive on a closed read side: EOF", self.token.get());
+                    owner.complete(op, Error::EOF, 0);
+                    done += 1;
                 }
                 Some((err, n)) => {
                     let (front, drained) = {
@@ -454,6 +482,23 @@ impl IoObject {
         }
     }
 
+    /// A call in `dir` would block (`first`: before any operation of this
+    /// run left). Returns false when the queue waits: for readiness, or for
+    /// a retry timer if this was the first send after a writability event
+    /// (see [`back_off`](Self::back_off)). True when the read side is
+    /// closed: the front receive ends now instead, with `EOF`.
+    #[cold]
+    #[inline(never)]
+    fn would_block(&self, dir: Dir, first: bool) -> bool {
+        let mut st = self.st.borrow_mut();
+        st.kernel_ready[dir as usize] = false;
+        if dir == Dir::Read && st.read_closed {
+            return true;
+        }
+        self.first_send_blocked.set(dir == Dir::Write && first);
+        false
+    }
+
     /// Handles a readiness event.
     #[inline]
     fn on_event<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, ready: Readiness) {
@@ -463,6 +508,9 @@ impl IoObject {
             let mut st = self.st.borrow_mut();
             st.kernel_ready[Dir::Read as usize] |= readable;
             st.kernel_ready[Dir::Write as usize] |= writable;
+            // Every event carries the whole current mask (a write event
+            // too), so the last one is always up to date.
+            st.read_closed = ready.read_closed();
             // Level-triggered readiness with no receive to take the data (or
             // an error to consume) would be reported at every wait: go
             // edge-triggered until a receive waits on a drained socket again.
@@ -479,7 +527,11 @@ impl IoObject {
             self.continue_queue(owner, Dir::Read);
         }
         if writable {
+            self.first_send_blocked.set(false);
             self.continue_queue(owner, Dir::Write);
+            if self.first_send_blocked.get() {
+                self.back_off(owner);
+            }
         }
         if error {
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
@@ -502,6 +554,26 @@ impl IoObject {
         } else if dir == Dir::Write {
             self.drop_idle_write_interest(owner);
         }
+    }
+
+    /// The descriptor was reported writable, yet the first send would block:
+    /// waiting for writability again would wake at once, for ever (an
+    /// unconnected Unix datagram socket whose receiver's queue is full is
+    /// writable, and the kernel gives no notice when that queue drains).
+    /// The sends wait for a retry timer instead, 1 ms, then twice as long
+    /// each time the socket still refuses them, at most 64 ms; writability
+    /// is of interest again once a send leaves.
+    #[cold]
+    fn back_off<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O) {
+        let Some(sock) = self.socket() else { return };
+        let n = self.backoffs.get();
+        self.backoffs.set(n.saturating_add(1));
+        let after = Duration::from_millis(1 << n.min(6));
+        log::debug!("token {}: writable yet refusing sends: retrying in {after:?}", self.token.get());
+        self.st.borrow_mut().write_backoff = true;
+        self.sync_interest(owner, &sock, false);
+        let me: Weak<dyn Wake> = Rc::downgrade(self) as Weak<IoObject>;
+        owner.wake_after(me, after);
     }
 
     /// Drops the write interest once nothing waits for it; registers only if
@@ -611,6 +683,25 @@ impl IoObject {
         drop(self.sock.borrow_mut().take());
         drop(self.st.borrow_mut().read_ahead.take());
         ops.extend(self.take_ops());
+    }
+}
+
+/// A retry of the sends held back by [`IoObject::back_off`].
+impl Wake for IoObject {
+    fn wake(self: Rc<Self>) {
+        let Some(owner) = self.owner.upgrade() else { return };
+        {
+            let mut st = self.st.borrow_mut();
+            st.write_backoff = false;
+            st.kernel_ready[Dir::Write as usize] = true;
+        }
+        self.first_send_blocked.set(false);
+        self.continue_queue(&*owner, Dir::Write);
+        if self.first_send_blocked.get() {
+            self.back_off(&*owner);
+        } else {
+            self.backoffs.set(0);
+        }
     }
 }
 

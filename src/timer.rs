@@ -12,7 +12,7 @@ use crate::op::{CancellationType, Completion};
 use crate::sys::{self, WaitHandler};
 use slab::Slab;
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -54,12 +54,22 @@ pub(crate) enum Watched {
     Wait(TimerKey),
 }
 
+/// Something of the loop's own that asked to be called back at a deadline
+/// (a socket retrying sends that no readiness event will announce). It
+/// holds no user handler: dropping the entry runs no user code.
+pub(crate) trait Wake {
+    /// The deadline passed.
+    fn wake(self: Rc<Self>);
+}
+
 /// What a timer entry does when its deadline passes.
 pub(crate) enum TimerTarget {
     /// A pending timer wait: its handler gets `Error::NONE`.
     Wait(WaitHandler),
     /// Cancel this operation if it is still pending (`Operation::cancel_after`).
     CancelAfter(Watched, CancellationType),
+    /// Call this back, if it still exists.
+    Wake(Weak<dyn Wake>),
 }
 
 /// What a free slot holds: a target that does nothing and owns nothing.
@@ -322,7 +332,7 @@ impl TimerQueue {
         }
         match self.remove(key).expect("a live entry") {
             TimerTarget::Wait(handler) => Some((handler, self.take_watcher(key))),
-            TimerTarget::CancelAfter(..) => unreachable!("checked to be a wait"),
+            TimerTarget::CancelAfter(..) | TimerTarget::Wake(_) => unreachable!("checked to be a wait"),
         }
     }
 
@@ -454,7 +464,7 @@ impl TimerQueue {
                 }
                 None
             }
-            TimerTarget::CancelAfter(Watched::Op(_), _) => None,
+            TimerTarget::CancelAfter(Watched::Op(_), _) | TimerTarget::Wake(_) => None,
         };
         Some((target, watcher))
     }

@@ -826,3 +826,50 @@ fn batched_receives_report_each_sender_in_both_families() {
         assert!(ctx.metrics().reactor_waits <= 3, "{host}: not batched? {:?}", ctx.metrics());
     }
 }
+
+/// After `shutdown(Read)` the descriptor is readable for good, with or
+/// without a datagram queued. A receive takes what is queued (Linux still
+/// queues datagrams that arrive later) and otherwise ends at once with
+/// `EOF`, as a blocking `recv` returns at once: it neither waits for ever
+/// nor makes the loop spin on the readiness it cannot consume.
+#[test]
+fn receives_after_shutdown_for_reading_take_what_is_queued_then_end_with_eof() {
+    let ctx = IoContext::new().unwrap();
+    let (a, b) = connected_pair(&ctx);
+    type Got = Rc<RefCell<Vec<(Error, Vec<u8>)>>>;
+    let got: Got = Rc::default();
+    let record = |got: &Got| {
+        let got = got.clone();
+        move |e: Error, n: usize, buf: Vec<u8>| got.borrow_mut().push((e, buf[..n].to_vec()))
+    };
+    // Pending before the shutdown: it ends with EOF.
+    a.async_receive(vec![0u8; 64], record(&got));
+    ctx.poll();
+    a.shutdown(std::net::Shutdown::Read).unwrap();
+    assert_eq!(ctx.run_for(Duration::from_secs(5)), 1);
+    assert_eq!(*got.borrow(), vec![(Error::EOF, vec![])]);
+    let m = ctx.metrics();
+    assert!(m.reactor_waits < 10, "the loop spun: {m:?}");
+
+    // A datagram queued after the shutdown is still received, then EOF again.
+    b.send(b"late").unwrap();
+    got.borrow_mut().clear();
+    a.async_receive(vec![0u8; 64], record(&got));
+    a.async_receive(vec![0u8; 64], record(&got));
+    ctx.restart();
+    ctx.reset_metrics();
+    assert_eq!(ctx.run_for(Duration::from_secs(5)), 2);
+    assert_eq!(*got.borrow(), vec![(Error::NONE, b"late".to_vec()), (Error::EOF, vec![])]);
+    assert!(ctx.metrics().reactor_waits < 10, "the loop spun: {:?}", ctx.metrics());
+
+    // The blocking form returns the same error instead of polling for ever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sock = a.release().unwrap();
+    std::thread::spawn(move || {
+        let ctx = IoContext::new().unwrap();
+        let a = UdpSocket::from_std(&ctx.executor(), sock).unwrap();
+        let _ = tx.send(a.receive(&mut [0u8; 64][..]).map_err(|e| e.kind()));
+    });
+    let r = rx.recv_timeout(Duration::from_secs(5)).expect("the blocking receive hung or spun");
+    assert_eq!(r, Err(std::io::ErrorKind::UnexpectedEof));
+}

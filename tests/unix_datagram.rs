@@ -158,3 +158,84 @@ fn connect_names_the_peer_and_release_gives_back_a_blocking_std_socket() {
     assert_eq!(server.receive(&mut buf[..]).unwrap(), 5);
     assert_eq!(&buf[..5], b"after");
 }
+
+/// An unconnected sender whose receiver's queue is full: the descriptor is
+/// writable (its own buffer has room) yet every send would block, and the
+/// kernel gives no notice when the queue drains. The sends wait for a retry
+/// timer instead of writability, so the loop neither spins on the readiness
+/// it cannot use nor hangs: once the receiver reads, every send completes,
+/// in order.
+#[test]
+fn sends_to_a_full_unconnected_receiver_retry_without_spinning_and_all_arrive_in_order() {
+    const N: u32 = 2000;
+    let dir = TempDir::new();
+    let path = dir.path("full.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let ctx = IoContext::new().unwrap();
+    let tx = UnixDatagram::unbound(&ctx.executor()).unwrap();
+    let done: Log<(u32, Error)> = Rc::default();
+    for i in 0..N {
+        let d = done.clone();
+        tx.async_send_to(i.to_le_bytes().to_vec(), &path, move |e, _| d.borrow_mut().push((i, e)));
+    }
+    // The receiver's queue fills long before N; nothing reads it yet.
+    ctx.run_for(Duration::from_millis(100));
+    let blocked = done.borrow().len();
+    assert!(blocked < N as usize, "the receiver's queue never filled: {blocked}");
+    let waits = ctx.metrics().reactor_waits;
+    assert!(waits < 200, "the loop spun on a socket it cannot write to: {waits} waits in 100 ms");
+
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        (0..N)
+            .map(|_| rx.recv(&mut buf).map(|_| u32::from_le_bytes(buf[..4].try_into().unwrap())).unwrap())
+            .collect::<Vec<_>>()
+    });
+    ctx.restart();
+    assert_eq!(run_bounded(&ctx), N as usize - blocked);
+    assert_eq!(*done.borrow(), (0..N).map(|i| (i, Error::NONE)).collect::<Vec<_>>());
+    assert_eq!(reader.join().unwrap(), (0..N).collect::<Vec<_>>());
+}
+
+/// The blocking `send_to` to a full unconnected receiver waits (without
+/// spinning) until the receiver reads, as the kernel's own blocking send does.
+#[test]
+fn a_blocking_send_to_a_full_unconnected_receiver_waits_until_it_reads() {
+    let dir = TempDir::new();
+    let path = dir.path("full-sync.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let ctx = IoContext::new().unwrap();
+    let tx = UnixDatagram::unbound(&ctx.executor()).unwrap();
+    // Fill the queue with the non-blocking form.
+    tx.set_nonblocking(true).unwrap();
+    let mut queued = 0u32;
+    while tx.send_to(queued.to_le_bytes().to_vec(), &path).is_ok() {
+        queued += 1;
+    }
+    assert!(queued > 0);
+    tx.set_nonblocking(false).unwrap();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 16];
+        (0..=queued)
+            .map(|_| rx.recv(&mut buf).map(|_| u32::from_le_bytes(buf[..4].try_into().unwrap())).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let start = std::time::Instant::now();
+    let cpu = thread_cpu_ticks();
+    assert_eq!(tx.send_to(queued.to_le_bytes().to_vec(), &path).unwrap(), 4);
+    assert!(start.elapsed() >= Duration::from_millis(40), "it did not wait for the reader");
+    // Spinning would have burnt the whole wait (5 ticks of 10 ms or more).
+    assert!(thread_cpu_ticks() - cpu < 3, "the blocking send spun while it waited");
+    assert_eq!(reader.join().unwrap(), (0..=queued).collect::<Vec<_>>());
+}
+
+/// CPU time this thread has used, in clock ticks (`utime + stime`, usually
+/// 10 ms each), from `/proc/thread-self/stat`.
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // The command name may hold spaces: the fields counted start after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}

@@ -159,10 +159,27 @@ impl Base {
     /// unless `set_nonblocking(true)`.
     pub(crate) fn blocking<R>(&self, what: Readiness, mut f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
         let sock = self.sock()?;
+        // Waits after which the call still would block.
+        let mut futile: u32 = 0;
+        let mut read_closed = false;
         loop {
             match f(&sock) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.io().user_nonblocking.get() => {
-                    sys::wait_fd(sock.as_raw_fd(), what, None)?;
+                    if read_closed {
+                        // Readable for good, yet nothing to read (a datagram
+                        // socket shut down for reading): a blocking `recv`
+                        // returns at once too, and polling again would spin.
+                        return Err(Error::EOF.into());
+                    }
+                    if futile > 0 && matches!(what, Readiness::Write) {
+                        // Writable, yet refusing (an unconnected Unix datagram
+                        // socket whose receiver is full: no readiness will
+                        // say when it drains). Sleep rather than spin, 1 ms
+                        // and twice as long each time, at most 64 ms.
+                        std::thread::sleep(std::time::Duration::from_millis(1 << (futile - 1).min(6)));
+                    }
+                    read_closed = sys::wait_fd(sock.as_raw_fd(), what)?;
+                    futile += 1;
                 }
                 r => return r,
             }

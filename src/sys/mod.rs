@@ -8,7 +8,6 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
 
 pub(crate) mod epoll;
 mod handler;
@@ -357,17 +356,19 @@ pub(crate) enum Readiness {
     Write,
 }
 
-/// Blocks on `poll(2)` until `fd` is ready (or `timeout` passes). Used by the
-/// synchronous socket calls, whose descriptor is non-blocking for the reactor.
-pub(crate) fn wait_fd(fd: RawFd, what: Readiness, timeout: Option<Duration>) -> io::Result<bool> {
+/// Blocks on `poll(2)` until `fd` is ready. Used by the synchronous socket
+/// calls, whose descriptor is non-blocking for the reactor. Returns true
+/// when a wait for reading found the read side closed (shut down, or hung
+/// up): the descriptor is then readable for good, even with nothing to read.
+pub(crate) fn wait_fd(fd: RawFd, what: Readiness) -> io::Result<bool> {
     let events = match what {
-        Readiness::Read => libc::POLLIN,
+        Readiness::Read => libc::POLLIN | libc::POLLRDHUP,
         Readiness::Write => libc::POLLOUT,
     };
     let mut pfd = libc::pollfd { fd, events, revents: 0 };
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
-    retry(|| cvt(unsafe { libc::poll(&mut pfd, 1, ms) })).map(|r| r > 0)
+    retry(|| cvt(unsafe { libc::poll(&mut pfd, 1, -1) }))?;
+    Ok(matches!(what, Readiness::Read) && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
 }
 
 /// Bytes that can be read without blocking (`FIONREAD`; for a datagram
