@@ -118,6 +118,21 @@ impl IoState {
     }
 }
 
+/// How a write run stopped, for [`IoObject::continue_writes`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteStop {
+    /// Not on a send that would block (the queue emptied, or a limit).
+    Other,
+    /// On its first send.
+    BlockedFirst,
+    /// After some sends left.
+    BlockedAfterSome,
+}
+
+/// Writability events in a row whose first send would still block before
+/// the sends wait for a retry timer instead (see [`IoObject::continue_writes`]).
+const FUTILE_WRITES: u8 = 3;
+
 /// Outcome of [`IoObject::try_now`].
 pub(crate) enum Attempt<R> {
     /// Performed at once.
@@ -164,11 +179,13 @@ pub(crate) struct IoObject {
     /// what the last batch got (2..=16), so a socket that gets one datagram
     /// per wake-up does not pay for sixteen slots each time.
     batch_hint: Cell<u8>,
-    /// The last write run stopped on a send that would block before any
-    /// send left (read after a writability event, see [`IoObject::on_event`]).
-    first_send_blocked: Cell<bool>,
-    /// Retries in a row that found the socket still refusing sends (the
-    /// next retry waits 2^n ms, at most 64).
+    /// How the last write run stopped (read after a writability event or a
+    /// retry, see [`IoObject::continue_writes`]).
+    write_stop: Cell<WriteStop>,
+    /// Writability events in a row whose first send would still block.
+    futile_writes: Cell<u8>,
+    /// Retries in a row that sent nothing (the next retry waits 2^n ms, at
+    /// most 64).
     backoffs: Cell<u8>,
     /// The read-ahead buffer, kept for reuse while no datagram is held.
     read_ahead_buf: RefCell<Vec<u8>>,
@@ -196,7 +213,8 @@ impl IoObject {
             gso: Cell::new(false),
             gso_refusals: Cell::new(0),
             batch_hint: Cell::new((sys::RECV_BATCH - 1) as u8),
-            first_send_blocked: Cell::new(false),
+            write_stop: Cell::new(WriteStop::Other),
+            futile_writes: Cell::new(0),
             backoffs: Cell::new(0),
             read_ahead_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
@@ -491,11 +509,14 @@ impl IoObject {
     #[inline(never)]
     fn would_block(&self, dir: Dir, first: bool) -> bool {
         let mut st = self.st.borrow_mut();
-        st.kernel_ready[dir as usize] = false;
         if dir == Dir::Read && st.read_closed {
+            // Still ready: a run stopped by the limit goes on next turn.
             return true;
         }
-        self.first_send_blocked.set(dir == Dir::Write && first);
+        st.kernel_ready[dir as usize] = false;
+        if dir == Dir::Write {
+            self.write_stop.set(if first { WriteStop::BlockedFirst } else { WriteStop::BlockedAfterSome });
+        }
         false
     }
 
@@ -527,11 +548,7 @@ impl IoObject {
             self.continue_queue(owner, Dir::Read);
         }
         if writable {
-            self.first_send_blocked.set(false);
-            self.continue_queue(owner, Dir::Write);
-            if self.first_send_blocked.get() {
-                self.back_off(owner);
-            }
+            self.continue_writes(owner, false);
         }
         if error {
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
@@ -556,17 +573,50 @@ impl IoObject {
         }
     }
 
-    /// The descriptor was reported writable, yet the first send would block:
-    /// waiting for writability again would wake at once, for ever (an
-    /// unconnected Unix datagram socket whose receiver's queue is full is
-    /// writable, and the kernel gives no notice when that queue drains).
-    /// The sends wait for a retry timer instead, 1 ms, then twice as long
-    /// each time the socket still refuses them, at most 64 ms; writability
-    /// is of interest again once a send leaves.
+    /// Runs the write queue after a writability event (`retry` false) or a
+    /// retry timer (`retry` true), and decides how the sends left wait.
+    ///
+    /// Writable, yet the first send would block: waiting for writability
+    /// again would wake at once, for ever. An unconnected Unix datagram
+    /// socket whose receiver's queue is full is like that (its own buffer
+    /// has room), and the kernel gives no notice when that queue drains.
+    /// After [`FUTILE_WRITES`] such events in a row (one could be a race
+    /// with another sender to a connected peer, which the kernel does wake
+    /// reliably) the sends wait for a retry timer instead (see
+    /// [`back_off`](Self::back_off)); after a retry, for the next one while
+    /// the socket still refuses them.
+    fn continue_writes<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, retry: bool) {
+        self.write_stop.set(WriteStop::Other);
+        if self.run_queue(owner, Dir::Write, owner.reactor().operations_per_event.get()) {
+            self.futile_writes.set(0);
+            self.to_backlog(owner, Dir::Write);
+            return;
+        }
+        match self.write_stop.get() {
+            WriteStop::BlockedFirst if retry || self.futile_writes.get() + 1 >= FUTILE_WRITES => {
+                self.back_off(owner, false);
+            }
+            WriteStop::BlockedFirst => {
+                self.futile_writes.set(self.futile_writes.get() + 1);
+                self.drop_idle_write_interest(owner);
+            }
+            WriteStop::BlockedAfterSome if retry => self.back_off(owner, true),
+            _ => {
+                self.futile_writes.set(0);
+                self.backoffs.set(0);
+                self.drop_idle_write_interest(owner);
+            }
+        }
+    }
+
+    /// Has the write queue retried on a timer, with writability out of the
+    /// interest: 1 ms after a retry that sent something, else twice as long
+    /// as the last time, at most 64 ms.
     #[cold]
-    fn back_off<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O) {
+    fn back_off<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, progressed: bool) {
         let Some(sock) = self.socket() else { return };
-        let n = self.backoffs.get();
+        self.futile_writes.set(0);
+        let n = if progressed { 0 } else { self.backoffs.get() };
         self.backoffs.set(n.saturating_add(1));
         let after = Duration::from_millis(1 << n.min(6));
         log::debug!("token {}: writable yet refusing sends: retrying in {after:?}", self.token.get());
@@ -695,13 +745,10 @@ impl Wake for IoObject {
             st.write_backoff = false;
             st.kernel_ready[Dir::Write as usize] = true;
         }
-        self.first_send_blocked.set(false);
-        self.continue_queue(&*owner, Dir::Write);
-        if self.first_send_blocked.get() {
-            self.back_off(&*owner);
-        } else {
-            self.backoffs.set(0);
-        }
+        // Listed first: should a buffer's own code panic in the run below,
+        // the next turn runs the queue again (no timer or event would).
+        self.to_backlog(&*owner, Dir::Write);
+        self.continue_writes(&*owner, true);
     }
 }
 

@@ -423,7 +423,10 @@ impl UdpSocket {
         self.io().available(&*self.sock()?)
     }
 
-    /// Shuts down reading, writing or both.
+    /// Shuts down reading, writing or both. After `Shutdown::Read`, a
+    /// receive still takes a datagram if one is queued (Linux keeps queueing
+    /// them), and otherwise ends at once with [`Error::EOF`] (the synchronous
+    /// forms: an `UnexpectedEof` error), as a blocking `recv` returns at once.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.b.shutdown(how)
     }

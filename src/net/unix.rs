@@ -243,6 +243,14 @@ impl UnixDatagram {
     datagram_common!();
 
     /// Sends `bufs` as one datagram to the socket file `path`.
+    ///
+    /// When the receiver's queue is full the send waits, as a blocking
+    /// `sendto` does. The kernel gives an unconnected sender no notice when
+    /// that queue drains (the socket stays writable), so once writability
+    /// has failed to help three times in a row the socket's sends retry on a
+    /// timer, 1 ms and doubling while nothing leaves, up to 64 ms, in order.
+    /// A connected socket (`connect`, then `async_send`) is woken by the
+    /// kernel as soon as there is room.
     #[inline]
     pub fn async_send_to<B, F>(&self, bufs: B, path: impl AsRef<Path>, handler: F) -> Operation
     where
