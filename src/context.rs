@@ -186,10 +186,17 @@ impl Inner {
     /// the rest fire on the next turn, which then does not wait. Handlers
     /// queued in small groups run while the ready ring is still in cache, and
     /// a backlog of a million expired timers never needs a ring that large.
+    #[inline]
     fn fire_timers(&self) {
-        if self.timers.borrow().len() == 0 {
-            return;
+        if self.timers.borrow().len() != 0 {
+            self.fire_due_timers();
         }
+    }
+
+    /// [`fire_timers`](Self::fire_timers) when there are timers: out of
+    /// line, so that the loop of a context without timers does not carry it.
+    #[inline(never)]
+    fn fire_due_timers(&self) {
         let now = self.timers.borrow().ns(self.now());
         for _ in 0..FIRE_BATCH {
             let due = self.timers.borrow_mut().pop_due(now);

@@ -585,6 +585,7 @@ impl IoObject {
     /// reliably) the sends wait for a retry timer instead (see
     /// [`back_off`](Self::back_off)); after a retry, for the next one while
     /// the socket still refuses them.
+    #[inline(never)]
     fn continue_writes<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, retry: bool) {
         self.write_stop.set(WriteStop::Other);
         if self.run_queue(owner, Dir::Write, owner.reactor().operations_per_event.get()) {
