@@ -23,7 +23,9 @@
 //! (peeks, read and write waits, synchronous calls); timers with random and
 //! equal expiries; `Operation::cancel` of every kind and `cancel_after`;
 //! socket cancel, close, drop and release (and adoption again); GSO on and
-//! off; work guards; `run_one`/`poll`/`poll_one`/`run_for`; nested runs,
+//! off; `shutdown(Read)` of UDP sockets (a receive that finds nothing queued
+//! then ends with `EOF`; a spin on the readiness it leaves is caught by
+//! `check_no_spin`); work guards; `run_one`/`poll`/`poll_one`/`run_for`; nested runs,
 //! `stop` and panics from handlers; and it ends by dropping the context with
 //! work pending, or by draining everything and running out of work.
 //!
@@ -143,6 +145,9 @@ struct SockRec {
     /// only from it, and its going away may surface as CONNECTION_REFUSED.
     peer: Option<usize>,
     refused_ok: bool,
+    /// Shut down for reading (UDP only): a receive that finds nothing
+    /// queued ends with EOF; datagrams sent to it still arrive (Linux).
+    read_shut: bool,
     /// Datagrams sent to it and not received yet, oldest first.
     inbox: Vec<usize>,
     /// Read- and write-queue operations, for the idle checks.
@@ -670,6 +675,7 @@ fn new_sock(m: &Rc<Model>) {
         udp,
         peer,
         refused_ok: false,
+        read_shut: false,
         inbox: Vec::new(),
         wild: Vec::new(),
         reads: Vec::new(),
@@ -925,7 +931,10 @@ fn recv_on(m: &Rc<Model>, s: usize) {
     let done = move |err: Error, n: usize, bufs: Vec<Vec<u8>>, from: Option<Addr>| {
         frame(tok, |m, tok| {
             check_order(m, s, false, seq, err);
-            let refused_ok = m.socks.borrow()[s].refused_ok;
+            let (refused_ok, read_shut) = {
+                let r = &m.socks.borrow()[s];
+                (r.refused_ok, r.read_shut)
+            };
             match err {
                 Error::NONE => {
                     let (got, room) = concat(&bufs, n);
@@ -938,6 +947,9 @@ fn recv_on(m: &Rc<Model>, s: usize) {
                 Error::OPERATION_ABORTED => {}
                 Error::BAD_DESCRIPTOR if !open => {}
                 Error::CONNECTION_REFUSED if refused_ok => {}
+                // Nothing was queued when it ran (a datagram still in the
+                // inbox goes to a later receive: nothing is lost).
+                Error::EOF if read_shut && n == 0 => {}
                 e => m.fail(format!("receive on {s} (open {open}) completed with ({e:?}, {n})")),
             }
             if !open && err != Error::BAD_DESCRIPTOR {
@@ -1278,7 +1290,7 @@ fn act_cancel(m: &Rc<Model>) {
 }
 
 fn act_socket(m: &Rc<Model>) {
-    let choice = m.rng().below(12);
+    let choice = m.rng().below(13);
     let open_count = m.socks.borrow().iter().filter(|r| r.open).count();
     if choice < 3 || open_count == 0 {
         if open_count < 6 {
@@ -1337,6 +1349,24 @@ fn act_socket(m: &Rc<Model>) {
                 Err(e) if open && e.kind() == std::io::ErrorKind::ResourceBusy => {}
                 Err(_) if !open => {}
                 Err(e) => m.fail(format!("release of socket {s}: {e}")),
+            }
+        }
+        12 => {
+            // Unix datagram sockets refuse senders once shut for reading
+            // (EPIPE), which the send checks do not model: UDP only.
+            if let Sock::Udp(u) = &sock {
+                let r = m.initiate(|| u.shutdown(std::net::Shutdown::Read));
+                m.log(|| format!("socket {s} shutdown(Read): {r:?}"));
+                match r {
+                    // Linux shuts an unconnected socket down too, though it
+                    // says ENOTCONN.
+                    Ok(()) => m.socks.borrow_mut()[s].read_shut = true,
+                    Err(e) if open && e.kind() == std::io::ErrorKind::NotConnected => {
+                        m.socks.borrow_mut()[s].read_shut = true;
+                    }
+                    Err(_) if !open => {}
+                    Err(e) => m.fail(format!("shutdown(Read) of socket {s}: {e}")),
+                }
             }
         }
         _ => {
@@ -1750,7 +1780,9 @@ fn drain_one(m: &Rc<Model>, s: usize) {
             if err.is_ok() {
                 let room = bufs.len();
                 match_received(m, s, &bufs[..n.min(room)], room, from, false, false);
-            } else if !(err == Error::CONNECTION_REFUSED && m.socks.borrow()[s].refused_ok) {
+            } else if !(err == Error::CONNECTION_REFUSED && m.socks.borrow()[s].refused_ok)
+                && !(err == Error::EOF && m.socks.borrow()[s].read_shut)
+            {
                 m.fail(format!("drain receive on {s}: {err:?}"));
             }
         })
