@@ -6,7 +6,8 @@
 //!
 //! Usage: `bench <post_chain|post_burst|udp_pingpong|udp_blast|udp_server|timers> [variant]`.
 //! The variant `gso` of `udp_blast` and `udp_server` turns the socket's GSO
-//! option on and prints `impl=ioctx_gso`. On a failed verification it prints
+//! option on and prints `impl=ioctx_gso`; the variant `batch` turns send
+//! coalescing on (`set_send_coalescing`) and prints `impl=ioctx_batch`. On a failed verification it prints
 //! `VERIFY FAILED: ...` to stderr and exits 1. Beside the peers:
 //! `IOCTX_BENCH=target/release/examples/bench bash ../shared/peers/run.sh`.
 
@@ -197,9 +198,10 @@ fn blast_one(s: Rc<Blast>) {
 }
 
 fn udp_blast(variant: Option<&str>) {
-    let (imp, gso) = match variant {
-        None => ("ioctx", false),
-        Some("gso") => ("ioctx_gso", true),
+    let (imp, gso, batch) = match variant {
+        None => ("ioctx", false, false),
+        Some("gso") => ("ioctx_gso", true, false),
+        Some("batch") => ("ioctx_batch", false, true),
         Some(v) => fail(format!("udp_blast: unknown variant {v}")),
     };
     let ctx = IoContext::new().unwrap();
@@ -207,6 +209,7 @@ fn udp_blast(variant: Option<&str>) {
     let sock = UdpSocket::bind(&ctx, local()).unwrap();
     sock.connect(sink.local_addr().unwrap()).unwrap();
     sock.set_gso(gso).unwrap();
+    sock.set_send_coalescing(batch).unwrap();
     let s = Rc::new(Blast { sock, issued: Cell::new(0), completed: Cell::new(0) });
     let t0 = Instant::now();
     for _ in 0..W4_INFLIGHT {
@@ -421,9 +424,10 @@ fn on_request(srv: &'static Echo, e: Error, n: usize, buf: Vec<u8>, from: Socket
 }
 
 fn udp_server(variant: Option<&str>) {
-    let (imp, gso) = match variant {
-        None => ("ioctx", false),
-        Some("gso") => ("ioctx_gso", true),
+    let (imp, gso, batch) = match variant {
+        None => ("ioctx", false, false),
+        Some("gso") => ("ioctx_gso", true, false),
+        Some("batch") => ("ioctx_batch", false, true),
         Some(v) => fail(format!("udp_server: unknown variant {v}")),
     };
     let k = match std::env::var("W6_RECEIVES") {
@@ -435,6 +439,7 @@ fn udp_server(variant: Option<&str>) {
     ctx.set_wait_timing(std::env::var_os("W6_STATS").is_some());
     let sock = UdpSocket::bind(&ctx, local()).unwrap();
     sock.set_gso(gso).unwrap();
+    sock.set_send_coalescing(batch).unwrap();
     // Spares for the sends in flight: at most one per outstanding request.
     let pool = (0..W6_WINDOW as usize).map(|_| vec![0u8; W6_BUF]).collect();
     let srv: &'static Echo =

@@ -61,6 +61,14 @@ impl Inner {
         self.dropping.get()
     }
 
+    /// The pass of handlers running now (`None` outside `run*`/`poll*`):
+    /// a datagram socket sends the first datagram of a pass at once and
+    /// defers the rest to the pass's end (see `IoObject::defer_send`).
+    #[inline]
+    pub(crate) fn pass(&self) -> Option<u64> {
+        (self.depth.get() > 0).then(|| self.queue.passes.get())
+    }
+
     #[inline(always)]
     pub(crate) fn post<F: FnOnce() + 'static>(&self, f: F) {
         if self.dropping.get() {
@@ -626,19 +634,25 @@ impl IoContext {
         let inner = &*self.inner;
         let _depth = DepthGuard::enter(inner);
         let mut n = 0;
+        // Sends deferred to the end of the pass leave whenever the call
+        // returns, at the pass's end or not.
+        let leave = |n| {
+            inner.reactor.flush_deferred(inner);
+            n
+        };
         loop {
             if inner.stopped.get() {
-                return n;
+                return leave(n);
             }
             if let Some(d) = mode.deadline
                 && inner.now() >= d
             {
-                return n;
+                return leave(n);
             }
             if inner.queue.run_next_in_pass() {
                 n += 1;
                 if mode.one {
-                    return n;
+                    return leave(n);
                 }
                 continue;
             }

@@ -77,6 +77,7 @@
 //! | `transfer_all()`, `transfer_at_least(n)`, `transfer_exactly(n)` | [`net::transfer_all`], [`net::transfer_at_least`], [`net::transfer_exactly`] |
 //! | `asio::error::not_found` (read_until over its limit) | `Error::NOT_FOUND` |
 //! | (no Asio equivalent) | [`net::UdpSocket::set_gso`]: sends of one pass coalesced with UDP segmentation offload, each completing on its own |
+//! | (no Asio equivalent) | [`net::UdpSocket::set_send_coalescing`]: a pass's sends after its first leave together in one `sendmmsg`, each completing on its own |
 //!
 //! ## Rules every operation follows
 //!

@@ -173,6 +173,13 @@ pub(crate) struct IoObject {
     /// Sends are deferred to the end of the handler pass and coalesced with
     /// UDP segmentation offload (see `UdpSocket::set_gso`).
     pub(crate) gso: Cell<bool>,
+    /// A pass's sends after its first wait for its end (`set_send_coalescing`).
+    coalesce: Cell<bool>,
+    /// The pass (`Inner::pass`) of the last send started during one.
+    send_pass: Cell<u64>,
+    /// This pass's sends after its first are deferred to the pass's end,
+    /// where they leave together (`sendmmsg`); cleared by the flush.
+    coalescing: Cell<bool>,
     /// Segmented sends refused in a row.
     gso_refusals: Cell<u8>,
     /// How many receives the next `recv_many` offers the kernel: twice
@@ -211,6 +218,9 @@ impl IoObject {
             st: RefCell::new(IoState::new()),
             can_read_ahead: Cell::new(readahead),
             gso: Cell::new(false),
+            coalesce: Cell::new(false),
+            send_pass: Cell::new(u64::MAX),
+            coalescing: Cell::new(false),
             gso_refusals: Cell::new(0),
             batch_hint: Cell::new((sys::RECV_BATCH - 1) as u8),
             write_stop: Cell::new(WriteStop::Other),
@@ -242,13 +252,48 @@ impl IoObject {
         self.sock.borrow().is_some()
     }
 
+    /// Turns send coalescing on or off (see [`defer_send`](Self::defer_send)).
+    pub(crate) fn set_coalescing(&self, on: bool) {
+        self.coalesce.set(on && !self.stream.get());
+    }
+
+    pub(crate) fn coalesces(&self) -> bool {
+        self.coalesce.get()
+    }
+
+    /// Whether a send started now is deferred to the end of the pass. With
+    /// coalescing on, inside a pass (`pass` is `Some`) a datagram socket
+    /// sends its first datagram at once, as Asio does, and defers the
+    /// others, which leave together at the pass's end in one `sendmmsg`: a
+    /// server answering a batch of requests makes one system call for its
+    /// answers, not one each. Outside a pass every send is tried at once,
+    /// and a stream's writes are never deferred (they may be partial).
+    #[inline]
+    pub(crate) fn defer_send(&self, pass: Option<u64>) -> bool {
+        if !self.coalesce.get() {
+            return false;
+        }
+        let Some(pass) = pass else { return false };
+        if self.send_pass.replace(pass) != pass {
+            return false;
+        }
+        self.coalescing.set(true);
+        true
+    }
+
+    /// Sends wait for the end of the pass (GSO on, or coalescing this pass).
+    #[inline]
+    fn defers_sends(&self) -> bool {
+        self.gso.get() || self.coalescing.get()
+    }
+
     /// Tries an operation at once (Asio's speculative attempt) when nothing
     /// is queued in `dir` and the last attempt did not say would-block.
     /// `Later` means: queue it with [`enqueue`](Self::enqueue).
     #[inline]
     pub(crate) fn try_now<R>(&self, dir: Dir, f: impl FnOnce(&Socket) -> Option<R>) -> Attempt<R> {
         let Some(sock) = self.socket() else { return Attempt::Closed };
-        if dir == Dir::Write && self.gso.get() {
+        if dir == Dir::Write && self.defers_sends() {
             return Attempt::Later; // deferred to the end of the pass, to coalesce
         }
         {
@@ -285,7 +330,7 @@ impl IoObject {
                 st.ops[Dir::Read as usize].push_back(op);
                 return;
             }
-        } else if dir == Dir::Write && !wait && self.gso.get() {
+        } else if dir == Dir::Write && !wait && self.defers_sends() {
             // Likewise a deferred send on a socket already on the flush list:
             // it leaves with the flush at the end of the pass.
             let mut st = self.st.borrow_mut();
@@ -305,7 +350,7 @@ impl IoObject {
                 return;
             }
         }
-        let deferred = dir == Dir::Write && !wait && self.gso.get();
+        let deferred = dir == Dir::Write && !wait && self.defers_sends();
         let (list, listed, registered, edge_drained) = {
             let mut st = self.st.borrow_mut();
             st.ops[dir as usize].push_back(op);
@@ -855,6 +900,7 @@ impl Reactor {
         let mut list = std::mem::take(&mut *self.flush_list.borrow_mut());
         for obj in list.drain(..) {
             obj.st.borrow_mut().flush_listed = false;
+            obj.coalescing.set(false);
             obj.continue_queue(owner, Dir::Write);
         }
         // The list's room serves the next pass (a socket listed meanwhile

@@ -23,7 +23,7 @@
 //! (peeks, read and write waits, synchronous calls); timers with random and
 //! equal expiries; `Operation::cancel` of every kind and `cancel_after`;
 //! socket cancel, close, drop and release (and adoption again); GSO on and
-//! off; `shutdown(Read)` of UDP sockets (a receive that finds nothing queued
+//! off; send coalescing on and off; `shutdown(Read)` of UDP sockets (a receive that finds nothing queued
 //! then ends with `EOF`; a spin on the readiness it leaves is caught by
 //! `check_no_spin`); work guards; `run_one`/`poll`/`poll_one`/`run_for`; nested runs,
 //! `stop` and panics from handlers; and it ends by dropping the context with
@@ -1367,6 +1367,13 @@ fn act_socket(m: &Rc<Model>) {
                     Err(_) if !open => {}
                     Err(e) => m.fail(format!("shutdown(Read) of socket {s}: {e}")),
                 }
+            }
+        }
+        10 => {
+            if let Sock::Udp(u) = &sock {
+                let on = m.pct(50);
+                let r = m.initiate(|| u.set_send_coalescing(on));
+                m.log(|| format!("socket {s} set_send_coalescing({on}): {r:?}"));
             }
         }
         _ => {

@@ -873,3 +873,76 @@ fn receives_after_shutdown_for_reading_take_what_is_queued_then_end_with_eof() {
     let r = rx.recv_timeout(Duration::from_secs(5)).expect("the blocking receive hung or spun");
     assert_eq!(r, Err(std::io::ErrorKind::UnexpectedEof));
 }
+
+/// With send coalescing on, inside a pass of handlers a datagram socket
+/// sends its first datagram at once and defers the others to the end of the
+/// pass, where they leave together (one `sendmmsg`), each completing with its
+/// own result, in order. Outside a pass every send is tried at once, and a
+/// call that returns early (`stop`) still sends what its handlers deferred.
+/// Off (the default), every send of a pass is tried at once (S1).
+#[test]
+fn a_pass_s_later_sends_leave_together_at_its_end_and_in_order() {
+    let ctx = IoContext::new().unwrap();
+    let (a, peer) = connected_pair(&ctx);
+    peer.set_nonblocking(true).unwrap();
+    let recv = |peer: &std::net::UdpSocket| {
+        let mut buf = [0u8; 64];
+        peer.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    };
+    // Off: every send of a pass leaves at once.
+    assert!(!a.send_coalescing());
+    let (a0, p0) = (a.clone(), peer.try_clone().unwrap());
+    ctx.executor().post(move || {
+        for i in 0..3u8 {
+            a0.async_send(vec![i; 2], |e, _| assert_eq!(e, Error::NONE));
+        }
+        for i in 0..3u8 {
+            let mut buf = [0u8; 8];
+            assert_eq!(p0.recv(&mut buf).map(|n| buf[..n].to_vec()).ok(), Some(vec![i; 2]));
+        }
+    });
+    ctx.run();
+    a.set_send_coalescing(true).unwrap();
+    assert!(a.send_coalescing());
+    // Outside a pass: both at once.
+    a.async_send(vec![1u8; 3], |e, n| assert_eq!((e, n), (Error::NONE, 3)));
+    a.async_send(vec![2u8; 3], |e, n| assert_eq!((e, n), (Error::NONE, 3)));
+    assert_eq!((recv(&peer), recv(&peer)), (Some(vec![1; 3]), Some(vec![2; 3])));
+    ctx.restart();
+    ctx.run();
+
+    // Inside a pass: the first at once, the rest when the pass ends.
+    let done = Rc::new(RefCell::new(Vec::new()));
+    let (a2, d, p) = (a.clone(), done.clone(), peer.try_clone().unwrap());
+    ctx.restart();
+    ctx.executor().post(move || {
+        for i in 0..5u8 {
+            let d = d.clone();
+            a2.async_send(vec![i; 10], move |e, n| d.borrow_mut().push((i, e, n)));
+        }
+        let mut buf = [0u8; 64];
+        assert_eq!(p.recv(&mut buf).unwrap(), 10, "the pass's first send left at once");
+        assert_eq!(buf[0], 0);
+        assert!(p.recv(&mut buf).is_err(), "the others wait for the end of the pass");
+    });
+    ctx.run();
+    assert_eq!(*done.borrow(), (0..5).map(|i| (i, Error::NONE, 10)).collect::<Vec<_>>());
+    for i in 1..5u8 {
+        assert_eq!(recv(&peer), Some(vec![i; 10]));
+    }
+    assert_eq!(recv(&peer), None);
+
+    // A handler that stops the loop: what it deferred leaves as run() returns.
+    let (a3, ex) = (a.clone(), ctx.executor());
+    ctx.restart();
+    ctx.executor().post(move || {
+        for i in 0..3u8 {
+            a3.async_send(vec![i; 4], |e, _| assert_eq!(e, Error::NONE));
+        }
+        ex.stop();
+    });
+    ctx.run();
+    for i in 0..3u8 {
+        assert_eq!(recv(&peer), Some(vec![i; 4]), "datagram {i} left when run() returned");
+    }
+}

@@ -385,7 +385,12 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, dest, flags.bits())) {
+        let now = if io.defer_send(inner.pass()) {
+            Attempt::Later
+        } else {
+            io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, dest, flags.bits()))
+        };
+        let (err, n) = match now {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {

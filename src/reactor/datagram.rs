@@ -338,32 +338,37 @@ impl IoObject {
         }
         let max = max.min(MAX_SEGMENTS);
         self.with_batch(owner, |SendBatch { bytes, ops }| {
-            // Length and destination of each.
-            let mut sends: SmallVec<[(usize, Option<SockAddr>); 16]> = SmallVec::new();
+            // Length of each, and the destinations of those that have one
+            // (by index: most sends go to the connected peer, and an address
+            // is 128 bytes to copy).
+            let mut lens: SmallVec<[usize; MAX_SEGMENTS]> = SmallVec::new();
+            let mut dests: SmallVec<[(usize, SockAddr); 4]> = SmallVec::new();
             while ops.len() < max {
                 let Some(op) = self.queued_send(ops.len()) else { break };
                 let Some((len, dest)) = op.append_datagram(bytes, usize::MAX) else { break };
-                sends.push((len, dest.cloned()));
+                if let Some(d) = dest {
+                    dests.push((ops.len(), d.clone()));
+                }
+                lens.push(len);
                 ops.push(op);
             }
             if ops.len() < 2 {
                 return Batch::Single;
             }
-            let mut start = 0;
-            let parts: SmallVec<[sys::Part<'_>; 16]> = sends
-                .iter()
-                .map(|(len, dest)| {
-                    start += len;
-                    sys::Part { start: start - len, len: *len, dest: dest.as_ref() }
-                })
-                .collect();
+            let mut parts: SmallVec<[sys::Part<'_>; MAX_SEGMENTS]> = SmallVec::new();
+            let (mut start, mut next_dest) = (0, dests.iter().peekable());
+            for (i, &len) in lens.iter().enumerate() {
+                let dest = next_dest.next_if(|(j, _)| *j == i).map(|(_, d)| d);
+                parts.push(sys::Part { start, len, dest });
+                start += len;
+            }
             let r = sys::send_many(sock, bytes, &parts);
             drop(parts);
             match r {
                 Ok(k) => {
                     log::trace!("sent {k} of {} queued datagrams in one call", ops.len());
                     let k = k.min(ops.len());
-                    self.complete_sends(owner, ops, k, |i| sends[i].0)
+                    self.complete_sends(owner, ops, k, |i| lens[i])
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::WouldBlock,
                 Err(e) => self.fail_front(owner, Dir::Write, e),

@@ -190,31 +190,39 @@ pub(crate) struct Part<'a> {
 /// system call. Returns how many the kernel took (at least one); an error
 /// means the first one failed.
 pub(crate) fn send_many(sock: &Socket, buf: &[u8], parts: &[Part<'_>]) -> io::Result<usize> {
-    let iovs: smallvec::SmallVec<[libc::iovec; 16]> = parts
-        .iter()
-        .map(|p| libc::iovec { iov_base: buf[p.start..p.start + p.len].as_ptr() as *mut libc::c_void, iov_len: p.len })
-        .collect();
-    let mut msgs: smallvec::SmallVec<[libc::mmsghdr; 16]> = parts
-        .iter()
-        .zip(iovs.iter())
-        .map(|(p, iov)| {
-            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            if let Some(d) = p.dest {
-                m.msg_hdr.msg_name = d.as_ptr() as *mut libc::c_void;
-                m.msg_hdr.msg_namelen = d.len();
-            }
-            m.msg_hdr.msg_iov = iov as *const libc::iovec as *mut libc::iovec;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
-    // SAFETY: every header points to an iovec in `iovs` and a name in
-    // `parts`, both alive and unmoved for the call; the kernel only reads
+    if parts.len() > SEND_BATCH {
+        return Err(io::Error::from(Error::INVALID_ARGUMENT));
+    }
+    // Written in place, not collected: this runs for every batch of sends.
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; SEND_BATCH];
+    let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; SEND_BATCH];
+    for ((p, iov), m) in parts.iter().zip(iovs.iter_mut()).zip(msgs.iter_mut()) {
+        let data = &buf[p.start..p.start + p.len];
+        let iov = iov.write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        if let Some(d) = p.dest {
+            hdr.msg_name = d.as_ptr() as *mut libc::c_void;
+            hdr.msg_namelen = d.len();
+        }
+        hdr.msg_iov = iov;
+        hdr.msg_iovlen = 1;
+        m.write(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
+    }
+    // SAFETY: the first `parts.len()` headers are initialised above and
+    // point to their iovec in `iovs`, their bytes in `buf` and their name in
+    // `parts`, all alive and unmoved for the call; the kernel only reads
     // them (and writes `msg_len` into `msgs`, which we own).
-    retry(|| cvt(unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_NOSIGNAL) }))
-        .map(|n| n as usize)
+    retry(|| {
+        cvt(unsafe {
+            libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr().cast(), parts.len() as u32, libc::MSG_NOSIGNAL)
+        })
+    })
+    .map(|n| n as usize)
 }
+
+/// Most datagrams one [`send_many`] takes.
+pub(crate) const SEND_BATCH: usize = 64;
 
 /// True for the errors with which a kernel or device refuses segmentation
 /// offload (rather than the datagrams themselves).
