@@ -129,6 +129,13 @@ enum WriteStop {
     BlockedAfterSome,
 }
 
+/// How long the `n`-th retry in a row of a socket that is writable yet
+/// refuses sends waits: 1 ms, doubling, at most 64 ms (the reactor's
+/// back-off, and the blocking send's sleep).
+pub(crate) fn retry_delay(n: u32) -> Duration {
+    Duration::from_millis(1 << n.min(6))
+}
+
 /// Writability events in a row whose first send would still block before
 /// the sends wait for a retry timer instead (see [`IoObject::continue_writes`]).
 const FUTILE_WRITES: u8 = 3;
@@ -177,9 +184,10 @@ pub(crate) struct IoObject {
     coalesce: Cell<bool>,
     /// The pass (`Inner::pass`) of the last send started during one.
     send_pass: Cell<u64>,
-    /// This pass's sends after its first are deferred to the pass's end,
-    /// where they leave together (`sendmmsg`); cleared by the flush.
-    coalescing: Cell<bool>,
+    /// Set by [`defer_send`](Self::defer_send): the rest of this pass's
+    /// sends wait for the pass's end, where they leave together
+    /// (`sendmmsg`); cleared by the flush. (`coalesce` is the option.)
+    deferring: Cell<bool>,
     /// Segmented sends refused in a row.
     gso_refusals: Cell<u8>,
     /// How many receives the next `recv_many` offers the kernel: twice
@@ -220,7 +228,7 @@ impl IoObject {
             gso: Cell::new(false),
             coalesce: Cell::new(false),
             send_pass: Cell::new(u64::MAX),
-            coalescing: Cell::new(false),
+            deferring: Cell::new(false),
             gso_refusals: Cell::new(0),
             batch_hint: Cell::new((sys::RECV_BATCH - 1) as u8),
             write_stop: Cell::new(WriteStop::Other),
@@ -277,14 +285,14 @@ impl IoObject {
         if self.send_pass.replace(pass) != pass {
             return false;
         }
-        self.coalescing.set(true);
+        self.deferring.set(true);
         true
     }
 
     /// Sends wait for the end of the pass (GSO on, or coalescing this pass).
     #[inline]
     fn defers_sends(&self) -> bool {
-        self.gso.get() || self.coalescing.get()
+        self.gso.get() || self.deferring.get()
     }
 
     /// Tries an operation at once (Asio's speculative attempt) when nothing
@@ -664,7 +672,7 @@ impl IoObject {
         self.futile_writes.set(0);
         let n = if progressed { 0 } else { self.backoffs.get() };
         self.backoffs.set(n.saturating_add(1));
-        let after = Duration::from_millis(1 << n.min(6));
+        let after = retry_delay(u32::from(n));
         log::debug!("token {}: writable yet refusing sends: retrying in {after:?}", self.token.get());
         self.st.borrow_mut().write_backoff = true;
         self.sync_interest(owner, &sock, false);
@@ -900,7 +908,7 @@ impl Reactor {
         let mut list = std::mem::take(&mut *self.flush_list.borrow_mut());
         for obj in list.drain(..) {
             obj.st.borrow_mut().flush_listed = false;
-            obj.coalescing.set(false);
+            obj.deferring.set(false);
             obj.continue_queue(owner, Dir::Write);
         }
         // The list's room serves the next pass (a socket listed meanwhile

@@ -11,7 +11,7 @@ use crate::op::{
     AcceptOp, Completion, Io, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_from_now, recv_now,
     send_now,
 };
-use crate::reactor::{Attempt, Dir, IoObject};
+use crate::reactor::{Attempt, Dir, IoObject, retry_delay};
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
 use std::io;
@@ -176,7 +176,7 @@ impl Base {
                         // socket whose receiver is full: no readiness will
                         // say when it drains). Sleep rather than spin, 1 ms
                         // and twice as long each time, at most 64 ms.
-                        std::thread::sleep(std::time::Duration::from_millis(1 << (futile - 1).min(6)));
+                        std::thread::sleep(retry_delay(futile - 1));
                     }
                     read_closed = sys::wait_fd(sock.as_raw_fd(), what)?;
                     futile += 1;
