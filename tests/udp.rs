@@ -945,4 +945,22 @@ fn a_pass_s_later_sends_leave_together_at_its_end_and_in_order() {
     for i in 0..3u8 {
         assert_eq!(recv(&peer), Some(vec![i; 4]), "datagram {i} left when run() returned");
     }
+
+    // Likewise `run_one`, which returns after one handler, mid-pass (the
+    // stopped run's completions are run first).
+    ctx.restart();
+    ctx.run();
+    let a4 = a.clone();
+    ctx.restart();
+    ctx.executor().post(move || {
+        for i in 0..3u8 {
+            a4.async_send(vec![i; 5], |e, _| assert_eq!(e, Error::NONE));
+        }
+    });
+    ctx.executor().post(|| {});
+    assert_eq!(ctx.run_one(), 1);
+    for i in 0..3u8 {
+        assert_eq!(recv(&peer), Some(vec![i; 5]), "datagram {i} left when run_one() returned");
+    }
+    ctx.run();
 }
