@@ -199,14 +199,8 @@ pub(crate) trait Completion {
 /// operation sees only this.
 pub(crate) trait Io {
     /// Receives one datagram (or bytes of a stream), from the read-ahead
-    /// slot first.
-    fn recv(
-        &self,
-        sock: &Socket,
-        bufs: &mut [IoSliceMut<'_>],
-        flags: i32,
-        want_from: bool,
-    ) -> io::Result<sys::Received>;
+    /// slot first; its sender goes to `from` when asked for.
+    fn recv(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize>;
     /// Receives one datagram and its sender in any address family.
     fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)>;
     /// Sends `bufs` now.
@@ -263,30 +257,27 @@ pub(crate) fn send_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
     sys::result(io.send(sock, &slices, dest, flags))
 }
 
-/// Receives one datagram into `bufs` now; `None` when the socket would block.
+/// Receives one datagram into `bufs` now, its sender into `from` if asked
+/// for; `None` when the socket would block.
 pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
     io: &I,
     sock: &Socket,
     bufs: &mut B,
     flags: i32,
-    want_from: bool,
-) -> Option<(Error, usize, Option<SocketAddr>)> {
+    from: sys::Sender<'_>,
+) -> Option<(Error, usize)> {
     let r = if bufs.buffer_count() == 1 {
         // The common case: no scatter list to build.
         let mut one: &mut [u8] = &mut [];
         bufs.scatter(&mut |b| one = b);
-        io.recv(sock, &mut [IoSliceMut::new(one)], flags, want_from)
+        io.recv(sock, &mut [IoSliceMut::new(one)], flags, from)
     } else {
         let Some(mut slices) = mut_slices(bufs) else {
-            return Some((Error::INVALID_ARGUMENT, 0, None));
+            return Some((Error::INVALID_ARGUMENT, 0));
         };
-        io.recv(sock, &mut slices, flags, want_from)
+        io.recv(sock, &mut slices, flags, from)
     };
-    match r {
-        Ok(r) => Some((Error::NONE, r.len, r.from)),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-        Err(e) => Some((Error::from(e), 0, None)),
-    }
+    sys::result(r)
 }
 
 /// A send (`async_send`, `async_send_to`) waiting for the socket.
@@ -466,9 +457,7 @@ where
 {
     fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
         let mut bufs = self.bufs.borrow_mut();
-        let (err, n, from) = recv_now(io, sock, bufs.as_mut()?, self.flags, self.want_from)?;
-        self.from.set(from);
-        Some((err, n))
+        recv_now(io, sock, bufs.as_mut()?, self.flags, self.want_from.then_some(&self.from))
     }
     fn is_plain_recv(&self) -> bool {
         self.flags == 0

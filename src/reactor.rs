@@ -813,18 +813,12 @@ impl Io for IoObject {
     /// socket. A plain receive uses `recvmmsg` with a read-ahead slot, so that one
     /// call also says whether the socket is drained (then the read side
     /// waits for the next edge without another call).
-    fn recv(
-        &self,
-        sock: &Socket,
-        bufs: &mut [IoSliceMut<'_>],
-        flags: i32,
-        want_from: bool,
-    ) -> io::Result<sys::Received> {
-        let r = self.recv_uncounted(sock, bufs, flags, want_from)?;
+    fn recv(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize> {
+        let n = self.recv_uncounted(sock, bufs, flags, from)?;
         if flags & libc::MSG_PEEK == 0 {
-            self.counted_in(r.len);
+            self.counted_in(n);
         }
-        Ok(r)
+        Ok(n)
     }
 
     fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {

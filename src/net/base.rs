@@ -14,6 +14,7 @@ use crate::op::{
 use crate::reactor::{Attempt, Dir, IoObject, retry_delay};
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
+use std::cell::Cell;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -248,8 +249,8 @@ impl Base {
             return Operation::detached();
         }
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, 0, false)) {
-            Attempt::Done((err, n, _)) => (eof(err, n), n),
+        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, 0, None)) {
+            Attempt::Done((err, n)) => (eof(err, n), n),
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
                 let h = move |err: Error, n: usize, bufs: B, _: SocketAddr| handler(eof(err, n), n, bufs);
@@ -297,7 +298,7 @@ impl Base {
             return Ok(0);
         }
         let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
-        let n = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, false).map(|r| r.len))?;
+        let n = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, None))?;
         if n == 0 { Err(Error::EOF.into()) } else { Ok(n) }
     }
 
@@ -415,14 +416,16 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, flags.bits(), want_from)) {
+        let from = Cell::new(None);
+        let sender = want_from.then_some(&from);
+        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, flags.bits(), sender)) {
             Attempt::Done(r) => r,
-            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
                 return self.enqueue(&inner, RecvOp::rc(bufs, flags.bits(), want_from, handler), Dir::Read);
             }
         };
-        let from = from.unwrap_or_else(sys::unspecified_addr);
+        let from = from.get().unwrap_or_else(sys::unspecified_addr);
         inner.post(move || handler(err, n, bufs, from));
         Operation::detached()
     }

@@ -11,6 +11,7 @@ use crate::op::{Io, WaitOp};
 use crate::reactor::IoObject;
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
@@ -372,7 +373,7 @@ impl UdpSocket {
     /// (possibly truncated) length.
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
-        let r = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, false).map(|r| r.len));
+        let r = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, None));
         self.io().after_sync_recv();
         r
     }
@@ -380,8 +381,10 @@ impl UdpSocket {
     /// Receives one datagram, blocking; returns its length and sender.
     pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
+        let from = Cell::new(None);
         let r = self.blocking(Readiness::Read, |s| {
-            self.io().recv(s, &mut slices, 0, true).map(|r| (r.len, r.from.unwrap_or_else(sys::unspecified_addr)))
+            let n = self.io().recv(s, &mut slices, 0, Some(&from))?;
+            Ok((n, from.get().unwrap_or_else(sys::unspecified_addr)))
         });
         self.io().after_sync_recv();
         r

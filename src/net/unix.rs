@@ -321,7 +321,7 @@ impl UnixDatagram {
     /// Receives one datagram, blocking; returns its (possibly truncated) length.
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
-        self.b.blocking(Readiness::Read, |s| self.b.io().recv(s, &mut slices, 0, false).map(|r| r.len))
+        self.b.blocking(Readiness::Read, |s| self.b.io().recv(s, &mut slices, 0, None))
     }
 
     /// Receives one datagram and its sender, blocking.

@@ -87,34 +87,36 @@ impl IoObject {
         sock: &Socket,
         bufs: &mut [IoSliceMut<'_>],
         flags: i32,
-        want_from: bool,
-    ) -> io::Result<sys::Received> {
+        from: sys::Sender<'_>,
+    ) -> io::Result<usize> {
         let level = {
             let mut st = self.st.borrow_mut();
             if let Some(d) = st.read_ahead.as_ref() {
                 let len = scatter(&d.data, bufs);
-                let from = d.from;
+                if let Some(from) = from {
+                    from.set(d.from);
+                }
                 if flags & libc::MSG_PEEK == 0
                     && let Some(d) = st.read_ahead.take()
                 {
                     *self.read_ahead_buf.borrow_mut() = d.data;
                 }
-                return Ok(sys::Received { len, from });
+                return Ok(len);
             }
             st.registered && st.level
         };
         if level {
             // Level-triggered: the next wait reports any datagram left.
-            let r = sys::recv(sock, bufs, flags, want_from)?;
+            let r = sys::recv(sock, bufs, flags, from)?;
             self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
             return Ok(r);
         }
         let owner = match self.owner.upgrade() {
             Some(owner) if flags == 0 && self.can_read_ahead.get() => owner,
-            _ => return sys::recv(sock, bufs, flags, want_from),
+            _ => return sys::recv(sock, bufs, flags, from),
         };
         let mut space = owner.reactor().read_ahead_space();
-        let r = sys::recv_read_ahead(sock, bufs, want_from, &mut space)?;
+        let r = sys::recv_read_ahead(sock, bufs, from, &mut space)?;
         match r.second {
             Some((len, from)) => {
                 self.keep_read_ahead(&space[..len], from);

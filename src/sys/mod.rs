@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use socket2::{MaybeUninitSlice, SockAddr, Socket};
+use std::cell::Cell;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -82,11 +83,10 @@ fn recv_connected(sock: &Socket, buf: &mut [u8], flags: i32) -> io::Result<usize
     cvt(unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) }).map(|n| n as usize)
 }
 
-/// What one `recvmsg` produced.
-pub(crate) struct Received {
-    pub(crate) len: usize,
-    pub(crate) from: Option<SocketAddr>,
-}
+/// Where a receive that reports its sender puts the sender's address
+/// (`None`: a receive that does not ask). An out-parameter rather than part
+/// of the result, so that the result fits in registers through every layer.
+pub(crate) type Sender<'a> = Option<&'a Cell<Option<SocketAddr>>>;
 
 type UninitSlices<'a> = smallvec::SmallVec<[MaybeUninitSlice<'a>; crate::buffer::INLINE_SLICES]>;
 
@@ -107,18 +107,17 @@ fn uninit_slices<'a>(bufs: &'a mut [IoSliceMut<'_>]) -> UninitSlices<'a> {
 
 /// `recvmsg` into the scatter list. Retries on EINTR.
 #[inline]
-pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, want_from: bool) -> io::Result<Received> {
+pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, from: Sender<'_>) -> io::Result<usize> {
     if let [one] = bufs {
-        return recv_one(sock, one, flags, want_from);
+        return recv_one(sock, one, flags, from);
     }
     let mut slices = uninit_slices(bufs);
-    retry(|| {
-        if want_from {
-            sock.recv_from_vectored_with_flags(&mut slices, flags)
-                .map(|(len, _, addr)| Received { len, from: addr.as_socket() })
-        } else {
-            sock.recv_vectored_with_flags(&mut slices, flags).map(|(len, _)| Received { len, from: None })
-        }
+    retry(|| match from {
+        Some(from) => sock.recv_from_vectored_with_flags(&mut slices, flags).map(|(len, _, addr)| {
+            from.set(addr.as_socket());
+            len
+        }),
+        None => sock.recv_vectored_with_flags(&mut slices, flags).map(|(len, _)| len),
     })
 }
 
@@ -132,14 +131,19 @@ pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i
 /// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
 /// and no scatter list to build. Retries on EINTR.
 #[inline]
-fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, want_from: bool) -> io::Result<Received> {
-    if !want_from {
-        return retry(|| recv_connected(sock, buf, flags)).map(|len| Received { len, from: None });
-    }
+fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, from: Sender<'_>) -> io::Result<usize> {
+    let Some(from) = from else {
+        return retry(|| recv_connected(sock, buf, flags));
+    };
     // SAFETY: as in `recv`: the slice is initialised and socket2 only lets
     // the kernel write bytes into it.
     let buf: &mut [MaybeUninit<u8>] = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
-    retry(|| sock.recv_from_with_flags(buf, flags).map(|(len, addr)| Received { len, from: addr.as_socket() }))
+    retry(|| {
+        sock.recv_from_with_flags(buf, flags).map(|(len, addr)| {
+            from.set(addr.as_socket());
+            len
+        })
+    })
 }
 
 /// Sends `buf` as datagrams of `segment` bytes each (the last may be
@@ -233,7 +237,8 @@ pub(crate) fn gso_refused(e: &io::Error) -> bool {
 /// What a receive with read-ahead produced: the datagram for the caller,
 /// and the next one when it was already queued.
 pub(crate) struct ReadAhead {
-    pub(crate) first: Received,
+    /// The length of the caller's datagram (its sender is in the `Sender`).
+    pub(crate) first: usize,
     /// Length and sender of a second datagram, now in the read-ahead space.
     pub(crate) second: Option<(usize, Option<SocketAddr>)>,
 }
@@ -246,15 +251,18 @@ pub(crate) struct ReadAhead {
 pub(crate) fn recv_read_ahead(
     sock: &Socket,
     bufs: &mut [IoSliceMut<'_>],
-    want_from: bool,
+    from: Sender<'_>,
     ahead: &mut [u8],
 ) -> io::Result<ReadAhead> {
     // One receive and the read-ahead slot: a batch of one.
     let count = bufs.len();
     let mut got = [(0, None); 2];
     let n = recv_many(sock, bufs, &[count], ahead, &mut got)?;
-    let (len, from) = got[0];
-    Ok(ReadAhead { first: Received { len, from: from.filter(|_| want_from) }, second: (n > 1).then_some(got[1]) })
+    let (len, sender) = got[0];
+    if let Some(from) = from {
+        from.set(sender);
+    }
+    Ok(ReadAhead { first: len, second: (n > 1).then_some(got[1]) })
 }
 
 /// Most datagrams one [`recv_many`] takes (receives plus the read-ahead slot).
