@@ -106,11 +106,22 @@ fn uninit_slices<'a>(bufs: &'a mut [IoSliceMut<'_>]) -> UninitSlices<'a> {
 }
 
 /// `recvmsg` into the scatter list. Retries on EINTR.
+///
+/// The common case, one buffer and no sender asked for, is a plain
+/// `recv(2)` inlined into its caller; the rest is out of line, so that its
+/// large stack frame is not paid by every receive.
 #[inline]
 pub(crate) fn recv(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, from: Sender<'_>) -> io::Result<usize> {
-    if let [one] = bufs {
-        return recv_one(sock, one, flags, from);
+    match (bufs, from) {
+        ([one], None) => retry(|| recv_connected(sock, one, flags)),
+        ([one], Some(from)) => recv_one_from(sock, one, flags, from),
+        (bufs, from) => recv_vectored(sock, bufs, flags, from),
     }
+}
+
+/// [`recv`] into a scatter list.
+#[inline(never)]
+fn recv_vectored(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, from: Sender<'_>) -> io::Result<usize> {
     let mut slices = uninit_slices(bufs);
     retry(|| match from {
         Some(from) => sock.recv_from_vectored_with_flags(&mut slices, flags).map(|(len, _, addr)| {
@@ -128,13 +139,10 @@ pub(crate) fn recv_from_any(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i
     retry(|| sock.recv_from_vectored_with_flags(&mut slices, flags)).map(|(len, _, addr)| (len, addr))
 }
 
-/// One buffer: recv(2)/recvfrom(2), cheaper in the kernel than recvmsg(2),
-/// and no scatter list to build. Retries on EINTR.
-#[inline]
-fn recv_one(sock: &Socket, buf: &mut [u8], flags: i32, from: Sender<'_>) -> io::Result<usize> {
-    let Some(from) = from else {
-        return retry(|| recv_connected(sock, buf, flags));
-    };
+/// One buffer and its sender: recvfrom(2), cheaper in the kernel than
+/// recvmsg(2), and no scatter list to build. Retries on EINTR.
+#[inline(never)]
+fn recv_one_from(sock: &Socket, buf: &mut [u8], flags: i32, from: &Cell<Option<SocketAddr>>) -> io::Result<usize> {
     // SAFETY: as in `recv`: the slice is initialised and socket2 only lets
     // the kernel write bytes into it.
     let buf: &mut [MaybeUninit<u8>] = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
