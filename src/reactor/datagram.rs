@@ -158,6 +158,7 @@ impl IoObject {
     /// queue (two or more) with one `recvmmsg`, plus the read-ahead slot, so that
     /// the same call says whether the socket is drained (as `recv` does for
     /// one receive). Each completes with its own length and sender.
+    #[inline(never)]
     pub(super) fn recv_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
         // Fixed arrays, not collected vectors: a batch is built on every
         // readable event of a busy server, and collecting cost more per
@@ -334,6 +335,7 @@ impl IoObject {
     /// destinations) in one `sendmmsg`, each completing with its own result.
     /// Sends queue only behind a socket that would block, so this is the
     /// flush when it becomes writable again. `Single` when fewer than two.
+    #[inline(never)]
     pub(super) fn send_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
         if self.lone_send() {
             return Batch::Single;
@@ -387,6 +389,7 @@ impl IoObject {
     ///
     /// Each send is looked at once: its datagram is appended to the batch
     /// if it fits the run (see [`SocketOp::append_datagram`]).
+    #[inline(never)]
     pub(super) fn send_run<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
         if self.lone_send() {
             return Batch::Single;
