@@ -6,6 +6,8 @@ use crate::op::{CancellationType, Completion};
 use crate::queue::ReadyQueue;
 use crate::reactor::{Owner, Reactor};
 use crate::remote::{self, Remote};
+use crate::sim::world::{Event, World};
+use crate::sim::{Sim, SimConfig};
 use crate::sys::WaitHandler;
 use crate::timer::{TimerKey, TimerQueue, TimerTarget, Wake, Watched};
 use std::cell::{Cell, RefCell};
@@ -25,8 +27,11 @@ pub(crate) struct Inner {
     stopped: Cell<bool>,
     /// How many `run*`/`poll*` calls of this context are on the stack.
     depth: Cell<usize>,
-    /// Set while the context is being dropped: nothing new is queued.
-    dropping: Cell<bool>,
+    /// `DROPPING` and `TRACING`, in one word so that the paths that queue
+    /// handlers test both with one load.
+    special: Cell<u8>,
+    /// The simulated world (virtual clock, trace) of a simulated context.
+    sim: Option<Rc<World>>,
     pub(crate) reactor: Reactor,
     pub(crate) timers: RefCell<TimerQueue>,
     /// What `Remote`s share with the loop, once `remote()` was called.
@@ -35,10 +40,41 @@ pub(crate) struct Inner {
     has_remote: Cell<bool>,
 }
 
+/// `Inner::special`: the context is being dropped; nothing new is queued.
+const DROPPING: u8 = 1;
+/// `Inner::special`: a simulated context; what is queued is traced.
+const TRACING: u8 = 2;
+
 impl Inner {
-    /// The one place the loop reads the clock.
+    /// The one place the loop reads the clock: virtual on a simulated context.
+    #[inline]
     pub(crate) fn now(&self) -> Instant {
-        Instant::now()
+        match &self.sim {
+            None => Instant::now(),
+            Some(world) => world.now(),
+        }
+    }
+
+    /// Adds `event` to the simulation's trace (simulated contexts only).
+    #[cold]
+    fn trace(&self, event: Event) {
+        if let Some(world) = &self.sim {
+            world.trace(event);
+        }
+    }
+
+    /// Fails with `Unsupported` on a simulated context: `what` needs the real
+    /// operating system (a descriptor, a signal, another thread).
+    pub(crate) fn require_real(&self, what: &str) -> io::Result<()> {
+        match &self.sim {
+            None => Ok(()),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{what} is not available on a simulated context (it is not simulated yet, or needs the real system)"
+                ),
+            )),
+        }
     }
 
     /// `now + d`, or a time beyond any deadline when that overflows.
@@ -58,7 +94,7 @@ impl Inner {
     }
 
     pub(crate) fn is_dropping(&self) -> bool {
-        self.dropping.get()
+        self.special.get() & DROPPING != 0
     }
 
     /// The pass of handlers running now (`None` outside `run*`/`poll*`):
@@ -71,10 +107,21 @@ impl Inner {
 
     #[inline(always)]
     pub(crate) fn post<F: FnOnce() + 'static>(&self, f: F) {
-        if self.dropping.get() {
+        if self.special.get() != 0 {
+            return self.post_special(f);
+        }
+        self.queue.push(f);
+    }
+
+    /// [`post`](Self::post) while the context is being dropped or simulated.
+    #[cold]
+    #[inline(never)]
+    fn post_special<F: FnOnce() + 'static>(&self, f: F) {
+        if self.is_dropping() {
             log::debug!("handler posted while the context is being dropped: dropped unrun");
             return;
         }
+        self.trace(Event::Posted);
         self.queue.push(f);
     }
 
@@ -115,6 +162,9 @@ impl Inner {
         self.drop_cancel_after(core.cancel_key.take());
         self.remove_work();
         log::trace!("operation completed: {err:?} {n}");
+        if self.special.get() & TRACING != 0 {
+            self.trace(Event::Completed { err: err.code(), n: n as u64 });
+        }
         self.queue.push(move || op.invoke());
     }
 
@@ -149,9 +199,12 @@ impl Inner {
         self.drop_cancel_after(cancel);
         self.remove_work();
         log::trace!("timer wait completed: {err:?}");
-        if self.dropping.get() {
+        if self.is_dropping() {
             drop(handler);
         } else {
+            if self.special.get() & TRACING != 0 {
+                self.trace(Event::TimerEnded { err: err.code() });
+            }
             self.queue.push_wait(handler, err);
         }
     }
@@ -255,8 +308,13 @@ impl Inner {
             let t = at.saturating_duration_since(self.now());
             timeout = Some(timeout.map_or(t, |x| x.min(t)));
         }
-        // Nothing can become ready without a registration: skip the system call.
-        if (timeout != Some(Duration::ZERO) || self.reactor.has_registrations())
+        if let Some(world) = &self.sim {
+            // Nothing outside the simulation can happen: a wait is a jump to
+            // its end (the nearest deadline, or the run's).
+            world.wait(timeout);
+            // Real: nothing can become ready without a registration, so a
+            // zero wait with none makes no system call.
+        } else if (timeout != Some(Duration::ZERO) || self.reactor.has_registrations())
             && let Err(e) = self.reactor.poll(self, timeout)
         {
             // Waiting again would fail again, at once: stop rather than spin.
@@ -383,12 +441,51 @@ struct RunMode {
 impl IoContext {
     /// Creates a context and its reactor (an epoll instance).
     pub fn new() -> io::Result<IoContext> {
+        IoContext::with_world(None)
+    }
+
+    /// A simulated context (see [`sim`](crate::sim)) on `SimConfig::new(seed)`:
+    /// the same types and rules as a real one, on virtual time, the same run
+    /// every time for the same seed.
+    ///
+    /// ```
+    /// use ioctx::IoContext;
+    /// use std::time::Duration;
+    ///
+    /// let ctx = IoContext::simulated(1);
+    /// let _busy = ctx.work_guard(); // without work, run_for returns at once
+    /// let t0 = ctx.now();
+    /// ctx.run_for(Duration::from_secs(60)); // a minute of virtual time
+    /// assert_eq!(ctx.now() - t0, Duration::from_secs(60));
+    /// ```
+    ///
+    /// # Panics
+    /// If the system refuses the one descriptor every context owns (an epoll
+    /// instance, kept so that `AsFd` holds on a simulated context too), as
+    /// when the process is out of descriptors.
+    pub fn simulated(seed: u64) -> IoContext {
+        IoContext::simulated_with(SimConfig::new(seed))
+    }
+
+    /// [`simulated`](Self::simulated) with a configuration.
+    ///
+    /// # Panics
+    /// As [`simulated`](Self::simulated).
+    pub fn simulated_with(config: SimConfig) -> IoContext {
+        match IoContext::with_world(Some(Rc::new(config.world()))) {
+            Ok(ctx) => ctx,
+            Err(e) => panic!("a simulated context needs an epoll descriptor, and the system refused it: {e}"),
+        }
+    }
+
+    fn with_world(sim: Option<Rc<World>>) -> io::Result<IoContext> {
         let inner = Rc::new(Inner {
             queue: ReadyQueue::new(),
             outstanding: Cell::new(0),
             stopped: Cell::new(false),
             depth: Cell::new(0),
-            dropping: Cell::new(false),
+            special: Cell::new(if sim.is_some() { TRACING } else { 0 }),
+            sim,
             reactor: Reactor::new()?,
             timers: RefCell::new(TimerQueue::new(crate::timer::clock_base())),
             remote: RefCell::new(None),
@@ -602,8 +699,12 @@ impl IoContext {
     /// A handle that posts to this context from any thread (Asio's
     /// `post(io_context, f)` from another thread). All remotes share one
     /// waker (an eventfd in the context's epoll), created on the first call.
+    ///
+    /// On a simulated context it fails with `ErrorKind::Unsupported`: other
+    /// threads are outside the simulation.
     pub fn remote(&self) -> io::Result<Remote> {
         let inner = &*self.inner;
+        inner.require_real("IoContext::remote")?;
         if let Some(shared) = inner.remote.borrow().as_ref() {
             return Ok(Remote { shared: shared.clone() });
         }
@@ -686,7 +787,7 @@ impl IoContext {
 impl Drop for IoContext {
     fn drop(&mut self) {
         let inner = &*self.inner;
-        inner.dropping.set(true);
+        inner.special.set(inner.special.get() | DROPPING);
         inner.stopped.set(true);
         // Remote posts fail from now on; what they queued is dropped unrun.
         if let Some(shared) = inner.remote.borrow_mut().take() {
@@ -777,6 +878,22 @@ impl Executor {
     /// True while the context exists.
     pub fn is_alive(&self) -> bool {
         self.inner.strong_count() > 0
+    }
+
+    /// The context's clock: `Instant::now()` on a real context, virtual time
+    /// on a simulated one (what timers and `run_for` count). The real clock
+    /// once the context is gone.
+    pub fn now(&self) -> Instant {
+        match self.inner.upgrade() {
+            Some(inner) => inner.now(),
+            None => Instant::now(),
+        }
+    }
+
+    /// The simulation behind a simulated context (`None` on a real one, or
+    /// once the context is gone).
+    pub fn sim(&self) -> Option<Sim> {
+        self.inner.upgrade()?.sim.clone().map(Sim::new)
     }
 
     /// Queues `f` to run from `run*`/`poll*`; never runs it inline.

@@ -103,6 +103,7 @@ mod queue;
 mod reactor;
 mod remote;
 mod signal;
+pub mod sim;
 mod steady_timer;
 mod sys;
 mod timer;
@@ -114,6 +115,7 @@ pub use error::Error;
 pub use metrics::Metrics;
 pub use remote::{ContextGone, Remote};
 pub use signal::SignalSet;
+pub use sim::{Sim, SimConfig};
 pub use steady_timer::SteadyTimer;
 
 /// The `socket2` crate, as this crate uses it: [`net::UdpSocket::open`] takes

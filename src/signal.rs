@@ -10,7 +10,7 @@
 use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
-use crate::net::base::Base;
+use crate::net::base::{Base, require_real};
 use crate::op::{Completion, Io, OpCore, SocketOp};
 use crate::reactor::{Attempt, Dir};
 use crate::sys::signal::{self as sig, Registration};
@@ -191,6 +191,7 @@ impl SignalSet {
 impl SignalSet {
     /// An empty set on `ex`'s context.
     pub fn new(ex: &Executor) -> io::Result<SignalSet> {
+        require_real(ex, "SignalSet")?;
         let (reader, writer) = UnixStream::pair()?;
         // A full socket must never block the signal handler (it counts the
         // occurrence instead).

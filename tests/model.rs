@@ -37,7 +37,7 @@
 //! `IOCTX_MODEL_SEED` runs the one case with that seed and prints its
 //! operations; `IOCTX_MODEL_FIRST` moves the first case's index;
 //! `IOCTX_MODEL_KEEP_GOING` runs every case and lists the failing seeds;
-//! `IOCTX_MODEL_PROFILE=general|datagrams|server` runs cases of one kind
+//! `IOCTX_MODEL_PROFILE=general|datagrams|server|simulated` runs cases of one kind
 //! (see `Profile`). A failure prints the seed and the case's operations.
 
 mod common;
@@ -103,6 +103,10 @@ enum Profile {
     /// and nothing else, a small budget per event. Small schedules of this
     /// kind found the lost wakeup of issue 11.
     Server,
+    /// Posts, timers, cancellation, work guards, stops and runs on a
+    /// simulated context (virtual time, no sockets yet), each case run
+    /// twice: the two runs must leave the same trace.
+    Simulated,
 }
 
 /// The payload of an injected panic (any other panic is a failure).
@@ -1151,9 +1155,10 @@ fn act_timer(m: &Rc<Model>) {
             m.log(|| format!("h{tid} {what}"));
             let started = Rc::new(Cell::new(None::<Instant>));
             let started2 = started.clone();
+            let ex = m.ex.clone();
             let op = m.initiate(|| {
                 t.async_wait(move |err| {
-                    let now = Instant::now();
+                    let now = ex.now();
                     frame(tok, |m, tok| match err {
                         Error::NONE => {
                             if now < deadline {
@@ -1178,7 +1183,7 @@ fn act_timer(m: &Rc<Model>) {
                 })
             });
             // Taken after the call: the wait was pending from before this instant.
-            started.set(Some(Instant::now()));
+            started.set(Some(m.ex.now()));
             keep_op(m, tid, &op);
             m.timer_waits.borrow_mut()[i].push((tid, op.clone()));
             m.waits.borrow_mut().push(op);
@@ -1486,6 +1491,17 @@ fn action(m: &Rc<Model>, in_handler: bool) {
     }
     m.count(|s| s.actions += 1);
     let k = m.rng().below(100);
+    if m.profile.get() == Profile::Simulated {
+        match k {
+            0..=24 => act_post(m, k % 3),
+            25..=59 => act_timer(m),
+            60..=74 => act_cancel(m),
+            75..=84 => act_misc(m),
+            _ if in_handler => act_nested(m),
+            _ => act_post(m, 0),
+        }
+        return;
+    }
     if m.profile.get() != Profile::General {
         // Datagrams only: long queues on one or two sockets.
         match k {
@@ -1570,8 +1586,8 @@ fn act_run(m: &Rc<Model>) {
         1 => c.poll_one(),
         2 => c.run_one_for(Duration::from_micros(us)),
         3 => c.run_for(Duration::from_micros(us)),
-        4 => c.run_until(Instant::now() + Duration::from_micros(us)),
-        5 => c.run_one_until(Instant::now() + Duration::from_micros(us)),
+        4 => c.run_until(c.now() + Duration::from_micros(us)),
+        5 => c.run_one_until(c.now() + Duration::from_micros(us)),
         _ => c.run_one(),
     });
     if was_stopped && n.is_some_and(|n| n > 0) {
@@ -1837,10 +1853,23 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
+/// Whether case `seed` runs on a simulated context: one case in eight,
+/// drawn apart from the case's own stream so that the other cases replay as
+/// they always did.
+fn simulated_case(seed: u64) -> bool {
+    match forced_profile() {
+        Some(p) => p == Profile::Simulated,
+        None => Rng(seed.rotate_left(17) ^ 0x5111).below(8) == 0,
+    }
+}
+
 /// Runs case `seed`; the error is the failure and the case's operations.
-fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> {
+/// A simulated case also gives its trace's hash and length.
+fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<(String, Option<(u64, u64)>), String> {
     let fds = open_fds();
-    let ctx = Rc::new(IoContext::new().expect("an io context"));
+    let simulated = simulated_case(seed);
+    let ctx = Rc::new(if simulated { IoContext::simulated(seed) } else { IoContext::new().expect("an io context") });
+    let sim = ctx.sim();
     let m = Rc::new(Model {
         rng: RefCell::new(Rng(seed)),
         trace: RefCell::new(String::new()),
@@ -1868,7 +1897,7 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
         dir: dir.to_path_buf(),
         names: Cell::new(0),
         // Every step from it is in the past: those deadlines are due at once.
-        base: Instant::now() - Duration::from_millis(10),
+        base: ctx.now() - Duration::from_millis(10),
         stats: RefCell::new(Stats::default()),
     });
     drop(ctx);
@@ -1879,11 +1908,14 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
         4..=5 => Profile::Datagrams,
         _ => Profile::Server,
     };
-    let profile = forced_profile().unwrap_or(drawn);
+    let profile = if simulated { Profile::Simulated } else { forced_profile().unwrap_or(drawn) };
     m.profile.set(profile);
     let per_pass = [usize::MAX, usize::MAX, 1, 2, 3, 7][m.rng().below(6)];
-    let per_event =
-        if profile == Profile::General { [64, 64, 1, 2, 3, 5][m.rng().below(6)] } else { m.rng().range(1, 6) };
+    let per_event = if matches!(profile, Profile::General | Profile::Simulated) {
+        [64, 64, 1, 2, 3, 5][m.rng().below(6)]
+    } else {
+        m.rng().range(1, 6)
+    };
     {
         let ctx = m.ctx().unwrap();
         ctx.set_handlers_per_pass(per_pass).unwrap();
@@ -1894,15 +1926,20 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
         Profile::General => m.rng().range(1, 4),
         Profile::Datagrams => m.rng().range(1, 2),
         Profile::Server => 2,
+        Profile::Simulated => 0,
     };
-    let timers = m.rng().range(0, 2);
+    let timers = m.rng().range(if simulated { 1 } else { 0 }, 2);
     for _ in 0..socks {
         new_sock(&m);
     }
     for _ in 0..timers {
         new_timer(&m);
     }
-    let steps = if profile == Profile::General { m.rng().range(10, 70) } else { m.rng().range(30, 120) };
+    let steps = if matches!(profile, Profile::General | Profile::Simulated) {
+        m.rng().range(10, 70)
+    } else {
+        m.rng().range(30, 120)
+    };
     let mut dropped = false;
     for _ in 0..steps {
         if m.failed() {
@@ -1991,18 +2028,19 @@ fn run_case(seed: u64, dir: &Path, total: &mut Stats) -> Result<String, String> 
     };
     match m.failure.borrow_mut().take() {
         Some(f) => Err(format!("{f}\n\noperations of the case:\n{trace}")),
-        None => Ok(trace),
+        None => Ok((trace, sim.map(|s| (s.trace_hash(), s.events())))),
     }
 }
 
-/// `IOCTX_MODEL_PROFILE=general|datagrams|server` runs cases of one kind only.
+/// `IOCTX_MODEL_PROFILE=general|datagrams|server|simulated` runs cases of one kind only.
 fn forced_profile() -> Option<Profile> {
     let v = std::env::var("IOCTX_MODEL_PROFILE").ok()?;
     match v.as_str() {
         "general" => Some(Profile::General),
         "datagrams" => Some(Profile::Datagrams),
         "server" => Some(Profile::Server),
-        _ => panic!("IOCTX_MODEL_PROFILE={v}: general, datagrams or server"),
+        "simulated" => Some(Profile::Simulated),
+        _ => panic!("IOCTX_MODEL_PROFILE={v}: general, datagrams, server or simulated"),
     }
 }
 
@@ -2042,7 +2080,19 @@ fn random_operation_sequences_keep_every_rule() {
     let keep_going = std::env::var_os("IOCTX_MODEL_KEEP_GOING").is_some();
     let mut failed: Vec<u64> = Vec::new();
     for seed in seeds {
-        match run_case(seed, &dir.0, &mut total) {
+        // A simulated case runs twice: the same seed must give the same run.
+        let result = run_case(seed, &dir.0, &mut total).and_then(|(trace, sim)| match sim {
+            None => Ok(trace),
+            Some(first) => match run_case(seed, &dir.0, &mut Stats::default()) {
+                Ok((_, Some(again))) if again == first => Ok(trace),
+                Ok((_, again)) => Err(format!(
+                    "a simulated case ran differently the second time: trace (hash, events) {first:x?}, then \
+                     {again:x?}\n\noperations of the case:\n{trace}"
+                )),
+                Err(report) => Err(format!("the second run of a simulated case failed: {report}")),
+            },
+        });
+        match result {
             Ok(trace) if one => eprintln!("{trace}"),
             Ok(_) => {}
             Err(report) => {

@@ -57,6 +57,13 @@ pub(crate) fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the io context was dropped")
 }
 
+/// Fails with `Unsupported` on a simulated context, before anything real
+/// (a socket, a bound port, a socket file) is made; with `NotConnected` when
+/// the context is gone.
+pub(crate) fn require_real(ex: &Executor, what: &str) -> io::Result<()> {
+    ex.upgrade().ok_or_else(gone)?.require_real(what)
+}
+
 pub(crate) fn bad_descriptor() -> io::Error {
     io::Error::from(Error::BAD_DESCRIPTOR)
 }
@@ -72,6 +79,8 @@ impl Base {
     /// writes may be partial.
     pub(crate) fn adopt(ex: &Executor, sock: Socket, readahead: bool, stream: bool) -> io::Result<Base> {
         let inner = ex.upgrade().ok_or_else(gone)?;
+        // Taking over a real descriptor (`from_std` and the like).
+        inner.require_real("a socket")?;
         sock.set_nonblocking(true)?;
         let io = IoObject::new(&inner, sock, readahead);
         io.stream.set(stream);

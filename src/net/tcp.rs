@@ -2,7 +2,7 @@
 //! `UdpSocket` (Asio's `ip::tcp::acceptor` and `ip::tcp::socket`).
 
 use super::WaitType;
-use super::base::{Base, ip_addr, socket_common, stream_common};
+use super::base::{Base, ip_addr, require_real, socket_common, stream_common};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence};
 use crate::cancel::Operation;
 use crate::context::Executor;
@@ -56,6 +56,7 @@ impl TcpListener {
 
     /// As [`bind`](Self::bind), with the listen backlog given.
     pub fn bind_with_backlog(ex: &Executor, addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+        require_real(ex, "TcpListener")?;
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.set_reuse_address(true)?;
         sock.bind(&addr.into())?;
@@ -136,11 +137,13 @@ impl TcpStream {
     /// An unconnected stream of `domain` (`Domain::IPV4` or `IPV6`), for
     /// [`async_connect`](Self::async_connect).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<TcpStream> {
+        require_real(ex, "TcpStream")?;
         Self::adopt(ex, Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?)
     }
 
     /// Connects to `addr`, blocking.
     pub fn connect(ex: &Executor, addr: SocketAddr) -> io::Result<TcpStream> {
+        require_real(ex, "TcpStream")?;
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.connect(&addr.into())?;
         Self::adopt(ex, sock)

@@ -1,7 +1,7 @@
 //! `UdpSocket`: a datagram socket on the reactor, with Asio's `async_send`
 //! semantics (speculative send, per-socket FIFO, completions always posted).
 
-use super::base::{Base, datagram_common, ip_addr, socket_common};
+use super::base::{Base, datagram_common, ip_addr, require_real, socket_common};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -146,6 +146,7 @@ fn too_many_buffers() -> io::Error {
 impl UdpSocket {
     /// Creates a socket bound to `addr` (`127.0.0.1:0` for an ephemeral port).
     pub fn bind(ex: &Executor, addr: SocketAddr) -> io::Result<UdpSocket> {
+        require_real(ex, "UdpSocket")?;
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         sock.bind(&addr.into())?;
         Self::adopt(ex, sock)
@@ -155,6 +156,7 @@ impl UdpSocket {
     /// options that must be set before binding (Asio's `socket.open()`); bind
     /// it with [`bind_to`](Self::bind_to).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<UdpSocket> {
+        require_real(ex, "UdpSocket")?;
         Self::adopt(ex, Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?)
     }
 

@@ -3,7 +3,7 @@
 //! `local::stream_protocol`); `UnixDatagram`, with those of `UdpSocket`
 //! (Asio's `local::datagram_protocol`).
 
-use super::base::{Base, datagram_common, socket_common, stream_common};
+use super::base::{Base, datagram_common, require_real, socket_common, stream_common};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -55,6 +55,7 @@ impl fmt::Debug for UnixListener {
 impl UnixListener {
     /// Binds to the socket file `path` and listens (backlog `SOMAXCONN`).
     pub fn bind(ex: &Executor, path: impl AsRef<Path>) -> io::Result<UnixListener> {
+        require_real(ex, "UnixListener")?;
         let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         sock.bind(&SockAddr::unix(path)?)?;
         sock.listen(libc::SOMAXCONN)?;
@@ -111,16 +112,19 @@ impl UnixStream {
 
     /// An unconnected stream, for [`async_connect`](Self::async_connect).
     pub fn open(ex: &Executor) -> io::Result<UnixStream> {
+        require_real(ex, "UnixStream")?;
         Self::adopt(ex, Socket::new(Domain::UNIX, Type::STREAM, None)?)
     }
 
     /// Connects to the socket file `path`, blocking.
     pub fn connect(ex: &Executor, path: impl AsRef<Path>) -> io::Result<UnixStream> {
+        require_real(ex, "UnixStream")?;
         Self::from_std(ex, std::os::unix::net::UnixStream::connect(path)?)
     }
 
     /// A connected pair of streams.
     pub fn pair(ex: &Executor) -> io::Result<(UnixStream, UnixStream)> {
+        require_real(ex, "UnixStream")?;
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
         Ok((Self::from_std(ex, a)?, Self::from_std(ex, b)?))
     }
@@ -189,6 +193,7 @@ impl UnixDatagram {
 
     /// A socket bound to the socket file `path`.
     pub fn bind(ex: &Executor, path: impl AsRef<Path>) -> io::Result<UnixDatagram> {
+        require_real(ex, "UnixDatagram")?;
         let sock = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
         sock.bind(&SockAddr::unix(path)?)?;
         Self::adopt(ex, sock)
@@ -196,11 +201,13 @@ impl UnixDatagram {
 
     /// An unbound socket (its datagrams carry no sender name).
     pub fn unbound(ex: &Executor) -> io::Result<UnixDatagram> {
+        require_real(ex, "UnixDatagram")?;
         Self::adopt(ex, Socket::new(Domain::UNIX, Type::DGRAM, None)?)
     }
 
     /// A connected pair of sockets.
     pub fn pair(ex: &Executor) -> io::Result<(UnixDatagram, UnixDatagram)> {
+        require_real(ex, "UnixDatagram")?;
         let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
         Ok((Self::from_std(ex, a)?, Self::from_std(ex, b)?))
     }

@@ -1,0 +1,195 @@
+//! The simulated world's state that the loop itself needs: the virtual
+//! clock, the seed's random streams and the trace. It knows nothing of the
+//! context above it: the context reads its clock here, hands it the time a
+//! turn would wait, and reports what happened to the trace.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// One step of a simulated run, as the trace records it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Event {
+    /// A handler was queued by `post`, `defer` or `dispatch` (from outside
+    /// the loop), or an operation completed at once.
+    Posted,
+    /// A pending operation completed with this error code and length.
+    Completed { err: i32, n: u64 },
+    /// A timer wait ended with this error code.
+    TimerEnded { err: i32 },
+    /// Virtual time jumped forward to the next deadline.
+    Advanced,
+}
+
+/// An [`Event`] and the virtual time it happened at.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Traced {
+    /// Nanoseconds of virtual time since the context was created.
+    pub(crate) at_ns: u64,
+    pub(crate) event: Event,
+}
+
+impl fmt::Display for Traced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at {:?}: ", Duration::from_nanos(self.at_ns))?;
+        match self.event {
+            Event::Posted => write!(f, "a handler was posted"),
+            Event::Completed { err, n } => write!(f, "an operation completed with error {err} and length {n}"),
+            Event::TimerEnded { err } => write!(f, "a timer wait ended with error {err}"),
+            Event::Advanced => write!(f, "virtual time advanced"),
+        }
+    }
+}
+
+/// SplitMix64: one step of the generator behind every random stream (small,
+/// fast, and the same on every platform).
+fn splitmix(state: &Cell<u64>) -> u64 {
+    let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+    state.set(s);
+    mix(s)
+}
+
+/// SplitMix64's finaliser: every bit of `z` moves about half the output's.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The virtual clock, the random streams and the trace of one simulated
+/// context.
+pub(crate) struct World {
+    seed: u64,
+    /// The instant virtual time counts from (the real time at creation:
+    /// `Instant`s cannot be made from nothing). Only differences from it are
+    /// ever observed, so runs agree whatever it is.
+    origin: Instant,
+    /// Virtual nanoseconds since `origin`.
+    elapsed_ns: Cell<u64>,
+    /// A run whose virtual time passes this fails (`SimConfig::time_limit`).
+    time_limit: Option<Duration>,
+    /// The application's stream (`Sim::random_u64`), apart from the
+    /// network's so that the application's draws do not move the faults.
+    app_rng: Cell<u64>,
+    hash: Cell<u64>,
+    events: Cell<u64>,
+    last: Cell<Option<Traced>>,
+    /// Every event, while `check_determinism` compares two runs.
+    recording: RefCell<Option<Vec<Traced>>>,
+}
+
+impl World {
+    pub(crate) fn new(seed: u64, time_limit: Option<Duration>) -> World {
+        World {
+            seed,
+            origin: Instant::now(),
+            elapsed_ns: Cell::new(0),
+            time_limit,
+            // Streams seeded apart: the same seed never gives two streams
+            // the same numbers.
+            app_rng: Cell::new(mix(seed ^ 0x6170_705F_726E_6721)),
+            hash: Cell::new(mix(seed)),
+            events: Cell::new(0),
+            last: Cell::new(None),
+            recording: RefCell::new(None),
+        }
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Virtual time since creation.
+    pub(crate) fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.elapsed_ns.get())
+    }
+
+    /// The virtual clock as an `Instant` (what `Executor::now` returns).
+    pub(crate) fn now(&self) -> Instant {
+        self.origin + self.elapsed()
+    }
+
+    /// Takes the place of the wait for readiness: nothing outside the
+    /// simulation can happen, so waiting `timeout` means jumping straight to
+    /// its end. `None` (no deadline, no delivery, yet work outstanding) can
+    /// never end: it panics naming the seed, where a real context would
+    /// hang for ever.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) {
+        let Some(d) = timeout else {
+            panic!(
+                "ioctx::sim (seed {}): run() would wait for ever at {:?}: work is outstanding (a pending \
+                 operation or a work guard) but no timer or delivery is scheduled; last event: {}",
+                self.seed,
+                self.elapsed(),
+                self.last_event()
+            );
+        };
+        if d.is_zero() {
+            return;
+        }
+        let to = self.elapsed_ns.get().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.elapsed_ns.set(to);
+        if let Some(limit) = self.time_limit
+            && self.elapsed() > limit
+        {
+            panic!(
+                "ioctx::sim (seed {}): virtual time passed the time limit of {limit:?}; last event: {}",
+                self.seed,
+                self.last_event()
+            );
+        }
+        self.trace(Event::Advanced);
+    }
+
+    /// The next number of the application's random stream.
+    pub(crate) fn random_u64(&self) -> u64 {
+        splitmix(&self.app_rng)
+    }
+
+    /// Adds `event`, now, to the trace.
+    pub(crate) fn trace(&self, event: Event) {
+        let t = Traced { at_ns: self.elapsed_ns.get(), event };
+        let (kind, a, b) = match event {
+            Event::Posted => (1, 0, 0),
+            Event::Completed { err, n } => (2, err as u64, n),
+            Event::TimerEnded { err } => (3, err as u64, 0),
+            Event::Advanced => (4, 0, 0),
+        };
+        let mut h = self.hash.get();
+        for word in [t.at_ns, kind, a, b] {
+            h = mix(h ^ word).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        }
+        self.hash.set(h);
+        self.events.set(self.events.get() + 1);
+        self.last.set(Some(t));
+        log::trace!(target: "ioctx::sim", "#{} {t}", self.events.get());
+        if let Some(v) = self.recording.borrow_mut().as_mut() {
+            v.push(t);
+        }
+    }
+
+    pub(crate) fn trace_hash(&self) -> u64 {
+        self.hash.get()
+    }
+
+    pub(crate) fn events(&self) -> u64 {
+        self.events.get()
+    }
+
+    fn last_event(&self) -> String {
+        match self.last.get() {
+            Some(t) => format!("#{} {t}", self.events.get()),
+            None => "none".to_string(),
+        }
+    }
+
+    /// Starts keeping every event (for [`take_recording`](Self::take_recording)).
+    pub(crate) fn record(&self) {
+        *self.recording.borrow_mut() = Some(Vec::new());
+    }
+
+    /// The events kept since [`record`](Self::record).
+    pub(crate) fn take_recording(&self) -> Vec<Traced> {
+        self.recording.borrow_mut().take().unwrap_or_default()
+    }
+}
