@@ -200,17 +200,20 @@ pub(crate) trait Completion {
 pub(crate) trait Io {
     /// Receives one datagram (or bytes of a stream), from the read-ahead
     /// slot first; its sender goes to `from` when asked for.
-    fn recv(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize>;
+    fn recv(&self, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize>;
     /// Receives one datagram and its sender in any address family.
-    fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)>;
+    fn recv_from_any(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)>;
     /// Sends `bufs` now.
-    fn send(&self, sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize>;
+    fn send(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize>;
+    /// The operating system's socket, for what only it can do (accept, a
+    /// connect's outcome, a signal set's pipe); `None` once closed.
+    fn os_socket(&self) -> Option<Rc<Socket>>;
 }
 
 /// An operation on a socket: it can attempt its system call.
 pub(crate) trait SocketOp: Completion {
     /// Attempts the operation; `None` means it would block.
-    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)>;
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)>;
     /// Readiness waits complete on an event and are never tried speculatively.
     fn is_wait(&self) -> bool {
         false
@@ -240,7 +243,6 @@ pub(crate) trait SocketOp: Completion {
 /// Sends `bufs` as one datagram now; `None` when the socket would block.
 pub(crate) fn send_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
     io: &I,
-    sock: &Socket,
     bufs: &B,
     dest: Option<&SockAddr>,
     flags: i32,
@@ -249,19 +251,18 @@ pub(crate) fn send_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
         // The common case: no gather list to build.
         let mut one: &[u8] = &[];
         bufs.gather(&mut |b| one = b);
-        return sys::result(io.send(sock, &[IoSlice::new(one)], dest, flags));
+        return sys::result(io.send(&[IoSlice::new(one)], dest, flags));
     }
     let Some(slices) = const_slices(bufs) else {
         return Some((Error::INVALID_ARGUMENT, 0));
     };
-    sys::result(io.send(sock, &slices, dest, flags))
+    sys::result(io.send(&slices, dest, flags))
 }
 
 /// Receives one datagram into `bufs` now, its sender into `from` if asked
 /// for; `None` when the socket would block.
 pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
     io: &I,
-    sock: &Socket,
     bufs: &mut B,
     flags: i32,
     from: sys::Sender<'_>,
@@ -270,12 +271,12 @@ pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
         // The common case: no scatter list to build.
         let mut one: &mut [u8] = &mut [];
         bufs.scatter(&mut |b| one = b);
-        io.recv(sock, &mut [IoSliceMut::new(one)], flags, from)
+        io.recv(&mut [IoSliceMut::new(one)], flags, from)
     } else {
         let Some(mut slices) = mut_slices(bufs) else {
             return Some((Error::INVALID_ARGUMENT, 0));
         };
-        io.recv(sock, &mut slices, flags, from)
+        io.recv(&mut slices, flags, from)
     };
     sys::result(r)
 }
@@ -345,9 +346,9 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
 }
 
 impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
-    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
-        send_now(io, sock, bufs.as_ref()?, self.dest.as_deref(), self.flags)
+        send_now(io, bufs.as_ref()?, self.dest.as_deref(), self.flags)
     }
     #[inline]
     fn append_datagram(&self, out: &mut Vec<u8>, room: usize) -> Option<(usize, Option<&SockAddr>)> {
@@ -455,9 +456,9 @@ where
     B: MutableBufferSequence + 'static,
     F: FnOnce(Error, usize, B, SocketAddr) + 'static,
 {
-    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
         let mut bufs = self.bufs.borrow_mut();
-        recv_now(io, sock, bufs.as_mut()?, self.flags, self.want_from.then_some(&self.from))
+        recv_now(io, bufs.as_mut()?, self.flags, self.want_from.then_some(&self.from))
     }
     fn is_plain_recv(&self) -> bool {
         self.flags == 0
@@ -516,10 +517,13 @@ impl<F: FnOnce(Error) + 'static> Completion for WaitOp<F> {
 
 impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
     // Reached only on a readiness event (a wait is never tried before it).
-    fn perform(&self, _io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
         if !self.connect {
             return Some((Error::NONE, 0));
         }
+        let Some(sock) = io.os_socket() else {
+            return Some((Error::BAD_DESCRIPTOR, 0));
+        };
         match sock.take_error() {
             // No error and no peer yet: still in progress (a spurious event).
             Ok(None) if sock.peer_addr().is_err() => None,
@@ -583,8 +587,11 @@ impl<F: FnOnce(Error, Option<Socket>) + 'static> Completion for AcceptOp<F> {
 }
 
 impl<F: FnOnce(Error, Option<Socket>) + 'static> SocketOp for AcceptOp<F> {
-    fn perform(&self, _io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
-        match accept_now(sock)? {
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
+        let Some(sock) = io.os_socket() else {
+            return Some((Error::BAD_DESCRIPTOR, 0));
+        };
+        match accept_now(&sock)? {
             Ok(s) => {
                 *self.accepted.borrow_mut() = Some(s);
                 Some((Error::NONE, 0))
@@ -619,14 +626,13 @@ impl<B, F> RecvFromOp<B, F> {
 /// Receives one datagram and its sender now; `None` when it would block.
 pub(crate) fn recv_from_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
     io: &I,
-    sock: &Socket,
     bufs: &mut B,
     flags: i32,
 ) -> Option<(Error, usize, Option<SockAddr>)> {
     let Some(mut slices) = mut_slices(bufs) else {
         return Some((Error::INVALID_ARGUMENT, 0, None));
     };
-    match io.recv_from_any(sock, &mut slices, flags) {
+    match io.recv_from_any(&mut slices, flags) {
         Ok((n, from)) => Some((Error::NONE, n, Some(from))),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
         Err(e) => Some((Error::from(e), 0, None)),
@@ -656,9 +662,9 @@ where
     B: MutableBufferSequence + 'static,
     F: FnOnce(Error, usize, B, Option<SockAddr>) + 'static,
 {
-    fn perform(&self, io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
         let mut bufs = self.bufs.borrow_mut();
-        let (err, n, from) = recv_from_now(io, sock, bufs.as_mut()?, self.flags)?;
+        let (err, n, from) = recv_from_now(io, bufs.as_mut()?, self.flags)?;
         *self.from.borrow_mut() = from;
         Some((err, n))
     }

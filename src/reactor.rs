@@ -299,8 +299,10 @@ impl IoObject {
     /// is queued in `dir` and the last attempt did not say would-block.
     /// `Later` means: queue it with [`enqueue`](Self::enqueue).
     #[inline]
-    pub(crate) fn try_now<R>(&self, dir: Dir, f: impl FnOnce(&Socket) -> Option<R>) -> Attempt<R> {
-        let Some(sock) = self.socket() else { return Attempt::Closed };
+    pub(crate) fn try_now<R>(&self, dir: Dir, f: impl FnOnce() -> Option<R>) -> Attempt<R> {
+        if !self.is_open() {
+            return Attempt::Closed;
+        }
         if dir == Dir::Write && self.defers_sends() {
             return Attempt::Later; // deferred to the end of the pass, to coalesce
         }
@@ -311,7 +313,7 @@ impl IoObject {
                 return Attempt::Later;
             }
         }
-        match f(&sock) {
+        match f() {
             Some(r) => Attempt::Done(r),
             None => {
                 self.st.borrow_mut().kernel_ready[dir as usize] = false;
@@ -484,9 +486,12 @@ impl IoObject {
     /// progress, so it [`wants_turn`](IoState::wants_turn).
     #[inline]
     fn run_queue<O: Owner + ?Sized>(&self, owner: &O, dir: Dir, limit: usize) -> bool {
-        let Some(sock) = self.socket() else {
+        if !self.is_open() {
             return false;
-        };
+        }
+        // The batches make their system calls here, on the socket itself (a
+        // single operation goes through `Io`, which finds the socket).
+        let batch_on = |f: &dyn Fn(&Socket) -> Batch| self.socket().map_or(Batch::Single, |s| f(&s));
         let mut done = 0;
         loop {
             let (op, queued) = {
@@ -504,13 +509,13 @@ impl IoObject {
             let batch = match dir {
                 // A batch needs two receives waiting: skip collecting candidates otherwise.
                 Dir::Read if queued > 1 && self.can_read_ahead.get() && !self.has_read_ahead() => {
-                    self.recv_many(owner, &sock, limit - done)
+                    batch_on(&|s| self.recv_many(owner, s, limit - done))
                 }
                 Dir::Read => Batch::Single,
-                Dir::Write if self.gso.get() => self.send_run(owner, &sock, limit - done),
+                Dir::Write if self.gso.get() => batch_on(&|s| self.send_run(owner, s, limit - done)),
                 // A stream write may be partial: writes leave one at a time.
                 Dir::Write if self.stream.get() => Batch::Single,
-                Dir::Write => self.send_many(owner, &sock, limit - done),
+                Dir::Write => batch_on(&|s| self.send_many(owner, s, limit - done)),
             };
             match batch {
                 Batch::Sent(k) => {
@@ -524,7 +529,7 @@ impl IoObject {
                 // (A closed read side: the front receive alone ends below.)
                 Batch::WouldBlock | Batch::Single => {}
             }
-            match op.perform(self, &sock) {
+            match op.perform(self) {
                 None => {
                     if !self.would_block(dir, done == 0) {
                         return false;
@@ -806,6 +811,12 @@ impl Wake for IoObject {
     }
 }
 
+/// The error a call on a closed socket gets (EBADF, as the kernel's).
+#[cold]
+fn closed() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
 /// An operation's system calls on this socket: receives go through the
 /// read-ahead slot, and every transfer is counted.
 impl Io for IoObject {
@@ -813,7 +824,11 @@ impl Io for IoObject {
     /// socket. A plain receive uses `recvmmsg` with a read-ahead slot, so that one
     /// call also says whether the socket is drained (then the read side
     /// waits for the next edge without another call).
-    fn recv(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize> {
+    fn recv(&self, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize> {
+        // Borrowed for the call (no user code runs in it): a close from a
+        // buffer's own code before it finds the socket gone.
+        let sock = self.sock.borrow();
+        let sock = sock.as_deref().ok_or_else(closed)?;
         let n = self.recv_uncounted(sock, bufs, flags, from)?;
         if flags & libc::MSG_PEEK == 0 {
             self.counted_in(n);
@@ -821,8 +836,9 @@ impl Io for IoObject {
         Ok(n)
     }
 
-    fn recv_from_any(&self, sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
-        let r = sys::recv_from_any(sock, bufs, flags)?;
+    fn recv_from_any(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
+        let sock = self.sock.borrow();
+        let r = sys::recv_from_any(sock.as_deref().ok_or_else(closed)?, bufs, flags)?;
         if flags & libc::MSG_PEEK == 0 {
             self.counted_in(r.0);
         }
@@ -830,10 +846,15 @@ impl Io for IoObject {
     }
 
     #[inline]
-    fn send(&self, sock: &Socket, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
-        let n = sys::send(sock, bufs, dest, flags)?;
+    fn send(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
+        let sock = self.sock.borrow();
+        let n = sys::send(sock.as_deref().ok_or_else(closed)?, bufs, dest, flags)?;
         self.counted_out(n);
         Ok(n)
+    }
+
+    fn os_socket(&self) -> Option<Rc<Socket>> {
+        self.socket()
     }
 }
 

@@ -295,7 +295,8 @@ impl SignalSet {
             return Operation::detached();
         };
         let st = self.state().clone();
-        let (err, n) = match self.b.io().try_now(Dir::Read, |sock| st.take(sock)) {
+        let io = self.b.io();
+        let (err, n) = match io.try_now(Dir::Read, || st.take(&*io.os_socket()?)) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -332,7 +333,10 @@ impl<F: FnOnce(Error, i32) + 'static> Completion for SignalOp<F> {
 }
 
 impl<F: FnOnce(Error, i32) + 'static> SocketOp for SignalOp<F> {
-    fn perform(&self, _io: &dyn Io, sock: &Socket) -> Option<(Error, usize)> {
-        self.state.take(sock)
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
+        let Some(sock) = io.os_socket() else {
+            return Some((Error::BAD_DESCRIPTOR, 0));
+        };
+        self.state.take(&sock)
     }
 }

@@ -258,7 +258,7 @@ impl Base {
             return Operation::detached();
         }
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, 0, None)) {
+        let (err, n) = match io.try_now(Dir::Read, || recv_now(&**io, &mut bufs, 0, None)) {
             Attempt::Done((err, n)) => (eof(err, n), n),
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -287,7 +287,7 @@ impl Base {
             return Operation::detached();
         }
         let io = self.io();
-        let (err, n) = match io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, None, 0)) {
+        let (err, n) = match io.try_now(Dir::Write, || send_now(&**io, &bufs, None, 0)) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -307,7 +307,7 @@ impl Base {
             return Ok(0);
         }
         let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
-        let n = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, None))?;
+        let n = self.blocking(Readiness::Read, |_| self.io().recv(&mut slices, 0, None))?;
         if n == 0 { Err(Error::EOF.into()) } else { Ok(n) }
     }
 
@@ -318,7 +318,7 @@ impl Base {
             self.sock()?; // closed: BAD_DESCRIPTOR, even for empty buffers
             return Ok(0);
         }
-        self.blocking(Readiness::Write, |s| self.io().send(s, &slices, None, 0))
+        self.blocking(Readiness::Write, |_| self.io().send(&slices, None, 0))
     }
 
     /// Starts a non-blocking connect; the handler gets its outcome.
@@ -355,7 +355,8 @@ impl Base {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        let (err, sock) = match self.io().try_now(Dir::Read, accept_now) {
+        let io = self.io();
+        let (err, sock) = match io.try_now(Dir::Read, || accept_now(&*io.os_socket()?)) {
             Attempt::Done(Ok(s)) => (Error::NONE, Some(s)),
             Attempt::Done(Err(e)) => (e, None),
             Attempt::Closed => (Error::BAD_DESCRIPTOR, None),
@@ -398,7 +399,7 @@ impl Base {
         let now = if io.defer_send(inner.pass()) {
             Attempt::Later
         } else {
-            io.try_now(Dir::Write, |s| send_now(&**io, s, &bufs, dest, flags.bits()))
+            io.try_now(Dir::Write, || send_now(&**io, &bufs, dest, flags.bits()))
         };
         let (err, n) = match now {
             Attempt::Done(r) => r,
@@ -427,7 +428,7 @@ impl Base {
         let io = self.io();
         let from = Cell::new(None);
         let sender = want_from.then_some(&from);
-        let (err, n) = match io.try_now(Dir::Read, |s| recv_now(&**io, s, &mut bufs, flags.bits(), sender)) {
+        let (err, n) = match io.try_now(Dir::Read, || recv_now(&**io, &mut bufs, flags.bits(), sender)) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
@@ -451,7 +452,7 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let (err, n, from) = match io.try_now(Dir::Read, |s| recv_from_now(&**io, s, &mut bufs, flags.bits())) {
+        let (err, n, from) = match io.try_now(Dir::Read, || recv_from_now(&**io, &mut bufs, flags.bits())) {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0, None),
             Attempt::Later => {

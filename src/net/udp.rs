@@ -361,21 +361,21 @@ impl UdpSocket {
     /// [`send`](Self::send) with message flags.
     pub fn send_with_flags<B: ConstBufferSequence>(&self, bufs: B, flags: MessageFlags) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
-        self.blocking(Readiness::Write, |s| self.b.io().send(s, &slices, None, flags.bits()))
+        self.blocking(Readiness::Write, |_| self.b.io().send(&slices, None, flags.bits()))
     }
 
     /// Sends `bufs` as one datagram to `dest`, blocking.
     pub fn send_to<B: ConstBufferSequence>(&self, bufs: B, dest: SocketAddr) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
         let dest = SockAddr::from(dest);
-        self.blocking(Readiness::Write, |s| self.b.io().send(s, &slices, Some(&dest), 0))
+        self.blocking(Readiness::Write, |_| self.b.io().send(&slices, Some(&dest), 0))
     }
 
     /// Receives one datagram from the connected peer, blocking; returns its
     /// (possibly truncated) length.
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
-        let r = self.blocking(Readiness::Read, |s| self.io().recv(s, &mut slices, 0, None));
+        let r = self.blocking(Readiness::Read, |_| self.io().recv(&mut slices, 0, None));
         self.io().after_sync_recv();
         r
     }
@@ -384,8 +384,8 @@ impl UdpSocket {
     pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
         let from = Cell::new(None);
-        let r = self.blocking(Readiness::Read, |s| {
-            let n = self.io().recv(s, &mut slices, 0, Some(&from))?;
+        let r = self.blocking(Readiness::Read, |_| {
+            let n = self.io().recv(&mut slices, 0, Some(&from))?;
             Ok((n, from.get().unwrap_or_else(sys::unspecified_addr)))
         });
         self.io().after_sync_recv();
