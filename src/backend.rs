@@ -50,6 +50,21 @@ const WAKER_TOKEN: u64 = u64::MAX;
 pub(crate) struct Readiness(Event);
 
 impl Readiness {
+    /// A simulated port's readiness (the simulation's waits report it).
+    pub(crate) fn simulated(readable: bool, writable: bool, error: bool) -> Readiness {
+        let mut bits = 0;
+        if readable {
+            bits |= libc::EPOLLIN;
+        }
+        if writable {
+            bits |= libc::EPOLLOUT;
+        }
+        if error {
+            bits |= libc::EPOLLERR;
+        }
+        Readiness(Event::new(bits as u32, 0))
+    }
+
     /// Reading would not block (data, priority data, a closed peer, an error).
     #[inline]
     pub(crate) fn readable(self) -> bool {

@@ -1,5 +1,6 @@
 //! `IoContext`: the run loop, work counting, stop/restart, post/dispatch/defer.
 
+use crate::backend::Readiness;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::op::{CancellationType, Completion};
@@ -7,7 +8,7 @@ use crate::queue::ReadyQueue;
 use crate::reactor::{Owner, Reactor};
 use crate::remote::{self, Remote};
 use crate::sim::world::{Event, World};
-use crate::sim::{Sim, SimConfig};
+use crate::sim::{Host, Sim, SimConfig};
 use crate::sys::WaitHandler;
 use crate::timer::{TimerKey, TimerQueue, TimerTarget, Wake, Watched};
 use std::cell::{Cell, RefCell};
@@ -53,6 +54,11 @@ impl Inner {
             None => Instant::now(),
             Some(world) => world.now(),
         }
+    }
+
+    /// The simulated world, if the context is simulated.
+    pub(crate) fn world(&self) -> Option<&Rc<World>> {
+        self.sim.as_ref()
     }
 
     /// Adds `event` to the simulation's trace (simulated contexts only).
@@ -310,8 +316,15 @@ impl Inner {
         }
         if let Some(world) = &self.sim {
             // Nothing outside the simulation can happen: a wait is a jump to
-            // its end (the nearest deadline, or the run's).
-            world.wait(timeout);
+            // its end (the nearest deadline or arrival, or the run's end),
+            // and what arrived is reported as epoll would report it.
+            let c = &self.reactor.counters;
+            crate::metrics::bump(&c.reactor_waits, 1);
+            let ready = world.wait(timeout);
+            crate::metrics::bump(&c.events, ready.len() as u64);
+            for r in ready {
+                self.reactor.dispatch(self, r.token, Readiness::simulated(r.readable, r.writable, r.error));
+            }
             // Real: nothing can become ready without a registration, so a
             // zero wait with none makes no system call.
         } else if (timeout != Some(Duration::ZERO) || self.reactor.has_registrations())
@@ -325,6 +338,19 @@ impl Inner {
         }
         self.drain_remote();
         self.fire_timers();
+    }
+}
+
+/// A crash of a simulated host closes its sockets (`Sim::crash`).
+impl Host for Inner {
+    fn crash(&self, ip: std::net::IpAddr) {
+        for obj in self.reactor.objects() {
+            let on_ip = obj.port().and_then(|p| p.local_addr().ok()).is_some_and(|a| a.ip() == ip);
+            if on_ip {
+                log::debug!(target: "ioctx::sim", "crash of {ip}: a socket closes");
+                drop(obj.detach());
+            }
+        }
     }
 }
 
@@ -893,7 +919,9 @@ impl Executor {
     /// The simulation behind a simulated context (`None` on a real one, or
     /// once the context is gone).
     pub fn sim(&self) -> Option<Sim> {
-        self.inner.upgrade()?.sim.clone().map(Sim::new)
+        let inner = self.inner.upgrade()?;
+        let host: Weak<dyn Host> = Rc::downgrade(&inner) as Weak<Inner>;
+        inner.sim.clone().map(|w| Sim::new(w, host))
     }
 
     /// Queues `f` to run from `run*`/`poll*`; never runs it inline.

@@ -9,6 +9,7 @@ use crate::backend::{Backend, Interest, Readiness, Waker};
 use crate::error::Error;
 use crate::metrics::{Counters, bump};
 use crate::op::{Completion, Io, SocketOp};
+use crate::sim::net::Port;
 use crate::sys;
 use crate::timer::Wake;
 use datagram::{Batch, Datagram, SendBatch};
@@ -172,7 +173,13 @@ pub(crate) struct IoObject {
     /// receive reading ahead, a socket listed on the backlog, a close).
     owner: Weak<dyn Owner>,
     token: Cell<usize>,
+    /// The operating system's socket, until closed.
     sock: RefCell<Option<Rc<Socket>>>,
+    /// Or, on a simulated context, a port of the simulated network (the
+    /// simulated backend: its readiness comes from the simulation's waits,
+    /// its transfers from the port's queues). Apart from `sock`, so that the
+    /// real path tests only `sock`, as before simulation existed.
+    port: RefCell<Option<Rc<Port>>>,
     st: RefCell<IoState>,
     /// Receives may read ahead (IP datagram sockets: the read-ahead space holds
     /// any datagram they can carry).
@@ -218,11 +225,25 @@ impl IoObject {
     /// receives may read a datagram ahead (the socket's datagrams always fit
     /// the read-ahead space).
     pub(crate) fn new<O: Owner + 'static>(owner: &Rc<O>, sock: Socket, readahead: bool) -> Rc<IoObject> {
+        let obj = IoObject::with_registration(owner, readahead);
+        *obj.sock.borrow_mut() = Some(Rc::new(sock));
+        obj
+    }
+
+    /// A simulated socket (its port already made) in the context's registrations.
+    pub(crate) fn new_sim<O: Owner + 'static>(owner: &Rc<O>, port: Rc<Port>) -> Rc<IoObject> {
+        let obj = IoObject::with_registration(owner, false);
+        *obj.port.borrow_mut() = Some(port);
+        obj
+    }
+
+    fn with_registration<O: Owner + 'static>(owner: &Rc<O>, readahead: bool) -> Rc<IoObject> {
         let link: Weak<dyn Owner> = Rc::downgrade(owner) as Weak<O>;
         let obj = Rc::new(IoObject {
             owner: link,
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
+            port: RefCell::new(None),
             st: RefCell::new(IoState::new()),
             can_read_ahead: Cell::new(readahead),
             gso: Cell::new(false),
@@ -244,20 +265,24 @@ impl IoObject {
         // once costs epoll nothing, not even a wake-up callback per send.
         let token = owner.reactor().regs.borrow_mut().insert(obj.clone());
         obj.token.set(token);
-        *obj.sock.borrow_mut() = Some(Rc::new(sock));
         log::debug!("socket added, token {token}");
         obj
     }
 
-    /// The socket, unless closed.
+    /// The operating system's socket, unless closed (or simulated).
     #[inline]
     pub(crate) fn socket(&self) -> Option<Rc<Socket>> {
         self.sock.borrow().clone()
     }
 
+    /// The simulated port, unless closed (or real).
+    pub(crate) fn port(&self) -> Option<Rc<Port>> {
+        self.port.borrow().clone()
+    }
+
     #[inline]
     pub(crate) fn is_open(&self) -> bool {
-        self.sock.borrow().is_some()
+        self.sock.borrow().is_some() || self.port.borrow().is_some()
     }
 
     /// Turns send coalescing on or off (see [`defer_send`](Self::defer_send)).
@@ -377,25 +402,35 @@ impl IoObject {
             // Whatever waits for an event must be of interest: a deferred
             // send behind a would-block too (a re-sync while no send waited
             // may have dropped writability).
-            if let Some(sock) = self.socket() {
-                self.sync_interest(owner, &sock, wait);
-            }
-        } else if dir == Dir::Read
-            && edge_drained
-            && let Some(sock) = self.socket()
-        {
+            self.sync_interest(owner, wait);
+        } else if dir == Dir::Read && edge_drained {
             // Back to level-triggered once a receive waits on a drained socket.
-            self.set_level(owner, &sock, true);
+            self.set_level(owner, true);
+        }
+    }
+
+    /// Registers the endpoint for `interest` (`again`: changes the
+    /// registration made before), with epoll or with the simulation.
+    fn register<O: Owner + ?Sized>(&self, owner: &O, interest: Interest, edge: bool, again: bool) -> io::Result<()> {
+        let token = self.token.get();
+        if let Some(port) = &*self.port.borrow() {
+            port.register(token, interest.is_readable(), interest.is_writable(), edge);
+            return Ok(());
+        }
+        match &*self.sock.borrow() {
+            Some(sock) if again => owner.reactor().backend.reregister(sock.as_fd(), token, interest, edge),
+            Some(sock) => owner.reactor().backend.register(sock.as_fd(), token, interest, edge),
+            None => Err(closed()),
         }
     }
 
     /// Switches the registration between level- and edge-triggered.
-    fn set_level<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, level: bool) {
+    fn set_level<O: Owner + ?Sized>(&self, owner: &O, level: bool) {
         let mut st = self.st.borrow_mut();
         if !st.registered || st.level == level {
             return;
         }
-        match owner.reactor().backend.reregister(sock.as_fd(), self.token.get(), st.interest, !level) {
+        match self.register(owner, st.interest, !level, true) {
             Ok(()) => st.level = level,
             Err(e) => log::debug!("token {}: switching the trigger failed: {e}", self.token.get()),
         }
@@ -417,22 +452,22 @@ impl IoObject {
     /// Starts an `async_wait(WaitType::Error)`.
     pub(crate) fn start_error_wait<O: Owner + ?Sized>(&self, owner: &O, op: Rc<dyn Completion>) {
         owner.add_work();
-        let Some(sock) = self.socket() else {
+        if !self.is_open() {
             owner.complete(op, Error::BAD_DESCRIPTOR, 0);
             return;
-        };
+        }
         {
             let mut st = self.st.borrow_mut();
             st.error_waits.retain(|w| !w.core().is_done()); // cancelled ones
             st.error_waits.push_back(op);
         }
-        self.sync_interest(owner, &sock, true);
+        self.sync_interest(owner, true);
     }
 
     /// Registers the interest the pending operations need. With `force` it
     /// re-registers even when unchanged, so that readiness that already holds
     /// is reported again (edge-triggered epoll re-checks on EPOLL_CTL_MOD).
-    fn sync_interest<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, force: bool) {
+    fn sync_interest<O: Owner + ?Sized>(&self, owner: &O, force: bool) {
         let wanted = {
             let mut st = self.st.borrow_mut();
             st.prune(Dir::Write);
@@ -451,12 +486,7 @@ impl IoObject {
         let token = self.token.get();
         let res = {
             let st = self.st.borrow();
-            let backend = &owner.reactor().backend;
-            if st.registered {
-                backend.reregister(sock.as_fd(), token, wanted, !st.level)
-            } else {
-                backend.register(sock.as_fd(), token, wanted, !st.level)
-            }
+            self.register(owner, wanted, !st.level, st.registered)
         };
         match res {
             Ok(()) => {
@@ -599,8 +629,8 @@ impl IoObject {
             // to find that out.
             (readable || error) && st.level && st.ops[Dir::Read as usize].is_empty()
         };
-        if mute && let Some(sock) = self.socket() {
-            self.set_level(owner, &sock, false);
+        if mute && self.is_open() {
+            self.set_level(owner, false);
         }
         if readable {
             self.continue_queue(owner, Dir::Read);
@@ -673,14 +703,16 @@ impl IoObject {
     /// as the last time, at most 64 ms.
     #[cold]
     fn back_off<O: Owner + ?Sized>(self: &Rc<Self>, owner: &O, progressed: bool) {
-        let Some(sock) = self.socket() else { return };
+        if !self.is_open() {
+            return;
+        }
         self.futile_writes.set(0);
         let n = if progressed { 0 } else { self.backoffs.get() };
         self.backoffs.set(n.saturating_add(1));
         let after = retry_delay(u32::from(n));
         log::debug!("token {}: writable yet refusing sends: retrying in {after:?}", self.token.get());
         self.st.borrow_mut().write_backoff = true;
-        self.sync_interest(owner, &sock, false);
+        self.sync_interest(owner, false);
         let me: Weak<dyn Wake> = Rc::downgrade(self) as Weak<IoObject>;
         owner.wake_after(me, after);
     }
@@ -689,14 +721,16 @@ impl IoObject {
     /// sends are left waiting (a deferred flush that would block), so a
     /// socket whose sends all leave stays out of epoll.
     fn drop_idle_write_interest<O: Owner + ?Sized>(&self, owner: &O) {
-        let Some(sock) = self.socket() else { return };
+        if !self.is_open() {
+            return;
+        }
         let (registered, waiting) = {
             let mut st = self.st.borrow_mut();
             st.prune(Dir::Write);
             (st.registered, !st.ops[Dir::Write as usize].is_empty())
         };
         if registered || waiting {
-            self.sync_interest(owner, &sock, false);
+            self.sync_interest(owner, false);
         }
     }
 
@@ -761,15 +795,25 @@ impl IoObject {
     /// Takes the socket out of the reactor: deregisters it and aborts its
     /// pending operations (through the queue). `None` if already closed.
     pub(crate) fn detach(&self) -> Option<Rc<Socket>> {
-        let sock = self.sock.borrow_mut().take()?;
+        let sock = self.sock.borrow_mut().take();
+        let port = self.port.borrow_mut().take();
+        if sock.is_none() && port.is_none() {
+            return None; // closed already
+        }
         drop(self.st.borrow_mut().read_ahead.take());
+        let token = self.token.get();
+        if let Some(port) = &port {
+            port.deregister(token);
+            port.close();
+        }
         match self.owner.upgrade() {
             Some(owner) => {
-                let token = self.token.get();
                 if std::mem::take(&mut self.st.borrow_mut().registered) {
                     let r = owner.reactor();
                     r.registered.set(r.registered.get() - 1);
-                    if let Err(e) = r.backend.deregister(sock.as_fd()) {
+                    if let Some(sock) = &sock
+                        && let Err(e) = r.backend.deregister(sock.as_fd())
+                    {
                         log::debug!("deregistering token {token} failed: {e}");
                     }
                 }
@@ -784,12 +828,15 @@ impl IoObject {
                 }
             }
         }
-        Some(sock)
+        sock
     }
 
     /// Context teardown: close the descriptor and hand over every operation.
     pub(crate) fn teardown(&self, ops: &mut Vec<Rc<dyn Completion>>) {
         drop(self.sock.borrow_mut().take());
+        if let Some(port) = self.port.borrow_mut().take() {
+            port.close();
+        }
         drop(self.st.borrow_mut().read_ahead.take());
         ops.extend(self.take_ops());
     }
@@ -811,6 +858,27 @@ impl Wake for IoObject {
     }
 }
 
+/// A receive on a simulated port (out of line: the real path stays small
+/// enough to inline).
+#[inline(never)]
+fn sim_recv(obj: &IoObject, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize> {
+    let Some(port) = obj.port() else { return Err(closed()) };
+    let (n, sender) = port.recv(bufs, flags & libc::MSG_PEEK != 0)?;
+    if let Some(from) = from {
+        from.set(Some(sender));
+    }
+    Ok(n)
+}
+
+/// A send on a simulated port, or on a closed socket (out of line, as
+/// [`sim_recv`]).
+#[inline(never)]
+fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>) -> io::Result<usize> {
+    let Some(port) = obj.port() else { return Err(closed()) };
+    let parts: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
+    port.send(&parts, dest.and_then(SockAddr::as_socket))
+}
+
 /// The error a call on a closed socket gets (EBADF, as the kernel's).
 #[cold]
 fn closed() -> io::Error {
@@ -828,8 +896,10 @@ impl Io for IoObject {
         // Borrowed for the call (no user code runs in it): a close from a
         // buffer's own code before it finds the socket gone.
         let sock = self.sock.borrow();
-        let sock = sock.as_deref().ok_or_else(closed)?;
-        let n = self.recv_uncounted(sock, bufs, flags, from)?;
+        let n = match &*sock {
+            Some(sock) => self.recv_uncounted(sock, bufs, flags, from)?,
+            None => sim_recv(self, bufs, flags, from)?,
+        };
         if flags & libc::MSG_PEEK == 0 {
             self.counted_in(n);
         }
@@ -838,7 +908,14 @@ impl Io for IoObject {
 
     fn recv_from_any(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
         let sock = self.sock.borrow();
-        let r = sys::recv_from_any(sock.as_deref().ok_or_else(closed)?, bufs, flags)?;
+        let r = match (&*sock, self.port()) {
+            (Some(sock), _) => sys::recv_from_any(sock, bufs, flags)?,
+            (None, Some(port)) => {
+                let (n, from) = port.recv(bufs, flags & libc::MSG_PEEK != 0)?;
+                (n, from.into())
+            }
+            (None, None) => return Err(closed()),
+        };
         if flags & libc::MSG_PEEK == 0 {
             self.counted_in(r.0);
         }
@@ -848,7 +925,10 @@ impl Io for IoObject {
     #[inline]
     fn send(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
         let sock = self.sock.borrow();
-        let n = sys::send(sock.as_deref().ok_or_else(closed)?, bufs, dest, flags)?;
+        let n = match &*sock {
+            Some(sock) => sys::send(sock, bufs, dest, flags)?,
+            None => sim_send(self, bufs, dest)?,
+        };
         self.counted_out(n);
         Ok(n)
     }
@@ -976,15 +1056,26 @@ impl Reactor {
         }
         let reported = r?;
         bump(&c.events, reported.len() as u64);
-        reported.for_each(|token, ready| {
-            // A clone, not a borrow of the slab: what the event sets off may
-            // add or remove registrations, even this one.
-            let obj = self.regs.borrow().get(token).cloned();
-            if let Some(obj) = obj {
-                obj.on_event(owner, ready);
-            }
-        });
+        reported.for_each(|token, ready| self.dispatch(owner, token, ready));
         Ok(())
+    }
+
+    /// Hands `ready` to the socket registered as `token` (from a wait of
+    /// the backend, or of the simulation).
+    #[inline]
+    pub(crate) fn dispatch<O: Owner + ?Sized>(&self, owner: &O, token: usize, ready: Readiness) {
+        // A clone, not a borrow of the slab: what the event sets off may
+        // add or remove registrations, even this one.
+        let obj = self.regs.borrow().get(token).cloned();
+        if let Some(obj) = obj {
+            obj.on_event(owner, ready);
+        }
+    }
+
+    /// Every socket of the context, in token order (a simulated crash
+    /// closes some).
+    pub(crate) fn objects(&self) -> Vec<Rc<IoObject>> {
+        self.regs.borrow().iter().map(|(_, o)| o.clone()).collect()
     }
 
     /// The backend's descriptor: stable for the reactor's life, whatever is

@@ -1,5 +1,6 @@
 //! Simulated contexts (DESIGN §1.7): virtual time, the trace, determinism,
-//! and what a simulated context refuses.
+//! and what a simulated context refuses. UDP on the simulated network is in
+//! `sim_udp.rs`.
 
 use ioctx::{CancellationType, Error, IoContext, SimConfig, SteadyTimer, sim};
 use std::cell::{Cell, RefCell};
@@ -208,9 +209,10 @@ fn what_needs_the_real_system_is_unsupported_and_creates_nothing() {
     let ctx = IoContext::simulated(13);
     let unsupported = |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::Unsupported);
     let local = "127.0.0.1:0".parse().unwrap();
-    assert!(unsupported(ioctx::net::UdpSocket::bind(&ctx, local).map(drop)));
+    // UDP is simulated (tests/sim_udp.rs); TCP is not yet.
     assert!(unsupported(ioctx::net::TcpListener::bind(&ctx, local).map(drop)));
     assert!(unsupported(ioctx::net::TcpStream::connect(&ctx, local).map(drop)));
+    // A real socket cannot join a simulated network.
     let std_sock = std::net::UdpSocket::bind(local).unwrap();
     assert!(unsupported(ioctx::net::UdpSocket::from_std(&ctx, std_sock).map(drop)));
     let path = std::env::temp_dir().join(format!("ioctx-sim-{}.sock", std::process::id()));

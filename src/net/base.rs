@@ -12,6 +12,8 @@ use crate::op::{
     send_now,
 };
 use crate::reactor::{Attempt, Dir, IoObject, retry_delay};
+use crate::sim::net::Port;
+use crate::sim::world::World;
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
 use std::cell::Cell;
@@ -101,14 +103,45 @@ impl Base {
         self.h.ctx.upgrade()
     }
 
-    /// The socket, or `BAD_DESCRIPTOR` once closed.
+    /// The socket, or `BAD_DESCRIPTOR` once closed (`Unsupported` for a
+    /// simulated socket, which has no operating-system socket to offer).
     pub(crate) fn sock(&self) -> io::Result<Rc<Socket>> {
-        self.io().socket().ok_or_else(bad_descriptor)
+        match self.io().socket() {
+            Some(s) => Ok(s),
+            None if self.io().is_open() => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a simulated socket has no operating-system socket (options, shutdown, release, GSO)",
+            )),
+            None => Err(bad_descriptor()),
+        }
+    }
+
+    /// `BAD_DESCRIPTOR` once closed (a real or a simulated socket).
+    pub(crate) fn check_open(&self) -> io::Result<()> {
+        if self.io().is_open() { Ok(()) } else { Err(bad_descriptor()) }
+    }
+
+    /// A simulated socket (its port made by `make`) in `ex`'s context, or
+    /// `None` when the context is a real one.
+    pub(crate) fn adopt_sim(
+        ex: &Executor,
+        make: impl FnOnce(&Rc<World>) -> io::Result<Rc<Port>>,
+    ) -> Option<io::Result<Base>> {
+        let inner = match ex.upgrade() {
+            Some(inner) => inner,
+            None => return Some(Err(gone())),
+        };
+        let world = inner.world()?.clone();
+        Some(make(&world).map(|port| {
+            let io = IoObject::new_sim(&inner, port);
+            Base { h: Rc::new(Handle { io, ctx: Rc::downgrade(&inner) }) }
+        }))
     }
 
     /// Takes the socket out of the context, blocking again. Pending
     /// operations complete with `OPERATION_ABORTED`.
     pub(crate) fn release(&self) -> io::Result<Socket> {
+        self.sock()?; // a simulated socket has none to give
         let sock = self.io().detach().ok_or_else(bad_descriptor)?;
         let sock = Rc::try_unwrap(sock)
             .map_err(|_| io::Error::other("socket is in use inside with_socket2; it will close"))?;
@@ -167,13 +200,20 @@ impl Base {
 
     /// Runs a synchronous call, blocking on `poll(2)` while it would block
     /// unless `set_nonblocking(true)`.
-    pub(crate) fn blocking<R>(&self, what: Readiness, mut f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
+    ///
+    /// On a simulated socket the call is made once: nothing could arrive
+    /// while the one thread of the simulation waited, so it returns
+    /// `WouldBlock` instead of waiting for ever.
+    pub(crate) fn blocking<R>(&self, what: Readiness, mut f: impl FnMut() -> io::Result<R>) -> io::Result<R> {
+        if self.io().port().is_some() {
+            return f();
+        }
         let sock = self.sock()?;
         // Waits after which the call still would block.
         let mut futile: u32 = 0;
         let mut read_closed = false;
         loop {
-            match f(&sock) {
+            match f() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.io().user_nonblocking.get() => {
                     if read_closed {
                         // Readable for good, yet nothing to read (a datagram
@@ -197,7 +237,7 @@ impl Base {
     }
 
     pub(crate) fn set_nonblocking(&self, yes: bool) -> io::Result<()> {
-        self.sock()?;
+        self.check_open()?;
         self.io().user_nonblocking.set(yes);
         Ok(())
     }
@@ -208,7 +248,7 @@ impl Base {
 
     /// Completes every pending operation with `OPERATION_ABORTED`.
     pub(crate) fn cancel(&self) -> io::Result<()> {
-        self.sock()?;
+        self.check_open()?;
         let inner = self.context().ok_or_else(gone)?;
         let n = self.io().cancel_all(&*inner);
         log::debug!("cancel: {n} operations aborted");
@@ -302,12 +342,12 @@ impl Base {
     /// Reads what is available into `bufs`, blocking; `Error::EOF` (as an
     /// `io::Error` of kind `UnexpectedEof`) when the peer closed its side.
     pub(crate) fn read_some<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
-        self.sock()?; // closed: BAD_DESCRIPTOR, even for empty buffers
+        self.check_open()?; // closed: BAD_DESCRIPTOR, even for empty buffers
         if mut_len(&mut bufs) == 0 {
             return Ok(0);
         }
         let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
-        let n = self.blocking(Readiness::Read, |_| self.io().recv(&mut slices, 0, None))?;
+        let n = self.blocking(Readiness::Read, || self.io().recv(&mut slices, 0, None))?;
         if n == 0 { Err(Error::EOF.into()) } else { Ok(n) }
     }
 
@@ -315,10 +355,10 @@ impl Base {
     pub(crate) fn write_some<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
         if slices.iter().all(|s| s.is_empty()) {
-            self.sock()?; // closed: BAD_DESCRIPTOR, even for empty buffers
+            self.check_open()?; // closed: BAD_DESCRIPTOR, even for empty buffers
             return Ok(0);
         }
-        self.blocking(Readiness::Write, |_| self.io().send(&slices, None, 0))
+        self.blocking(Readiness::Write, || self.io().send(&slices, None, 0))
     }
 
     /// Starts a non-blocking connect; the handler gets its outcome.
@@ -368,7 +408,8 @@ impl Base {
 
     /// Accepts a connection, blocking.
     pub(crate) fn accept(&self) -> io::Result<Socket> {
-        self.blocking(Readiness::Read, |s| match accept_now(s) {
+        let sock = self.sock()?;
+        self.blocking(Readiness::Read, || match accept_now(&sock) {
             Some(Ok(sock)) => Ok(sock),
             Some(Err(e)) => Err(e.into()),
             None => Err(io::ErrorKind::WouldBlock.into()),

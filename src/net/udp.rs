@@ -1,7 +1,7 @@
 //! `UdpSocket`: a datagram socket on the reactor, with Asio's `async_send`
 //! semantics (speculative send, per-socket FIFO, completions always posted).
 
-use super::base::{Base, datagram_common, ip_addr, require_real, socket_common};
+use super::base::{Base, datagram_common, ip_addr, socket_common};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -9,6 +9,7 @@ use crate::context::{Executor, Inner};
 use crate::error::Error;
 use crate::op::{Io, WaitOp};
 use crate::reactor::IoObject;
+use crate::sim::net::Port;
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::cell::Cell;
@@ -146,7 +147,14 @@ fn too_many_buffers() -> io::Error {
 impl UdpSocket {
     /// Creates a socket bound to `addr` (`127.0.0.1:0` for an ephemeral port).
     pub fn bind(ex: &Executor, addr: SocketAddr) -> io::Result<UdpSocket> {
-        require_real(ex, "UdpSocket")?;
+        // A simulated context: a port of its network, on any address.
+        if let Some(b) = Base::adopt_sim(ex, |world| {
+            let port = Port::new(world, addr.is_ipv6());
+            port.bind(addr)?;
+            Ok(port)
+        }) {
+            return Ok(UdpSocket { b: b? });
+        }
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         sock.bind(&addr.into())?;
         Self::adopt(ex, sock)
@@ -156,7 +164,9 @@ impl UdpSocket {
     /// options that must be set before binding (Asio's `socket.open()`); bind
     /// it with [`bind_to`](Self::bind_to).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<UdpSocket> {
-        require_real(ex, "UdpSocket")?;
+        if let Some(b) = Base::adopt_sim(ex, |world| Ok(Port::new(world, domain == Domain::IPV6))) {
+            return Ok(UdpSocket { b: b? });
+        }
         Self::adopt(ex, Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?)
     }
 
@@ -170,6 +180,9 @@ impl UdpSocket {
     /// when it is closed.
     pub fn bind_to(&self, addr: SocketAddr) -> io::Result<()> {
         log::debug!("udp bind {addr}");
+        if let Some(port) = self.io().port() {
+            return port.bind(addr);
+        }
         self.sock()?.bind(&addr.into())
     }
 
@@ -216,6 +229,9 @@ impl UdpSocket {
     /// Sets the default peer: `send`/`async_send` go to it and only its
     /// datagrams are received.
     pub fn connect(&self, addr: SocketAddr) -> io::Result<()> {
+        if let Some(port) = self.io().port() {
+            return port.connect(addr);
+        }
         self.sock()?.connect(&addr.into())
     }
 
@@ -225,9 +241,10 @@ impl UdpSocket {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        let err = match self.io().socket() {
-            Some(s) => s.connect(&addr.into()).err().map_or(Error::NONE, Error::from),
-            None => Error::BAD_DESCRIPTOR,
+        let err = match (self.io().socket(), self.io().port()) {
+            (Some(s), _) => s.connect(&addr.into()).err().map_or(Error::NONE, Error::from),
+            (None, Some(p)) => p.connect(addr).err().map_or(Error::NONE, Error::from),
+            (None, None) => Error::BAD_DESCRIPTOR,
         };
         log::trace!("udp async_connect {addr}: {err:?}");
         self.b.complete_now(&inner, Rc::new(WaitOp::new(handler)), err)
@@ -235,11 +252,17 @@ impl UdpSocket {
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        if let Some(port) = self.io().port() {
+            return port.local_addr();
+        }
         ip_addr(self.sock()?.local_addr()?)
     }
 
     /// The connected peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        if let Some(port) = self.io().port() {
+            return port.peer_addr();
+        }
         ip_addr(self.sock()?.peer_addr()?)
     }
 
@@ -349,7 +372,7 @@ impl UdpSocket {
         self.b.start_recv(bufs, flags, true, handler)
     }
 
-    fn blocking<R>(&self, what: Readiness, f: impl FnMut(&Socket) -> io::Result<R>) -> io::Result<R> {
+    fn blocking<R>(&self, what: Readiness, f: impl FnMut() -> io::Result<R>) -> io::Result<R> {
         self.b.blocking(what, f)
     }
 
@@ -361,21 +384,21 @@ impl UdpSocket {
     /// [`send`](Self::send) with message flags.
     pub fn send_with_flags<B: ConstBufferSequence>(&self, bufs: B, flags: MessageFlags) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
-        self.blocking(Readiness::Write, |_| self.b.io().send(&slices, None, flags.bits()))
+        self.blocking(Readiness::Write, || self.b.io().send(&slices, None, flags.bits()))
     }
 
     /// Sends `bufs` as one datagram to `dest`, blocking.
     pub fn send_to<B: ConstBufferSequence>(&self, bufs: B, dest: SocketAddr) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(too_many_buffers)?;
         let dest = SockAddr::from(dest);
-        self.blocking(Readiness::Write, |_| self.b.io().send(&slices, Some(&dest), 0))
+        self.blocking(Readiness::Write, || self.b.io().send(&slices, Some(&dest), 0))
     }
 
     /// Receives one datagram from the connected peer, blocking; returns its
     /// (possibly truncated) length.
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
-        let r = self.blocking(Readiness::Read, |_| self.io().recv(&mut slices, 0, None));
+        let r = self.blocking(Readiness::Read, || self.io().recv(&mut slices, 0, None));
         self.io().after_sync_recv();
         r
     }
@@ -384,7 +407,7 @@ impl UdpSocket {
     pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(too_many_buffers)?;
         let from = Cell::new(None);
-        let r = self.blocking(Readiness::Read, |_| {
+        let r = self.blocking(Readiness::Read, || {
             let n = self.io().recv(&mut slices, 0, Some(&from))?;
             Ok((n, from.get().unwrap_or_else(sys::unspecified_addr)))
         });
@@ -444,7 +467,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_send_coalescing(&self, on: bool) -> io::Result<()> {
-        self.sock()?;
+        self.b.check_open()?;
         self.io().set_coalescing(on);
         log::debug!("udp send coalescing {}", if on { "on" } else { "off" });
         Ok(())
@@ -463,6 +486,9 @@ impl UdpSocket {
     /// the socket is drained); that datagram goes to the next receive of any
     /// kind, is seen by `PEEK`, is counted here, and is dropped by `close`.
     pub fn available(&self) -> io::Result<usize> {
+        if let Some(port) = self.io().port() {
+            return Ok(port.available());
+        }
         self.io().available(&*self.sock()?)
     }
 

@@ -315,26 +315,26 @@ impl UnixDatagram {
     /// Sends one datagram to the connected peer, blocking.
     pub fn send<B: ConstBufferSequence>(&self, bufs: B) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
-        self.b.blocking(Readiness::Write, |_| self.b.io().send(&slices, None, 0))
+        self.b.blocking(Readiness::Write, || self.b.io().send(&slices, None, 0))
     }
 
     /// Sends one datagram to the socket file `path`, blocking.
     pub fn send_to<B: ConstBufferSequence>(&self, bufs: B, path: impl AsRef<Path>) -> io::Result<usize> {
         let slices = const_slices(&bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
         let dest = SockAddr::unix(path)?;
-        self.b.blocking(Readiness::Write, |_| self.b.io().send(&slices, Some(&dest), 0))
+        self.b.blocking(Readiness::Write, || self.b.io().send(&slices, Some(&dest), 0))
     }
 
     /// Receives one datagram, blocking; returns its (possibly truncated) length.
     pub fn receive<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<usize> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
-        self.b.blocking(Readiness::Read, |_| self.b.io().recv(&mut slices, 0, None))
+        self.b.blocking(Readiness::Read, || self.b.io().recv(&mut slices, 0, None))
     }
 
     /// Receives one datagram and its sender, blocking.
     pub fn receive_from<B: MutableBufferSequence>(&self, mut bufs: B) -> io::Result<(usize, SocketAddr)> {
         let mut slices = mut_slices(&mut bufs).ok_or_else(|| io::Error::from(Error::INVALID_ARGUMENT))?;
-        let (n, from) = self.b.blocking(Readiness::Read, |_| self.b.io().recv_from_any(&mut slices, 0))?;
+        let (n, from) = self.b.blocking(Readiness::Read, || self.b.io().recv_from_any(&mut slices, 0))?;
         Ok((n, unix_addr(from)?))
     }
 

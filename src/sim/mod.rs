@@ -35,27 +35,91 @@
 //! [`IoContext::simulated`]: crate::IoContext::simulated
 
 mod check;
+pub(crate) mod net;
 pub(crate) mod world;
 
 pub use check::check_determinism;
+pub use net::Link;
 
+use net::{Limits, probability};
 use std::fmt;
-use std::rc::Rc;
+use std::net::IpAddr;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 use world::World;
 
 /// How a simulated context is set up: the seed that fixes the whole run,
-/// and limits.
+/// the network's default link, the ports' limits, and a time limit.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     seed: u64,
     time_limit: Option<Duration>,
+    link: Link,
+    limits: Limits,
 }
 
 impl SimConfig {
-    /// A configuration with `seed` and no time limit.
+    /// A configuration with `seed`: 1 ms of latency on every link, nothing
+    /// lost, duplicated or reordered, receive buffers of 212,992 bytes,
+    /// datagrams of at most 65,507 bytes, no time limit.
     pub fn new(seed: u64) -> SimConfig {
-        SimConfig { seed, time_limit: None }
+        SimConfig {
+            seed,
+            time_limit: None,
+            link: Link::default(),
+            limits: Limits { recv_buffer: 212_992, max_datagram: 65_507 },
+        }
+    }
+
+    /// Every link's latency, drawn uniformly from `min..=max` per datagram.
+    ///
+    /// # Panics
+    /// When `min > max`.
+    pub fn latency(mut self, min: Duration, max: Duration) -> SimConfig {
+        self.link = self.link.latency(min, max);
+        self
+    }
+
+    /// Every datagram is lost with probability `p`.
+    ///
+    /// # Panics
+    /// When `p` is not in [0, 1].
+    pub fn loss(mut self, p: f64) -> SimConfig {
+        self.link.loss = probability("loss", p);
+        self
+    }
+
+    /// Every datagram arrives twice with probability `p`.
+    ///
+    /// # Panics
+    /// When `p` is not in [0, 1].
+    pub fn duplicate(mut self, p: f64) -> SimConfig {
+        self.link.duplicate = probability("duplicate", p);
+        self
+    }
+
+    /// Every datagram is held back by an extra latency with probability
+    /// `p`, so that later ones overtake it.
+    ///
+    /// # Panics
+    /// When `p` is not in [0, 1].
+    pub fn reorder(mut self, p: f64) -> SimConfig {
+        self.link.reorder = probability("reorder", p);
+        self
+    }
+
+    /// Bytes each port's receive queue holds; a datagram that does not fit
+    /// is dropped, as Linux drops it.
+    pub fn recv_buffer(mut self, bytes: usize) -> SimConfig {
+        self.limits.recv_buffer = bytes;
+        self
+    }
+
+    /// The largest datagram a send accepts; larger ones fail with
+    /// `Error::MESSAGE_SIZE`.
+    pub fn max_datagram(mut self, bytes: usize) -> SimConfig {
+        self.limits.max_datagram = bytes;
+        self
     }
 
     /// A run whose virtual time passes `d` panics, naming the seed and the
@@ -71,8 +135,16 @@ impl SimConfig {
     }
 
     pub(crate) fn world(&self) -> World {
-        World::new(self.seed, self.time_limit)
+        World::new(self.seed, self.time_limit, self.link, self.limits)
     }
+}
+
+/// What a [`Sim`] needs of its context beyond the world: closing the
+/// sockets of a crashed host (implemented by the context, which the
+/// simulation does not name).
+pub(crate) trait Host {
+    /// Closes, as `close()` does, every socket whose port is on `ip`.
+    fn crash(&self, ip: IpAddr);
 }
 
 /// A handle on a simulated context's world (from `IoContext::sim` or
@@ -82,6 +154,7 @@ impl SimConfig {
 #[derive(Clone)]
 pub struct Sim {
     world: Rc<World>,
+    host: Weak<dyn Host>,
 }
 
 impl fmt::Debug for Sim {
@@ -91,8 +164,8 @@ impl fmt::Debug for Sim {
 }
 
 impl Sim {
-    pub(crate) fn new(world: Rc<World>) -> Sim {
-        Sim { world }
+    pub(crate) fn new(world: Rc<World>, host: Weak<dyn Host>) -> Sim {
+        Sim { world, host }
     }
 
     /// The seed the context was made with.
@@ -127,5 +200,50 @@ impl Sim {
 
     pub(crate) fn world(&self) -> &World {
         &self.world
+    }
+
+    /// Sets the link from `from` to `to` (one direction).
+    pub fn set_link(&self, from: IpAddr, to: IpAddr, link: Link) {
+        self.world.net().set_link(from, to, link);
+    }
+
+    /// Cuts `a` and `b` apart, both ways: datagrams between them are lost,
+    /// when sent or when they would arrive.
+    pub fn partition(&self, a: IpAddr, b: IpAddr) {
+        let mut net = self.world.net();
+        net.partition_oneway(a, b);
+        net.partition_oneway(b, a);
+    }
+
+    /// Cuts the way from `from` to `to` only.
+    pub fn partition_oneway(&self, from: IpAddr, to: IpAddr) {
+        self.world.net().partition_oneway(from, to);
+    }
+
+    /// Ends every partition.
+    pub fn heal(&self) {
+        self.world.net().heal();
+    }
+
+    /// Holds traffic from `from` to `to`: datagrams wait (a stalled path)
+    /// until [`release`](Self::release).
+    pub fn hold(&self, from: IpAddr, to: IpAddr) {
+        self.world.net().hold(from, to);
+    }
+
+    /// Lets held traffic from `from` to `to` flow again, in order.
+    pub fn release(&self, from: IpAddr, to: IpAddr) {
+        self.world.release(from, to);
+    }
+
+    /// Crashes host `ip`: every socket bound on it is closed as by
+    /// `close()` (pending operations end with `OPERATION_ABORTED`), and
+    /// datagrams on their way to it are lost. Binding on it again works: a
+    /// restart.
+    pub fn crash(&self, ip: IpAddr) {
+        self.world.net().lose_traffic_to(ip);
+        if let Some(host) = self.host.upgrade() {
+            host.crash(ip);
+        }
     }
 }

@@ -3,9 +3,43 @@
 //! context above it: the context reads its clock here, hands it the time a
 //! turn would wait, and reports what happened to the trace.
 
-use std::cell::{Cell, RefCell};
+use super::net::{Limits, Link, Net};
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// What became of a datagram, as the trace records it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum DatagramFate {
+    /// It left, once.
+    Sent,
+    /// It left, and a copy of it too.
+    Duplicated,
+    /// The link lost it.
+    Lost,
+    /// A partition lost it (when sent or when it would have arrived).
+    Partitioned,
+    /// It reached its port's receive queue.
+    Delivered,
+    /// Nobody is bound where it arrived (a connected sender learns it).
+    Refused,
+    /// Its port is connected to another peer.
+    Filtered,
+    /// Its port's receive buffer was full.
+    Overflowed,
+}
+
+/// A readiness report of a simulated port.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PortReady {
+    /// The reactor's token for the port's socket.
+    pub(crate) token: usize,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    /// An error is pending (what an error wait waits for).
+    pub(crate) error: bool,
+}
 
 /// One step of a simulated run, as the trace records it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -17,8 +51,10 @@ pub(crate) enum Event {
     Completed { err: i32, n: u64 },
     /// A timer wait ended with this error code.
     TimerEnded { err: i32 },
-    /// Virtual time jumped forward to the next deadline.
+    /// Virtual time jumped forward to the next deadline or arrival.
     Advanced,
+    /// A datagram was sent, delivered or dropped.
+    Datagram { fate: DatagramFate, from: SocketAddr, to: SocketAddr, len: u64 },
 }
 
 /// An [`Event`] and the virtual time it happened at.
@@ -37,23 +73,37 @@ impl fmt::Display for Traced {
             Event::Completed { err, n } => write!(f, "an operation completed with error {err} and length {n}"),
             Event::TimerEnded { err } => write!(f, "a timer wait ended with error {err}"),
             Event::Advanced => write!(f, "virtual time advanced"),
+            Event::Datagram { fate, from, to, len } => write!(f, "datagram {from} -> {to} ({len} bytes): {fate:?}"),
         }
     }
 }
 
 /// SplitMix64: one step of the generator behind every random stream (small,
 /// fast, and the same on every platform).
-fn splitmix(state: &Cell<u64>) -> u64 {
+pub(crate) fn splitmix(state: &Cell<u64>) -> u64 {
     let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
     state.set(s);
     mix(s)
 }
 
 /// SplitMix64's finaliser: every bit of `z` moves about half the output's.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// An address in one word for the trace's hash: the IP's bytes folded, and
+/// the port.
+fn addr_word(a: SocketAddr) -> u64 {
+    let ip = match a.ip() {
+        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => {
+            let x = u128::from(v6);
+            mix((x >> 64) as u64) ^ x as u64
+        }
+    };
+    mix(ip) ^ u64::from(a.port())
 }
 
 /// The virtual clock, the random streams and the trace of one simulated
@@ -76,10 +126,12 @@ pub(crate) struct World {
     last: Cell<Option<Traced>>,
     /// Every event, while `check_determinism` compares two runs.
     recording: RefCell<Option<Vec<Traced>>>,
+    /// The network: ports, links, datagrams in flight.
+    net: RefCell<Net>,
 }
 
 impl World {
-    pub(crate) fn new(seed: u64, time_limit: Option<Duration>) -> World {
+    pub(crate) fn new(seed: u64, time_limit: Option<Duration>, link: Link, limits: Limits) -> World {
         World {
             seed,
             origin: Instant::now(),
@@ -92,7 +144,18 @@ impl World {
             events: Cell::new(0),
             last: Cell::new(None),
             recording: RefCell::new(None),
+            net: RefCell::new(Net::new(seed, link, limits)),
         }
+    }
+
+    /// The network (never borrowed across user code).
+    pub(crate) fn net(&self) -> RefMut<'_, Net> {
+        self.net.borrow_mut()
+    }
+
+    /// Virtual nanoseconds since creation.
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.elapsed_ns.get()
     }
 
     pub(crate) fn seed(&self) -> u64 {
@@ -114,7 +177,13 @@ impl World {
     /// its end. `None` (no deadline, no delivery, yet work outstanding) can
     /// never end: it panics naming the seed, where a real context would
     /// hang for ever.
-    pub(crate) fn wait(&self, timeout: Option<Duration>) {
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> Vec<PortReady> {
+        // The next arrival bounds the wait like a deadline.
+        let arrival = self.net().next_arrival().map(|at| Duration::from_nanos(at.saturating_sub(self.now_ns())));
+        let timeout = match (timeout, arrival) {
+            (Some(t), Some(a)) => Some(t.min(a)),
+            (t, a) => t.or(a),
+        };
         let Some(d) = timeout else {
             panic!(
                 "ioctx::sim (seed {}): run() would wait for ever at {:?}: work is outstanding (a pending \
@@ -124,9 +193,15 @@ impl World {
                 self.last_event()
             );
         };
-        if d.is_zero() {
-            return;
+        if !d.is_zero() {
+            self.advance(d);
         }
+        self.deliver_due();
+        self.net().ready()
+    }
+
+    /// Moves virtual time `d` forward, within the time limit.
+    fn advance(&self, d: Duration) {
         let to = self.elapsed_ns.get().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
         self.elapsed_ns.set(to);
         if let Some(limit) = self.time_limit
@@ -149,14 +224,17 @@ impl World {
     /// Adds `event`, now, to the trace.
     pub(crate) fn trace(&self, event: Event) {
         let t = Traced { at_ns: self.elapsed_ns.get(), event };
-        let (kind, a, b) = match event {
-            Event::Posted => (1, 0, 0),
-            Event::Completed { err, n } => (2, err as u64, n),
-            Event::TimerEnded { err } => (3, err as u64, 0),
-            Event::Advanced => (4, 0, 0),
+        // The event as words, each part in a fixed encoding (never an
+        // address in memory or anything else a process chooses).
+        let words: [u64; 5] = match event {
+            Event::Posted => [1, 0, 0, 0, 0],
+            Event::Completed { err, n } => [2, err as u64, n, 0, 0],
+            Event::TimerEnded { err } => [3, err as u64, 0, 0, 0],
+            Event::Advanced => [4, 0, 0, 0, 0],
+            Event::Datagram { fate, from, to, len } => [5 + fate as u64, addr_word(from), addr_word(to), len, 0],
         };
-        let mut h = self.hash.get();
-        for word in [t.at_ns, kind, a, b] {
+        let mut h = mix(self.hash.get() ^ t.at_ns);
+        for word in words {
             h = mix(h ^ word).wrapping_add(0x9E37_79B9_7F4A_7C15);
         }
         self.hash.set(h);

@@ -185,6 +185,11 @@ pub(crate) struct Event {
 }
 
 impl Event {
+    /// An event with these `EPOLL*` bits (what a simulated wait reports).
+    pub(crate) fn new(bits: u32, token: u64) -> Event {
+        Event { bits, token }
+    }
+
     /// The token the descriptor was registered with.
     #[inline]
     pub(crate) fn token(self) -> u64 {

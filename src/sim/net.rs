@@ -1,0 +1,609 @@
+//! The simulated network: hosts (each distinct IP), UDP ports bound on
+//! them, links between hosts with latency, loss, duplication and
+//! reordering, partitions and held links, and the datagrams in flight.
+//!
+//! A [`Port`] is what a simulated UDP socket is: its address, its peer, its
+//! receive queue and its pending error. The reactor queues a socket's
+//! operations the same way whatever the socket is; it learns of a port's
+//! readiness from [`World::wait`](super::world::World::wait) instead of epoll,
+//! and an operation's transfer calls [`Port::recv`] and [`Port::send`]
+//! instead of the kernel.
+
+use super::world::{DatagramFate, Event, PortReady, World};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+/// The knobs of one direction of a link (or of the whole network's default).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    pub(crate) latency: (Duration, Duration),
+    pub(crate) loss: f64,
+    pub(crate) duplicate: f64,
+    pub(crate) reorder: f64,
+}
+
+impl Default for Link {
+    /// 1 ms of latency, nothing lost, duplicated or reordered.
+    fn default() -> Link {
+        Link { latency: (Duration::from_millis(1), Duration::from_millis(1)), loss: 0.0, duplicate: 0.0, reorder: 0.0 }
+    }
+}
+
+/// A probability, checked: anything outside [0, 1] (or NaN) is a bug in
+/// the test that set it.
+pub(crate) fn probability(what: &str, p: f64) -> f64 {
+    if !(0.0..=1.0).contains(&p) {
+        panic!("ioctx::sim: {what} must be a probability in [0, 1], not {p}");
+    }
+    p
+}
+
+impl Link {
+    /// A link with the default knobs (1 ms, nothing lost).
+    pub fn new() -> Link {
+        Link::default()
+    }
+
+    /// Latency drawn uniformly from `min..=max` for each datagram.
+    ///
+    /// # Panics
+    /// When `min > max`.
+    pub fn latency(mut self, min: Duration, max: Duration) -> Link {
+        assert!(min <= max, "ioctx::sim: latency min {min:?} is above max {max:?}");
+        self.latency = (min, max);
+        self
+    }
+
+    /// Each datagram is lost with probability `p`.
+    ///
+    /// # Panics
+    /// When `p` is not in [0, 1].
+    pub fn loss(mut self, p: f64) -> Link {
+        self.loss = probability("loss", p);
+        self
+    }
+
+    /// Each datagram arrives twice with probability `p` (the copy with a
+    /// latency of its own).
+    ///
+    /// # Panics
+    /// When `p` is not in [0, 1].
+    pub fn duplicate(mut self, p: f64) -> Link {
+        self.duplicate = probability("duplicate", p);
+        self
+    }
+
+    /// Each datagram is held back by an extra latency with probability `p`,
+    /// so that later ones overtake it.
+    ///
+    /// # Panics
+    /// When `p` is not in [0, 1].
+    pub fn reorder(mut self, p: f64) -> Link {
+        self.reorder = probability("reorder", p);
+        self
+    }
+}
+
+/// Limits of every port.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Bytes a port's receive queue holds; a datagram that does not fit is dropped.
+    pub(crate) recv_buffer: usize,
+    /// The largest datagram a send accepts (`MESSAGE_SIZE` beyond).
+    pub(crate) max_datagram: usize,
+}
+
+/// A datagram on its way.
+struct Flight {
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+    /// The sender, told of a refusal (simulated ICMP) if it is connected.
+    sender: Weak<Port>,
+}
+
+/// What the network holds besides the ports themselves.
+pub(crate) struct Net {
+    pub(crate) default_link: Link,
+    pub(crate) limits: Limits,
+    links: BTreeMap<(IpAddr, IpAddr), Link>,
+    /// One-way partitions: a datagram from the first to the second is lost.
+    cut: BTreeSet<(IpAddr, IpAddr)>,
+    /// Held links: datagrams wait here, in order, until released.
+    held: BTreeMap<(IpAddr, IpAddr), VecDeque<Flight>>,
+    /// Bound addresses (an unspecified IP binds the port on every host).
+    bound: BTreeMap<SocketAddr, Weak<Port>>,
+    /// Registered ports by the reactor's token, for readiness.
+    registered: BTreeMap<usize, Weak<Port>>,
+    /// In flight, by (arrival in virtual nanoseconds, order sent).
+    flights: BTreeMap<(u64, u64), Flight>,
+    sent: u64,
+    next_port: u16,
+    /// The network's random stream (loss, latency, ...), apart from the application's.
+    rng: Cell<u64>,
+}
+
+/// The first port an ephemeral bind picks (then upwards, wrapping within the range).
+const EPHEMERAL: (u16, u16) = (49152, 65535);
+
+impl Net {
+    pub(crate) fn new(seed: u64, default_link: Link, limits: Limits) -> Net {
+        Net {
+            default_link,
+            limits,
+            links: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            held: BTreeMap::new(),
+            bound: BTreeMap::new(),
+            registered: BTreeMap::new(),
+            flights: BTreeMap::new(),
+            sent: 0,
+            next_port: EPHEMERAL.0,
+            rng: Cell::new(super::world::mix(seed ^ 0x6E65_745F_726E_6721)),
+        }
+    }
+
+    fn random(&self) -> u64 {
+        super::world::splitmix(&self.rng)
+    }
+
+    /// True with probability `p` (no draw at all for 0 and 1, so that a
+    /// lossless network's stream is not moved by loss checks).
+    fn chance(&self, p: f64) -> bool {
+        if p <= 0.0 {
+            return false;
+        }
+        if p >= 1.0 {
+            return true;
+        }
+        ((self.random() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    fn latency(&self, link: &Link) -> u64 {
+        let (min, max) = (link.latency.0.as_nanos() as u64, link.latency.1.as_nanos() as u64);
+        if min == max { min } else { min + self.random() % (max - min + 1) }
+    }
+
+    fn link(&self, from: IpAddr, to: IpAddr) -> Link {
+        self.links.get(&(from, to)).copied().unwrap_or(self.default_link)
+    }
+
+    pub(crate) fn set_link(&mut self, from: IpAddr, to: IpAddr, link: Link) {
+        self.links.insert((from, to), link);
+    }
+
+    pub(crate) fn partition_oneway(&mut self, from: IpAddr, to: IpAddr) {
+        self.cut.insert((from, to));
+    }
+
+    /// Ends every partition (held links stay held until released).
+    pub(crate) fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    pub(crate) fn hold(&mut self, from: IpAddr, to: IpAddr) {
+        self.held.entry((from, to)).or_default();
+    }
+
+    fn is_cut(&self, from: IpAddr, to: IpAddr) -> bool {
+        !self.cut.is_empty() && self.cut.contains(&(from, to))
+    }
+
+    /// The port a datagram to `to` reaches: bound on that host, or on every host.
+    fn port_for(&self, to: SocketAddr) -> Option<Rc<Port>> {
+        let any = SocketAddr::new(unspecified(to.ip()), to.port());
+        self.bound.get(&to).or_else(|| self.bound.get(&any)).and_then(Weak::upgrade)
+    }
+
+    /// Binds `port` to `addr`, picking a free port number for port 0.
+    fn bind(&mut self, port: &Rc<Port>, mut addr: SocketAddr) -> io::Result<SocketAddr> {
+        self.bound.retain(|_, p| p.strong_count() > 0);
+        if addr.port() == 0 {
+            let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+            let free = (0..span).find_map(|_| {
+                let n = self.next_port;
+                self.next_port = if n == EPHEMERAL.1 { EPHEMERAL.0 } else { n + 1 };
+                let candidate = SocketAddr::new(addr.ip(), n);
+                (!self.in_use(candidate)).then_some(candidate)
+            });
+            addr = free.ok_or_else(|| io::Error::from_raw_os_error(libc::EADDRINUSE))?;
+        } else if self.in_use(addr) {
+            return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+        }
+        self.bound.insert(addr, Rc::downgrade(port));
+        Ok(addr)
+    }
+
+    /// Another port holds `addr`: the same address, or the same port number
+    /// on every host, or (for an unspecified IP) on any host.
+    fn in_use(&self, addr: SocketAddr) -> bool {
+        let any = SocketAddr::new(unspecified(addr.ip()), addr.port());
+        if self.bound.contains_key(&addr) || self.bound.contains_key(&any) {
+            return true;
+        }
+        addr.ip().is_unspecified()
+            && self.bound.keys().any(|a| a.port() == addr.port() && a.is_ipv4() == addr.is_ipv4())
+    }
+
+    fn unbind(&mut self, addr: SocketAddr) {
+        self.bound.remove(&addr);
+    }
+
+    pub(crate) fn register(&mut self, token: usize, port: &Rc<Port>) {
+        self.registered.insert(token, Rc::downgrade(port));
+    }
+
+    pub(crate) fn deregister(&mut self, token: usize) {
+        self.registered.remove(&token);
+    }
+
+    /// The arrival time of the next datagram in flight.
+    pub(crate) fn next_arrival(&self) -> Option<u64> {
+        self.flights.keys().next().map(|k| k.0)
+    }
+
+    /// Drops every datagram in flight or held to `ip` (its host crashed).
+    pub(crate) fn lose_traffic_to(&mut self, ip: IpAddr) {
+        self.flights.retain(|_, f| f.to.ip() != ip);
+        for q in self.held.values_mut() {
+            q.retain(|f| f.to.ip() != ip);
+        }
+    }
+
+    /// Registered ports by token, in token order, that have something to
+    /// report, with what holds.
+    pub(crate) fn ready(&mut self) -> Vec<PortReady> {
+        self.registered.retain(|_, p| p.strong_count() > 0);
+        let mut out = Vec::new();
+        for (&token, port) in &self.registered {
+            let Some(port) = port.upgrade() else { continue };
+            if let Some((readable, writable, error)) = port.report() {
+                out.push(PortReady { token, readable, writable, error });
+            }
+        }
+        out
+    }
+}
+
+/// The unspecified address of `ip`'s family.
+fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The loopback address of `ip`'s family (the source of a datagram sent by
+/// a port bound to every host).
+fn loopback(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+}
+
+/// How a port is registered with the reactor.
+#[derive(Clone, Copy)]
+struct Reg {
+    read: bool,
+    write: bool,
+    edge: bool,
+}
+
+/// A simulated UDP socket.
+pub(crate) struct Port {
+    world: Rc<World>,
+    v6: bool,
+    local: Cell<Option<SocketAddr>>,
+    peer: Cell<Option<SocketAddr>>,
+    queue: RefCell<VecDeque<(Vec<u8>, SocketAddr)>>,
+    queued_bytes: Cell<usize>,
+    /// An error the next send or receive reports (a refusal: ICMP port unreachable).
+    error: Cell<Option<i32>>,
+    reg: Cell<Option<Reg>>,
+    /// Report the current readiness at the next wait (a registration was
+    /// made or changed, as epoll re-checks on `EPOLL_CTL_MOD`).
+    armed: Cell<bool>,
+    /// Something arrived since the last report (an edge).
+    arrived: Cell<bool>,
+    closed: Cell<bool>,
+}
+
+impl Port {
+    /// An unbound port of the family of `v6`.
+    pub(crate) fn new(world: &Rc<World>, v6: bool) -> Rc<Port> {
+        Rc::new(Port {
+            world: world.clone(),
+            v6,
+            local: Cell::new(None),
+            peer: Cell::new(None),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            error: Cell::new(None),
+            reg: Cell::new(None),
+            armed: Cell::new(false),
+            arrived: Cell::new(false),
+            closed: Cell::new(false),
+        })
+    }
+
+    fn family_ok(&self, addr: SocketAddr) -> io::Result<()> {
+        if addr.is_ipv6() == self.v6 { Ok(()) } else { Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)) }
+    }
+
+    /// Binds to `addr` (port 0: a free one); an unspecified IP binds every host.
+    pub(crate) fn bind(self: &Rc<Self>, addr: SocketAddr) -> io::Result<()> {
+        self.family_ok(addr)?;
+        if self.local.get().is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let addr = self.world.net().bind(self, addr)?;
+        log::debug!(target: "ioctx::sim", "udp bound {addr}");
+        self.local.set(Some(addr));
+        Ok(())
+    }
+
+    /// Binds to a free port on every host if not bound yet (as the kernel
+    /// does on a first send or connect).
+    fn autobind(self: &Rc<Self>) -> io::Result<SocketAddr> {
+        if let Some(a) = self.local.get() {
+            return Ok(a);
+        }
+        let any = if self.v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+        self.bind(SocketAddr::new(any, 0))?;
+        Ok(self.local.get().expect("just bound"))
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local.get().unwrap_or_else(|| {
+            let any = if self.v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+            SocketAddr::new(any, 0)
+        }))
+    }
+
+    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.peer.get().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTCONN))
+    }
+
+    /// Sends go to `addr` by default, and only its datagrams are received.
+    pub(crate) fn connect(self: &Rc<Self>, addr: SocketAddr) -> io::Result<()> {
+        self.family_ok(addr)?;
+        self.autobind()?;
+        self.peer.set(Some(addr));
+        // Datagrams from others already queued are not for it any more.
+        let mut q = self.queue.borrow_mut();
+        let before: usize = q.iter().map(|d| d.0.len()).sum();
+        q.retain(|d| d.1 == addr);
+        let after: usize = q.iter().map(|d| d.0.len()).sum();
+        self.queued_bytes.set(self.queued_bytes.get() - (before - after));
+        Ok(())
+    }
+
+    /// Takes the pending error, if any.
+    fn take_error(&self) -> io::Result<()> {
+        match self.error.take() {
+            Some(e) => Err(io::Error::from_raw_os_error(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The length of the next datagram (0 when none).
+    pub(crate) fn available(&self) -> usize {
+        self.world.deliver_due();
+        self.queue.borrow().front().map_or(0, |d| d.0.len())
+    }
+
+    /// Receives the next datagram into `bufs` (truncated to them, as the
+    /// kernel does); `peek` leaves it queued. `WouldBlock` when none.
+    pub(crate) fn recv(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<(usize, SocketAddr)> {
+        if self.closed.get() {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        self.world.deliver_due();
+        self.take_error()?;
+        let mut q = self.queue.borrow_mut();
+        let Some((data, from)) = q.front() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let mut off = 0;
+        for b in bufs.iter_mut() {
+            let n = b.len().min(data.len() - off);
+            b[..n].copy_from_slice(&data[off..off + n]);
+            off += n;
+        }
+        let from = *from;
+        if !peek {
+            let (data, _) = q.pop_front().expect("front seen");
+            self.queued_bytes.set(self.queued_bytes.get() - data.len());
+        }
+        Ok((off, from))
+    }
+
+    /// Sends the gathered `data` to `dest`, or to the peer.
+    pub(crate) fn send(self: &Rc<Self>, data: &[&[u8]], dest: Option<SocketAddr>) -> io::Result<usize> {
+        if self.closed.get() {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        self.take_error()?;
+        let to = match dest.or(self.peer.get()) {
+            Some(to) => to,
+            None => return Err(io::Error::from_raw_os_error(libc::EDESTADDRREQ)),
+        };
+        self.family_ok(to)?;
+        let len: usize = data.iter().map(|d| d.len()).sum();
+        let net_limit = self.world.net().limits.max_datagram;
+        if len > net_limit {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        }
+        let local = self.autobind()?;
+        let from_ip = if local.ip().is_unspecified() { loopback(to.ip()) } else { local.ip() };
+        let from = SocketAddr::new(from_ip, local.port());
+        let bytes = data.concat();
+        self.world.launch(from, to, bytes, Rc::downgrade(self));
+        Ok(len)
+    }
+
+    /// Closes the port: unbound, nothing more is received.
+    pub(crate) fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        let mut net = self.world.net();
+        if let Some(a) = self.local.get() {
+            net.unbind(a);
+        }
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+    }
+
+    pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
+        self.reg.set(Some(Reg { read, write, edge }));
+        self.armed.set(true);
+        self.world.net().register(token, self);
+    }
+
+    pub(crate) fn deregister(&self, token: usize) {
+        self.reg.set(None);
+        self.world.net().deregister(token);
+    }
+
+    /// What a wait reports for this port: (readable, writable, error), or
+    /// `None`. Sends never wait in the simulation, so it is always
+    /// writable; a pending error (a refusal) is reported whatever the
+    /// interest, as epoll reports `EPOLLERR`.
+    fn report(&self) -> Option<(bool, bool, bool)> {
+        let reg = self.reg.get()?;
+        let error = self.error.get().is_some();
+        let readable = !self.queue.borrow().is_empty() || error;
+        let (armed, arrived) = (self.armed.replace(false), self.arrived.replace(false));
+        let fresh = !reg.edge || armed || arrived;
+        let read = reg.read && readable && fresh;
+        let write = reg.write && (!reg.edge || armed);
+        (read || write || (error && fresh)).then_some((readable, true, error))
+    }
+
+    /// A datagram arrives: queued unless the buffer is full or it is not
+    /// from the connected peer.
+    fn deliver(&self, from: SocketAddr, data: Vec<u8>) -> DatagramFate {
+        if self.closed.get() {
+            return DatagramFate::Refused;
+        }
+        if self.peer.get().is_some_and(|p| p != from) {
+            return DatagramFate::Filtered;
+        }
+        let limit = self.world.net().limits.recv_buffer;
+        if self.queued_bytes.get() + data.len() > limit {
+            return DatagramFate::Overflowed;
+        }
+        self.queued_bytes.set(self.queued_bytes.get() + data.len());
+        self.queue.borrow_mut().push_back((data, from));
+        self.arrived.set(true);
+        DatagramFate::Delivered
+    }
+}
+
+impl World {
+    /// Sends a datagram into the network: the link decides its fate and
+    /// latency (and maybe a copy's).
+    fn launch(&self, from: SocketAddr, to: SocketAddr, data: Vec<u8>, sender: Weak<Port>) {
+        let mut net = self.net();
+        let len = data.len();
+        let (fi, ti) = (from.ip(), to.ip());
+        if net.is_cut(fi, ti) {
+            drop(net);
+            self.trace(Event::Datagram { fate: DatagramFate::Partitioned, from, to, len: len as u64 });
+            return;
+        }
+        let link = net.link(fi, ti);
+        if net.chance(link.loss) {
+            drop(net);
+            self.trace(Event::Datagram { fate: DatagramFate::Lost, from, to, len: len as u64 });
+            return;
+        }
+        let copies = if net.chance(link.duplicate) { 2 } else { 1 };
+        let now = self.now_ns();
+        let mut arrivals = Vec::with_capacity(copies);
+        for _ in 0..copies {
+            let mut lat = net.latency(&link);
+            if net.chance(link.reorder) {
+                lat += net.latency(&link).max(1);
+            }
+            arrivals.push(now.saturating_add(lat));
+        }
+        let held = net.held.contains_key(&(fi, ti));
+        let mut data = Some(data);
+        for (i, at) in arrivals.into_iter().enumerate() {
+            // The last copy takes the bytes; a duplicate gets a clone.
+            let bytes =
+                if i + 1 == copies { data.take().unwrap_or_default() } else { data.clone().unwrap_or_default() };
+            let f = Flight { from, to, data: bytes, sender: sender.clone() };
+            if held {
+                net.held.entry((fi, ti)).or_default().push_back(f);
+            } else {
+                net.sent += 1;
+                let seq = net.sent;
+                net.flights.insert((at, seq), f);
+            }
+        }
+        drop(net);
+        let fate = if copies == 2 { DatagramFate::Duplicated } else { DatagramFate::Sent };
+        self.trace(Event::Datagram { fate, from, to, len: len as u64 });
+    }
+
+    /// Releases a held link: its datagrams leave now, in order, each with a
+    /// fresh latency.
+    pub(crate) fn release(&self, from: IpAddr, to: IpAddr) {
+        let mut net = self.net();
+        let Some(q) = net.held.remove(&(from, to)) else { return };
+        let link = net.link(from, to);
+        let now = self.now_ns();
+        // In order: each leaves no earlier than the one before it.
+        let mut at = now;
+        for f in q {
+            at = at.max(now.saturating_add(net.latency(&link)));
+            net.sent += 1;
+            let seq = net.sent;
+            net.flights.insert((at, seq), f);
+        }
+    }
+
+    /// Delivers every datagram due by now.
+    pub(crate) fn deliver_due(&self) {
+        let now = self.now_ns();
+        loop {
+            let flight = {
+                let mut net = self.net();
+                match net.flights.first_key_value() {
+                    Some((k, _)) if k.0 <= now => net.flights.pop_first().map(|(_, f)| f),
+                    _ => None,
+                }
+            };
+            let Some(f) = flight else { return };
+            let len = f.data.len() as u64;
+            let (from, to) = (f.from, f.to);
+            let (cut, port) = {
+                let net = self.net();
+                (net.is_cut(from.ip(), to.ip()), net.port_for(to))
+            };
+            let fate = match (cut, port) {
+                (true, _) => DatagramFate::Partitioned,
+                (false, Some(port)) => port.deliver(from, f.data),
+                (false, None) => DatagramFate::Refused,
+            };
+            if fate == DatagramFate::Refused
+                && let Some(sender) = f.sender.upgrade()
+                && sender.peer.get() == Some(to)
+                && !sender.closed.get()
+            {
+                // Simulated ICMP port unreachable: a connected sender learns it.
+                sender.error.set(Some(libc::ECONNREFUSED));
+                sender.arrived.set(true);
+            }
+            self.trace(Event::Datagram { fate, from, to, len });
+        }
+    }
+}
