@@ -4,7 +4,8 @@
 //!
 //!     workload=<name> impl=ioctx ops=<N> secs=<float> ops_per_sec=<float>
 //!
-//! Usage: `bench <post_chain|post_burst|udp_pingpong|udp_blast|udp_server|timers> [variant]`.
+//! Usage: `bench <post_chain|post_burst|udp_pingpong|udp_blast|udp_server|timers|sim_pingpong> [variant]`.
+//! `sim_pingpong` is W3 on a simulated context with zero latency (no peer has one).
 //! The variant `gso` of `udp_blast` and `udp_server` turns the socket's GSO
 //! option on and prints `impl=ioctx_gso`; the variant `batch` turns send
 //! coalescing on (`set_send_coalescing`) and prints `impl=ioctx_batch`. On a failed verification it prints
@@ -12,7 +13,7 @@
 //! `IOCTX_BENCH=target/release/examples/bench bash ../shared/peers/run.sh`.
 
 use ioctx::net::UdpSocket;
-use ioctx::{Error, Executor, IoContext, SteadyTimer};
+use ioctx::{Error, Executor, IoContext, SimConfig, SteadyTimer};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 const W1_N: u64 = 10_000_000;
 const W2_N: u64 = 10_000_000;
 const W3_N: u64 = 200_000;
+const SIM_N: u64 = 1_000_000;
 const W4_N: u64 = 2_000_000;
 const W4_INFLIGHT: u64 = 16;
 const W5_N: u64 = 1_000_000;
@@ -96,6 +98,8 @@ fn post_burst() {
 struct Ping {
     a: UdpSocket,
     b: UdpSocket,
+    /// Round trips to make.
+    rounds: u64,
     /// Round trips completed by A.
     done: Cell<u64>,
     a_buf: Cell<Vec<u8>>,
@@ -119,7 +123,7 @@ fn a_send(p: Rc<Ping>) {
             }
             p.a_buf.set(buf);
             p.done.set(i + 1);
-            if i + 1 < W3_N {
+            if i + 1 < p.rounds {
                 a_send(p);
             } else {
                 p.b.close();
@@ -151,14 +155,30 @@ fn b_receive(p: Rc<Ping>) {
 }
 
 fn udp_pingpong() {
-    let ctx = IoContext::new().unwrap();
-    let a = UdpSocket::bind(&ctx, local()).unwrap();
-    let b = UdpSocket::bind(&ctx, local()).unwrap();
+    pingpong(&IoContext::new().unwrap(), "udp_pingpong", W3_N);
+}
+
+/// W3 on a simulated context with zero latency: what a simulated round trip
+/// costs in wall time (DESIGN §1.7).
+fn sim_pingpong() {
+    let config = SimConfig::new(1).latency(Duration::ZERO, Duration::ZERO);
+    let ctx = IoContext::simulated_with(config);
+    pingpong(&ctx, "sim_pingpong", SIM_N);
+    let sim = ctx.sim().unwrap();
+    if sim.now() != Duration::ZERO {
+        fail(format!("sim_pingpong: {:?} of virtual time passed with zero latency", sim.now()));
+    }
+}
+
+fn pingpong(ctx: &IoContext, name: &str, rounds: u64) {
+    let a = UdpSocket::bind(ctx, local()).unwrap();
+    let b = UdpSocket::bind(ctx, local()).unwrap();
     a.connect(b.local_addr().unwrap()).unwrap();
     b.connect(a.local_addr().unwrap()).unwrap();
     let p = Rc::new(Ping {
         a,
         b,
+        rounds,
         done: Cell::new(0),
         a_buf: Cell::new(vec![0u8; 2 * MSG_LEN]),
         b_buf: Cell::new(vec![0u8; 2 * MSG_LEN]),
@@ -168,10 +188,10 @@ fn udp_pingpong() {
     a_send(p.clone());
     ctx.run();
     let secs = t0.elapsed().as_secs_f64();
-    if p.done.get() != W3_N {
-        fail(format!("udp_pingpong: {} round trips", p.done.get()));
+    if p.done.get() != rounds {
+        fail(format!("{name}: {} round trips", p.done.get()));
     }
-    report("udp_pingpong", "ioctx", W3_N, secs);
+    report(name, "ioctx", rounds, secs);
 }
 
 // ------------------------------------------------------------------ W4
@@ -486,8 +506,11 @@ fn main() {
         "udp_blast" => udp_blast(variant.as_deref()),
         "udp_server" => udp_server(variant.as_deref()),
         "timers" => timers(),
+        "sim_pingpong" => sim_pingpong(),
         _ => {
-            eprintln!("usage: bench post_chain|post_burst|udp_pingpong|udp_blast|udp_server|timers [variant]");
+            eprintln!(
+                "usage: bench post_chain|post_burst|udp_pingpong|udp_blast|udp_server|timers|sim_pingpong [variant]"
+            );
             std::process::exit(2);
         }
     }

@@ -320,11 +320,16 @@ impl Inner {
             // and what arrived is reported as epoll would report it.
             let c = &self.reactor.counters;
             crate::metrics::bump(&c.reactor_waits, 1);
-            let ready = world.wait(timeout);
+            // The report's room is kept for the next wait (taken out meanwhile:
+            // what the reports set off may not reach it, but should not find
+            // it borrowed either).
+            let mut ready = world.take_ready_room();
+            world.wait(timeout, &mut ready);
             crate::metrics::bump(&c.events, ready.len() as u64);
-            for r in ready {
+            for r in ready.drain(..) {
                 self.reactor.dispatch(self, r.token, Readiness::simulated(r.readable, r.writable, r.error));
             }
+            world.give_ready_room(ready);
             // Real: nothing can become ready without a registration, so a
             // zero wait with none makes no system call.
         } else if (timeout != Some(Duration::ZERO) || self.reactor.has_registrations())

@@ -875,8 +875,7 @@ fn sim_recv(obj: &IoObject, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::
 #[inline(never)]
 fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>) -> io::Result<usize> {
     let Some(port) = obj.port() else { return Err(closed()) };
-    let parts: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-    port.send(&parts, dest.and_then(SockAddr::as_socket))
+    port.send(bufs, dest.and_then(SockAddr::as_socket))
 }
 
 /// The error a call on a closed socket gets (EBADF, as the kernel's).

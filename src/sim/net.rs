@@ -11,7 +11,7 @@
 
 use super::world::{DatagramFate, Event, PortReady, World};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::{Rc, Weak};
@@ -99,11 +99,35 @@ pub(crate) struct Limits {
 
 /// A datagram on its way.
 struct Flight {
+    /// Arrival, in virtual nanoseconds, and the order sent: the heap's key.
+    at: u64,
+    seq: u64,
     from: SocketAddr,
     to: SocketAddr,
     data: Vec<u8>,
     /// The sender, told of a refusal (simulated ICMP) if it is connected.
     sender: Weak<Port>,
+}
+
+impl PartialEq for Flight {
+    fn eq(&self, other: &Flight) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Flight {}
+
+impl PartialOrd for Flight {
+    fn partial_cmp(&self, other: &Flight) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Earliest first in a `BinaryHeap` (a max-heap): the order is reversed.
+impl Ord for Flight {
+    fn cmp(&self, other: &Flight) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
 }
 
 /// What the network holds besides the ports themselves.
@@ -119,8 +143,13 @@ pub(crate) struct Net {
     bound: BTreeMap<SocketAddr, Weak<Port>>,
     /// Registered ports by the reactor's token, for readiness.
     registered: BTreeMap<usize, Weak<Port>>,
-    /// In flight, by (arrival in virtual nanoseconds, order sent).
-    flights: BTreeMap<(u64, u64), Flight>,
+    /// Tokens of registered ports with something new to report (an
+    /// arrival, an error, a new registration): a wait looks at these only.
+    dirty: Vec<usize>,
+    /// In flight, earliest arrival first (then the order sent).
+    flights: BinaryHeap<Flight>,
+    /// Datagram buffers given back by receives, for the next sends.
+    pool: Vec<Vec<u8>>,
     sent: u64,
     next_port: u16,
     /// The network's random stream (loss, latency, ...), apart from the application's.
@@ -140,7 +169,9 @@ impl Net {
             held: BTreeMap::new(),
             bound: BTreeMap::new(),
             registered: BTreeMap::new(),
-            flights: BTreeMap::new(),
+            dirty: Vec::new(),
+            flights: BinaryHeap::new(),
+            pool: Vec::new(),
             sent: 0,
             next_port: EPHEMERAL.0,
             rng: Cell::new(super::world::mix(seed ^ 0x6E65_745F_726E_6721)),
@@ -243,12 +274,12 @@ impl Net {
 
     /// The arrival time of the next datagram in flight.
     pub(crate) fn next_arrival(&self) -> Option<u64> {
-        self.flights.keys().next().map(|k| k.0)
+        self.flights.peek().map(|f| f.at)
     }
 
     /// Drops every datagram in flight or held to `ip` (its host crashed).
     pub(crate) fn lose_traffic_to(&mut self, ip: IpAddr) {
-        self.flights.retain(|_, f| f.to.ip() != ip);
+        self.flights.retain(|f| f.to.ip() != ip);
         for q in self.held.values_mut() {
             q.retain(|f| f.to.ip() != ip);
         }
@@ -256,16 +287,35 @@ impl Net {
 
     /// Registered ports by token, in token order, that have something to
     /// report, with what holds.
-    pub(crate) fn ready(&mut self) -> Vec<PortReady> {
-        self.registered.retain(|_, p| p.strong_count() > 0);
-        let mut out = Vec::new();
-        for (&token, port) in &self.registered {
-            let Some(port) = port.upgrade() else { continue };
+    pub(crate) fn ready(&mut self, out: &mut Vec<PortReady>) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
+        for i in 0..self.dirty.len() {
+            let token = self.dirty[i];
+            let Some(port) = self.registered.get(&token).and_then(Weak::upgrade) else { continue };
             if let Some((readable, writable, error)) = port.report() {
                 out.push(PortReady { token, readable, writable, error });
             }
         }
-        out
+        self.dirty.clear(); // keeps its room
+    }
+
+    /// A buffer for a datagram of `len` bytes, from the pool if it has one.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b.reserve(len);
+        b
+    }
+
+    /// Takes back a datagram's buffer (a few are kept; large ones are not).
+    fn give_back(&mut self, b: Vec<u8>) {
+        if self.pool.len() < 64 && b.capacity() <= 4096 {
+            self.pool.push(b);
+        }
     }
 }
 
@@ -289,6 +339,7 @@ fn loopback(ip: IpAddr) -> IpAddr {
 /// How a port is registered with the reactor.
 #[derive(Clone, Copy)]
 struct Reg {
+    token: usize,
     read: bool,
     write: bool,
     edge: bool,
@@ -419,12 +470,13 @@ impl Port {
         if !peek {
             let (data, _) = q.pop_front().expect("front seen");
             self.queued_bytes.set(self.queued_bytes.get() - data.len());
+            self.world.net().give_back(data);
         }
         Ok((off, from))
     }
 
     /// Sends the gathered `data` to `dest`, or to the peer.
-    pub(crate) fn send(self: &Rc<Self>, data: &[&[u8]], dest: Option<SocketAddr>) -> io::Result<usize> {
+    pub(crate) fn send(self: &Rc<Self>, data: &[std::io::IoSlice<'_>], dest: Option<SocketAddr>) -> io::Result<usize> {
         if self.closed.get() {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
@@ -442,7 +494,10 @@ impl Port {
         let local = self.autobind()?;
         let from_ip = if local.ip().is_unspecified() { loopback(to.ip()) } else { local.ip() };
         let from = SocketAddr::new(from_ip, local.port());
-        let bytes = data.concat();
+        let mut bytes = self.world.net().buffer(len);
+        for d in data {
+            bytes.extend_from_slice(d);
+        }
         self.world.launch(from, to, bytes, Rc::downgrade(self));
         Ok(len)
     }
@@ -461,9 +516,18 @@ impl Port {
     }
 
     pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
-        self.reg.set(Some(Reg { read, write, edge }));
+        self.reg.set(Some(Reg { token, read, write, edge }));
         self.armed.set(true);
-        self.world.net().register(token, self);
+        let mut net = self.world.net();
+        net.register(token, self);
+        net.dirty.push(token);
+    }
+
+    /// Has the next wait look at this port (something changed).
+    fn mark(&self) {
+        if let Some(reg) = self.reg.get() {
+            self.world.net().dirty.push(reg.token);
+        }
     }
 
     pub(crate) fn deregister(&self, token: usize) {
@@ -502,6 +566,7 @@ impl Port {
         self.queued_bytes.set(self.queued_bytes.get() + data.len());
         self.queue.borrow_mut().push_back((data, from));
         self.arrived.set(true);
+        self.mark();
         DatagramFate::Delivered
     }
 }
@@ -526,27 +591,23 @@ impl World {
         }
         let copies = if net.chance(link.duplicate) { 2 } else { 1 };
         let now = self.now_ns();
-        let mut arrivals = Vec::with_capacity(copies);
-        for _ in 0..copies {
+        let held = net.held.contains_key(&(fi, ti));
+        let mut data = Some(data);
+        for i in 0..copies {
             let mut lat = net.latency(&link);
             if net.chance(link.reorder) {
                 lat += net.latency(&link).max(1);
             }
-            arrivals.push(now.saturating_add(lat));
-        }
-        let held = net.held.contains_key(&(fi, ti));
-        let mut data = Some(data);
-        for (i, at) in arrivals.into_iter().enumerate() {
             // The last copy takes the bytes; a duplicate gets a clone.
             let bytes =
                 if i + 1 == copies { data.take().unwrap_or_default() } else { data.clone().unwrap_or_default() };
-            let f = Flight { from, to, data: bytes, sender: sender.clone() };
+            net.sent += 1;
+            let f =
+                Flight { at: now.saturating_add(lat), seq: net.sent, from, to, data: bytes, sender: sender.clone() };
             if held {
                 net.held.entry((fi, ti)).or_default().push_back(f);
             } else {
-                net.sent += 1;
-                let seq = net.sent;
-                net.flights.insert((at, seq), f);
+                net.flights.push(f);
             }
         }
         drop(net);
@@ -563,11 +624,11 @@ impl World {
         let now = self.now_ns();
         // In order: each leaves no earlier than the one before it.
         let mut at = now;
-        for f in q {
+        for mut f in q {
             at = at.max(now.saturating_add(net.latency(&link)));
             net.sent += 1;
-            let seq = net.sent;
-            net.flights.insert((at, seq), f);
+            (f.at, f.seq) = (at, net.sent);
+            net.flights.push(f);
         }
     }
 
@@ -577,8 +638,8 @@ impl World {
         loop {
             let flight = {
                 let mut net = self.net();
-                match net.flights.first_key_value() {
-                    Some((k, _)) if k.0 <= now => net.flights.pop_first().map(|(_, f)| f),
+                match net.flights.peek() {
+                    Some(f) if f.at <= now => net.flights.pop(),
                     _ => None,
                 }
             };
@@ -602,6 +663,7 @@ impl World {
                 // Simulated ICMP port unreachable: a connected sender learns it.
                 sender.error.set(Some(libc::ECONNREFUSED));
                 sender.arrived.set(true);
+                sender.mark();
             }
             self.trace(Event::Datagram { fate, from, to, len });
         }

@@ -126,6 +126,8 @@ pub(crate) struct World {
     last: Cell<Option<Traced>>,
     /// Every event, while `check_determinism` compares two runs.
     recording: RefCell<Option<Vec<Traced>>>,
+    /// Room for a wait's readiness reports, reused.
+    ready_room: Cell<Vec<PortReady>>,
     /// The network: ports, links, datagrams in flight.
     net: RefCell<Net>,
 }
@@ -144,8 +146,18 @@ impl World {
             events: Cell::new(0),
             last: Cell::new(None),
             recording: RefCell::new(None),
+            ready_room: Cell::new(Vec::new()),
             net: RefCell::new(Net::new(seed, link, limits)),
         }
+    }
+
+    /// The room for a wait's reports (see `Inner::reactor_turn_io`).
+    pub(crate) fn take_ready_room(&self) -> Vec<PortReady> {
+        self.ready_room.take()
+    }
+
+    pub(crate) fn give_ready_room(&self, room: Vec<PortReady>) {
+        self.ready_room.set(room);
     }
 
     /// The network (never borrowed across user code).
@@ -177,7 +189,7 @@ impl World {
     /// its end. `None` (no deadline, no delivery, yet work outstanding) can
     /// never end: it panics naming the seed, where a real context would
     /// hang for ever.
-    pub(crate) fn wait(&self, timeout: Option<Duration>) -> Vec<PortReady> {
+    pub(crate) fn wait(&self, timeout: Option<Duration>, ready: &mut Vec<PortReady>) {
         // The next arrival bounds the wait like a deadline.
         let arrival = self.net().next_arrival().map(|at| Duration::from_nanos(at.saturating_sub(self.now_ns())));
         let timeout = match (timeout, arrival) {
@@ -197,7 +209,7 @@ impl World {
             self.advance(d);
         }
         self.deliver_due();
-        self.net().ready()
+        self.net().ready(ready);
     }
 
     /// Moves virtual time `d` forward, within the time limit.
@@ -233,9 +245,11 @@ impl World {
             Event::Advanced => [4, 0, 0, 0, 0],
             Event::Datagram { fate, from, to, len } => [5 + fate as u64, addr_word(from), addr_word(to), len, 0],
         };
-        let mut h = mix(self.hash.get() ^ t.at_ns);
-        for word in words {
-            h = mix(h ^ word).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        // Folded cheaply per word (FxHash's step); `trace_hash` mixes the
+        // result well on the way out.
+        let mut h = self.hash.get();
+        for word in std::iter::once(t.at_ns).chain(words) {
+            h = (h.rotate_left(5) ^ word).wrapping_mul(0x517C_C1B7_2722_0A95);
         }
         self.hash.set(h);
         self.events.set(self.events.get() + 1);
@@ -247,7 +261,7 @@ impl World {
     }
 
     pub(crate) fn trace_hash(&self) -> u64 {
-        self.hash.get()
+        mix(self.hash.get())
     }
 
     pub(crate) fn events(&self) -> u64 {
