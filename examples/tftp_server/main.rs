@@ -13,6 +13,7 @@
 //!     RUST_LOG=tftp=debug,ioctx=warn cargo run --example tftp_server -- --root /srv/tftp
 
 mod server;
+mod simulate;
 
 use ioctx::IoContext;
 use server::{Config, Server};
@@ -50,6 +51,18 @@ const HELP: &str = "usage: tftp_server --root DIR [flags]
   --log LEVEL              error, warn, info (default), debug or trace, for every
                            log target; RUST_LOG, when set, wins over it
 
+Simulation (no real network, no --root; files go in a temporary directory):
+  --simulate SEED          run the server on a simulated context (virtual time, an
+                           in-memory network) against built-in clients that read and
+                           write files, check every transfer, print the trace hash
+                           and exit (1 if a transfer ended wrong)
+  --seeds N                run seeds SEED..SEED+N (default 1)
+  --clients N              clients per seed, each making one transfer (default 8)
+  --loss P, --duplicate P, --reorder P
+                           the network's faults (default 0.2, 0.05, 0.1)
+  --partition-ms N         cut the server off from every client for N ms of virtual
+                           time, 2 s into the session (default 0)
+
 Log records go to stderr, each with its time and target: the server's are
 \"tftp\", the library's \"ioctx::...\". RUST_LOG filters them by target, e.g.
 RUST_LOG=tftp=debug,ioctx=warn (env_logger's syntax).
@@ -68,6 +81,9 @@ fn value<T: std::str::FromStr>(args: &mut impl Iterator<Item = String>, flag: &s
 }
 
 fn main() {
+    let mut sim_seed: Option<u64> = None;
+    let mut seeds = 1u64;
+    let mut plan = simulate::Plan { loss: 0.2, duplicate: 0.05, reorder: 0.1, partition: Duration::ZERO, clients: 8 };
     let mut root = None;
     let mut listen: SocketAddr = "127.0.0.1:6969".parse().unwrap();
     let mut cfg = Config::new(".");
@@ -91,12 +107,23 @@ fn main() {
             "--drop-rate" => cfg.drop_rate = value(&mut args, &a),
             "--seed" => cfg.seed = value(&mut args, &a),
             "--log" => level = value(&mut args, &a),
+            "--simulate" => sim_seed = Some(value(&mut args, &a)),
+            "--seeds" => seeds = value(&mut args, &a),
+            "--clients" => plan.clients = value(&mut args, &a),
+            "--loss" => plan.loss = probability(&mut args, &a),
+            "--duplicate" => plan.duplicate = probability(&mut args, &a),
+            "--reorder" => plan.reorder = probability(&mut args, &a),
+            "--partition-ms" => plan.partition = Duration::from_millis(value(&mut args, &a)),
             "-h" | "--help" => {
                 println!("{HELP}");
                 return;
             }
             _ => usage(&format!("unknown argument {a:?}")),
         }
+    }
+    if let Some(first) = sim_seed {
+        init_log(level);
+        std::process::exit(simulate_seeds(first, seeds, &plan));
     }
     cfg.root = root.unwrap_or_else(|| usage("--root is required")).into();
     if cfg.timeout.is_zero() {
@@ -105,12 +132,7 @@ fn main() {
     if cfg.first_reply_timeout.is_zero() {
         usage("--first-reply-ms must be at least 1");
     }
-    // --log is the convenient switch; RUST_LOG, when set, is taken as is,
-    // so that the server's and the library's records can be chosen apart.
-    // Milliseconds, so that retransmission intervals can be read off.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level.as_str()))
-        .format_timestamp_millis()
-        .init();
+    init_log(level);
 
     let ctx = IoContext::new().unwrap_or_else(|e| usage(&format!("cannot create the loop: {e}")));
     let server = Server::start(&ctx.executor(), listen, cfg).unwrap_or_else(|e| usage(&format!("cannot start: {e}")));
@@ -119,4 +141,51 @@ fn main() {
     // The listening receive is always pending: run() returns only if the
     // loop fails, which it does not.
     ctx.run();
+}
+
+fn init_log(level: log::LevelFilter) {
+    // --log is the convenient switch; RUST_LOG, when set, is taken as is,
+    // so that the server's and the library's records can be chosen apart.
+    // Milliseconds, so that retransmission intervals can be read off.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level.as_str()))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn probability(args: &mut impl Iterator<Item = String>, flag: &str) -> f64 {
+    let p: f64 = value(args, flag);
+    if !(0.0..=1.0).contains(&p) {
+        usage(&format!("{flag} must be in [0, 1]"));
+    }
+    p
+}
+
+/// Runs the simulated sessions of seeds `first..first + n`; the exit status.
+fn simulate_seeds(first: u64, n: u64, plan: &simulate::Plan) -> i32 {
+    let mut status = 0;
+    let wall = std::time::Instant::now();
+    let mut virtual_total = Duration::ZERO;
+    for seed in first..first + n {
+        let dir = simulate::dir_for(seed);
+        let o = simulate::run(seed, plan, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        virtual_total += o.virtual_time;
+        println!(
+            "seed {seed}: {} transfers: {} exact, {} timed out, {} wrong; {:?} of virtual time; trace hash {:016x}",
+            plan.clients,
+            o.exact,
+            o.timed_out,
+            o.wrong.len(),
+            o.virtual_time,
+            o.trace_hash
+        );
+        for w in &o.wrong {
+            println!("  wrong: {w}");
+        }
+        if !o.wrong.is_empty() || o.exact + o.timed_out != plan.clients {
+            status = 1;
+        }
+    }
+    println!("{n} seeds: {virtual_total:?} of virtual time in {:?} of wall time", wall.elapsed());
+    status
 }

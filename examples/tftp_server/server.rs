@@ -178,6 +178,10 @@ pub struct Stats {
 /// State shared by the listener and every transfer.
 struct Shared {
     ex: Executor,
+    /// The address requests arrive at: transfers answer from its IP when it
+    /// names one (a multi-homed host, or a simulated one, replies from the
+    /// address the client contacted).
+    listen_ip: IpAddr,
     cfg: Config,
     /// The served directory, resolved once.
     root: PathBuf,
@@ -248,6 +252,7 @@ impl Server {
         let sock = UdpSocket::bind(ex, listen)?;
         let shared = Rc::new(Shared {
             ex: ex.clone(),
+            listen_ip: sock.local_addr()?.ip(),
             rng: Cell::new(cfg.seed | 1),
             cfg,
             root,
@@ -436,7 +441,7 @@ fn send_refusal(shared: &Rc<Shared>, to: SocketAddr, (code, msg): Refusal) {
     if shared.drop_this() {
         return;
     }
-    match UdpSocket::bind(&shared.ex, SocketAddr::new(unspecified_like(to), 0)) {
+    match UdpSocket::bind(&shared.ex, SocketAddr::new(reply_ip(shared, to), 0)) {
         Ok(sock) => {
             let keep = sock.clone();
             sock.async_send_to(error_packet(code, &msg), to, move |err, _| {
@@ -614,7 +619,7 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
     }
     // The socket first: a write's file, once created, is not to be left
     // behind by a failure after it.
-    let bind = SocketAddr::new(unspecified_like(peer), 0);
+    let bind = SocketAddr::new(reply_ip(shared, peer), 0);
     let sock = UdpSocket::bind(&shared.ex, bind).map_err(|e| io_refusal(&e, "socket"))?;
     sock.connect(peer).map_err(|e| io_refusal(&e, "connect"))?;
     let (kind, granted) = if req.write {
@@ -704,6 +709,13 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
 
 /// The address a socket that talks to `peer` binds: any interface of the
 /// peer's family (connecting picks the route).
+/// The IP a transfer's socket binds: the listening address's when it is a
+/// specific one of the peer's family, else any.
+fn reply_ip(shared: &Shared, peer: SocketAddr) -> IpAddr {
+    let ip = shared.listen_ip;
+    if !ip.is_unspecified() && ip.is_ipv4() == peer.is_ipv4() { ip } else { unspecified_like(peer) }
+}
+
 fn unspecified_like(peer: SocketAddr) -> std::net::IpAddr {
     if peer.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() }
 }
