@@ -32,7 +32,7 @@
 //! changes; `ioctx=trace`: every operation), printed to stderr.
 
 use ioctx::net::UdpSocket;
-use ioctx::{Error, IoContext, SteadyTimer};
+use ioctx::{Error, Executor, IoContext, SimConfig, SteadyTimer};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +58,10 @@ usage: udp_echo [--count N | -n N] [--window W | -w W] [--size BYTES] [--timeout
   --window, -w   datagrams in flight at once            (default 16)
   --size         bytes per datagram, at least 16         (default 64)
   --timeout-ms   resend a datagram not echoed after MS   (default 200)
+  --simulate S   run on a simulated context with seed S: virtual time, an
+                 in-memory network that loses 5%, duplicates 1% and reorders
+                 5% of datagrams (the seed decides which); prints the trace
+                 hash, the same for every run of S
 
 RUST_LOG=ioctx=debug (or trace) prints the library's log records to stderr.";
 
@@ -67,6 +71,8 @@ struct Config {
     window: usize,
     size: usize,
     timeout: Duration,
+    /// Run on a simulated context with this seed.
+    simulate: Option<u64>,
 }
 
 fn parse_number(flag: &str, value: Option<String>) -> Result<u64, String> {
@@ -76,7 +82,7 @@ fn parse_number(flag: &str, value: Option<String>) -> Result<u64, String> {
 
 /// Parses `std::env::args` by hand; `Ok(None)` means `--help` was asked for.
 fn parse_args() -> Result<Option<Config>, String> {
-    let mut cfg = Config { count: 100_000, window: 16, size: 64, timeout: Duration::from_millis(200) };
+    let mut cfg = Config { count: 100_000, window: 16, size: 64, timeout: Duration::from_millis(200), simulate: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -90,6 +96,7 @@ fn parse_args() -> Result<Option<Config>, String> {
             "--window" | "-w" => cfg.window = parse_number(&flag, value())? as usize,
             "--size" => cfg.size = parse_number(&flag, value())? as usize,
             "--timeout-ms" => cfg.timeout = Duration::from_millis(parse_number(&flag, value())?),
+            "--simulate" => cfg.simulate = Some(parse_number(&flag, value())?),
             "--help" | "-h" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -221,19 +228,21 @@ struct Client {
     server: Rc<Server>,
     timer: SteadyTimer,
     tick: Duration,
+    /// The context's clock (virtual on a simulated context).
+    ex: Executor,
     epoch: Instant,
     st: RefCell<ClientState>,
 }
 
 impl Client {
     fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        (self.ex.now() - self.epoch).as_nanos() as u64
     }
 
     fn start(self: &Rc<Self>) {
         self.receive(vec![0u8; self.cfg.size + 64]);
         let first = (self.cfg.window as u64).min(self.cfg.count);
-        self.st.borrow_mut().first_send = Some(Instant::now());
+        self.st.borrow_mut().first_send = Some(self.ex.now());
         for _ in 0..first {
             self.send_next();
         }
@@ -297,7 +306,7 @@ impl Client {
             st.verified == self.cfg.count
         };
         if finished {
-            self.st.borrow_mut().last_echo = Some(Instant::now());
+            self.st.borrow_mut().last_echo = Some(self.ex.now());
             return self.finish();
         }
         // Keep the window full: one verified, one more goes out (a late
@@ -327,8 +336,9 @@ impl Client {
         let st = &mut *st;
         let idx = seq as usize;
         if st.echoed[idx] {
-            // A second echo is fine only when we sent the datagram twice.
-            if st.resent[idx] {
+            // A second echo is fine only when we sent the datagram twice, or
+            // on a simulated network, which duplicates some datagrams.
+            if st.resent[idx] || self.cfg.simulate.is_some() {
                 st.late_duplicates += 1;
                 return Ok(false);
             }
@@ -478,10 +488,22 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
 }
 
 fn run(cfg: Config) -> Result<(), String> {
-    let ctx = IoContext::new().map_err(io("creating the io context"))?;
-    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    // The same code on both: only the context and the addresses differ (a
+    // simulated network has a host per IP).
+    let (ctx, server_at, client_at) = match cfg.simulate {
+        None => (IoContext::new().map_err(io("creating the io context"))?, "127.0.0.1:0", "127.0.0.1:0"),
+        Some(seed) => {
+            let net = SimConfig::new(seed)
+                .latency(Duration::from_micros(100), Duration::from_millis(2))
+                .loss(0.05)
+                .duplicate(0.01)
+                .reorder(0.05);
+            (IoContext::simulated_with(net), "10.0.0.1:7", "10.0.0.2:0")
+        }
+    };
+    let loopback: SocketAddr = client_at.parse().unwrap();
 
-    let server_sock = UdpSocket::bind(&ctx, loopback).map_err(io("binding the server"))?;
+    let server_sock = UdpSocket::bind(&ctx, server_at.parse().unwrap()).map_err(io("binding the server"))?;
     let server_addr = server_sock.local_addr().map_err(io("server address"))?;
     let server = Rc::new(Server {
         sock: server_sock,
@@ -500,7 +522,8 @@ fn run(cfg: Config) -> Result<(), String> {
         server: server.clone(),
         timer: SteadyTimer::new(&ctx),
         tick: (cfg.timeout / 4).max(Duration::from_millis(1)),
-        epoch: Instant::now(),
+        ex: ctx.executor(),
+        epoch: ctx.now(),
         st: RefCell::new(ClientState {
             echoed: vec![false; cfg.count as usize],
             resent: vec![false; cfg.count as usize],
@@ -547,7 +570,8 @@ fn run(cfg: Config) -> Result<(), String> {
         server.echoed.get(),
         server.errors.get()
     );
-    println!("elapsed:       {secs:.3} s");
+    let clock = if ctx.sim().is_some() { " (virtual)" } else { "" };
+    println!("elapsed:       {secs:.3} s{clock}");
     println!("rate:          {rate:.0} datagrams/s echoed ({:.0} datagrams/s through the loop, both ways)", rate * 2.0);
     println!(
         "round trip:    p50 {:.1} us, p90 {:.1} us, p99 {:.1} us, max {:.1} us",
@@ -557,5 +581,14 @@ fn run(cfg: Config) -> Result<(), String> {
         micros(rtt.last().copied().unwrap_or(0)),
     );
     println!("handlers run:  {handlers}");
+    if let Some(sim) = ctx.sim() {
+        println!(
+            "simulated:     seed {}, {:?} of virtual time, {} trace events, trace hash {:016x}",
+            sim.seed(),
+            sim.now(),
+            sim.events(),
+            sim.trace_hash()
+        );
+    }
     Ok(())
 }
