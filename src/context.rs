@@ -479,6 +479,11 @@ impl IoContext {
     /// the same types and rules as a real one, on virtual time, the same run
     /// every time for the same seed.
     ///
+    /// The environment variable `IOCTX_SIM_SEED`, when set, replaces the
+    /// seed (of every simulated context the process makes): a failing test
+    /// is replayed with the seed it printed, without editing it. A simulated
+    /// context dropped during a panic prints its seed to stderr.
+    ///
     /// ```
     /// use ioctx::IoContext;
     /// use std::time::Duration;
@@ -503,6 +508,7 @@ impl IoContext {
     /// # Panics
     /// As [`simulated`](Self::simulated).
     pub fn simulated_with(config: SimConfig) -> IoContext {
+        let config = config.seed_from_env();
         match IoContext::with_world(Some(Rc::new(config.world()))) {
             Ok(ctx) => ctx,
             Err(e) => panic!("a simulated context needs an epoll descriptor, and the system refused it: {e}"),
@@ -818,6 +824,19 @@ impl IoContext {
 impl Drop for IoContext {
     fn drop(&mut self) {
         let inner = &*self.inner;
+        if let Some(world) = &inner.sim
+            && std::thread::panicking()
+        {
+            // A failing test's only chance to say which seed to replay: the
+            // test harness shows a failing test's stderr.
+            eprintln!(
+                "ioctx::sim: a simulated context with seed {} was dropped during a panic, at {:?} of virtual time; \
+                 replay it with IOCTX_SIM_SEED={}",
+                world.seed(),
+                world.elapsed(),
+                world.seed()
+            );
+        }
         inner.special.set(inner.special.get() | DROPPING);
         inner.stopped.set(true);
         // Remote posts fail from now on; what they queued is dropped unrun.

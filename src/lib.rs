@@ -78,7 +78,7 @@
 //! | `asio::error::not_found` (read_until over its limit) | `Error::NOT_FOUND` |
 //! | (no Asio equivalent) | [`net::UdpSocket::set_gso`]: sends of one pass coalesced with UDP segmentation offload, each completing on its own |
 //! | (no Asio equivalent) | [`net::UdpSocket::set_send_coalescing`]: a pass's sends after its first leave together in one `sendmmsg`, each completing on its own |
-//! | (simulation; Asio has none) | [`IoContext::simulated`]: the same code on virtual time, one seed one run ([`sim`]: [`Sim`], [`SimConfig`], [`sim::check_determinism`]); the context's clock is [`Executor::now`]. The simulated network is not built yet |
+//! | (simulation; Asio has none) | [`IoContext::simulated`]: the same code on virtual time and an in-memory UDP network, one seed one run ([`sim`]: [`Sim`], [`SimConfig`], [`sim::Link`], [`sim::check_determinism`]); the context's clock is [`Executor::now`]. TCP is not simulated yet |
 //!
 //! ## Rules every operation follows
 //!

@@ -270,3 +270,25 @@ fn handlers_keep_fifo_order_and_equal_deadlines_their_order_in_virtual_time() {
     ctx.run();
     assert_eq!(*order.borrow(), vec![5, 6, 7, 0, 1, 2, 3, 4]);
 }
+
+/// `IOCTX_SIM_SEED` replaces the seed, and a simulated context dropped
+/// during a panic names its seed (in a child process: the variable is
+/// process-wide).
+#[test]
+fn ioctx_sim_seed_replays_a_seed_and_a_failing_test_prints_its_seed() {
+    if std::env::var_os("IOCTX_SIM_REPLAY_CHILD").is_some() {
+        let ctx = IoContext::simulated(5);
+        println!("seed in the child: {}", ctx.sim().unwrap().seed());
+        panic!("a deliberate failure");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "ioctx_sim_seed_replays_a_seed_and_a_failing_test_prints_its_seed", "--nocapture"])
+        .env("IOCTX_SIM_REPLAY_CHILD", "1")
+        .env("IOCTX_SIM_SEED", "77")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the child's test fails");
+    assert!(stdout.contains("seed in the child: 77"), "{stdout}");
+    assert!(stderr.contains("replay it with IOCTX_SIM_SEED=77"), "{stderr}");
+}

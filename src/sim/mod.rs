@@ -7,16 +7,67 @@
 //! next deadline instead of sleeping, so a test of a 30-second timeout takes
 //! microseconds, and the same seed gives the same run every time.
 //!
-//! Every step is recorded in a trace (each handler queued, each operation
-//! and timer wait completed with its result, each jump of virtual time, with
-//! its virtual time), whose hash two runs can compare ([`Sim::trace_hash`]);
-//! [`check_determinism`] runs a test twice and names the first step where
-//! the runs differ. `log` at target `ioctx::sim`, level `trace`, prints
-//! every step.
+//! UDP runs on an in-memory network: [`UdpSocket`](crate::net::UdpSocket)
+//! binds any address (each distinct IP is a host; `0.0.0.0`/`::` binds every
+//! host, and such a socket sends from the loopback address of its family),
+//! and datagrams travel with the link's latency, lost, duplicated or held
+//! back (reordered) as the seed decides ([`SimConfig`] for the whole
+//! network, [`Sim::set_link`] per direction). [`Sim::partition`] loses
+//! traffic between hosts until [`Sim::heal`], [`Sim::hold`] stalls a link
+//! until [`Sim::release`], [`Sim::crash`] closes a host's sockets. A full
+//! receive buffer drops, a datagram above `max_datagram` fails with
+//! `MESSAGE_SIZE`, one to a port nobody has bound tells a connected sender
+//! `CONNECTION_REFUSED`, a short buffer truncates: the rules S1–S8 hold as
+//! on a real socket.
 //!
-//! Not simulated yet: the network. Sockets of every kind, `SignalSet` and
-//! `IoContext::remote` fail on a simulated context with
-//! `ErrorKind::Unsupported` (never a panic).
+//! Every step is recorded in a trace (each handler queued, each operation
+//! and timer wait completed with its result, each datagram sent, delivered
+//! or dropped, each jump of virtual time, with its virtual time), whose hash
+//! two runs can compare ([`Sim::trace_hash`]); [`check_determinism`] runs a
+//! test twice and names the first step where the runs differ. `log` at
+//! target `ioctx::sim`, level `trace`, prints every step. A simulated
+//! context dropped during a panic prints its seed, and `IOCTX_SIM_SEED`
+//! replays it.
+//!
+//! Not simulated yet: TCP. `TcpListener`, `TcpStream`, Unix sockets,
+//! `SignalSet`, `IoContext::remote`, `from_std`/`release` and socket
+//! options fail on a simulated context with `ErrorKind::Unsupported`
+//! (never a panic); a synchronous receive that finds nothing returns
+//! `WouldBlock` (nothing could arrive while it waited).
+//!
+//! ```
+//! use ioctx::net::UdpSocket;
+//! use ioctx::{IoContext, SimConfig};
+//! use std::time::Duration;
+//!
+//! let net = SimConfig::new(7).latency(Duration::from_millis(20), Duration::from_millis(20)).loss(0.1);
+//! let ctx = IoContext::simulated_with(net);
+//! let a = UdpSocket::bind(&ctx, "10.0.0.1:5000".parse().unwrap())?;
+//! let b = UdpSocket::bind(&ctx, "10.0.0.2:5000".parse().unwrap())?;
+//! for i in 0..100u8 {
+//!     a.async_send_to(vec![i], b.local_addr()?, |e, _| assert!(e.is_ok()));
+//! }
+//! let got = std::rc::Rc::new(std::cell::Cell::new(0));
+//! fn receive(b: UdpSocket, got: std::rc::Rc<std::cell::Cell<u32>>) {
+//!     let again = b.clone();
+//!     b.async_receive(vec![0u8; 8], move |e, _, _| {
+//!         if e.is_ok() {
+//!             got.set(got.get() + 1);
+//!             receive(again, got);
+//!         }
+//!     });
+//! }
+//! receive(b.clone(), got.clone());
+//! ctx.run_for(Duration::from_secs(1)); // a virtual second, in microseconds
+//! b.close();
+//! let sim = ctx.sim().unwrap();
+//! // The seed decided which were lost: the same ones on every run.
+//! assert!(got.get() > 70 && got.get() < 100, "{}", got.get());
+//! assert_eq!(sim.now(), Duration::from_secs(1));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! Timers alone:
 //!
 //! ```
 //! use ioctx::{IoContext, SteadyTimer};
@@ -136,6 +187,25 @@ impl SimConfig {
 
     pub(crate) fn world(&self) -> World {
         World::new(self.seed, self.time_limit, self.link, self.limits)
+    }
+
+    /// The seed of `IOCTX_SIM_SEED` instead, when it is set (a replay).
+    ///
+    /// # Panics
+    /// When it is set to something that is not a number (decimal, or hex
+    /// with `0x`).
+    pub(crate) fn seed_from_env(mut self) -> SimConfig {
+        if let Ok(v) = std::env::var("IOCTX_SIM_SEED") {
+            let v = v.trim();
+            let parsed = match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => v.parse(),
+            };
+            let seed = parsed.unwrap_or_else(|_| panic!("IOCTX_SIM_SEED={v} is not a number"));
+            log::debug!(target: "ioctx::sim", "seed {} replaced by IOCTX_SIM_SEED={seed}", self.seed);
+            self.seed = seed;
+        }
+        self
     }
 }
 
