@@ -149,7 +149,7 @@ impl UdpSocket {
     pub fn bind(ex: &Executor, addr: SocketAddr) -> io::Result<UdpSocket> {
         // A simulated context: a port of its network, on any address.
         if let Some(b) = Base::adopt_sim(ex, |world| {
-            let port = Port::new(world, addr.is_ipv6());
+            let port = Port::new(world.medium(), addr.is_ipv6());
             port.bind(addr)?;
             Ok(port)
         }) {
@@ -164,7 +164,7 @@ impl UdpSocket {
     /// options that must be set before binding (Asio's `socket.open()`); bind
     /// it with [`bind_to`](Self::bind_to).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<UdpSocket> {
-        if let Some(b) = Base::adopt_sim(ex, |world| Ok(Port::new(world, domain == Domain::IPV6))) {
+        if let Some(b) = Base::adopt_sim(ex, |world| Ok(Port::new(world.medium(), domain == Domain::IPV6))) {
             return Ok(UdpSocket { b: b? });
         }
         Self::adopt(ex, Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?)

@@ -1,7 +1,7 @@
 //! [`check_determinism`]: the same test twice, event by event.
 
 use crate::context::IoContext;
-use crate::sim::world::Traced;
+use crate::sim::trace::Traced;
 
 /// Runs `f` on two fresh simulated contexts made with `seed`, runs each to
 /// completion (`run()` after `f` returns) and panics naming the first trace

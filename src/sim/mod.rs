@@ -87,6 +87,7 @@
 
 mod check;
 pub(crate) mod net;
+pub(crate) mod trace;
 pub(crate) mod world;
 
 pub use check::check_determinism;

@@ -5,11 +5,12 @@
 //! A [`Port`] is what a simulated UDP socket is: its address, its peer, its
 //! receive queue and its pending error. The reactor queues a socket's
 //! operations the same way whatever the socket is; it learns of a port's
-//! readiness from [`World::wait`](super::world::World::wait) instead of epoll,
+//! readiness from the world's wait (`World::wait`) instead of epoll,
 //! and an operation's transfer calls [`Port::recv`] and [`Port::send`]
 //! instead of the kernel.
 
-use super::world::{DatagramFate, Event, PortReady, World};
+use super::trace::{Clock, DatagramFate, Event, Trace};
+use std::cell::RefMut;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::io;
@@ -130,6 +131,41 @@ impl Ord for Flight {
     }
 }
 
+/// A readiness report of a simulated port.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PortReady {
+    /// The reactor's token for the port's socket.
+    pub(crate) token: usize,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    /// An error is pending (what an error wait waits for).
+    pub(crate) error: bool,
+}
+
+/// What the ports and the world share: the virtual clock, the trace and
+/// the network.
+pub(crate) struct Medium {
+    pub(crate) clock: Clock,
+    pub(crate) trace: Trace,
+    net: RefCell<Net>,
+}
+
+impl Medium {
+    pub(crate) fn new(seed: u64, link: Link, limits: Limits) -> Medium {
+        Medium { clock: Clock::new(), trace: Trace::new(seed), net: RefCell::new(Net::new(seed, link, limits)) }
+    }
+
+    /// The network (never borrowed across user code).
+    pub(crate) fn net(&self) -> RefMut<'_, Net> {
+        self.net.borrow_mut()
+    }
+
+    /// Adds `event`, now, to the trace.
+    pub(crate) fn trace(&self, event: Event) {
+        self.trace.record(self.clock.now_ns(), event);
+    }
+}
+
 /// What the network holds besides the ports themselves.
 pub(crate) struct Net {
     pub(crate) default_link: Link,
@@ -174,12 +210,12 @@ impl Net {
             pool: Vec::new(),
             sent: 0,
             next_port: EPHEMERAL.0,
-            rng: Cell::new(super::world::mix(seed ^ 0x6E65_745F_726E_6721)),
+            rng: Cell::new(super::trace::mix(seed ^ 0x6E65_745F_726E_6721)),
         }
     }
 
     fn random(&self) -> u64 {
-        super::world::splitmix(&self.rng)
+        super::trace::splitmix(&self.rng)
     }
 
     /// True with probability `p` (no draw at all for 0 and 1, so that a
@@ -347,7 +383,7 @@ struct Reg {
 
 /// A simulated UDP socket.
 pub(crate) struct Port {
-    world: Rc<World>,
+    world: Rc<Medium>,
     v6: bool,
     local: Cell<Option<SocketAddr>>,
     peer: Cell<Option<SocketAddr>>,
@@ -366,7 +402,7 @@ pub(crate) struct Port {
 
 impl Port {
     /// An unbound port of the family of `v6`.
-    pub(crate) fn new(world: &Rc<World>, v6: bool) -> Rc<Port> {
+    pub(crate) fn new(world: &Rc<Medium>, v6: bool) -> Rc<Port> {
         Rc::new(Port {
             world: world.clone(),
             v6,
@@ -571,7 +607,7 @@ impl Port {
     }
 }
 
-impl World {
+impl Medium {
     /// Sends a datagram into the network: the link decides its fate and
     /// latency (and maybe a copy's).
     fn launch(&self, from: SocketAddr, to: SocketAddr, data: Vec<u8>, sender: Weak<Port>) {
@@ -590,7 +626,7 @@ impl World {
             return;
         }
         let copies = if net.chance(link.duplicate) { 2 } else { 1 };
-        let now = self.now_ns();
+        let now = self.clock.now_ns();
         let held = net.held.contains_key(&(fi, ti));
         let mut data = Some(data);
         for i in 0..copies {
@@ -621,7 +657,7 @@ impl World {
         let mut net = self.net();
         let Some(q) = net.held.remove(&(from, to)) else { return };
         let link = net.link(from, to);
-        let now = self.now_ns();
+        let now = self.clock.now_ns();
         // In order: each leaves no earlier than the one before it.
         let mut at = now;
         for mut f in q {
@@ -634,7 +670,7 @@ impl World {
 
     /// Delivers every datagram due by now.
     pub(crate) fn deliver_due(&self) {
-        let now = self.now_ns();
+        let now = self.clock.now_ns();
         loop {
             let flight = {
                 let mut net = self.net();

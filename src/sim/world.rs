@@ -1,154 +1,46 @@
-//! The simulated world's state that the loop itself needs: the virtual
-//! clock, the seed's random streams and the trace. It knows nothing of the
-//! context above it: the context reads its clock here, hands it the time a
-//! turn would wait, and reports what happened to the trace.
+//! The simulated world as the loop sees it: its seed, the application's
+//! random stream, the time limit, and the wait that takes the place of
+//! epoll's (a jump of virtual time, then the network's deliveries and
+//! readiness reports). It knows nothing of the context above it: the
+//! context reads its clock here, hands it the time a turn would wait, and
+//! reports what happened to the trace.
 
-use super::net::{Limits, Link, Net};
-use std::cell::{Cell, RefCell, RefMut};
-use std::fmt;
-use std::net::SocketAddr;
+use super::net::{Limits, Link, Medium, Net, PortReady};
+use super::trace::{Event, Traced, splitmix};
+use std::cell::{Cell, RefMut};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// What became of a datagram, as the trace records it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum DatagramFate {
-    /// It left, once.
-    Sent,
-    /// It left, and a copy of it too.
-    Duplicated,
-    /// The link lost it.
-    Lost,
-    /// A partition lost it (when sent or when it would have arrived).
-    Partitioned,
-    /// It reached its port's receive queue.
-    Delivered,
-    /// Nobody is bound where it arrived (a connected sender learns it).
-    Refused,
-    /// Its port is connected to another peer.
-    Filtered,
-    /// Its port's receive buffer was full.
-    Overflowed,
-}
-
-/// A readiness report of a simulated port.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PortReady {
-    /// The reactor's token for the port's socket.
-    pub(crate) token: usize,
-    pub(crate) readable: bool,
-    pub(crate) writable: bool,
-    /// An error is pending (what an error wait waits for).
-    pub(crate) error: bool,
-}
-
-/// One step of a simulated run, as the trace records it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Event {
-    /// A handler was queued by `post`, `defer` or `dispatch` (from outside
-    /// the loop), or an operation completed at once.
-    Posted,
-    /// A pending operation completed with this error code and length.
-    Completed { err: i32, n: u64 },
-    /// A timer wait ended with this error code.
-    TimerEnded { err: i32 },
-    /// Virtual time jumped forward to the next deadline or arrival.
-    Advanced,
-    /// A datagram was sent, delivered or dropped.
-    Datagram { fate: DatagramFate, from: SocketAddr, to: SocketAddr, len: u64 },
-}
-
-/// An [`Event`] and the virtual time it happened at.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Traced {
-    /// Nanoseconds of virtual time since the context was created.
-    pub(crate) at_ns: u64,
-    pub(crate) event: Event,
-}
-
-impl fmt::Display for Traced {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "at {:?}: ", Duration::from_nanos(self.at_ns))?;
-        match self.event {
-            Event::Posted => write!(f, "a handler was posted"),
-            Event::Completed { err, n } => write!(f, "an operation completed with error {err} and length {n}"),
-            Event::TimerEnded { err } => write!(f, "a timer wait ended with error {err}"),
-            Event::Advanced => write!(f, "virtual time advanced"),
-            Event::Datagram { fate, from, to, len } => write!(f, "datagram {from} -> {to} ({len} bytes): {fate:?}"),
-        }
-    }
-}
-
-/// SplitMix64: one step of the generator behind every random stream (small,
-/// fast, and the same on every platform).
-pub(crate) fn splitmix(state: &Cell<u64>) -> u64 {
-    let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-    state.set(s);
-    mix(s)
-}
-
-/// SplitMix64's finaliser: every bit of `z` moves about half the output's.
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// An address in one word for the trace's hash: the IP's bytes folded, and
-/// the port.
-fn addr_word(a: SocketAddr) -> u64 {
-    let ip = match a.ip() {
-        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        std::net::IpAddr::V6(v6) => {
-            let x = u128::from(v6);
-            mix((x >> 64) as u64) ^ x as u64
-        }
-    };
-    mix(ip) ^ u64::from(a.port())
-}
-
-/// The virtual clock, the random streams and the trace of one simulated
-/// context.
+/// One simulated context's world.
 pub(crate) struct World {
     seed: u64,
-    /// The instant virtual time counts from (the real time at creation:
-    /// `Instant`s cannot be made from nothing). Only differences from it are
-    /// ever observed, so runs agree whatever it is.
-    origin: Instant,
-    /// Virtual nanoseconds since `origin`.
-    elapsed_ns: Cell<u64>,
     /// A run whose virtual time passes this fails (`SimConfig::time_limit`).
     time_limit: Option<Duration>,
     /// The application's stream (`Sim::random_u64`), apart from the
     /// network's so that the application's draws do not move the faults.
     app_rng: Cell<u64>,
-    hash: Cell<u64>,
-    events: Cell<u64>,
-    last: Cell<Option<Traced>>,
-    /// Every event, while `check_determinism` compares two runs.
-    recording: RefCell<Option<Vec<Traced>>>,
+    /// The clock, the trace and the network, shared with the ports.
+    medium: Rc<Medium>,
     /// Room for a wait's readiness reports, reused.
     ready_room: Cell<Vec<PortReady>>,
-    /// The network: ports, links, datagrams in flight.
-    net: RefCell<Net>,
 }
 
 impl World {
     pub(crate) fn new(seed: u64, time_limit: Option<Duration>, link: Link, limits: Limits) -> World {
         World {
             seed,
-            origin: Instant::now(),
-            elapsed_ns: Cell::new(0),
             time_limit,
             // Streams seeded apart: the same seed never gives two streams
             // the same numbers.
-            app_rng: Cell::new(mix(seed ^ 0x6170_705F_726E_6721)),
-            hash: Cell::new(mix(seed)),
-            events: Cell::new(0),
-            last: Cell::new(None),
-            recording: RefCell::new(None),
+            app_rng: Cell::new(super::trace::mix(seed ^ 0x6170_705F_726E_6721)),
+            medium: Rc::new(Medium::new(seed, link, limits)),
             ready_room: Cell::new(Vec::new()),
-            net: RefCell::new(Net::new(seed, link, limits)),
         }
+    }
+
+    /// What a new port is made on.
+    pub(crate) fn medium(&self) -> &Rc<Medium> {
+        &self.medium
     }
 
     /// The room for a wait's reports (see `Inner::reactor_turn_io`).
@@ -162,12 +54,7 @@ impl World {
 
     /// The network (never borrowed across user code).
     pub(crate) fn net(&self) -> RefMut<'_, Net> {
-        self.net.borrow_mut()
-    }
-
-    /// Virtual nanoseconds since creation.
-    pub(crate) fn now_ns(&self) -> u64 {
-        self.elapsed_ns.get()
+        self.medium.net()
     }
 
     pub(crate) fn seed(&self) -> u64 {
@@ -176,14 +63,13 @@ impl World {
 
     /// Virtual time since creation.
     pub(crate) fn elapsed(&self) -> Duration {
-        Duration::from_nanos(self.elapsed_ns.get())
+        self.medium.clock.elapsed()
     }
 
     /// The virtual clock as an `Instant` (what `Executor::now` returns).
     pub(crate) fn now(&self) -> Instant {
-        self.origin + self.elapsed()
+        self.medium.clock.now()
     }
-
     /// Takes the place of the wait for readiness: nothing outside the
     /// simulation can happen, so waiting `timeout` means jumping straight to
     /// its end. `None` (no deadline, no delivery, yet work outstanding) can
@@ -191,7 +77,8 @@ impl World {
     /// hang for ever.
     pub(crate) fn wait(&self, timeout: Option<Duration>, ready: &mut Vec<PortReady>) {
         // The next arrival bounds the wait like a deadline.
-        let arrival = self.net().next_arrival().map(|at| Duration::from_nanos(at.saturating_sub(self.now_ns())));
+        let arrival =
+            self.net().next_arrival().map(|at| Duration::from_nanos(at.saturating_sub(self.medium.clock.now_ns())));
         let timeout = match (timeout, arrival) {
             (Some(t), Some(a)) => Some(t.min(a)),
             (t, a) => t.or(a),
@@ -208,14 +95,13 @@ impl World {
         if !d.is_zero() {
             self.advance(d);
         }
-        self.deliver_due();
+        self.medium.deliver_due();
         self.net().ready(ready);
     }
 
     /// Moves virtual time `d` forward, within the time limit.
     fn advance(&self, d: Duration) {
-        let to = self.elapsed_ns.get().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
-        self.elapsed_ns.set(to);
+        self.medium.clock.advance(d);
         if let Some(limit) = self.time_limit
             && self.elapsed() > limit
         {
@@ -235,53 +121,33 @@ impl World {
 
     /// Adds `event`, now, to the trace.
     pub(crate) fn trace(&self, event: Event) {
-        let t = Traced { at_ns: self.elapsed_ns.get(), event };
-        // The event as words, each part in a fixed encoding (never an
-        // address in memory or anything else a process chooses).
-        let words: [u64; 5] = match event {
-            Event::Posted => [1, 0, 0, 0, 0],
-            Event::Completed { err, n } => [2, err as u64, n, 0, 0],
-            Event::TimerEnded { err } => [3, err as u64, 0, 0, 0],
-            Event::Advanced => [4, 0, 0, 0, 0],
-            Event::Datagram { fate, from, to, len } => [5 + fate as u64, addr_word(from), addr_word(to), len, 0],
-        };
-        // Folded cheaply per word (FxHash's step); `trace_hash` mixes the
-        // result well on the way out.
-        let mut h = self.hash.get();
-        for word in std::iter::once(t.at_ns).chain(words) {
-            h = (h.rotate_left(5) ^ word).wrapping_mul(0x517C_C1B7_2722_0A95);
-        }
-        self.hash.set(h);
-        self.events.set(self.events.get() + 1);
-        self.last.set(Some(t));
-        log::trace!(target: "ioctx::sim", "#{} {t}", self.events.get());
-        if let Some(v) = self.recording.borrow_mut().as_mut() {
-            v.push(t);
-        }
+        self.medium.trace(event);
     }
 
     pub(crate) fn trace_hash(&self) -> u64 {
-        mix(self.hash.get())
+        self.medium.trace.hash()
     }
 
     pub(crate) fn events(&self) -> u64 {
-        self.events.get()
+        self.medium.trace.events()
     }
 
     fn last_event(&self) -> String {
-        match self.last.get() {
-            Some(t) => format!("#{} {t}", self.events.get()),
-            None => "none".to_string(),
-        }
+        self.medium.trace.last_event()
     }
 
     /// Starts keeping every event (for [`take_recording`](Self::take_recording)).
     pub(crate) fn record(&self) {
-        *self.recording.borrow_mut() = Some(Vec::new());
+        self.medium.trace.start_recording();
     }
 
     /// The events kept since [`record`](Self::record).
     pub(crate) fn take_recording(&self) -> Vec<Traced> {
-        self.recording.borrow_mut().take().unwrap_or_default()
+        self.medium.trace.take_recording()
+    }
+
+    /// Releases a held link (see `Medium::release`).
+    pub(crate) fn release(&self, from: std::net::IpAddr, to: std::net::IpAddr) {
+        self.medium.release(from, to);
     }
 }
