@@ -1,5 +1,7 @@
 //! `SteadyTimer`, `Operation` cancellation and `cancel_after` (DESIGN.md §1.5,
-//! §1.6, and the determinism rule of §2).
+//! §1.6, and the determinism rule of §2). The tests that take no socket and
+//! no wall-clock measure run on both backends (`on_both_backends`): the
+//! same rules on a real context and on a simulated one.
 
 use ioctx::net::UdpSocket;
 use ioctx::{CancellationType, Error, IoContext, Operation, SteadyTimer};
@@ -10,6 +12,14 @@ use std::time::{Duration, Instant};
 
 fn local() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
+}
+
+/// Runs `body` on a real context and on a simulated one (virtual time):
+/// the timer rules must hold on both backends. Times are read from the
+/// context's clock (`ctx.now()`), which is the real one on a real context.
+fn on_both_backends(body: impl Fn(&IoContext)) {
+    body(&IoContext::new().unwrap());
+    body(&IoContext::simulated(7));
 }
 
 fn ms(n: u64) -> Duration {
@@ -49,21 +59,22 @@ impl Fired {
 
 #[test]
 fn a_wait_completes_with_none_and_not_before_its_expiry() {
-    let ctx = IoContext::new().unwrap();
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let mut timers = Vec::new();
-    for (i, d) in [30u64, 5, 15].into_iter().enumerate() {
-        let t = SteadyTimer::new(&ctx);
-        let before = Instant::now();
-        t.expires_after(ms(d));
-        let expiry = t.expiry();
-        assert!(expiry >= before + ms(d));
-        let s = seen.clone();
-        t.async_wait(move |e| s.borrow_mut().push((i, e, Instant::now() >= expiry)));
-        timers.push(t);
-    }
-    assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(*seen.borrow(), vec![(1, Error::NONE, true), (2, Error::NONE, true), (0, Error::NONE, true)]);
+    on_both_backends(|ctx| {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut timers = Vec::new();
+        for (i, d) in [30u64, 5, 15].into_iter().enumerate() {
+            let t = SteadyTimer::new(ctx);
+            let before = ctx.now();
+            t.expires_after(ms(d));
+            let expiry = t.expiry();
+            assert!(expiry >= before + ms(d));
+            let (s, ex) = (seen.clone(), ctx.executor());
+            t.async_wait(move |e| s.borrow_mut().push((i, e, ex.now() >= expiry)));
+            timers.push(t);
+        }
+        assert_eq!(run_bounded(ctx), 3);
+        assert_eq!(*seen.borrow(), vec![(1, Error::NONE, true), (2, Error::NONE, true), (0, Error::NONE, true)]);
+    });
 }
 
 #[test]
@@ -110,96 +121,101 @@ fn an_expired_wait_is_posted_not_completed_inline() {
 
 #[test]
 fn cancel_returns_how_many_waits_it_aborted_and_they_get_operation_aborted() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(FAR);
-    assert_eq!(t.cancel(), 0, "nothing was pending");
-    for i in 0..3 {
-        t.async_wait(fired.handler(i));
-    }
-    assert_eq!(t.cancel(), 3);
-    assert_eq!(fired.get(), vec![], "cancel ran handlers inline");
-    assert_eq!(t.cancel(), 0, "already cancelled waits were counted again");
-    let t0 = Instant::now();
-    assert_eq!(run_bounded(&ctx), 3);
-    assert!(t0.elapsed() < ms(500), "run() waited for the cancelled waits' expiry");
-    assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(FAR);
+        assert_eq!(t.cancel(), 0, "nothing was pending");
+        for i in 0..3 {
+            t.async_wait(fired.handler(i));
+        }
+        assert_eq!(t.cancel(), 3);
+        assert_eq!(fired.get(), vec![], "cancel ran handlers inline");
+        assert_eq!(t.cancel(), 0, "already cancelled waits were counted again");
+        let t0 = ctx.now();
+        assert_eq!(run_bounded(ctx), 3);
+        assert!((ctx.now() - t0) < ms(500), "run() waited for the cancelled waits' expiry");
+        assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
+    });
 }
 
 #[test]
 fn cancel_one_cancels_only_the_oldest_pending_wait() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    assert_eq!(t.cancel_one(), 0);
-    t.expires_after(ms(10));
-    for i in 0..3 {
-        t.async_wait(fired.handler(i));
-    }
-    assert_eq!(t.cancel_one(), 1);
-    assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::NONE), (2, Error::NONE)]);
-    assert_eq!(t.cancel_one(), 0, "no wait is pending any more");
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        assert_eq!(t.cancel_one(), 0);
+        t.expires_after(ms(10));
+        for i in 0..3 {
+            t.async_wait(fired.handler(i));
+        }
+        assert_eq!(t.cancel_one(), 1);
+        assert_eq!(run_bounded(ctx), 3);
+        assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::NONE), (2, Error::NONE)]);
+        assert_eq!(t.cancel_one(), 0, "no wait is pending any more");
+    });
 }
 
 #[test]
 fn cancel_one_skips_waits_that_already_completed() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(FAR);
-    let op0 = t.async_wait(fired.handler(0));
-    t.async_wait(fired.handler(1));
-    t.async_wait(fired.handler(2));
-    assert!(op0.cancel(CancellationType::TERMINAL));
-    // Wait 0 is no longer pending: the oldest pending one is wait 1.
-    assert_eq!(t.cancel_one(), 1);
-    assert_eq!(t.cancel_one(), 1);
-    assert_eq!(t.cancel_one(), 0);
-    assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(FAR);
+        let op0 = t.async_wait(fired.handler(0));
+        t.async_wait(fired.handler(1));
+        t.async_wait(fired.handler(2));
+        assert!(op0.cancel(CancellationType::TERMINAL));
+        // Wait 0 is no longer pending: the oldest pending one is wait 1.
+        assert_eq!(t.cancel_one(), 1);
+        assert_eq!(t.cancel_one(), 1);
+        assert_eq!(t.cancel_one(), 0);
+        assert_eq!(run_bounded(ctx), 3);
+        assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
+    });
 }
 
 #[test]
 fn cancel_counts_only_pending_waits() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(FAR);
-    let ops: Vec<Operation> = (0..3).map(|i| t.async_wait(fired.handler(i))).collect();
-    assert!(ops[1].cancel(CancellationType::TERMINAL));
-    assert_eq!(t.cancel(), 2);
-    run_bounded(&ctx);
-    assert_eq!(fired.ids(), vec![1, 0, 2]);
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(FAR);
+        let ops: Vec<Operation> = (0..3).map(|i| t.async_wait(fired.handler(i))).collect();
+        assert!(ops[1].cancel(CancellationType::TERMINAL));
+        assert_eq!(t.cancel(), 2);
+        run_bounded(ctx);
+        assert_eq!(fired.ids(), vec![1, 0, 2]);
+    });
 }
 
 #[test]
 fn expires_after_and_expires_at_return_the_number_of_waits_they_cancelled() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(FAR);
-    t.async_wait(fired.handler(0));
-    t.async_wait(fired.handler(1));
-    assert_eq!(t.expires_after(FAR), 2);
-    t.async_wait(fired.handler(2));
-    assert_eq!(t.expires_at(Instant::now() + ms(5)), 1);
-    assert_eq!(t.expires_after(ms(5)), 0);
-    t.async_wait(fired.handler(3));
-    assert_eq!(fired.get(), vec![]);
-    let t0 = Instant::now();
-    assert_eq!(run_bounded(&ctx), 4);
-    assert!(t0.elapsed() < ms(500), "a cancelled wait kept its old 60 s expiry");
-    assert_eq!(
-        fired.get(),
-        vec![
-            (0, Error::OPERATION_ABORTED),
-            (1, Error::OPERATION_ABORTED),
-            (2, Error::OPERATION_ABORTED),
-            (3, Error::NONE),
-        ]
-    );
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(FAR);
+        t.async_wait(fired.handler(0));
+        t.async_wait(fired.handler(1));
+        assert_eq!(t.expires_after(FAR), 2);
+        t.async_wait(fired.handler(2));
+        assert_eq!(t.expires_at(ctx.now() + ms(5)), 1);
+        assert_eq!(t.expires_after(ms(5)), 0);
+        t.async_wait(fired.handler(3));
+        assert_eq!(fired.get(), vec![]);
+        let t0 = ctx.now();
+        assert_eq!(run_bounded(ctx), 4);
+        assert!((ctx.now() - t0) < ms(500), "a cancelled wait kept its old 60 s expiry");
+        assert_eq!(
+            fired.get(),
+            vec![
+                (0, Error::OPERATION_ABORTED),
+                (1, Error::OPERATION_ABORTED),
+                (2, Error::OPERATION_ABORTED),
+                (3, Error::NONE),
+            ]
+        );
+    });
 }
 
 #[test]
@@ -234,114 +250,120 @@ fn cancelling_after_expiry_but_before_the_handler_runs_changes_nothing() {
 
 #[test]
 fn equal_deadlines_fire_in_the_order_the_waits_were_started() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let at = Instant::now() + ms(10);
-    let timers: Vec<SteadyTimer> = (0..100)
-        .map(|_| {
-            let t = SteadyTimer::new(&ctx);
-            t.expires_at(at);
-            t
-        })
-        .collect();
-    // Start the waits in an order unlike the creation order, so that only
-    // the start order can explain the firing order.
-    let order: Vec<usize> = (0..100).map(|i| (i * 37 + 11) % 100).collect();
-    for &i in &order {
-        timers[i].async_wait(fired.handler(i));
-    }
-    assert_eq!(run_bounded(&ctx), 100);
-    assert_eq!(fired.ids(), order);
-    assert!(fired.get().iter().all(|(_, e)| *e == Error::NONE));
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let at = ctx.now() + ms(10);
+        let timers: Vec<SteadyTimer> = (0..100)
+            .map(|_| {
+                let t = SteadyTimer::new(ctx);
+                t.expires_at(at);
+                t
+            })
+            .collect();
+        // Start the waits in an order unlike the creation order, so that only
+        // the start order can explain the firing order.
+        let order: Vec<usize> = (0..100).map(|i| (i * 37 + 11) % 100).collect();
+        for &i in &order {
+            timers[i].async_wait(fired.handler(i));
+        }
+        assert_eq!(run_bounded(ctx), 100);
+        assert_eq!(fired.ids(), order);
+        assert!(fired.get().iter().all(|(_, e)| *e == Error::NONE));
+    });
 }
 
 #[test]
 fn waits_on_one_timer_fire_in_start_order() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(ms(5));
-    for i in 0..20 {
-        t.async_wait(fired.handler(i));
-    }
-    assert_eq!(run_bounded(&ctx), 20);
-    assert_eq!(fired.get(), (0..20).map(|i| (i, Error::NONE)).collect::<Vec<_>>());
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(ms(5));
+        for i in 0..20 {
+            t.async_wait(fired.handler(i));
+        }
+        assert_eq!(run_bounded(ctx), 20);
+        assert_eq!(fired.get(), (0..20).map(|i| (i, Error::NONE)).collect::<Vec<_>>());
+    });
 }
 
 #[test]
 fn different_deadlines_fire_in_deadline_order_whatever_the_start_order() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let base = Instant::now();
-    let delays = [30u64, 10, 20, 5, 25, 15];
-    let timers: Vec<SteadyTimer> = delays
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let t = SteadyTimer::new(&ctx);
-            t.expires_at(base + ms(*d));
-            t.async_wait(fired.handler(i));
-            t
-        })
-        .collect();
-    assert_eq!(run_bounded(&ctx), delays.len());
-    assert_eq!(fired.ids(), vec![3, 1, 5, 2, 4, 0]);
-    drop(timers);
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let base = ctx.now();
+        let delays = [30u64, 10, 20, 5, 25, 15];
+        let timers: Vec<SteadyTimer> = delays
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let t = SteadyTimer::new(ctx);
+                t.expires_at(base + ms(*d));
+                t.async_wait(fired.handler(i));
+                t
+            })
+            .collect();
+        assert_eq!(run_bounded(ctx), delays.len());
+        assert_eq!(fired.ids(), vec![3, 1, 5, 2, 4, 0]);
+        drop(timers);
+    });
 }
 
 // ---------------------------------------------------------------- Operation
 
 #[test]
 fn operation_cancel_aborts_a_pending_timer_wait_once() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(FAR);
-    let op = t.async_wait(fired.handler(0));
-    assert!(op.is_pending());
-    assert!(!op.cancel(CancellationType::NONE), "an empty cancellation type cancelled");
-    assert!(op.is_pending());
-    let copy = op.clone();
-    assert!(op.cancel(CancellationType::TERMINAL));
-    assert!(!op.is_pending());
-    assert!(!copy.is_pending());
-    assert_eq!(fired.get(), vec![], "cancel ran the handler inline");
-    assert!(!op.cancel(CancellationType::TERMINAL), "a second cancel reported success");
-    assert!(!copy.cancel(CancellationType::ALL));
-    let t0 = Instant::now();
-    assert_eq!(run_bounded(&ctx), 1);
-    assert!(t0.elapsed() < ms(500));
-    assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED)]);
-    assert!(!op.cancel(CancellationType::TERMINAL));
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(FAR);
+        let op = t.async_wait(fired.handler(0));
+        assert!(op.is_pending());
+        assert!(!op.cancel(CancellationType::NONE), "an empty cancellation type cancelled");
+        assert!(op.is_pending());
+        let copy = op.clone();
+        assert!(op.cancel(CancellationType::TERMINAL));
+        assert!(!op.is_pending());
+        assert!(!copy.is_pending());
+        assert_eq!(fired.get(), vec![], "cancel ran the handler inline");
+        assert!(!op.cancel(CancellationType::TERMINAL), "a second cancel reported success");
+        assert!(!copy.cancel(CancellationType::ALL));
+        let t0 = ctx.now();
+        assert_eq!(run_bounded(ctx), 1);
+        assert!((ctx.now() - t0) < ms(500));
+        assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED)]);
+        assert!(!op.cancel(CancellationType::TERMINAL));
+    });
 }
 
 #[test]
 fn timer_waits_honour_every_cancellation_type() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(FAR);
-    let types = [CancellationType::TERMINAL, CancellationType::PARTIAL, CancellationType::TOTAL];
-    for (i, ty) in types.into_iter().enumerate() {
-        let op = t.async_wait(fired.handler(i));
-        assert!(op.cancel(ty), "{ty:?} did not cancel a timer wait");
-    }
-    assert_eq!(run_bounded(&ctx), 3);
-    assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(FAR);
+        let types = [CancellationType::TERMINAL, CancellationType::PARTIAL, CancellationType::TOTAL];
+        for (i, ty) in types.into_iter().enumerate() {
+            let op = t.async_wait(fired.handler(i));
+            assert!(op.cancel(ty), "{ty:?} did not cancel a timer wait");
+        }
+        assert_eq!(run_bounded(ctx), 3);
+        assert_eq!(fired.get(), (0..3).map(|i| (i, Error::OPERATION_ABORTED)).collect::<Vec<_>>());
+    });
 }
 
 #[test]
 fn operation_cancel_after_completion_returns_false() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(ms(5));
-    let op = t.async_wait(fired.handler(0));
-    assert!(op.is_pending());
-    assert_eq!(run_bounded(&ctx), 1);
-    assert!(!op.is_pending());
-    assert!(!op.cancel(CancellationType::ALL));
-    assert_eq!(fired.get(), vec![(0, Error::NONE)]);
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(ms(5));
+        let op = t.async_wait(fired.handler(0));
+        assert!(op.is_pending());
+        assert_eq!(run_bounded(ctx), 1);
+        assert!(!op.is_pending());
+        assert!(!op.cancel(CancellationType::ALL));
+        assert_eq!(fired.get(), vec![(0, Error::NONE)]);
+    });
 }
 
 #[test]
@@ -394,44 +416,46 @@ fn cancel_after_on_an_operation_that_completes_first_does_not_keep_run_running()
 
 #[test]
 fn cancel_after_on_a_timer_wait() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let long = SteadyTimer::new(&ctx);
-    long.expires_after(FAR);
-    long.async_wait(fired.handler(0)).cancel_after(ms(10), CancellationType::TERMINAL);
-    let short = SteadyTimer::new(&ctx);
-    short.expires_after(ms(5));
-    short.async_wait(fired.handler(1)).cancel_after(Duration::from_secs(5), CancellationType::TERMINAL);
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_for(Duration::from_secs(2)), 2);
-    let took = t0.elapsed();
-    assert!(took >= ms(10) && took < ms(500), "took {took:?}");
-    assert_eq!(fired.get(), vec![(1, Error::NONE), (0, Error::OPERATION_ABORTED)]);
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let long = SteadyTimer::new(ctx);
+        long.expires_after(FAR);
+        long.async_wait(fired.handler(0)).cancel_after(ms(10), CancellationType::TERMINAL);
+        let short = SteadyTimer::new(ctx);
+        short.expires_after(ms(5));
+        short.async_wait(fired.handler(1)).cancel_after(Duration::from_secs(5), CancellationType::TERMINAL);
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_for(Duration::from_secs(2)), 2);
+        let took = ctx.now() - t0;
+        assert!(took >= ms(10) && took < ms(500), "took {took:?}");
+        assert_eq!(fired.get(), vec![(1, Error::NONE), (0, Error::OPERATION_ABORTED)]);
+    });
 }
 
 #[test]
 fn a_second_cancel_after_on_a_timer_wait_replaces_the_first() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    // Shortened: the 10 ms cancel replaces the 60 s one.
-    let a = SteadyTimer::new(&ctx);
-    a.expires_after(FAR);
-    let op = a.async_wait(fired.handler(0));
-    op.cancel_after(FAR, CancellationType::TERMINAL).cancel_after(ms(10), CancellationType::TERMINAL);
-    // Lengthened: the 5 ms cancel is replaced by a 60 s one, so the wait
-    // completes at its 30 ms expiry, and the replaced entry does not keep
-    // run() busy either.
-    let b = SteadyTimer::new(&ctx);
-    b.expires_after(ms(30));
-    let op_b = b.async_wait(fired.handler(1));
-    op_b.cancel_after(ms(5), CancellationType::TERMINAL).cancel_after(FAR, CancellationType::TERMINAL);
-    let t0 = Instant::now();
-    assert_eq!(run_bounded(&ctx), 2);
-    let took = t0.elapsed();
-    assert!(took >= ms(30) && took < ms(1000), "took {took:?}");
-    assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::NONE)]);
-    assert!(!op.is_pending() && !op_b.is_pending());
-    assert!(!op.cancel(CancellationType::ALL), "a wait that ended cannot be cancelled");
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        // Shortened: the 10 ms cancel replaces the 60 s one.
+        let a = SteadyTimer::new(ctx);
+        a.expires_after(FAR);
+        let op = a.async_wait(fired.handler(0));
+        op.cancel_after(FAR, CancellationType::TERMINAL).cancel_after(ms(10), CancellationType::TERMINAL);
+        // Lengthened: the 5 ms cancel is replaced by a 60 s one, so the wait
+        // completes at its 30 ms expiry, and the replaced entry does not keep
+        // run() busy either.
+        let b = SteadyTimer::new(ctx);
+        b.expires_after(ms(30));
+        let op_b = b.async_wait(fired.handler(1));
+        op_b.cancel_after(ms(5), CancellationType::TERMINAL).cancel_after(FAR, CancellationType::TERMINAL);
+        let t0 = ctx.now();
+        assert_eq!(run_bounded(ctx), 2);
+        let took = ctx.now() - t0;
+        assert!(took >= ms(30) && took < ms(1000), "took {took:?}");
+        assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::NONE)]);
+        assert!(!op.is_pending() && !op_b.is_pending());
+        assert!(!op.cancel(CancellationType::ALL), "a wait that ended cannot be cancelled");
+    });
 }
 
 #[test]
@@ -578,23 +602,24 @@ fn a_self_reposting_handler_does_not_starve_a_timer() {
 
 #[test]
 fn dropping_the_last_timer_handle_aborts_its_pending_waits() {
-    let ctx = IoContext::new().unwrap();
-    let fired = Fired::default();
-    let t = SteadyTimer::new(&ctx);
-    t.expires_after(FAR);
-    let op0 = t.async_wait(fired.handler(0));
-    let op1 = t.async_wait(fired.handler(1));
-    let clone = t.clone();
-    drop(t);
-    assert!(op0.is_pending(), "dropping a clone that was not the last cancelled the waits");
-    drop(clone);
-    assert!(!op0.is_pending());
-    assert!(!op1.is_pending());
-    assert_eq!(fired.get(), vec![], "dropping the timer ran handlers inline");
-    let t0 = Instant::now();
-    assert_eq!(run_bounded(&ctx), 2);
-    assert!(t0.elapsed() < ms(500));
-    assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::OPERATION_ABORTED)]);
+    on_both_backends(|ctx| {
+        let fired = Fired::default();
+        let t = SteadyTimer::new(ctx);
+        t.expires_after(FAR);
+        let op0 = t.async_wait(fired.handler(0));
+        let op1 = t.async_wait(fired.handler(1));
+        let clone = t.clone();
+        drop(t);
+        assert!(op0.is_pending(), "dropping a clone that was not the last cancelled the waits");
+        drop(clone);
+        assert!(!op0.is_pending());
+        assert!(!op1.is_pending());
+        assert_eq!(fired.get(), vec![], "dropping the timer ran handlers inline");
+        let t0 = ctx.now();
+        assert_eq!(run_bounded(ctx), 2);
+        assert!((ctx.now() - t0) < ms(500));
+        assert_eq!(fired.get(), vec![(0, Error::OPERATION_ABORTED), (1, Error::OPERATION_ABORTED)]);
+    });
 }
 
 #[test]
