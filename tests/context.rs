@@ -13,6 +13,14 @@ fn local() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// Runs `body` on a real context and on a simulated one (virtual time):
+/// the loop's rules must hold on both backends. Times are read from the
+/// context's clock (`ctx.now()`), the real one on a real context.
+fn on_both_backends(body: impl Fn(&IoContext)) {
+    body(&IoContext::new().unwrap());
+    body(&IoContext::simulated(7));
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -57,22 +65,23 @@ fn bump(c: &Rc<Cell<u32>>) {
 
 #[test]
 fn run_without_work_returns_zero_and_leaves_the_context_stopped() {
-    let ctx = IoContext::new().unwrap();
-    assert!(!ctx.stopped());
-    assert_eq!(ctx.run(), 0);
-    assert!(ctx.stopped());
+    on_both_backends(|ctx| {
+        assert!(!ctx.stopped());
+        assert_eq!(ctx.run(), 0);
+        assert!(ctx.stopped());
 
-    // A stopped context runs nothing until restart().
-    let log = Log::default();
-    ctx.post(log.push(1));
-    assert_eq!(ctx.run(), 0);
-    assert_eq!(log.get(), Vec::<u32>::new());
+        // A stopped context runs nothing until restart().
+        let log = Log::default();
+        ctx.post(log.push(1));
+        assert_eq!(ctx.run(), 0);
+        assert_eq!(log.get(), Vec::<u32>::new());
 
-    ctx.restart();
-    assert!(!ctx.stopped());
-    assert_eq!(ctx.run(), 1);
-    assert_eq!(log.get(), vec![1]);
-    assert!(ctx.stopped(), "running out of work stops the context");
+        ctx.restart();
+        assert!(!ctx.stopped());
+        assert_eq!(ctx.run(), 1);
+        assert_eq!(log.get(), vec![1]);
+        assert!(ctx.stopped(), "running out of work stops the context");
+    });
 }
 
 #[test]
@@ -147,22 +156,23 @@ fn dispatch_outside_run_is_posted_not_run() {
 
 #[test]
 fn dispatch_inside_a_handler_of_this_context_runs_inline() {
-    let ctx = IoContext::new().unwrap();
-    let log = Log::default();
-    let inline = Rc::new(Cell::new(false));
-    {
-        let (ex, log2, inline) = (ctx.executor(), log.clone(), inline.clone());
-        ctx.post(move || {
-            ex.post(log2.push(3));
-            ex.dispatch(log2.push(2));
-            // Inline: it ran before dispatch returned, ahead of the posted one.
-            inline.set(log2.get() == vec![2]);
-            log2.0.borrow_mut().push(1);
-        });
-    }
-    ctx.run();
-    assert!(inline.get());
-    assert_eq!(log.get(), vec![2, 1, 3]);
+    on_both_backends(|ctx| {
+        let log = Log::default();
+        let inline = Rc::new(Cell::new(false));
+        {
+            let (ex, log2, inline) = (ctx.executor(), log.clone(), inline.clone());
+            ctx.post(move || {
+                ex.post(log2.push(3));
+                ex.dispatch(log2.push(2));
+                // Inline: it ran before dispatch returned, ahead of the posted one.
+                inline.set(log2.get() == vec![2]);
+                log2.0.borrow_mut().push(1);
+            });
+        }
+        ctx.run();
+        assert!(inline.get());
+        assert_eq!(log.get(), vec![2, 1, 3]);
+    });
 }
 
 #[test]
@@ -189,31 +199,33 @@ fn dispatch_from_a_handler_of_another_context_is_posted() {
 
 #[test]
 fn handlers_run_in_fifo_order() {
-    let ctx = IoContext::new().unwrap();
-    let log = Log::default();
-    for i in 0..1000 {
-        ctx.post(log.push(i));
-    }
-    assert_eq!(ctx.run(), 1000);
-    assert_eq!(log.get(), (0..1000).collect::<Vec<_>>());
+    on_both_backends(|ctx| {
+        let log = Log::default();
+        for i in 0..1000 {
+            ctx.post(log.push(i));
+        }
+        assert_eq!(ctx.run(), 1000);
+        assert_eq!(log.get(), (0..1000).collect::<Vec<_>>());
+    });
 }
 
 #[test]
 fn handlers_posted_from_handlers_run_after_those_already_queued() {
-    let ctx = IoContext::new().unwrap();
-    let log = Log::default();
-    {
-        let (ex, l) = (ctx.executor(), log.clone());
-        ctx.post(move || {
-            l.0.borrow_mut().push(0);
-            ex.post(l.push(10));
-            ex.defer(l.push(11));
-        });
-    }
-    ctx.post(log.push(1));
-    ctx.post(log.push(2));
-    assert_eq!(ctx.run(), 5);
-    assert_eq!(log.get(), vec![0, 1, 2, 10, 11]);
+    on_both_backends(|ctx| {
+        let log = Log::default();
+        {
+            let (ex, l) = (ctx.executor(), log.clone());
+            ctx.post(move || {
+                l.0.borrow_mut().push(0);
+                ex.post(l.push(10));
+                ex.defer(l.push(11));
+            });
+        }
+        ctx.post(log.push(1));
+        ctx.post(log.push(2));
+        assert_eq!(ctx.run(), 5);
+        assert_eq!(log.get(), vec![0, 1, 2, 10, 11]);
+    });
 }
 
 // ---------------------------------------------------------------- stop / restart
@@ -253,122 +265,128 @@ fn stop_from_a_handler_returns_run_and_keeps_the_rest_queued() {
 
 #[test]
 fn executor_stop_stops_the_context_like_context_stop() {
-    let ctx = IoContext::new().unwrap();
-    let log = Log::default();
-    {
-        let (ex, l) = (ctx.executor(), log.clone());
-        ctx.post(move || {
-            l.0.borrow_mut().push(0);
-            ex.stop();
-        });
-    }
-    ctx.post(log.push(1));
-    // A work guard too: stop() must end run() even with work outstanding.
-    let guard = ctx.work_guard();
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
-    assert!(t0.elapsed() < ms(500));
-    assert!(ctx.stopped());
-    assert_eq!(log.get(), vec![0]);
-    drop(guard);
-    ctx.restart();
-    assert_eq!(ctx.poll(), 1);
-    assert_eq!(log.get(), vec![0, 1]);
+    on_both_backends(|ctx| {
+        let log = Log::default();
+        {
+            let (ex, l) = (ctx.executor(), log.clone());
+            ctx.post(move || {
+                l.0.borrow_mut().push(0);
+                ex.stop();
+            });
+        }
+        ctx.post(log.push(1));
+        // A work guard too: stop() must end run() even with work outstanding.
+        let guard = ctx.work_guard();
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
+        assert!(ctx.now().duration_since(t0) < ms(500));
+        assert!(ctx.stopped());
+        assert_eq!(log.get(), vec![0]);
+        drop(guard);
+        ctx.restart();
+        assert_eq!(ctx.poll(), 1);
+        assert_eq!(log.get(), vec![0, 1]);
+    });
 }
 
 #[test]
 fn stop_before_run_makes_run_return_at_once() {
-    let ctx = IoContext::new().unwrap();
-    let log = Log::default();
-    ctx.post(log.push(0));
-    ctx.stop();
-    assert_eq!(ctx.run(), 0);
-    assert_eq!(log.get(), Vec::<u32>::new());
-    ctx.restart();
-    assert_eq!(ctx.run(), 1);
+    on_both_backends(|ctx| {
+        let log = Log::default();
+        ctx.post(log.push(0));
+        ctx.stop();
+        assert_eq!(ctx.run(), 0);
+        assert_eq!(log.get(), Vec::<u32>::new());
+        ctx.restart();
+        assert_eq!(ctx.run(), 1);
+    });
 }
 
 // ---------------------------------------------------------------- work guards
 
 #[test]
 fn work_guard_keeps_run_for_waiting_until_its_deadline_without_stopping() {
-    let ctx = IoContext::new().unwrap();
-    let guard = ctx.work_guard();
-    assert!(guard.owns_work());
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_for(ms(30)), 0);
-    let took = t0.elapsed();
-    assert!(took >= ms(30), "returned after {took:?}");
-    assert!(took < ms(500), "returned after {took:?}");
-    assert!(!ctx.stopped(), "returning on the deadline must not stop the context");
-    drop(guard);
-    // Without the guard the same call returns at once, out of work.
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_for(Duration::from_secs(2)), 0);
-    assert!(t0.elapsed() < ms(500));
-    assert!(ctx.stopped());
+    on_both_backends(|ctx| {
+        let guard = ctx.work_guard();
+        assert!(guard.owns_work());
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_for(ms(30)), 0);
+        let took = ctx.now().duration_since(t0);
+        assert!(took >= ms(30), "returned after {took:?}");
+        assert!(took < ms(500), "returned after {took:?}");
+        assert!(!ctx.stopped(), "returning on the deadline must not stop the context");
+        drop(guard);
+        // Without the guard the same call returns at once, out of work.
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_for(Duration::from_secs(2)), 0);
+        assert!(ctx.now().duration_since(t0) < ms(500));
+        assert!(ctx.stopped());
+    });
 }
 
 #[test]
 fn dropping_the_work_guard_in_a_handler_lets_run_return() {
-    let ctx = IoContext::new().unwrap();
-    let guard: Rc<RefCell<Option<WorkGuard>>> = Rc::new(RefCell::new(Some(ctx.work_guard())));
-    let timer = SteadyTimer::new(&ctx);
-    timer.expires_after(ms(10));
-    {
-        let g = guard.clone();
-        timer.async_wait(move |e| {
-            assert_eq!(e, Error::NONE);
-            drop(g.borrow_mut().take());
-        });
-    }
-    // run_for bounds the test if the rule breaks; out of work it must return
-    // long before the deadline and stop, as run() would.
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
-    assert!(t0.elapsed() < ms(500), "the dropped guard still kept run() waiting");
-    assert!(ctx.stopped());
-    assert!(guard.borrow().is_none());
+    on_both_backends(|ctx| {
+        let guard: Rc<RefCell<Option<WorkGuard>>> = Rc::new(RefCell::new(Some(ctx.work_guard())));
+        let timer = SteadyTimer::new(ctx);
+        timer.expires_after(ms(10));
+        {
+            let g = guard.clone();
+            timer.async_wait(move |e| {
+                assert_eq!(e, Error::NONE);
+                drop(g.borrow_mut().take());
+            });
+        }
+        // run_for bounds the test if the rule breaks; out of work it must return
+        // long before the deadline and stop, as run() would.
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
+        assert!(ctx.now().duration_since(t0) < ms(500), "the dropped guard still kept run() waiting");
+        assert!(ctx.stopped());
+        assert!(guard.borrow().is_none());
+    });
 }
 
 #[test]
 fn resetting_the_work_guard_in_a_handler_lets_run_return() {
-    let ctx = IoContext::new().unwrap();
-    let guard = Rc::new(RefCell::new(ctx.work_guard()));
-    {
-        let g = guard.clone();
-        ctx.post(move || g.borrow_mut().reset());
-    }
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
-    assert!(t0.elapsed() < ms(500), "the reset guard still kept run() waiting");
-    assert!(ctx.stopped());
-    assert!(!guard.borrow().owns_work());
-    // Dropping a guard that was reset releases nothing twice: another guard still counts.
-    let second = ctx.work_guard();
-    drop(Rc::try_unwrap(guard).unwrap());
-    ctx.restart();
-    assert_eq!(ctx.run_for(ms(20)), 0);
-    assert!(!ctx.stopped(), "the second guard's work was released by the first guard's drop");
-    drop(second);
+    on_both_backends(|ctx| {
+        let guard = Rc::new(RefCell::new(ctx.work_guard()));
+        {
+            let g = guard.clone();
+            ctx.post(move || g.borrow_mut().reset());
+        }
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_for(Duration::from_secs(2)), 1);
+        assert!(ctx.now().duration_since(t0) < ms(500), "the reset guard still kept run() waiting");
+        assert!(ctx.stopped());
+        assert!(!guard.borrow().owns_work());
+        // Dropping a guard that was reset releases nothing twice: another guard still counts.
+        let second = ctx.work_guard();
+        drop(Rc::try_unwrap(guard).unwrap());
+        ctx.restart();
+        assert_eq!(ctx.run_for(ms(20)), 0);
+        assert!(!ctx.stopped(), "the second guard's work was released by the first guard's drop");
+        drop(second);
+    });
 }
 
 // ---------------------------------------------------------------- run_one / poll / poll_one
 
 #[test]
 fn run_one_runs_exactly_one_handler() {
-    let ctx = IoContext::new().unwrap();
-    let log = Log::default();
-    for i in 0..3 {
-        ctx.post(log.push(i));
-    }
-    assert_eq!(ctx.run_one(), 1);
-    assert_eq!(log.get(), vec![0]);
-    assert_eq!(ctx.run_one(), 1);
-    assert_eq!(log.get(), vec![0, 1]);
-    assert!(!ctx.stopped());
-    assert_eq!(ctx.run(), 1);
-    assert_eq!(log.get(), vec![0, 1, 2]);
+    on_both_backends(|ctx| {
+        let log = Log::default();
+        for i in 0..3 {
+            ctx.post(log.push(i));
+        }
+        assert_eq!(ctx.run_one(), 1);
+        assert_eq!(log.get(), vec![0]);
+        assert_eq!(ctx.run_one(), 1);
+        assert_eq!(log.get(), vec![0, 1]);
+        assert!(!ctx.stopped());
+        assert_eq!(ctx.run(), 1);
+        assert_eq!(log.get(), vec![0, 1, 2]);
+    });
 }
 
 #[test]
@@ -404,104 +422,109 @@ fn poll_runs_every_ready_handler_without_blocking() {
 
 #[test]
 fn poll_one_runs_at_most_one_handler() {
-    let ctx = IoContext::new().unwrap();
-    let _guard = ctx.work_guard();
-    // Bounds the test if poll_one() blocks.
-    let timer = SteadyTimer::new(&ctx);
-    timer.expires_after(Duration::from_secs(1));
-    timer.async_wait(|_| {});
-    let log = Log::default();
-    ctx.post(log.push(0));
-    ctx.post(log.push(1));
-    let t0 = Instant::now();
-    assert_eq!(ctx.poll_one(), 1);
-    assert_eq!(log.get(), vec![0]);
-    assert_eq!(ctx.poll_one(), 1);
-    assert_eq!(log.get(), vec![0, 1]);
-    assert_eq!(ctx.poll_one(), 0);
-    assert!(t0.elapsed() < ms(100), "poll_one blocked");
-    assert!(!ctx.stopped());
+    on_both_backends(|ctx| {
+        let _guard = ctx.work_guard();
+        // Bounds the test if poll_one() blocks.
+        let timer = SteadyTimer::new(ctx);
+        timer.expires_after(Duration::from_secs(1));
+        timer.async_wait(|_| {});
+        let log = Log::default();
+        ctx.post(log.push(0));
+        ctx.post(log.push(1));
+        let t0 = ctx.now();
+        assert_eq!(ctx.poll_one(), 1);
+        assert_eq!(log.get(), vec![0]);
+        assert_eq!(ctx.poll_one(), 1);
+        assert_eq!(log.get(), vec![0, 1]);
+        assert_eq!(ctx.poll_one(), 0);
+        assert!(ctx.now().duration_since(t0) < ms(100), "poll_one blocked");
+        assert!(!ctx.stopped());
+    });
 }
 
 #[test]
 fn run_one_for_with_nothing_ready_returns_zero_after_the_timeout() {
-    let ctx = IoContext::new().unwrap();
-    let _guard = ctx.work_guard();
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_one_for(ms(20)), 0);
-    let took = t0.elapsed();
-    assert!(took >= ms(20), "returned early, after {took:?}");
-    assert!(took < ms(500));
-    assert!(!ctx.stopped());
+    on_both_backends(|ctx| {
+        let _guard = ctx.work_guard();
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_one_for(ms(20)), 0);
+        let took = ctx.now().duration_since(t0);
+        assert!(took >= ms(20), "returned early, after {took:?}");
+        assert!(took < ms(500));
+        assert!(!ctx.stopped());
 
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_one_until(Instant::now() + ms(15)), 0);
-    assert!(t0.elapsed() >= ms(15));
-    assert!(!ctx.stopped());
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_one_until(ctx.now() + ms(15)), 0);
+        assert!(ctx.now().duration_since(t0) >= ms(15));
+        assert!(!ctx.stopped());
+    });
 }
 
 #[test]
 fn run_one_for_returns_as_soon_as_one_handler_ran() {
-    let ctx = IoContext::new().unwrap();
-    let _guard = ctx.work_guard();
-    let timer = SteadyTimer::new(&ctx);
-    timer.expires_after(ms(10));
-    let fired = Rc::new(Cell::new(false));
-    let f = fired.clone();
-    timer.async_wait(move |e| f.set(e == Error::NONE));
-    let t0 = Instant::now();
-    assert_eq!(ctx.run_one_for(Duration::from_secs(2)), 1);
-    assert!(fired.get());
-    assert!(t0.elapsed() < ms(500));
+    on_both_backends(|ctx| {
+        let _guard = ctx.work_guard();
+        let timer = SteadyTimer::new(ctx);
+        timer.expires_after(ms(10));
+        let fired = Rc::new(Cell::new(false));
+        let f = fired.clone();
+        timer.async_wait(move |e| f.set(e == Error::NONE));
+        let t0 = ctx.now();
+        assert_eq!(ctx.run_one_for(Duration::from_secs(2)), 1);
+        assert!(fired.get());
+        assert!(ctx.now().duration_since(t0) < ms(500));
+    });
 }
 
 #[test]
 fn run_for_and_run_until_returning_on_the_deadline_do_not_stop() {
-    let ctx = IoContext::new().unwrap();
-    let timer = SteadyTimer::new(&ctx);
-    timer.expires_after(ms(40));
-    let fired = Rc::new(Cell::new(false));
-    let f = fired.clone();
-    timer.async_wait(move |_| f.set(true));
+    on_both_backends(|ctx| {
+        let timer = SteadyTimer::new(ctx);
+        timer.expires_after(ms(40));
+        let fired = Rc::new(Cell::new(false));
+        let f = fired.clone();
+        timer.async_wait(move |_| f.set(true));
 
-    assert_eq!(ctx.run_until(Instant::now() + ms(5)), 0);
-    assert!(!ctx.stopped());
-    assert_eq!(ctx.run_for(ms(5)), 0);
-    assert!(!ctx.stopped());
-    assert!(!fired.get());
-    // No restart() needed: the context was never stopped.
-    assert_eq!(run_bounded(&ctx), 1);
-    assert!(fired.get());
+        assert_eq!(ctx.run_until(ctx.now() + ms(5)), 0);
+        assert!(!ctx.stopped());
+        assert_eq!(ctx.run_for(ms(5)), 0);
+        assert!(!ctx.stopped());
+        assert!(!fired.get());
+        // No restart() needed: the context was never stopped.
+        assert_eq!(run_bounded(ctx), 1);
+        assert!(fired.get());
+    });
 }
 
 // ---------------------------------------------------------------- panics
 
 #[test]
 fn a_panicking_handler_unwinds_out_of_run_and_the_next_run_continues_in_order() {
-    let ctx = IoContext::new().unwrap();
-    let log = Log::default();
-    ctx.post(log.push(0));
-    {
-        let l = log.clone();
-        ctx.post(move || {
-            l.0.borrow_mut().push(1);
-            panic!("handler 1 panics");
-        });
-    }
-    ctx.post(log.push(2));
-    ctx.post(log.push(3));
+    on_both_backends(|ctx| {
+        let log = Log::default();
+        ctx.post(log.push(0));
+        {
+            let l = log.clone();
+            ctx.post(move || {
+                l.0.borrow_mut().push(1);
+                panic!("handler 1 panics");
+            });
+        }
+        ctx.post(log.push(2));
+        ctx.post(log.push(3));
 
-    let r = catch_unwind(AssertUnwindSafe(|| ctx.run()));
-    assert!(r.is_err(), "the panic did not reach run()'s caller");
-    assert_eq!(log.get(), vec![0, 1]);
-    assert!(!ctx.stopped());
+        let r = catch_unwind(AssertUnwindSafe(|| ctx.run()));
+        assert!(r.is_err(), "the panic did not reach run()'s caller");
+        assert_eq!(log.get(), vec![0, 1]);
+        assert!(!ctx.stopped());
 
-    // Outside run() again: dispatch must post, not run inline.
-    ctx.dispatch(log.push(4));
-    assert_eq!(log.get(), vec![0, 1]);
+        // Outside run() again: dispatch must post, not run inline.
+        ctx.dispatch(log.push(4));
+        assert_eq!(log.get(), vec![0, 1]);
 
-    assert_eq!(ctx.run(), 3);
-    assert_eq!(log.get(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(ctx.run(), 3);
+        assert_eq!(log.get(), vec![0, 1, 2, 3, 4]);
+    });
 }
 
 #[test]
