@@ -57,7 +57,7 @@ Simulation (no real network, no --root; files go in a temporary directory):
                            write files, check every transfer, print the trace hash
                            and exit (1 if a transfer ended wrong)
   --seeds N                run seeds SEED..SEED+N (default 1)
-  --clients N              clients per seed, each making one transfer (default 8)
+  --clients N              clients per seed, each making one transfer, 1..=250 (default 8)
   --loss P, --duplicate P, --reorder P
                            the network's faults (default 0.2, 0.05, 0.1)
   --partition-ms N         cut the server off from every client for N ms of virtual
@@ -122,6 +122,11 @@ fn main() {
         }
     }
     if let Some(first) = sim_seed {
+        // One transfer per client, all at once: past the server's limit of
+        // transfers at once, some would rightly be told "server busy".
+        if plan.clients == 0 || plan.clients > 250 {
+            usage("--clients must be in 1..=250");
+        }
         init_log(level);
         std::process::exit(simulate_seeds(first, seeds, &plan));
     }

@@ -83,7 +83,7 @@ pub fn run(seed: u64, plan: &Plan, dir: &Path) -> Outcome {
         // Sizes around the block edges: empty, one block exactly, several.
         let len = [0, BLOCK, BLOCK * 3 + 17, 40_000][(sim.random_u64() % 4) as usize];
         let data = content(seed ^ u64::from(i), len);
-        let client: IpAddr = format!("10.0.1.{}", i + 1).parse().unwrap();
+        let client = client_ip(i);
         let write = i % 2 == 1;
         let name = format!("f{i}");
         if write {
@@ -114,7 +114,7 @@ pub fn run(seed: u64, plan: &Plan, dir: &Path) -> Outcome {
         t.async_wait(move |_| {
             let server_ip: IpAddr = "10.0.0.1".parse().unwrap();
             for i in 0..clients {
-                s.partition(server_ip, format!("10.0.1.{}", i + 1).parse().unwrap());
+                s.partition(server_ip, client_ip(i));
             }
             keep.expires_after(len);
             let (s2, keep2) = (s.clone(), keep.clone());
@@ -170,6 +170,11 @@ pub fn run(seed: u64, plan: &Plan, dir: &Path) -> Outcome {
 /// What a client calls when its transfer ends: the bytes read (empty for a
 /// write), or why not ("timeout" for a timeout).
 type Done = Box<dyn FnOnce(Result<Vec<u8>, String>)>;
+
+/// Client `i`'s host: 10.0.1.1, 10.0.1.2, ... (250 to a /24).
+fn client_ip(i: u32) -> IpAddr {
+    IpAddr::from([10, 0, (1 + i / 250) as u8, (1 + i % 250) as u8])
+}
 
 /// One client's transfer (octet mode, 512-byte blocks, no options).
 struct Transfer {
