@@ -615,7 +615,13 @@ impl IoContext {
             return Some(Duration::ZERO);
         }
         let next = inner.timers.borrow_mut().next_deadline();
-        next.map(|at| at.saturating_duration_since(inner.now()))
+        let timer = next.map(|at| at.saturating_duration_since(inner.now()));
+        // Simulated: a datagram's arrival is a deadline too (there is no
+        // descriptor that would become readable for it).
+        match inner.sim.as_ref().and_then(|w| w.next_arrival()) {
+            Some(a) => Some(timer.map_or(a, |t| t.min(a))),
+            None => timer,
+        }
     }
 
     /// Fairness: how many handlers one pass runs before I/O is polled again.

@@ -76,9 +76,16 @@ impl World {
     /// never end: it panics naming the seed, where a real context would
     /// hang for ever.
     pub(crate) fn wait(&self, timeout: Option<Duration>, ready: &mut Vec<PortReady>) {
+        // Readiness that already holds ends the wait at once, as epoll
+        // reports it: a new registration, a datagram delivered early (a
+        // receive call delivers what is due), a write wait.
+        self.medium.deliver_due();
+        self.net().ready(ready);
+        if !ready.is_empty() {
+            return;
+        }
         // The next arrival bounds the wait like a deadline.
-        let arrival =
-            self.net().next_arrival().map(|at| Duration::from_nanos(at.saturating_sub(self.medium.clock.now_ns())));
+        let arrival = self.next_arrival();
         let timeout = match (timeout, arrival) {
             (Some(t), Some(a)) => Some(t.min(a)),
             (t, a) => t.or(a),
@@ -112,6 +119,12 @@ impl World {
             );
         }
         self.trace(Event::Advanced);
+    }
+
+    /// Virtual time until the next datagram in flight arrives.
+    pub(crate) fn next_arrival(&self) -> Option<Duration> {
+        let at = self.net().next_arrival()?;
+        Some(Duration::from_nanos(at.saturating_sub(self.medium.clock.now_ns())))
     }
 
     /// The next number of the application's random stream.
