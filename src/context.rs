@@ -124,11 +124,32 @@ impl Inner {
     #[cold]
     #[inline(never)]
     fn post_special<F: FnOnce() + 'static>(&self, f: F) {
+        self.post_traced(Event::Posted, f);
+    }
+
+    /// Posts `f`, the handler of an operation that completed at once with
+    /// `(err, n)`: as [`post`](Self::post), its result traced on a
+    /// simulated context.
+    #[inline(always)]
+    pub(crate) fn post_done<F: FnOnce() + 'static>(&self, err: Error, n: usize, f: F) {
+        if self.special.get() != 0 {
+            return self.post_done_special(err, n, f);
+        }
+        self.queue.push(f);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn post_done_special<F: FnOnce() + 'static>(&self, err: Error, n: usize, f: F) {
+        self.post_traced(Event::Completed { err: err.code(), n: n as u64 }, f);
+    }
+
+    fn post_traced<F: FnOnce() + 'static>(&self, event: Event, f: F) {
         if self.is_dropping() {
             log::debug!("handler posted while the context is being dropped: dropped unrun");
             return;
         }
-        self.trace(Event::Posted);
+        self.trace(event);
         self.queue.push(f);
     }
 
@@ -140,9 +161,11 @@ impl Inner {
         match u32::try_from(n) {
             Ok(n32) => {
                 let packed = (u64::from(n32) << 32) | u64::from(err.code() as u32);
-                self.post(move || handler(Error::from_code(packed as u32 as i32), (packed >> 32) as usize));
+                self.post_done(err, n, move || {
+                    handler(Error::from_code(packed as u32 as i32), (packed >> 32) as usize)
+                });
             }
-            Err(_) => self.post(move || handler(err, n)),
+            Err(_) => self.post_done(err, n, move || handler(err, n)),
         }
     }
 
@@ -299,6 +322,8 @@ impl Inner {
         // Nothing registered, no timers and no waiting: nothing to poll. This
         // keeps a loop of plain handlers free of system calls (as Asio, which
         // creates no reactor until an I/O object needs one).
+        // (A simulated context is never idle: its network may hold datagrams
+        // due now, which only its wait delivers; see `with_world`.)
         if timeout == Some(Duration::ZERO) && self.reactor.is_idle() && self.timers.borrow().len() == 0 {
             return;
         }
@@ -517,6 +542,13 @@ impl IoContext {
     }
 
     fn with_world(sim: Option<Rc<World>>) -> io::Result<IoContext> {
+        let reactor = Reactor::new()?;
+        if sim.is_some() {
+            // The simulated network counts as a registration, so that a turn
+            // with nothing registered still waits on it (and delivers what
+            // is due), at no cost to a real context's turn.
+            reactor.add_standing_registration();
+        }
         let inner = Rc::new(Inner {
             queue: ReadyQueue::new(),
             outstanding: Cell::new(0),
@@ -524,7 +556,7 @@ impl IoContext {
             depth: Cell::new(0),
             special: Cell::new(if sim.is_some() { TRACING } else { 0 }),
             sim,
-            reactor: Reactor::new()?,
+            reactor,
             timers: RefCell::new(TimerQueue::new(crate::timer::clock_base())),
             remote: RefCell::new(None),
             has_remote: Cell::new(false),

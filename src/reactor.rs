@@ -873,9 +873,9 @@ fn sim_recv(obj: &IoObject, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::
 /// A send on a simulated port, or on a closed socket (out of line, as
 /// [`sim_recv`]).
 #[inline(never)]
-fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>) -> io::Result<usize> {
+fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
     let Some(port) = obj.port() else { return Err(closed()) };
-    port.send(bufs, dest.and_then(SockAddr::as_socket))
+    port.send(bufs, dest.and_then(SockAddr::as_socket), flags)
 }
 
 /// The error a call on a closed socket gets (EBADF, as the kernel's).
@@ -926,7 +926,7 @@ impl Io for IoObject {
         let sock = self.sock.borrow();
         let n = match &*sock {
             Some(sock) => sys::send(sock, bufs, dest, flags)?,
-            None => sim_send(self, bufs, dest)?,
+            None => sim_send(self, bufs, dest, flags)?,
         };
         self.counted_out(n);
         Ok(n)
@@ -978,6 +978,11 @@ impl Reactor {
             batch: Cell::default(),
             counters: Rc::default(),
         })
+    }
+
+    /// One registration that is never removed (a simulated context's network).
+    pub(crate) fn add_standing_registration(&self) {
+        self.registered.set(self.registered.get() + 1);
     }
 
     pub(crate) fn has_registrations(&self) -> bool {

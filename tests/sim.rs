@@ -100,6 +100,36 @@ fn trace_of(seed: u64) -> (u64, u64) {
     (sim.trace_hash(), sim.events())
 }
 
+/// A lossy, duplicating, reordering exchange of datagrams: its trace holds
+/// every datagram's fate.
+fn udp_trace_of(seed: u64) -> u64 {
+    let net = SimConfig::new(seed)
+        .latency(Duration::from_millis(1), Duration::from_millis(9))
+        .loss(0.2)
+        .duplicate(0.1)
+        .reorder(0.2);
+    let ctx = IoContext::simulated_with(net);
+    let a = ioctx::net::UdpSocket::bind(&ctx, "10.0.0.1:1".parse().unwrap()).unwrap();
+    let b = ioctx::net::UdpSocket::bind(&ctx, "10.0.0.2:2".parse().unwrap()).unwrap();
+    for i in 0..50u8 {
+        a.async_send_to(vec![i; i as usize], "10.0.0.2:2".parse().unwrap(), |_, _| {});
+    }
+    fn receive(b: ioctx::net::UdpSocket) {
+        let again = b.clone();
+        b.async_receive(vec![0u8; 64], move |e, _, _| {
+            if e.is_ok() {
+                receive(again);
+            }
+        });
+    }
+    receive(b.clone());
+    ctx.run_for(Duration::from_secs(1));
+    b.close();
+    ctx.restart();
+    ctx.run();
+    ctx.sim().unwrap().trace_hash()
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
     let a = trace_of(42);
@@ -117,9 +147,13 @@ fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
 /// changes it makes runs in different processes disagree.
 #[test]
 fn the_trace_hash_is_the_same_in_every_process() {
-    let (hash, events) = trace_of(42);
+    let (timers, events) = trace_of(42);
     assert_eq!(events, 60);
-    assert_eq!(hash, trace_of(42).0);
+    assert_eq!(timers, trace_of(42).0);
+    let udp = udp_trace_of(42);
+    assert_eq!(udp, udp_trace_of(42));
+    assert_ne!(udp, udp_trace_of(43));
+    let hash = timers ^ udp.rotate_left(1);
     let expected = std::env::var("IOCTX_EXPECTED_TRACE_42").ok();
     if let Some(e) = expected {
         assert_eq!(format!("{hash:016x}"), e);
@@ -151,8 +185,13 @@ fn check_determinism_catches_code_that_reads_the_real_clock() {
     let msg = panic_message(|| {
         sim::check_determinism(7, |ctx| {
             let t = Rc::new(SteadyTimer::new(ctx));
-            // The real clock, not the context's: its value differs from run to run.
-            t.expires_at(Instant::now() + Duration::from_millis(10));
+            // The real clock, not the context's: its value differs from run to
+            // run. (The wall clock: the second run is later than the first,
+            // so its nanoseconds modulo a prime coincide about once in 10^9
+            // runs; `Instant::now()` against the context's creation can come
+            // out equal to the nanosecond.)
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            t.expires_after(Duration::from_nanos((wall.as_nanos() % 1_000_000_007) as u64));
             let keep = t.clone();
             t.async_wait(move |_| drop(keep));
         })

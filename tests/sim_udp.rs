@@ -317,7 +317,9 @@ fn a_held_link_delays_traffic_which_flows_in_order_when_released() {
 
 #[test]
 fn a_full_receive_buffer_drops_what_does_not_fit() {
-    let ctx = IoContext::simulated_with(SimConfig::new(7).recv_buffer(1000));
+    // Each queued datagram costs its bytes and 64 of bookkeeping: 1100
+    // bytes hold three of 300.
+    let ctx = IoContext::simulated_with(SimConfig::new(7).recv_buffer(1100));
     let a = UdpSocket::bind(&ctx, addr("10.0.0.1:1")).unwrap();
     let b = UdpSocket::bind(&ctx, addr("10.0.0.2:2")).unwrap();
     for _ in 0..10 {
@@ -330,7 +332,7 @@ fn a_full_receive_buffer_drops_what_does_not_fit() {
     while b.receive(vec![0u8; 400]).is_ok() {
         n += 1;
     }
-    assert_eq!(n, 3, "1000 bytes hold three datagrams of 300");
+    assert_eq!(n, 3, "1100 bytes hold three datagrams of 300");
 }
 
 #[test]
@@ -455,7 +457,12 @@ fn a_lossy_exchange_is_deterministic() {
         (s.trace_hash(), s.events())
     };
     assert_eq!(hash(config()), hash(config()));
-    assert_ne!(hash(config()).0, hash(SimConfig::new(22).loss(0.1).reorder(0.1)).0);
+    let other_seed = SimConfig::new(22)
+        .latency(Duration::from_millis(1), Duration::from_millis(30))
+        .loss(0.1)
+        .duplicate(0.05)
+        .reorder(0.1);
+    assert_ne!(hash(config()).0, hash(other_seed).0, "the same network, another seed: other faults");
 }
 
 #[test]
@@ -566,4 +573,163 @@ fn the_reactor_style_wait_then_read_gets_every_datagram_on_both_backends() {
         ctx.run();
         assert_eq!(got.get(), 2);
     });
+}
+
+// ------------------------------------------------------------ fidelity to Linux
+// (found by review)
+
+#[test]
+fn edge_cases_of_sending_fail_as_on_linux_on_both_backends() {
+    on_both_backends(|ctx| {
+        let s = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let got = Rc::new(RefCell::new(Vec::new()));
+        let (g1, g2) = (got.clone(), got.clone());
+        s.async_send_to(b"x".to_vec(), addr("127.0.0.1:0"), move |e, _| g1.borrow_mut().push(e));
+        let to = s.local_addr().unwrap();
+        s.async_send_to_with_flags(b"x".to_vec(), to, ioctx::net::MessageFlags::OUT_OF_BAND, move |e, _| {
+            g2.borrow_mut().push(e)
+        });
+        ctx.run();
+        assert_eq!(
+            *got.borrow(),
+            vec![Error::from_raw_os_error(libc::EINVAL), Error::from_raw_os_error(libc::EOPNOTSUPP)]
+        );
+    });
+}
+
+#[test]
+fn a_datagram_to_a_port_connected_elsewhere_is_refused_on_both_backends() {
+    on_both_backends(|ctx| {
+        let busy = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let other = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        busy.connect(other.local_addr().unwrap()).unwrap();
+        let s = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        s.connect(busy.local_addr().unwrap()).unwrap();
+        s.async_send(b"hello?".to_vec(), |e, _| assert!(e.is_ok()));
+        let got = Rc::new(Cell::new(Error::NONE));
+        let g = got.clone();
+        s.async_receive(vec![0u8; 8], move |e, _, _| g.set(e))
+            .cancel_after(Duration::from_secs(1), CancellationType::ALL);
+        ctx.run();
+        assert_eq!(got.get(), Error::CONNECTION_REFUSED);
+    });
+}
+
+#[test]
+fn connect_keeps_the_datagrams_already_queued_on_both_backends() {
+    on_both_backends(|ctx| {
+        let s = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let a = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let b = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        a.send_to(&b"x"[..], s.local_addr().unwrap()).unwrap();
+        {
+            let _busy = ctx.work_guard();
+            ctx.run_for(Duration::from_millis(20));
+        }
+        ctx.restart();
+        s.connect(b.local_addr().unwrap()).unwrap();
+        b.send_to(&b"y"[..], s.local_addr().unwrap()).unwrap();
+        a.send_to(&b"z"[..], s.local_addr().unwrap()).unwrap(); // filtered now
+        let got = Rc::new(RefCell::new(Vec::new()));
+        for _ in 0..2 {
+            let g = got.clone();
+            s.async_receive(vec![0u8; 8], move |_, n, buf| g.borrow_mut().extend_from_slice(&buf[..n]));
+        }
+        ctx.run();
+        assert_eq!(*got.borrow(), b"xy".to_vec());
+    });
+}
+
+#[test]
+fn a_server_bound_to_every_host_answers_from_the_address_it_was_reached_at() {
+    let ctx = IoContext::simulated(15);
+    let sim = ctx.sim().unwrap();
+    let server = UdpSocket::bind(&ctx, addr("0.0.0.0:7")).unwrap();
+    let client = UdpSocket::bind(&ctx, addr("10.0.0.2:0")).unwrap();
+    client.connect(addr("10.0.0.1:7")).unwrap();
+    let s2 = server.clone();
+    server.async_receive_from(vec![0u8; 8], move |_, n, buf, from| {
+        s2.async_send_to(buf[..n].to_vec(), from, |_, _| {});
+    });
+    let got = Rc::new(Cell::new(0));
+    let g = got.clone();
+    client.async_send(b"ping".to_vec(), |_, _| {});
+    client.async_receive(vec![0u8; 8], move |e, n, _| {
+        assert!(e.is_ok());
+        g.set(n);
+    });
+    ctx.run();
+    assert_eq!(got.get(), 4, "the connected client accepts the reply: it comes from 10.0.0.1:7");
+    // And partitions apply to it: cut, the next exchange is lost.
+    sim.partition(ip("10.0.0.1"), ip("10.0.0.2"));
+    let s2 = server.clone();
+    server.async_receive_from(vec![0u8; 8], move |e, n, buf, from| {
+        if e.is_ok() {
+            s2.async_send_to(buf[..n].to_vec(), from, |_, _| {});
+        }
+    });
+    let lost = Rc::new(Cell::new(Error::NONE));
+    let l = lost.clone();
+    client.async_send(b"ping".to_vec(), |_, _| {});
+    client
+        .async_receive(vec![0u8; 8], move |e, _, _| l.set(e))
+        .cancel_after(Duration::from_secs(1), CancellationType::ALL);
+    ctx.restart();
+    ctx.run_for(Duration::from_secs(2));
+    assert_eq!(lost.get(), Error::OPERATION_ABORTED);
+    server.close();
+}
+
+#[test]
+fn a_crashed_host_receives_nothing_even_on_a_socket_bound_to_every_host_until_it_restarts() {
+    let ctx = IoContext::simulated(16);
+    let sim = ctx.sim().unwrap();
+    let wild = UdpSocket::bind(&ctx, addr("0.0.0.0:9")).unwrap();
+    let client = UdpSocket::bind(&ctx, addr("10.0.0.2:0")).unwrap();
+    sim.crash(ip("10.0.0.1"));
+    client.send_to(&b"lost"[..], addr("10.0.0.1:9")).unwrap();
+    client.send_to(&b"kept"[..], addr("10.0.0.3:9")).unwrap();
+    let _busy = ctx.work_guard();
+    ctx.run_for(Duration::from_millis(10));
+    let mut buf = [0u8; 8];
+    let n = wild.receive(&mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"kept");
+    assert!(wild.receive(&mut buf[..]).is_err(), "nothing for the crashed host");
+    // A restart: a socket bound on the IP brings the host back.
+    let restarted = UdpSocket::bind(&ctx, addr("10.0.0.1:10")).unwrap();
+    client.send_to(&b"back"[..], addr("10.0.0.1:9")).unwrap();
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(10));
+    let n = wild.receive(&mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"back");
+    drop(restarted);
+}
+
+#[test]
+fn ipv6_flow_labels_and_empty_datagrams_and_extreme_latencies_are_handled() {
+    // A flow label is not part of the address.
+    let ctx = IoContext::simulated_with(SimConfig::new(17).recv_buffer(65 + 64 * 9));
+    let a = UdpSocket::bind(&ctx, addr("[::1]:0")).unwrap();
+    let b = UdpSocket::bind(&ctx, addr("[::1]:5000")).unwrap();
+    let to = SocketAddr::V6(std::net::SocketAddrV6::new("::1".parse().unwrap(), 5000, 7, 0));
+    a.send_to(&b"x"[..], to).unwrap();
+    // Empty datagrams fill a receive buffer too (64 bytes of bookkeeping
+    // each): the one-byte datagram and nine empty ones fit, no more.
+    for _ in 0..100 {
+        a.send_to(&b""[..], addr("[::1]:5000")).unwrap();
+    }
+    let _busy = ctx.work_guard();
+    ctx.run_for(Duration::from_millis(10));
+    let mut n = 0;
+    while b.receive(vec![0u8; 8]).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 10);
+    // The widest latency range does not overflow.
+    let ctx = IoContext::simulated_with(SimConfig::new(18).latency(Duration::ZERO, Duration::MAX).reorder(1.0));
+    let a = UdpSocket::bind(&ctx, addr("10.0.0.1:1")).unwrap();
+    a.send_to(&b"x"[..], addr("10.0.0.2:2")).unwrap();
+    // Not a UDP domain: refused as socket(2) refuses it.
+    let e = UdpSocket::open(&ctx, socket2::Domain::UNIX).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPROTONOSUPPORT));
 }

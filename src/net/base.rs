@@ -294,7 +294,7 @@ impl Base {
         // Empty buffers: no I/O, but a closed stream still says so (S5).
         if mut_len(&mut bufs) == 0 {
             let err = if self.is_open() { Error::NONE } else { Error::BAD_DESCRIPTOR };
-            inner.post(move || handler(err, 0, bufs));
+            inner.post_done(err, 0, move || handler(err, 0, bufs));
             return Operation::detached();
         }
         let io = self.io();
@@ -306,7 +306,7 @@ impl Base {
                 return self.enqueue(&inner, RecvOp::rc(bufs, 0, false, h), Dir::Read);
             }
         };
-        inner.post(move || handler(err, n, bufs));
+        inner.post_done(err, n, move || handler(err, n, bufs));
         Operation::detached()
     }
 
@@ -323,7 +323,7 @@ impl Base {
         if const_len(&bufs) == 0 {
             drop(bufs);
             let err = if self.is_open() { Error::NONE } else { Error::BAD_DESCRIPTOR };
-            inner.post(move || handler(err, 0));
+            inner.post_done(err, 0, move || handler(err, 0));
             return Operation::detached();
         }
         let io = self.io();
@@ -402,7 +402,7 @@ impl Base {
             Attempt::Closed => (Error::BAD_DESCRIPTOR, None),
             Attempt::Later => return self.enqueue(&inner, Rc::new(AcceptOp::new(handler)), Dir::Read),
         };
-        inner.post(move || handler(err, sock));
+        inner.post_done(err, 0, move || handler(err, sock));
         Operation::detached()
     }
 
@@ -477,7 +477,7 @@ impl Base {
             }
         };
         let from = from.get().unwrap_or_else(sys::unspecified_addr);
-        inner.post(move || handler(err, n, bufs, from));
+        inner.post_done(err, n, move || handler(err, n, bufs, from));
         Operation::detached()
     }
 }
@@ -500,7 +500,7 @@ impl Base {
                 return self.enqueue(&inner, Rc::new(RecvFromOp::new(bufs, flags.bits(), handler)), Dir::Read);
             }
         };
-        inner.post(move || handler(err, n, bufs, from));
+        inner.post_done(err, n, move || handler(err, n, bufs, from));
         Operation::detached()
     }
 }

@@ -164,7 +164,12 @@ impl UdpSocket {
     /// options that must be set before binding (Asio's `socket.open()`); bind
     /// it with [`bind_to`](Self::bind_to).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<UdpSocket> {
-        if let Some(b) = Base::adopt_sim(ex, |world| Ok(Port::new(world.medium(), domain == Domain::IPV6))) {
+        if let Some(b) = Base::adopt_sim(ex, |world| {
+            if domain != Domain::IPV4 && domain != Domain::IPV6 {
+                return Err(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT)); // as socket(2) says
+            }
+            Ok(Port::new(world.medium(), domain == Domain::IPV6))
+        }) {
             return Ok(UdpSocket { b: b? });
         }
         Self::adopt(ex, Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?)

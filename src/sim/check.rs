@@ -33,6 +33,8 @@ pub fn check_determinism(seed: u64, f: impl Fn(&IoContext)) {
     if let Some(i) = at {
         let show =
             |run: &[Traced]| run.get(i).map_or_else(|| "nothing (the run had ended)".to_string(), |t| t.to_string());
+        // The seed the runs had (IOCTX_SIM_SEED may have replaced `seed`).
+        let seed = crate::sim::SimConfig::new(seed).seed_from_env().seed();
         panic!(
             "ioctx::sim: not deterministic with seed {seed}: event #{} differs: first run: {}; second run: {} \
              ({} and {} events in all)",

@@ -9,7 +9,9 @@
 //!
 //! UDP runs on an in-memory network: [`UdpSocket`](crate::net::UdpSocket)
 //! binds any address (each distinct IP is a host; `0.0.0.0`/`::` binds every
-//! host, and such a socket sends from the loopback address of its family),
+//! host, and such a socket sends from the address the last datagram it got
+//! was sent to, or from loopback before it has got one: bind a host's IP to
+//! be that host; an IPv6 socket does not take IPv4 datagrams),
 //! and datagrams travel with the link's latency, lost, duplicated or held
 //! back (reordered) as the seed decides ([`SimConfig`] for the whole
 //! network, [`Sim::set_link`] per direction). [`Sim::partition`] loses
@@ -33,7 +35,9 @@
 //! `SignalSet`, `IoContext::remote`, `from_std`/`release` and socket
 //! options fail on a simulated context with `ErrorKind::Unsupported`
 //! (never a panic); a synchronous receive that finds nothing returns
-//! `WouldBlock` (nothing could arrive while it waited).
+//! `WouldBlock` (nothing could arrive while it waited). A simulated context
+//! is driven by `run*`: `poll` never moves virtual time, and
+//! `next_timeout` counts a datagram in flight as a deadline.
 //!
 //! ```
 //! use ioctx::net::UdpSocket;
@@ -309,10 +313,11 @@ impl Sim {
 
     /// Crashes host `ip`: every socket bound on it is closed as by
     /// `close()` (pending operations end with `OPERATION_ABORTED`), and
-    /// datagrams on their way to it are lost. Binding on it again works: a
+    /// datagrams on their way to it, or sent to it later, are lost, also for
+    /// a socket bound to every host. Binding a socket on `ip` again is a
     /// restart.
     pub fn crash(&self, ip: IpAddr) {
-        self.world.net().lose_traffic_to(ip);
+        self.world.medium().crash(ip);
         if let Some(host) = self.host.upgrade() {
             host.crash(ip);
         }

@@ -186,10 +186,26 @@ pub(crate) struct Net {
     flights: BinaryHeap<Flight>,
     /// Datagram buffers given back by receives, for the next sends.
     pool: Vec<Vec<u8>>,
+    /// Crashed hosts, until a socket binds their IP again.
+    down: BTreeSet<IpAddr>,
     sent: u64,
     next_port: u16,
     /// The network's random stream (loss, latency, ...), apart from the application's.
     rng: Cell<u64>,
+}
+
+/// What a queued datagram costs a receive buffer beyond its bytes (Linux
+/// counts its buffer's bookkeeping too), so that empty datagrams fill a
+/// buffer as well.
+const DATAGRAM_OVERHEAD: usize = 64;
+
+/// An address as the network compares it: an IPv6 address's flow label
+/// and scope are not part of where it goes.
+pub(crate) fn normal(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => SocketAddr::new(IpAddr::V6(*v6.ip()), v6.port()),
+        v4 => v4,
+    }
 }
 
 /// The first port an ephemeral bind picks (then upwards, wrapping within the range).
@@ -208,6 +224,7 @@ impl Net {
             dirty: Vec::new(),
             flights: BinaryHeap::new(),
             pool: Vec::new(),
+            down: BTreeSet::new(),
             sent: 0,
             next_port: EPHEMERAL.0,
             rng: Cell::new(super::trace::mix(seed ^ 0x6E65_745F_726E_6721)),
@@ -231,8 +248,13 @@ impl Net {
     }
 
     fn latency(&self, link: &Link) -> u64 {
-        let (min, max) = (link.latency.0.as_nanos() as u64, link.latency.1.as_nanos() as u64);
-        if min == max { min } else { min + self.random() % (max - min + 1) }
+        let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let (min, max) = (ns(link.latency.0), ns(link.latency.1));
+        match (max - min).checked_add(1) {
+            _ if min == max => min,
+            Some(span) => min + self.random() % span,
+            None => min.saturating_add(self.random()), // the whole range of u64
+        }
     }
 
     fn link(&self, from: IpAddr, to: IpAddr) -> Link {
@@ -282,6 +304,7 @@ impl Net {
             return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
         }
         self.bound.insert(addr, Rc::downgrade(port));
+        self.down.remove(&addr.ip()); // a restart
         Ok(addr)
     }
 
@@ -313,12 +336,25 @@ impl Net {
         self.flights.peek().map(|f| f.at)
     }
 
-    /// Drops every datagram in flight or held to `ip` (its host crashed).
-    pub(crate) fn lose_traffic_to(&mut self, ip: IpAddr) {
-        self.flights.retain(|f| f.to.ip() != ip);
+    /// Host `ip` is down: every datagram in flight or held to it is lost
+    /// (returned, to be traced), and so is every later one until a socket
+    /// binds `ip` again (a restart).
+    fn crash(&mut self, ip: IpAddr) -> Vec<(SocketAddr, SocketAddr, usize)> {
+        self.down.insert(ip);
+        let mut lost = Vec::new();
+        let mut keep = |f: &Flight| {
+            let hit = f.to.ip() == ip;
+            if hit {
+                lost.push((f.from, f.to, f.data.len()));
+            }
+            !hit
+        };
+        self.flights.retain(&mut keep);
         for q in self.held.values_mut() {
-            q.retain(|f| f.to.ip() != ip);
+            q.retain(&mut keep);
         }
+        lost.sort(); // the heap's order is not the order sent
+        lost
     }
 
     /// Registered ports by token, in token order, that have something to
@@ -397,6 +433,9 @@ pub(crate) struct Port {
     armed: Cell<bool>,
     /// Something arrived since the last report (an edge).
     arrived: Cell<bool>,
+    /// The IP the last datagram delivered here was sent to (what a socket
+    /// bound to every host answers from).
+    reached_at: Cell<Option<IpAddr>>,
     closed: Cell<bool>,
 }
 
@@ -414,6 +453,7 @@ impl Port {
             reg: Cell::new(None),
             armed: Cell::new(false),
             arrived: Cell::new(false),
+            reached_at: Cell::new(None),
             closed: Cell::new(false),
         })
     }
@@ -428,7 +468,7 @@ impl Port {
         if self.local.get().is_some() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let addr = self.world.net().bind(self, addr)?;
+        let addr = self.world.net().bind(self, normal(addr))?;
         log::debug!(target: "ioctx::sim", "udp bound {addr}");
         self.local.set(Some(addr));
         Ok(())
@@ -460,13 +500,9 @@ impl Port {
     pub(crate) fn connect(self: &Rc<Self>, addr: SocketAddr) -> io::Result<()> {
         self.family_ok(addr)?;
         self.autobind()?;
-        self.peer.set(Some(addr));
-        // Datagrams from others already queued are not for it any more.
-        let mut q = self.queue.borrow_mut();
-        let before: usize = q.iter().map(|d| d.0.len()).sum();
-        q.retain(|d| d.1 == addr);
-        let after: usize = q.iter().map(|d| d.0.len()).sum();
-        self.queued_bytes.set(self.queued_bytes.get() - (before - after));
+        // Datagrams already queued from others stay, as Linux keeps them;
+        // only later arrivals are filtered.
+        self.peer.set(Some(normal(addr)));
         Ok(())
     }
 
@@ -505,30 +541,50 @@ impl Port {
         let from = *from;
         if !peek {
             let (data, _) = q.pop_front().expect("front seen");
-            self.queued_bytes.set(self.queued_bytes.get() - data.len());
+            self.queued_bytes.set(self.queued_bytes.get() - (data.len() + DATAGRAM_OVERHEAD));
             self.world.net().give_back(data);
         }
         Ok((off, from))
     }
 
     /// Sends the gathered `data` to `dest`, or to the peer.
-    pub(crate) fn send(self: &Rc<Self>, data: &[std::io::IoSlice<'_>], dest: Option<SocketAddr>) -> io::Result<usize> {
+    /// `flags` are a send's `MSG_*` flags: out-of-band data is refused, as
+    /// UDP refuses it; the others change nothing in the simulation.
+    pub(crate) fn send(
+        self: &Rc<Self>,
+        data: &[std::io::IoSlice<'_>],
+        dest: Option<SocketAddr>,
+        flags: i32,
+    ) -> io::Result<usize> {
         if self.closed.get() {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
+        if flags & libc::MSG_OOB != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
         self.take_error()?;
-        let to = match dest.or(self.peer.get()) {
+        let to = match dest.map(normal).or(self.peer.get()) {
             Some(to) => to,
             None => return Err(io::Error::from_raw_os_error(libc::EDESTADDRREQ)),
         };
         self.family_ok(to)?;
+        if to.port() == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let len: usize = data.iter().map(|d| d.len()).sum();
         let net_limit = self.world.net().limits.max_datagram;
         if len > net_limit {
             return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         }
         let local = self.autobind()?;
-        let from_ip = if local.ip().is_unspecified() { loopback(to.ip()) } else { local.ip() };
+        // Bound to every host: the reply goes out from the address the last
+        // datagram came to (a server answering its clients), or, before
+        // any, from loopback. A socket meant to be one host binds its IP.
+        let from_ip = match (local.ip().is_unspecified(), self.reached_at.get()) {
+            (false, _) => local.ip(),
+            (true, Some(ip)) => ip,
+            (true, None) => loopback(to.ip()),
+        };
         let from = SocketAddr::new(from_ip, local.port());
         let mut bytes = self.world.net().buffer(len);
         for d in data {
@@ -588,7 +644,7 @@ impl Port {
 
     /// A datagram arrives: queued unless the buffer is full or it is not
     /// from the connected peer.
-    fn deliver(&self, from: SocketAddr, data: Vec<u8>) -> DatagramFate {
+    fn deliver(&self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) -> DatagramFate {
         if self.closed.get() {
             return DatagramFate::Refused;
         }
@@ -596,11 +652,13 @@ impl Port {
             return DatagramFate::Filtered;
         }
         let limit = self.world.net().limits.recv_buffer;
-        if self.queued_bytes.get() + data.len() > limit {
+        let cost = data.len() + DATAGRAM_OVERHEAD;
+        if self.queued_bytes.get() + cost > limit {
             return DatagramFate::Overflowed;
         }
-        self.queued_bytes.set(self.queued_bytes.get() + data.len());
+        self.queued_bytes.set(self.queued_bytes.get() + cost);
         self.queue.borrow_mut().push_back((data, from));
+        self.reached_at.set(Some(to.ip()));
         self.arrived.set(true);
         self.mark();
         DatagramFate::Delivered
@@ -632,7 +690,7 @@ impl Medium {
         for i in 0..copies {
             let mut lat = net.latency(&link);
             if net.chance(link.reorder) {
-                lat += net.latency(&link).max(1);
+                lat = lat.saturating_add(net.latency(&link).max(1));
             }
             // The last copy takes the bytes; a duplicate gets a clone.
             let bytes =
@@ -668,6 +726,15 @@ impl Medium {
         }
     }
 
+    /// Crashes host `ip` (see `Sim::crash`): what was on its way to it is
+    /// lost, and traced so.
+    pub(crate) fn crash(&self, ip: IpAddr) {
+        let lost = self.net().crash(ip);
+        for (from, to, len) in lost {
+            self.trace(Event::Datagram { fate: DatagramFate::HostDown, from, to, len: len as u64 });
+        }
+    }
+
     /// Delivers every datagram due by now.
     pub(crate) fn deliver_due(&self) {
         let now = self.clock.now_ns();
@@ -682,16 +749,19 @@ impl Medium {
             let Some(f) = flight else { return };
             let len = f.data.len() as u64;
             let (from, to) = (f.from, f.to);
-            let (cut, port) = {
+            let (cut, down, port) = {
                 let net = self.net();
-                (net.is_cut(from.ip(), to.ip()), net.port_for(to))
+                (net.is_cut(from.ip(), to.ip()), net.down.contains(&to.ip()), net.port_for(to))
             };
             let fate = match (cut, port) {
+                _ if down => DatagramFate::HostDown,
                 (true, _) => DatagramFate::Partitioned,
-                (false, Some(port)) => port.deliver(from, f.data),
+                (false, Some(port)) => port.deliver(from, to, f.data),
                 (false, None) => DatagramFate::Refused,
             };
-            if fate == DatagramFate::Refused
+            // No socket takes it (none bound, or the one bound is connected
+            // to another peer): the host answers with ICMP port unreachable.
+            if matches!(fate, DatagramFate::Refused | DatagramFate::Filtered)
                 && let Some(sender) = f.sender.upgrade()
                 && sender.peer.get() == Some(to)
                 && !sender.closed.get()

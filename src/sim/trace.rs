@@ -26,6 +26,8 @@ pub(crate) enum DatagramFate {
     Filtered,
     /// Its port's receive buffer was full.
     Overflowed,
+    /// Its host had crashed.
+    HostDown,
 }
 
 /// One step of a simulated run, as the trace records it.
