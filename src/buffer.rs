@@ -212,6 +212,22 @@ impl<T: MutableBuffer, const N: usize> MutableBufferSequence for [T; N] {
 }
 
 /// The total length of a send's buffers.
+/// Copies a datagram's `data` into a scatter list; returns how much fitted
+/// (a datagram longer than the buffers is truncated, as the kernel does):
+/// a datagram held in memory (read ahead, or simulated) reaching a receive.
+pub(crate) fn scatter(data: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
+    let mut off = 0;
+    for b in bufs.iter_mut() {
+        let n = b.len().min(data.len() - off);
+        b[..n].copy_from_slice(&data[off..off + n]);
+        off += n;
+        if off == data.len() {
+            break;
+        }
+    }
+    off
+}
+
 pub(crate) fn const_len<B: ConstBufferSequence + ?Sized>(bufs: &B) -> usize {
     let mut n = 0;
     bufs.gather(&mut |b| n += b.len());

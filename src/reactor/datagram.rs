@@ -10,7 +10,7 @@
 //! from `run_queue` and the `Io` impl.
 
 use super::{Dir, IoObject, Owner, Reactor};
-use crate::buffer::{MAX_BUFFERS, MutableBufferSequence};
+use crate::buffer::{MAX_BUFFERS, MutableBufferSequence, scatter};
 use crate::error::Error;
 use crate::op::SocketOp;
 use crate::sys;
@@ -56,21 +56,6 @@ const READ_AHEAD_SPACE: usize = 65_536;
 pub(super) struct Datagram {
     data: Vec<u8>,
     from: Option<SocketAddr>,
-}
-
-/// Copies `data` into the scatter list; returns how much fitted (a datagram
-/// longer than the buffers is truncated, as the kernel does).
-fn scatter(data: &[u8], bufs: &mut [IoSliceMut<'_>]) -> usize {
-    let mut off = 0;
-    for b in bufs.iter_mut() {
-        let n = b.len().min(data.len() - off);
-        b[..n].copy_from_slice(&data[off..off + n]);
-        off += n;
-        if off == data.len() {
-            break;
-        }
-    }
-    off
 }
 
 /// The read-ahead slot: a receive served from it, or filling it.

@@ -532,12 +532,7 @@ impl Port {
         let Some((data, from)) = q.front() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let mut off = 0;
-        for b in bufs.iter_mut() {
-            let n = b.len().min(data.len() - off);
-            b[..n].copy_from_slice(&data[off..off + n]);
-            off += n;
-        }
+        let off = crate::buffer::scatter(data, bufs);
         let from = *from;
         if !peek {
             let (data, _) = q.pop_front().expect("front seen");
