@@ -1,10 +1,21 @@
-//! The fairness settings: handlers per pass and operations per readiness event.
+//! The fairness settings: handlers per pass and operations per readiness
+//! event, on a real context and on a simulated one.
 
 use ioctx::net::UdpSocket;
-use ioctx::{IoContext, Operation};
+use ioctx::{IoContext, Operation, SimConfig};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
+
+/// A real context, or a simulated one whose datagrams arrive at once, as
+/// on loopback: the fairness rules must hold on both backends.
+fn context(simulated: bool) -> IoContext {
+    if simulated {
+        IoContext::simulated_with(SimConfig::new(3).latency(Duration::ZERO, Duration::ZERO))
+    } else {
+        IoContext::new().unwrap()
+    }
+}
 
 fn pair(ctx: &IoContext) -> (UdpSocket, UdpSocket) {
     let a = UdpSocket::bind(ctx, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -26,8 +37,8 @@ fn the_defaults_are_asios_pass_and_64_operations_and_zero_is_refused() {
 
 /// Ten handlers are queued; the first sends a datagram to a waiting receive.
 /// Returns whether the receive was still pending when the third handler ran.
-fn receive_pending_at_the_third_handler(per_pass: Option<usize>) -> bool {
-    let ctx = IoContext::new().unwrap();
+fn receive_pending_at_the_third_handler(per_pass: Option<usize>, simulated: bool) -> bool {
+    let ctx = context(simulated);
     if let Some(n) = per_pass {
         ctx.set_handlers_per_pass(n).unwrap();
     }
@@ -52,16 +63,18 @@ fn receive_pending_at_the_third_handler(per_pass: Option<usize>) -> bool {
 
 #[test]
 fn io_is_polled_after_each_group_of_handlers_per_pass() {
-    // Asio's rule: the ten handlers ready when the pass began all run first.
-    assert!(receive_pending_at_the_third_handler(None));
-    // Two per pass: I/O is polled after the second, so the receive is done.
-    assert!(!receive_pending_at_the_third_handler(Some(2)));
+    for simulated in [false, true] {
+        // Asio's rule: the ten handlers ready when the pass began all run first.
+        assert!(receive_pending_at_the_third_handler(None, simulated));
+        // Two per pass: I/O is polled after the second, so the receive is done.
+        assert!(!receive_pending_at_the_third_handler(Some(2), simulated));
+    }
 }
 
 /// Ten receives wait on a socket holding ten datagrams; a handler queued
 /// before the first turn counts the receives done when it runs.
-fn receives_done_after_one_event(per_event: Option<usize>) -> usize {
-    let ctx = IoContext::new().unwrap();
+fn receives_done_after_one_event(per_event: Option<usize>, simulated: bool) -> usize {
+    let ctx = context(simulated);
     if let Some(n) = per_event {
         ctx.set_operations_per_event(n).unwrap();
     }
@@ -79,8 +92,10 @@ fn receives_done_after_one_event(per_event: Option<usize>) -> usize {
 
 #[test]
 fn a_readiness_event_completes_at_most_operations_per_event_on_one_socket() {
-    assert_eq!(receives_done_after_one_event(None), 10);
-    assert_eq!(receives_done_after_one_event(Some(3)), 3);
+    for simulated in [false, true] {
+        assert_eq!(receives_done_after_one_event(None, simulated), 10);
+        assert_eq!(receives_done_after_one_event(Some(3), simulated), 3);
+    }
 }
 
 /// `n` receives wait on a socket, then `n + more` datagrams arrive, and
@@ -90,7 +105,7 @@ fn a_readiness_event_completes_at_most_operations_per_event_on_one_socket() {
 /// Returns how many were received before the loop idled, and what is left
 /// unread. A receive left pending while a datagram waits (in the kernel or
 /// read ahead) is a lost wakeup: the loop would sleep forever.
-fn receives_completed(budget: usize, n: usize, more: usize, per: usize) -> (usize, usize) {
+fn receives_completed(budget: usize, n: usize, more: usize, per: usize, simulated: bool) -> (usize, usize) {
     struct Count {
         started: Cell<usize>,
         done: Cell<usize>,
@@ -110,7 +125,7 @@ fn receives_completed(budget: usize, n: usize, more: usize, per: usize) -> (usiz
             }
         });
     }
-    let ctx = IoContext::new().unwrap();
+    let ctx = context(simulated);
     ctx.set_operations_per_event(budget).unwrap();
     let (a, b) = pair(&ctx);
     let c = Rc::new(Count { started: Cell::new(0), done: Cell::new(0), total: n + more, per });
@@ -131,8 +146,14 @@ fn every_queued_receive_completes_whatever_the_operations_per_event() {
         for n in 1..=16 {
             for more in 0..=4 {
                 for per in 1..=2 {
-                    let got = receives_completed(budget, n, more, per);
-                    assert_eq!(got, (n + more, 0), "budget {budget}, {n} receives, {more} more, {per} per handler");
+                    for simulated in [false, true] {
+                        let got = receives_completed(budget, n, more, per, simulated);
+                        assert_eq!(
+                            got,
+                            (n + more, 0),
+                            "budget {budget}, {n} receives, {more} more, {per} per handler, simulated {simulated}"
+                        );
+                    }
                 }
             }
         }
