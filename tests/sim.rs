@@ -334,10 +334,16 @@ fn ioctx_sim_seed_replays_a_seed_and_a_failing_test_prints_its_seed() {
 
 #[test]
 fn a_probability_outside_zero_to_one_panics_with_its_value() {
-    let msg = panic_message(|| drop(SimConfig::new(1).loss(1.5)));
+    let msg = panic_message(|| {
+        let _ = SimConfig::new(1).loss(1.5);
+    });
     assert!(msg.contains("loss") && msg.contains("1.5"), "{msg}");
-    let msg = panic_message(|| drop(ioctx::sim::Link::new().duplicate(f64::NAN)));
+    let msg = panic_message(|| {
+        let _ = ioctx::sim::Link::new().duplicate(f64::NAN);
+    });
     assert!(msg.contains("duplicate") && msg.contains("NaN"), "{msg}");
-    let msg = panic_message(|| drop(SimConfig::new(1).latency(Duration::from_secs(2), Duration::from_secs(1))));
+    let msg = panic_message(|| {
+        let _ = SimConfig::new(1).latency(Duration::from_secs(2), Duration::from_secs(1));
+    });
     assert!(msg.contains("latency"), "{msg}");
 }
