@@ -734,20 +734,20 @@ impl Medium {
     pub(crate) fn deliver_due(&self) {
         let now = self.clock.now_ns();
         loop {
-            let flight = {
+            // One borrow per datagram: the next due, and where it lands.
+            let (f, cut, down, port) = {
                 let mut net = self.net();
                 match net.flights.peek() {
-                    Some(f) if f.at <= now => net.flights.pop(),
-                    _ => None,
+                    Some(f) if f.at <= now => {}
+                    _ => return,
                 }
+                let Some(f) = net.flights.pop() else { return };
+                let (cut, down) = (net.is_cut(f.from.ip(), f.to.ip()), net.down.contains(&f.to.ip()));
+                let port = net.port_for(f.to);
+                (f, cut, down, port)
             };
-            let Some(f) = flight else { return };
             let len = f.data.len() as u64;
             let (from, to) = (f.from, f.to);
-            let (cut, down, port) = {
-                let net = self.net();
-                (net.is_cut(from.ip(), to.ip()), net.down.contains(&to.ip()), net.port_for(to))
-            };
             let fate = match (cut, port) {
                 _ if down => DatagramFate::HostDown,
                 (true, _) => DatagramFate::Partitioned,
