@@ -637,6 +637,11 @@ impl IoContext {
     /// misses no work and never spins. As in Asio, `poll()` that runs out of
     /// work stops the context: a host that keeps feeding it holds a
     /// [`WorkGuard`] (or calls [`restart`](Self::restart)).
+    ///
+    /// On a simulated context the time to the next datagram's arrival
+    /// counts as a deadline, and a socket with readiness to report gives
+    /// `Some(ZERO)`. `poll()` never moves virtual time: a host drives a
+    /// simulated context with `run_for(next_timeout)`, which jumps to it.
     pub fn next_timeout(&self) -> Option<Duration> {
         let inner = &*self.inner;
         if inner.stopped.get() {

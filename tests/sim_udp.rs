@@ -720,7 +720,10 @@ fn ipv6_flow_labels_and_empty_datagrams_and_extreme_latencies_are_handled() {
     }
     let _busy = ctx.work_guard();
     ctx.run_for(Duration::from_millis(10));
-    let mut n = 0;
+    let mut buf = [0u8; 8];
+    let (len, from) = b.receive_from(&mut buf[..]).unwrap();
+    assert_eq!((len, buf[0], from), (1, b'x', a.local_addr().unwrap()), "the datagram sent with a flow label");
+    let mut n = 1;
     while b.receive(vec![0u8; 8]).is_ok() {
         n += 1;
     }
@@ -732,4 +735,87 @@ fn ipv6_flow_labels_and_empty_datagrams_and_extreme_latencies_are_handled() {
     // Not a UDP domain: refused as socket(2) refuses it.
     let e = UdpSocket::open(&ctx, socket2::Domain::UNIX).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EPROTONOSUPPORT));
+}
+
+#[test]
+fn a_server_bound_to_every_host_answers_each_client_from_where_that_client_reached_it() {
+    // Two requests queued before the server reads either: each reply must
+    // leave from the address its own request was sent to.
+    let ctx = IoContext::simulated(19);
+    let server = UdpSocket::bind(&ctx, addr("0.0.0.0:7")).unwrap();
+    let c1 = UdpSocket::bind(&ctx, addr("10.0.0.2:0")).unwrap();
+    let c2 = UdpSocket::bind(&ctx, addr("10.0.0.3:0")).unwrap();
+    c1.connect(addr("10.0.0.1:7")).unwrap();
+    c2.connect(addr("10.0.0.9:7")).unwrap();
+    c1.send(&b"one"[..]).unwrap();
+    c2.send(&b"two"[..]).unwrap();
+    {
+        let _busy = ctx.work_guard();
+        ctx.run_for(Duration::from_millis(10)); // both queued at the server
+    }
+    let mut buf = [0u8; 8];
+    for _ in 0..2 {
+        let (n, from) = server.receive_from(&mut buf[..]).unwrap();
+        server.send_to(&buf[..n], from).unwrap();
+    }
+    let got = Rc::new(RefCell::new(Vec::new()));
+    for c in [&c1, &c2] {
+        let g = got.clone();
+        c.async_receive(vec![0u8; 8], move |e, n, buf| g.borrow_mut().push((e, buf[..n].to_vec())))
+            .cancel_after(Duration::from_secs(1), CancellationType::ALL);
+    }
+    ctx.restart();
+    ctx.run();
+    // Each connected client accepts only a reply from the address it sent to.
+    assert_eq!(*got.borrow(), vec![(Error::NONE, b"one".to_vec()), (Error::NONE, b"two".to_vec())]);
+    server.close();
+}
+
+#[test]
+fn a_socket_bound_to_every_host_sends_nothing_from_a_crashed_host() {
+    let ctx = IoContext::simulated(20);
+    let sim = ctx.sim().unwrap();
+    let wild = UdpSocket::bind(&ctx, addr("0.0.0.0:9")).unwrap();
+    let client = UdpSocket::bind(&ctx, addr("10.0.0.2:0")).unwrap();
+    client.connect(addr("10.0.0.1:9")).unwrap();
+    client.send(&b"hi"[..]).unwrap();
+    let _busy = ctx.work_guard();
+    ctx.run_for(Duration::from_millis(10));
+    let mut buf = [0u8; 8];
+    let (_, from) = wild.receive_from(&mut buf[..]).unwrap(); // reached at 10.0.0.1
+    sim.crash(ip("10.0.0.1"));
+    wild.send_to(&b"ghost"[..], from).unwrap();
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(10));
+    assert!(client.receive(&mut buf[..]).is_err(), "a crashed host answered");
+}
+
+#[test]
+fn a_socket_connected_to_port_zero_may_send_on_both_backends() {
+    // Linux accepts connect(..:0) on UDP, and sends to it; only an explicit
+    // destination of port 0 is refused.
+    on_both_backends(|ctx| {
+        let s = UdpSocket::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        s.connect(addr("127.0.0.1:0")).unwrap();
+        let got = Rc::new(Cell::new(None));
+        let g = got.clone();
+        s.async_send(b"x".to_vec(), move |e, n| g.set(Some((e, n))));
+        ctx.run();
+        assert_eq!(got.get(), Some((Error::NONE, 1)));
+    });
+}
+
+#[test]
+fn next_timeout_is_zero_while_a_socket_has_readiness_to_report() {
+    // An embedding host sleeps for next_timeout(): a write wait, ready at
+    // once, must not be left sleeping with no deadline (None).
+    let ctx = IoContext::simulated(21);
+    let s = UdpSocket::bind(&ctx, addr("10.0.0.1:1")).unwrap();
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    s.async_wait(ioctx::net::WaitType::Write, move |e| d.set(e.is_ok()));
+    assert_eq!(ctx.next_timeout(), Some(Duration::ZERO));
+    ctx.poll();
+    assert!(done.get());
+    assert_eq!(ctx.next_timeout(), None, "nothing left to report");
 }

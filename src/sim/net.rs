@@ -331,6 +331,12 @@ impl Net {
         self.registered.remove(&token);
     }
 
+    /// A registered port has something to report (the next wait returns
+    /// at once).
+    pub(crate) fn has_reports(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// The arrival time of the next datagram in flight.
     pub(crate) fn next_arrival(&self) -> Option<u64> {
         self.flights.peek().map(|f| f.at)
@@ -423,7 +429,8 @@ pub(crate) struct Port {
     v6: bool,
     local: Cell<Option<SocketAddr>>,
     peer: Cell<Option<SocketAddr>>,
-    queue: RefCell<VecDeque<(Vec<u8>, SocketAddr)>>,
+    /// Each datagram with its sender and the IP it was sent to.
+    queue: RefCell<VecDeque<(Vec<u8>, SocketAddr, IpAddr)>>,
     queued_bytes: Cell<usize>,
     /// An error the next send or receive reports (a refusal: ICMP port unreachable).
     error: Cell<Option<i32>>,
@@ -433,7 +440,7 @@ pub(crate) struct Port {
     armed: Cell<bool>,
     /// Something arrived since the last report (an edge).
     arrived: Cell<bool>,
-    /// The IP the last datagram delivered here was sent to (what a socket
+    /// The IP the last datagram received here was sent to (what a socket
     /// bound to every host answers from).
     reached_at: Cell<Option<IpAddr>>,
     closed: Cell<bool>,
@@ -529,13 +536,16 @@ impl Port {
         self.world.deliver_due();
         self.take_error()?;
         let mut q = self.queue.borrow_mut();
-        let Some((data, from)) = q.front() else {
+        let Some((data, from, _)) = q.front() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let off = crate::buffer::scatter(data, bufs);
         let from = *from;
         if !peek {
-            let (data, _) = q.pop_front().expect("front seen");
+            let (data, _, to_ip) = q.pop_front().expect("front seen");
+            // The reply to this datagram leaves from where it arrived (the
+            // last one taken, not the last one queued).
+            self.reached_at.set(Some(to_ip));
             self.queued_bytes.set(self.queued_bytes.get() - (data.len() + DATAGRAM_OVERHEAD));
             self.world.net().give_back(data);
         }
@@ -557,15 +567,18 @@ impl Port {
         if flags & libc::MSG_OOB != 0 {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
+        // An explicit destination of port 0 is refused (EINVAL, before a
+        // pending error is reported); a peer connected at port 0 is not, as
+        // on Linux.
+        if dest.is_some_and(|d| d.port() == 0) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         self.take_error()?;
         let to = match dest.map(normal).or(self.peer.get()) {
             Some(to) => to,
             None => return Err(io::Error::from_raw_os_error(libc::EDESTADDRREQ)),
         };
         self.family_ok(to)?;
-        if to.port() == 0 {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
         let len: usize = data.iter().map(|d| d.len()).sum();
         let net_limit = self.world.net().limits.max_datagram;
         if len > net_limit {
@@ -652,8 +665,7 @@ impl Port {
             return DatagramFate::Overflowed;
         }
         self.queued_bytes.set(self.queued_bytes.get() + cost);
-        self.queue.borrow_mut().push_back((data, from));
-        self.reached_at.set(Some(to.ip()));
+        self.queue.borrow_mut().push_back((data, from, to.ip()));
         self.arrived.set(true);
         self.mark();
         DatagramFate::Delivered
@@ -667,6 +679,13 @@ impl Medium {
         let mut net = self.net();
         let len = data.len();
         let (fi, ti) = (from.ip(), to.ip());
+        if !net.down.is_empty() && net.down.contains(&fi) {
+            // A crashed host sends nothing (a socket bound to every host
+            // answering from the crashed address, until the host restarts).
+            drop(net);
+            self.trace(Event::Datagram { fate: DatagramFate::HostDown, from, to, len: len as u64 });
+            return;
+        }
         if net.is_cut(fi, ti) {
             drop(net);
             self.trace(Event::Datagram { fate: DatagramFate::Partitioned, from, to, len: len as u64 });

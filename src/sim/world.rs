@@ -121,9 +121,14 @@ impl World {
         self.trace(Event::Advanced);
     }
 
-    /// Virtual time until the next datagram in flight arrives.
+    /// Virtual time until the network has something to report: zero when
+    /// a port is ready now, else until the next datagram in flight arrives.
     pub(crate) fn next_arrival(&self) -> Option<Duration> {
-        let at = self.net().next_arrival()?;
+        let net = self.net();
+        if net.has_reports() {
+            return Some(Duration::ZERO);
+        }
+        let at = net.next_arrival()?;
         Some(Duration::from_nanos(at.saturating_sub(self.medium.clock.now_ns())))
     }
 
