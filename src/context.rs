@@ -376,7 +376,7 @@ impl Inner {
 impl Host for Inner {
     fn crash(&self, ip: std::net::IpAddr) {
         for obj in self.reactor.objects() {
-            let on_ip = obj.port().and_then(|p| p.local_addr().ok()).is_some_and(|a| a.ip() == ip);
+            let on_ip = obj.endpoint().and_then(|e| e.local_addr().ok()).is_some_and(|a| a.ip() == ip);
             if on_ip {
                 log::debug!(target: "ioctx::sim", "crash of {ip}: a socket closes");
                 drop(obj.detach());

@@ -205,9 +205,19 @@ pub(crate) trait Io {
     fn recv_from_any(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)>;
     /// Sends `bufs` now.
     fn send(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize>;
-    /// The operating system's socket, for what only it can do (accept, a
-    /// connect's outcome, a signal set's pipe); `None` once closed.
+    /// The operating system's socket, for what only it can do (a signal
+    /// set's pipe); `None` once closed or simulated.
     fn os_socket(&self) -> Option<Rc<Socket>>;
+    /// Accepts one connection now; `None` when none is pending.
+    fn accept(&self) -> Option<Result<Accepted, Error>>;
+    /// The outcome of a connect in progress; `None` while it still is.
+    fn connect_outcome(&self) -> Option<Error>;
+}
+
+/// A connection an accept took: the kernel's socket, or a simulated stream.
+pub(crate) enum Accepted {
+    Os(Socket),
+    Sim(Rc<crate::sim::net::tcp::Stream>),
 }
 
 /// An operation on a socket: it can attempt its system call.
@@ -521,15 +531,7 @@ impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
         if !self.connect {
             return Some((Error::NONE, 0));
         }
-        let Some(sock) = io.os_socket() else {
-            return Some((Error::BAD_DESCRIPTOR, 0));
-        };
-        match sock.take_error() {
-            // No error and no peer yet: still in progress (a spurious event).
-            Ok(None) if sock.peer_addr().is_err() => None,
-            Ok(None) => Some((Error::NONE, 0)),
-            Ok(Some(e)) | Err(e) => Some((Error::from(e), 0)),
-        }
+        io.connect_outcome().map(|e| (e, 0))
     }
     fn is_wait(&self) -> bool {
         true
@@ -539,7 +541,7 @@ impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
 /// An accept waiting for a connection; the handler gets the new socket.
 pub(crate) struct AcceptOp<F> {
     core: OpCore,
-    accepted: RefCell<Option<Socket>>,
+    accepted: RefCell<Option<Accepted>>,
     handler: Cell<Option<F>>,
 }
 
@@ -551,10 +553,10 @@ impl<F> AcceptOp<F> {
 
 /// Accepts one connection now; `None` when none is pending. A connection
 /// that was reset before it could be accepted is skipped, as Asio does.
-pub(crate) fn accept_now(sock: &Socket) -> Option<Result<Socket, Error>> {
+pub(crate) fn accept_now(sock: &Socket) -> Option<Result<Accepted, Error>> {
     loop {
         match sock.accept() {
-            Ok((s, _)) => return Some(Ok(s)),
+            Ok((s, _)) => return Some(Ok(Accepted::Os(s))),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
             Err(e)
                 if e.kind() == std::io::ErrorKind::Interrupted
@@ -568,7 +570,18 @@ pub(crate) fn accept_now(sock: &Socket) -> Option<Result<Socket, Error>> {
     }
 }
 
-impl<F: FnOnce(Error, Option<Socket>) + 'static> Completion for AcceptOp<F> {
+/// The outcome of a non-blocking connect on `sock`, after a writability
+/// event: the error the kernel recorded, `NONE` once connected, `None`
+/// while still in progress (a spurious event).
+pub(crate) fn connect_outcome_of(sock: &Socket) -> Option<Error> {
+    match sock.take_error() {
+        Ok(None) if sock.peer_addr().is_err() => None,
+        Ok(None) => Some(Error::NONE),
+        Ok(Some(e)) | Err(e) => Some(Error::from(e)),
+    }
+}
+
+impl<F: FnOnce(Error, Option<Accepted>) + 'static> Completion for AcceptOp<F> {
     fn core(&self) -> &OpCore {
         &self.core
     }
@@ -586,12 +599,9 @@ impl<F: FnOnce(Error, Option<Socket>) + 'static> Completion for AcceptOp<F> {
     }
 }
 
-impl<F: FnOnce(Error, Option<Socket>) + 'static> SocketOp for AcceptOp<F> {
+impl<F: FnOnce(Error, Option<Accepted>) + 'static> SocketOp for AcceptOp<F> {
     fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
-        let Some(sock) = io.os_socket() else {
-            return Some((Error::BAD_DESCRIPTOR, 0));
-        };
-        match accept_now(&sock)? {
+        match io.accept()? {
             Ok(s) => {
                 *self.accepted.borrow_mut() = Some(s);
                 Some((Error::NONE, 0))

@@ -8,8 +8,8 @@ mod datagram;
 use crate::backend::{Backend, Interest, Readiness, Waker};
 use crate::error::Error;
 use crate::metrics::{Counters, bump};
-use crate::op::{Completion, Io, SocketOp};
-use crate::sim::net::Port;
+use crate::op::{Accepted, Completion, Io, SocketOp, accept_now, connect_outcome_of};
+use crate::sim::net::{Endpoint, Port};
 use crate::sys;
 use crate::timer::Wake;
 use datagram::{Batch, Datagram, SendBatch};
@@ -175,11 +175,11 @@ pub(crate) struct IoObject {
     token: Cell<usize>,
     /// The operating system's socket, until closed.
     sock: RefCell<Option<Rc<Socket>>>,
-    /// Or, on a simulated context, a port of the simulated network (the
+    /// Or, on a simulated context, an endpoint of the simulated network (the
     /// simulated backend: its readiness comes from the simulation's waits,
-    /// its transfers from the port's queues). Apart from `sock`, so that the
+    /// its transfers from the endpoint's queues). Apart from `sock`, so that the
     /// real path tests only `sock`, as before simulation existed.
-    port: RefCell<Option<Rc<Port>>>,
+    sim: RefCell<Option<Endpoint>>,
     st: RefCell<IoState>,
     /// Receives may read ahead (IP datagram sockets: the read-ahead space holds
     /// any datagram they can carry).
@@ -230,10 +230,10 @@ impl IoObject {
         obj
     }
 
-    /// A simulated socket (its port already made) in the context's registrations.
-    pub(crate) fn new_sim<O: Owner + 'static>(owner: &Rc<O>, port: Rc<Port>) -> Rc<IoObject> {
+    /// A simulated socket (its endpoint already made) in the context's registrations.
+    pub(crate) fn new_sim<O: Owner + 'static>(owner: &Rc<O>, endpoint: Endpoint) -> Rc<IoObject> {
         let obj = IoObject::with_registration(owner, false);
-        *obj.port.borrow_mut() = Some(port);
+        *obj.sim.borrow_mut() = Some(endpoint);
         obj
     }
 
@@ -243,7 +243,7 @@ impl IoObject {
             owner: link,
             token: Cell::new(usize::MAX),
             sock: RefCell::new(None),
-            port: RefCell::new(None),
+            sim: RefCell::new(None),
             st: RefCell::new(IoState::new()),
             can_read_ahead: Cell::new(readahead),
             gso: Cell::new(false),
@@ -275,14 +275,22 @@ impl IoObject {
         self.sock.borrow().clone()
     }
 
-    /// The simulated port, unless closed (or real).
+    /// The simulated UDP port, unless closed (or real, or another kind).
     pub(crate) fn port(&self) -> Option<Rc<Port>> {
-        self.port.borrow().clone()
+        match &*self.sim.borrow() {
+            Some(Endpoint::Udp(p)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// The simulated endpoint, unless closed (or real).
+    pub(crate) fn endpoint(&self) -> Option<Endpoint> {
+        self.sim.borrow().clone()
     }
 
     #[inline]
     pub(crate) fn is_open(&self) -> bool {
-        self.sock.borrow().is_some() || self.port.borrow().is_some()
+        self.sock.borrow().is_some() || self.sim.borrow().is_some()
     }
 
     /// Turns send coalescing on or off (see [`defer_send`](Self::defer_send)).
@@ -413,8 +421,8 @@ impl IoObject {
     /// registration made before), with epoll or with the simulation.
     fn register<O: Owner + ?Sized>(&self, owner: &O, interest: Interest, edge: bool, again: bool) -> io::Result<()> {
         let token = self.token.get();
-        if let Some(port) = &*self.port.borrow() {
-            port.register(token, interest.is_readable(), interest.is_writable(), edge);
+        if let Some(endpoint) = &*self.sim.borrow() {
+            endpoint.register(token, interest.is_readable(), interest.is_writable(), edge);
             return Ok(());
         }
         match &*self.sock.borrow() {
@@ -796,15 +804,15 @@ impl IoObject {
     /// pending operations (through the queue). `None` if already closed.
     pub(crate) fn detach(&self) -> Option<Rc<Socket>> {
         let sock = self.sock.borrow_mut().take();
-        let port = self.port.borrow_mut().take();
-        if sock.is_none() && port.is_none() {
+        let endpoint = self.sim.borrow_mut().take();
+        if sock.is_none() && endpoint.is_none() {
             return None; // closed already
         }
         drop(self.st.borrow_mut().read_ahead.take());
         let token = self.token.get();
-        if let Some(port) = &port {
-            port.deregister(token);
-            port.close();
+        if let Some(endpoint) = &endpoint {
+            endpoint.deregister(token);
+            endpoint.close();
         }
         match self.owner.upgrade() {
             Some(owner) => {
@@ -834,8 +842,8 @@ impl IoObject {
     /// Context teardown: close the descriptor and hand over every operation.
     pub(crate) fn teardown(&self, ops: &mut Vec<Rc<dyn Completion>>) {
         drop(self.sock.borrow_mut().take());
-        if let Some(port) = self.port.borrow_mut().take() {
-            port.close();
+        if let Some(endpoint) = self.sim.borrow_mut().take() {
+            endpoint.close();
         }
         drop(self.st.borrow_mut().read_ahead.take());
         ops.extend(self.take_ops());
@@ -862,8 +870,8 @@ impl Wake for IoObject {
 /// enough to inline).
 #[inline(never)]
 fn sim_recv(obj: &IoObject, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize> {
-    let Some(port) = obj.port() else { return Err(closed()) };
-    let (n, sender) = port.recv(bufs, flags & libc::MSG_PEEK != 0)?;
+    let Some(endpoint) = obj.endpoint() else { return Err(closed()) };
+    let (n, sender) = endpoint.recv(bufs, flags & libc::MSG_PEEK != 0)?;
     if let Some(from) = from {
         from.set(Some(sender));
     }
@@ -874,8 +882,8 @@ fn sim_recv(obj: &IoObject, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::
 /// [`sim_recv`]).
 #[inline(never)]
 fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
-    let Some(port) = obj.port() else { return Err(closed()) };
-    port.send(bufs, dest.and_then(SockAddr::as_socket), flags)
+    let Some(endpoint) = obj.endpoint() else { return Err(closed()) };
+    endpoint.send(bufs, dest.and_then(SockAddr::as_socket), flags)
 }
 
 /// The error a call on a closed socket gets (EBADF, as the kernel's).
@@ -907,10 +915,10 @@ impl Io for IoObject {
 
     fn recv_from_any(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<(usize, SockAddr)> {
         let sock = self.sock.borrow();
-        let r = match (&*sock, self.port()) {
+        let r = match (&*sock, self.endpoint()) {
             (Some(sock), _) => sys::recv_from_any(sock, bufs, flags)?,
-            (None, Some(port)) => {
-                let (n, from) = port.recv(bufs, flags & libc::MSG_PEEK != 0)?;
+            (None, Some(endpoint)) => {
+                let (n, from) = endpoint.recv(bufs, flags & libc::MSG_PEEK != 0)?;
                 (n, from.into())
             }
             (None, None) => return Err(closed()),
@@ -934,6 +942,32 @@ impl Io for IoObject {
 
     fn os_socket(&self) -> Option<Rc<Socket>> {
         self.socket()
+    }
+
+    fn accept(&self) -> Option<Result<Accepted, Error>> {
+        if let Some(sock) = &*self.sock.borrow() {
+            return accept_now(sock);
+        }
+        match self.endpoint() {
+            Some(Endpoint::Listener(l)) => match l.accept() {
+                Ok(s) => Some(Ok(Accepted::Sim(s))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(Err(Error::from(e))),
+            },
+            Some(_) => Some(Err(Error::INVALID_ARGUMENT)), // not listening
+            None => Some(Err(Error::BAD_DESCRIPTOR)),
+        }
+    }
+
+    fn connect_outcome(&self) -> Option<Error> {
+        if let Some(sock) = &*self.sock.borrow() {
+            return connect_outcome_of(sock);
+        }
+        match self.endpoint() {
+            Some(Endpoint::Stream(s)) => s.connect_outcome().map(|r| r.map_or_else(Error::from, |()| Error::NONE)),
+            Some(_) => Some(Error::INVALID_ARGUMENT),
+            None => Some(Error::BAD_DESCRIPTOR),
+        }
     }
 }
 

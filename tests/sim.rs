@@ -248,9 +248,11 @@ fn what_needs_the_real_system_is_unsupported_and_creates_nothing() {
     let ctx = IoContext::simulated(13);
     let unsupported = |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::Unsupported);
     let local = "127.0.0.1:0".parse().unwrap();
-    // UDP is simulated (tests/sim_udp.rs); TCP is not yet.
-    assert!(unsupported(ioctx::net::TcpListener::bind(&ctx, local).map(drop)));
+    // UDP and TCP are simulated (tests/sim_udp.rs, tests/sim_tcp.rs), but
+    // a blocking connect could never finish on virtual time.
     assert!(unsupported(ioctx::net::TcpStream::connect(&ctx, local).map(drop)));
+    let std_listener = std::net::TcpListener::bind(local).unwrap();
+    assert!(unsupported(ioctx::net::TcpListener::from_std(&ctx, std_listener).map(drop)));
     // A real socket cannot join a simulated network.
     let std_sock = std::net::UdpSocket::bind(local).unwrap();
     assert!(unsupported(ioctx::net::UdpSocket::from_std(&ctx, std_sock).map(drop)));

@@ -8,11 +8,10 @@ use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
 use crate::op::{
-    AcceptOp, Completion, Io, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, accept_now, recv_from_now, recv_now,
-    send_now,
+    AcceptOp, Accepted, Completion, Io, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, recv_from_now, recv_now, send_now,
 };
 use crate::reactor::{Attempt, Dir, IoObject, retry_delay};
-use crate::sim::net::Port;
+use crate::sim::net::Endpoint;
 use crate::sim::world::World;
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
@@ -89,6 +88,14 @@ impl Base {
         Ok(Base { h: Rc::new(Handle { io, ctx: Rc::downgrade(&inner) }) })
     }
 
+    /// `endpoint` in `inner`'s (simulated) context.
+    fn on_sim(inner: &Rc<Inner>, endpoint: Endpoint) -> Base {
+        let stream = matches!(endpoint, Endpoint::Stream(_));
+        let io = IoObject::new_sim(inner, endpoint);
+        io.stream.set(stream);
+        Base { h: Rc::new(Handle { io, ctx: Rc::downgrade(inner) }) }
+    }
+
     pub(crate) fn downgrade(&self) -> WeakBase {
         WeakBase { h: Rc::downgrade(&self.h) }
     }
@@ -121,21 +128,18 @@ impl Base {
         if self.io().is_open() { Ok(()) } else { Err(bad_descriptor()) }
     }
 
-    /// A simulated socket (its port made by `make`) in `ex`'s context, or
-    /// `None` when the context is a real one.
+    /// A simulated socket (its endpoint made by `make`) in `ex`'s context,
+    /// or `None` when the context is a real one.
     pub(crate) fn adopt_sim(
         ex: &Executor,
-        make: impl FnOnce(&Rc<World>) -> io::Result<Rc<Port>>,
+        make: impl FnOnce(&Rc<World>) -> io::Result<Endpoint>,
     ) -> Option<io::Result<Base>> {
         let inner = match ex.upgrade() {
             Some(inner) => inner,
             None => return Some(Err(gone())),
         };
         let world = inner.world()?.clone();
-        Some(make(&world).map(|port| {
-            let io = IoObject::new_sim(&inner, port);
-            Base { h: Rc::new(Handle { io, ctx: Rc::downgrade(&inner) }) }
-        }))
+        Some(make(&world).map(|endpoint| Base::on_sim(&inner, endpoint)))
     }
 
     /// Takes the socket out of the context, blocking again. Pending
@@ -205,7 +209,7 @@ impl Base {
     /// while the one thread of the simulation waited, so it returns
     /// `WouldBlock` instead of waiting for ever.
     pub(crate) fn blocking<R>(&self, what: Readiness, mut f: impl FnMut() -> io::Result<R>) -> io::Result<R> {
-        if self.io().port().is_some() {
+        if self.io().endpoint().is_some() {
             return f();
         }
         let sock = self.sock()?;
@@ -264,6 +268,9 @@ impl Base {
     }
 
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        if let Some(Endpoint::Stream(s)) = self.io().endpoint() {
+            return s.shutdown(how);
+        }
         self.sock()?.shutdown(how)
     }
 
@@ -367,7 +374,7 @@ impl Base {
             return Operation::detached();
         };
         let Some(sock) = self.io().socket() else {
-            return self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::BAD_DESCRIPTOR);
+            return self.sim_connect(&inner, addr, handler);
         };
         match sock.connect(&addr) {
             Ok(()) => self.complete_now(&inner, Rc::new(WaitOp::new(handler)), Error::NONE),
@@ -381,6 +388,21 @@ impl Base {
         }
     }
 
+    /// A connect on a simulated stream: the SYN leaves now, and the
+    /// outcome comes as the kernel's does, with writability.
+    #[cold]
+    fn sim_connect<F: FnOnce(Error) + 'static>(&self, inner: &Rc<Inner>, addr: SockAddr, handler: F) -> Operation {
+        let started = match (self.io().endpoint(), addr.as_socket()) {
+            (Some(Endpoint::Stream(s)), Some(to)) => s.connect(to).map_err(Error::from),
+            (Some(_), _) => Err(Error::INVALID_ARGUMENT),
+            (None, _) => Err(Error::BAD_DESCRIPTOR),
+        };
+        match started {
+            Ok(()) => self.enqueue(inner, Rc::new(WaitOp::connect(handler)), Dir::Write),
+            Err(e) => self.complete_now(inner, Rc::new(WaitOp::new(handler)), e),
+        }
+    }
+
     /// Posts `err` to a connect that could not start.
     pub(crate) fn async_connect_failed<F: FnOnce(Error) + 'static>(&self, err: Error, handler: F) -> Operation {
         match self.live_context() {
@@ -389,31 +411,49 @@ impl Base {
         }
     }
 
-    /// Accepts a connection: the handler gets the new socket (not yet
-    /// registered), or the error with `None`.
-    pub(crate) fn async_accept<F: FnOnce(Error, Option<Socket>) + 'static>(&self, handler: F) -> Operation {
+    /// Accepts a connection: the handler gets it, registered with this
+    /// socket's context as a stream, or the error with `None`.
+    pub(crate) fn async_accept<F: FnOnce(Error, Option<Base>) + 'static>(&self, handler: F) -> Operation {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
+        let ex = self.executor();
+        let handler = move |err: Error, a: Option<Accepted>| match a.map(|a| Base::adopt_accepted(&ex, a)) {
+            Some(Ok(b)) => handler(err, Some(b)),
+            Some(Err(e)) => handler(Error::from(e), None),
+            None => handler(err, None),
+        };
         let io = self.io();
-        let (err, sock) = match io.try_now(Dir::Read, || accept_now(&*io.os_socket()?)) {
-            Attempt::Done(Ok(s)) => (Error::NONE, Some(s)),
+        let (err, accepted) = match io.try_now(Dir::Read, || io.accept()) {
+            Attempt::Done(Ok(a)) => (Error::NONE, Some(a)),
             Attempt::Done(Err(e)) => (e, None),
             Attempt::Closed => (Error::BAD_DESCRIPTOR, None),
             Attempt::Later => return self.enqueue(&inner, Rc::new(AcceptOp::new(handler)), Dir::Read),
         };
-        inner.post_done(err, 0, move || handler(err, sock));
+        inner.post_done(err, 0, move || handler(err, accepted));
         Operation::detached()
     }
 
-    /// Accepts a connection, blocking.
-    pub(crate) fn accept(&self) -> io::Result<Socket> {
-        let sock = self.sock()?;
-        self.blocking(Readiness::Read, || match accept_now(&sock) {
-            Some(Ok(sock)) => Ok(sock),
+    /// Accepts a connection, blocking; it joins this socket's context.
+    pub(crate) fn accept(&self) -> io::Result<Base> {
+        self.check_open()?;
+        let a = self.blocking(Readiness::Read, || match self.io().accept() {
+            Some(Ok(a)) => Ok(a),
             Some(Err(e)) => Err(e.into()),
             None => Err(io::ErrorKind::WouldBlock.into()),
-        })
+        })?;
+        Base::adopt_accepted(&self.executor(), a)
+    }
+
+    /// An accepted connection as a stream of `ex`'s context.
+    fn adopt_accepted(ex: &Executor, a: Accepted) -> io::Result<Base> {
+        match a {
+            Accepted::Os(sock) => Base::adopt(ex, sock, false, true),
+            Accepted::Sim(stream) => {
+                let inner = ex.upgrade().ok_or_else(gone)?;
+                Ok(Base::on_sim(&inner, Endpoint::Stream(stream)))
+            }
+        }
     }
 
     // ---- datagram operations (UDP and Unix datagrams)

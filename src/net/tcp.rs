@@ -2,15 +2,18 @@
 //! `UdpSocket` (Asio's `ip::tcp::acceptor` and `ip::tcp::socket`).
 
 use super::WaitType;
-use super::base::{Base, ip_addr, require_real, socket_common, stream_common};
+use super::base::{Base, gone, ip_addr, socket_common, stream_common};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence};
 use crate::cancel::Operation;
 use crate::context::Executor;
 use crate::error::Error;
+use crate::sim::net::Endpoint;
+use crate::sim::net::tcp::{Listener, Stream};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 /// A listening TCP socket (Asio's `ip::tcp::acceptor`).
 ///
@@ -55,8 +58,17 @@ impl TcpListener {
     }
 
     /// As [`bind`](Self::bind), with the listen backlog given.
+    ///
+    /// On a simulated context the listener is one of the simulated
+    /// network's, on any address (see [`crate::sim`]).
     pub fn bind_with_backlog(ex: &Executor, addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-        require_real(ex, "TcpListener")?;
+        if let Some(b) = Base::adopt_sim(ex, |world| {
+            let l = Listener::new(world.medium(), addr.is_ipv6());
+            l.listen(addr, backlog)?;
+            Ok(Endpoint::Listener(l))
+        }) {
+            return Ok(TcpListener { b: b? });
+        }
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.set_reuse_address(true)?;
         sock.bind(&addr.into())?;
@@ -81,24 +93,23 @@ impl TcpListener {
     /// is out of descriptors: the connection waits in the backlog).
     pub fn async_accept<F: FnOnce(Error, Option<TcpStream>) + 'static>(&self, handler: F) -> Operation {
         log::trace!("tcp async_accept");
-        let ex = self.b.executor();
-        self.b.async_accept(move |err, sock| match sock.map(|s| TcpStream::adopt(&ex, s)) {
-            Some(Ok(stream)) => handler(err, Some(stream)),
-            Some(Err(e)) => handler(Error::from(e), None),
-            None => handler(err, None),
-        })
+        self.b.async_accept(move |err, b| handler(err, b.map(|b| TcpStream { b })))
     }
 
-    /// Accepts a connection, blocking (unless `set_nonblocking(true)`).
+    /// Accepts a connection, blocking (unless `set_nonblocking(true)`). On
+    /// a simulated context it never waits (nothing could arrive while the
+    /// one thread waited): `WouldBlock` when no connection is pending.
     pub fn accept(&self) -> io::Result<TcpStream> {
-        let sock = self.b.accept()?;
-        TcpStream::adopt(&self.b.executor(), sock)
+        Ok(TcpStream { b: self.b.accept()? })
     }
 
     socket_common!();
 
     /// The address listened on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        if let Some(Endpoint::Listener(l)) = self.b.io().endpoint() {
+            return l.local_addr();
+        }
         ip_addr(self.b.sock()?.local_addr()?)
     }
 }
@@ -137,13 +148,43 @@ impl TcpStream {
     /// An unconnected stream of `domain` (`Domain::IPV4` or `IPV6`), for
     /// [`async_connect`](Self::async_connect).
     pub fn open(ex: &Executor, domain: Domain) -> io::Result<TcpStream> {
-        require_real(ex, "TcpStream")?;
+        if let Some(b) = Base::adopt_sim(ex, |world| {
+            if domain != Domain::IPV4 && domain != Domain::IPV6 {
+                return Err(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT)); // as socket(2) says
+            }
+            Ok(Endpoint::Stream(Stream::new(world.medium(), domain == Domain::IPV6)))
+        }) {
+            return Ok(TcpStream { b: b? });
+        }
         Self::adopt(ex, Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?)
     }
 
+    /// Binds an [`open`](Self::open)ed stream's local end to `addr` before
+    /// [`async_connect`](Self::async_connect) (port 0: a free port), as
+    /// Asio's `basic_socket::bind`. Without it a connect picks the address.
+    pub fn bind_to(&self, addr: SocketAddr) -> io::Result<()> {
+        log::debug!("tcp bind {addr}");
+        if let Some(s) = self.sim() {
+            return s.bind(addr);
+        }
+        self.b.sock()?.bind(&addr.into())
+    }
+
     /// Connects to `addr`, blocking.
+    ///
+    /// On a simulated context it fails with `Unsupported`: a connect takes
+    /// virtual time, which passes only while the loop runs, so it could
+    /// never finish while the one thread blocked here. Use
+    /// [`open`](Self::open) and [`async_connect`](Self::async_connect).
     pub fn connect(ex: &Executor, addr: SocketAddr) -> io::Result<TcpStream> {
-        require_real(ex, "TcpStream")?;
+        let inner = ex.upgrade().ok_or_else(gone)?;
+        if inner.world().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "TcpStream::connect blocks, and on a simulated context virtual time passes only while the loop \
+                 runs: use TcpStream::open and async_connect",
+            ));
+        }
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.connect(&addr.into())?;
         Self::adopt(ex, sock)
@@ -171,28 +212,52 @@ impl TcpStream {
 
     socket_common!();
 
-    /// `TCP_NODELAY`.
+    /// `TCP_NODELAY` (kept, and without effect, on a simulated stream,
+    /// whose bytes never wait to be coalesced).
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        if let Some(s) = self.sim() {
+            return s.set_nodelay(on);
+        }
         self.b.sock()?.set_tcp_nodelay(on)
     }
 
     /// `TCP_NODELAY` as the kernel reports it.
     pub fn nodelay(&self) -> io::Result<bool> {
+        if let Some(s) = self.sim() {
+            return s.nodelay();
+        }
         self.b.sock()?.tcp_nodelay()
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        if let Some(s) = self.sim() {
+            return s.local_addr();
+        }
         ip_addr(self.b.sock()?.local_addr()?)
     }
 
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        if let Some(s) = self.sim() {
+            return s.peer_addr();
+        }
         ip_addr(self.b.sock()?.peer_addr()?)
     }
 
     /// Bytes that can be read without blocking.
     pub fn available(&self) -> io::Result<usize> {
+        if let Some(s) = self.sim() {
+            return s.available();
+        }
         self.b.io().available(&*self.b.sock()?)
+    }
+
+    /// The simulated stream, on a simulated context (until closed).
+    fn sim(&self) -> Option<Rc<Stream>> {
+        match self.b.io().endpoint() {
+            Some(Endpoint::Stream(s)) => Some(s),
+            _ => None,
+        }
     }
 }

@@ -9,7 +9,7 @@ use crate::context::{Executor, Inner};
 use crate::error::Error;
 use crate::op::{Io, WaitOp};
 use crate::reactor::IoObject;
-use crate::sim::net::Port;
+use crate::sim::net::{Endpoint, Port};
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::cell::Cell;
@@ -151,7 +151,7 @@ impl UdpSocket {
         if let Some(b) = Base::adopt_sim(ex, |world| {
             let port = Port::new(world.medium(), addr.is_ipv6());
             port.bind(addr)?;
-            Ok(port)
+            Ok(Endpoint::Udp(port))
         }) {
             return Ok(UdpSocket { b: b? });
         }
@@ -168,7 +168,7 @@ impl UdpSocket {
             if domain != Domain::IPV4 && domain != Domain::IPV6 {
                 return Err(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT)); // as socket(2) says
             }
-            Ok(Port::new(world.medium(), domain == Domain::IPV6))
+            Ok(Endpoint::Udp(Port::new(world.medium(), domain == Domain::IPV6)))
         }) {
             return Ok(UdpSocket { b: b? });
         }

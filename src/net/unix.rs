@@ -70,18 +70,12 @@ impl UnixListener {
     /// Accepts a connection; as [`TcpListener::async_accept`](super::TcpListener::async_accept).
     pub fn async_accept<F: FnOnce(Error, Option<UnixStream>) + 'static>(&self, handler: F) -> Operation {
         log::trace!("unix async_accept");
-        let ex = self.b.executor();
-        self.b.async_accept(move |err, sock| match sock.map(|s| UnixStream::adopt(&ex, s)) {
-            Some(Ok(stream)) => handler(err, Some(stream)),
-            Some(Err(e)) => handler(Error::from(e), None),
-            None => handler(err, None),
-        })
+        self.b.async_accept(move |err, b| handler(err, b.map(|b| UnixStream { b })))
     }
 
     /// Accepts a connection, blocking (unless `set_nonblocking(true)`).
     pub fn accept(&self) -> io::Result<UnixStream> {
-        let sock = self.b.accept()?;
-        UnixStream::adopt(&self.b.executor(), sock)
+        Ok(UnixStream { b: self.b.accept()? })
     }
 
     socket_common!();

@@ -22,20 +22,41 @@
 //! `CONNECTION_REFUSED`, a short buffer truncates: the rules S1–S8 hold as
 //! on a real socket.
 //!
+//! TCP runs on the same network: [`TcpListener`](crate::net::TcpListener)
+//! and [`TcpStream`](crate::net::TcpStream) (`open`, `bind_to`,
+//! `async_connect`) connect after a round trip of the links' latency, or
+//! get `CONNECTION_REFUSED` where nobody listens (a full backlog drops the
+//! SYN, which is resent at 1, 2, 4 .. 64 s: a connect nobody answers ends
+//! with `TIMED_OUT` after 127 s, as Linux's does). Bytes arrive in order
+//! after the latency; the link's loss delays a segment by a retransmission
+//! timeout (200 ms, doubling), a partition or a held link holds it (resent
+//! every 200 ms until the way is open), so bytes are never lost,
+//! duplicated or reordered, only late. A writer may have at most the
+//! peer's receive buffer ([`SimConfig::recv_buffer`]) unread at the peer;
+//! beyond, its writes wait until the peer reads. Shutting down writing or
+//! closing sends a FIN after the bytes written (the peer reads `EOF`);
+//! closing with unread bytes, closing a listener with connections not yet
+//! accepted, and a crash send a reset (the peer's next operation gets
+//! `CONNECTION_RESET`). The model is what an application observes, not
+//! TCP's machinery: no congestion window, no Nagle delay, no `TIME_WAIT`.
+//!
 //! Every step is recorded in a trace (each handler queued, each operation
 //! and timer wait completed with its result, each datagram sent, delivered
-//! or dropped, each jump of virtual time, with its virtual time), whose hash
+//! or dropped, each TCP step (SYN, accept, refusal, bytes sent and
+//! delivered, FIN, reset), each jump of virtual time, with its virtual
+//! time), whose hash
 //! two runs can compare ([`Sim::trace_hash`]); [`check_determinism`] runs a
 //! test twice and names the first step where the runs differ. `log` at
 //! target `ioctx::sim`, level `trace`, prints every step. A simulated
 //! context dropped during a panic prints its seed, and `IOCTX_SIM_SEED`
 //! replays it.
 //!
-//! Not simulated yet: TCP. `TcpListener`, `TcpStream`, Unix sockets,
-//! `SignalSet`, `IoContext::remote`, `from_std`/`release` and socket
-//! options fail on a simulated context with `ErrorKind::Unsupported`
-//! (never a panic); a synchronous receive that finds nothing returns
-//! `WouldBlock` (nothing could arrive while it waited). A simulated context
+//! What has no simulation (Unix sockets, `SignalSet`,
+//! `IoContext::remote`, `from_std`/`release`, socket options beyond
+//! `TCP_NODELAY`, the blocking `TcpStream::connect`) fails on a simulated
+//! context with `ErrorKind::Unsupported` and a message that says why
+//! (never a panic); a synchronous receive or accept that finds nothing
+//! returns `WouldBlock` (nothing could arrive while it waited). A simulated context
 //! is driven by `run*`: `poll` never moves virtual time, and
 //! `next_timeout` counts a datagram in flight as a deadline.
 //!
@@ -68,6 +89,34 @@
 //! // The seed decided which were lost: the same ones on every run.
 //! assert!(got.get() > 70 && got.get() < 100, "{}", got.get());
 //! assert_eq!(sim.now(), Duration::from_secs(1));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A TCP exchange across a 50 ms link, on virtual time:
+//!
+//! ```
+//! use ioctx::net::{TcpListener, TcpStream};
+//! use ioctx::{Error, IoContext, SimConfig};
+//! use std::time::Duration;
+//!
+//! let ms = Duration::from_millis(50);
+//! let ctx = IoContext::simulated_with(SimConfig::new(3).latency(ms, ms));
+//! let listener = TcpListener::bind(&ctx, "10.0.0.2:80".parse().unwrap())?;
+//! listener.async_accept(|e, peer| {
+//!     assert_eq!(e, Error::NONE);
+//!     peer.unwrap().async_write_some(b"hello".to_vec(), |e, _| assert!(e.is_ok()));
+//! });
+//! let client = TcpStream::open(&ctx, socket2::Domain::IPV4)?;
+//! client.bind_to("10.0.0.1:0".parse().unwrap())?;
+//! let c = client.clone();
+//! client.async_connect("10.0.0.2:80".parse().unwrap(), move |e| {
+//!     assert_eq!(e, Error::NONE);
+//!     c.async_read_some(vec![0u8; 16], |e, n, buf| assert_eq!((e, &buf[..n]), (Error::NONE, &b"hello"[..])));
+//! });
+//! ctx.run();
+//! // The SYN arrives at 50 ms; the bytes written on accepting travel
+//! // beside the answer to the connect, and both arrive at 100 ms.
+//! assert_eq!(ctx.sim().unwrap().now(), Duration::from_millis(100));
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
@@ -165,7 +214,9 @@ impl SimConfig {
     }
 
     /// Bytes each port's receive queue holds; a datagram that does not fit
-    /// is dropped, as Linux drops it.
+    /// is dropped, as Linux drops it. Also each TCP stream's receive
+    /// buffer: a writer may have this much unread at its peer, and its
+    /// writes wait beyond.
     pub fn recv_buffer(mut self, bytes: usize) -> SimConfig {
         self.limits.recv_buffer = bytes;
         self

@@ -9,6 +9,8 @@
 //! and an operation's transfer calls [`Port::recv`] and [`Port::send`]
 //! instead of the kernel.
 
+pub(crate) mod tcp;
+
 use super::trace::{Clock, DatagramFate, Event, Trace};
 use std::cell::RefMut;
 use std::cell::{Cell, RefCell};
@@ -177,8 +179,8 @@ pub(crate) struct Net {
     held: BTreeMap<(IpAddr, IpAddr), VecDeque<Flight>>,
     /// Bound addresses (an unspecified IP binds the port on every host).
     bound: BTreeMap<SocketAddr, Weak<Port>>,
-    /// Registered ports by the reactor's token, for readiness.
-    registered: BTreeMap<usize, Weak<Port>>,
+    /// Registered endpoints by the reactor's token, for readiness.
+    registered: BTreeMap<usize, Weak<dyn Report>>,
     /// Tokens of registered ports with something new to report (an
     /// arrival, an error, a new registration): a wait looks at these only.
     dirty: Vec<usize>,
@@ -188,6 +190,10 @@ pub(crate) struct Net {
     pool: Vec<Vec<u8>>,
     /// Crashed hosts, until a socket binds their IP again.
     down: BTreeSet<IpAddr>,
+    /// TCP: listeners, bound addresses and segments on their way.
+    tcp: tcp::Tcp,
+    /// Everything sent (datagrams and TCP events), in order: the tie-break
+    /// of two arrivals at the same time.
     sent: u64,
     next_port: u16,
     /// The network's random stream (loss, latency, ...), apart from the application's.
@@ -225,6 +231,7 @@ impl Net {
             flights: BinaryHeap::new(),
             pool: Vec::new(),
             down: BTreeSet::new(),
+            tcp: tcp::Tcp::default(),
             sent: 0,
             next_port: EPHEMERAL.0,
             rng: Cell::new(super::trace::mix(seed ^ 0x6E65_745F_726E_6721)),
@@ -289,42 +296,21 @@ impl Net {
     }
 
     /// Binds `port` to `addr`, picking a free port number for port 0.
-    fn bind(&mut self, port: &Rc<Port>, mut addr: SocketAddr) -> io::Result<SocketAddr> {
+    fn bind(&mut self, port: &Rc<Port>, addr: SocketAddr) -> io::Result<SocketAddr> {
         self.bound.retain(|_, p| p.strong_count() > 0);
-        if addr.port() == 0 {
-            let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
-            let free = (0..span).find_map(|_| {
-                let n = self.next_port;
-                self.next_port = if n == EPHEMERAL.1 { EPHEMERAL.0 } else { n + 1 };
-                let candidate = SocketAddr::new(addr.ip(), n);
-                (!self.in_use(candidate)).then_some(candidate)
-            });
-            addr = free.ok_or_else(|| io::Error::from_raw_os_error(libc::EADDRINUSE))?;
-        } else if self.in_use(addr) {
-            return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
-        }
+        let addr = choose(&mut self.next_port, &self.bound, addr)?;
         self.bound.insert(addr, Rc::downgrade(port));
         self.down.remove(&addr.ip()); // a restart
         Ok(addr)
-    }
-
-    /// Another port holds `addr`: the same address, or the same port number
-    /// on every host, or (for an unspecified IP) on any host.
-    fn in_use(&self, addr: SocketAddr) -> bool {
-        let any = SocketAddr::new(unspecified(addr.ip()), addr.port());
-        if self.bound.contains_key(&addr) || self.bound.contains_key(&any) {
-            return true;
-        }
-        addr.ip().is_unspecified()
-            && self.bound.keys().any(|a| a.port() == addr.port() && a.is_ipv4() == addr.is_ipv4())
     }
 
     fn unbind(&mut self, addr: SocketAddr) {
         self.bound.remove(&addr);
     }
 
-    pub(crate) fn register(&mut self, token: usize, port: &Rc<Port>) {
-        self.registered.insert(token, Rc::downgrade(port));
+    pub(crate) fn register(&mut self, token: usize, endpoint: Weak<dyn Report>) {
+        self.registered.insert(token, endpoint);
+        self.dirty.push(token);
     }
 
     pub(crate) fn deregister(&mut self, token: usize) {
@@ -339,7 +325,11 @@ impl Net {
 
     /// The arrival time of the next datagram in flight.
     pub(crate) fn next_arrival(&self) -> Option<u64> {
-        self.flights.peek().map(|f| f.at)
+        let datagram = self.flights.peek().map(|f| f.at);
+        match self.tcp.next_at() {
+            Some(t) => Some(datagram.map_or(t, |d| d.min(t))),
+            None => datagram,
+        }
     }
 
     /// Host `ip` is down: every datagram in flight or held to it is lost
@@ -373,8 +363,8 @@ impl Net {
         self.dirty.dedup();
         for i in 0..self.dirty.len() {
             let token = self.dirty[i];
-            let Some(port) = self.registered.get(&token).and_then(Weak::upgrade) else { continue };
-            if let Some((readable, writable, error)) = port.report() {
+            let Some(endpoint) = self.registered.get(&token).and_then(Weak::upgrade) else { continue };
+            if let Some((readable, writable, error)) = endpoint.report() {
                 out.push(PortReady { token, readable, writable, error });
             }
         }
@@ -397,6 +387,34 @@ impl Net {
     }
 }
 
+/// `addr`, or for port 0 a free port number on its IP, unless `table`
+/// holds it already (`AddrInUse`). Ephemeral ports are handed out in turn
+/// from `next`, so the same run picks the same ones.
+fn choose<V>(next: &mut u16, table: &BTreeMap<SocketAddr, V>, addr: SocketAddr) -> io::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return if in_use(table, addr) { Err(io::Error::from_raw_os_error(libc::EADDRINUSE)) } else { Ok(addr) };
+    }
+    let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
+    (0..span)
+        .find_map(|_| {
+            let n = *next;
+            *next = if n == EPHEMERAL.1 { EPHEMERAL.0 } else { n + 1 };
+            let candidate = SocketAddr::new(addr.ip(), n);
+            (!in_use(table, candidate)).then_some(candidate)
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EADDRINUSE))
+}
+
+/// `table` holds `addr`: the same address, or the same port number on every
+/// host, or (for an unspecified IP) on any host.
+fn in_use<V>(table: &BTreeMap<SocketAddr, V>, addr: SocketAddr) -> bool {
+    let any = SocketAddr::new(unspecified(addr.ip()), addr.port());
+    if table.contains_key(&addr) || table.contains_key(&any) {
+        return true;
+    }
+    addr.ip().is_unspecified() && table.keys().any(|a| a.port() == addr.port() && a.is_ipv4() == addr.is_ipv4())
+}
+
 /// The unspecified address of `ip`'s family.
 fn unspecified(ip: IpAddr) -> IpAddr {
     match ip {
@@ -414,13 +432,77 @@ fn loopback(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// How a port is registered with the reactor.
+/// How an endpoint is registered with the reactor.
 #[derive(Clone, Copy)]
 struct Reg {
     token: usize,
     read: bool,
     write: bool,
     edge: bool,
+}
+
+/// What a wait asks of a registered endpoint: its readiness now, as
+/// (readable, writable, error), or `None` when there is nothing to report.
+pub(crate) trait Report {
+    fn report(&self) -> Option<(bool, bool, bool)>;
+}
+
+/// An endpoint's registration and its edges: what epoll would report for
+/// it, level- or edge-triggered.
+pub(crate) struct Watch {
+    reg: Cell<Option<Reg>>,
+    /// Report the current readiness at the next wait (a registration was
+    /// made or changed, as epoll re-checks on `EPOLL_CTL_MOD`).
+    armed: Cell<bool>,
+    /// Something changed since the last report (an edge).
+    changed: Cell<bool>,
+}
+
+impl Watch {
+    pub(crate) fn new() -> Watch {
+        Watch { reg: Cell::new(None), armed: Cell::new(false), changed: Cell::new(false) }
+    }
+
+    /// Registers (or re-registers) `endpoint` under `token`.
+    pub(crate) fn register(
+        &self,
+        net: &mut Net,
+        endpoint: Weak<dyn Report>,
+        token: usize,
+        read: bool,
+        write: bool,
+        edge: bool,
+    ) {
+        self.reg.set(Some(Reg { token, read, write, edge }));
+        self.armed.set(true);
+        net.register(token, endpoint);
+    }
+
+    pub(crate) fn deregister(&self, net: &mut Net, token: usize) {
+        self.reg.set(None);
+        net.deregister(token);
+    }
+
+    /// Something changed: the next wait looks at this endpoint.
+    pub(crate) fn changed(&self, net: &mut Net) {
+        self.changed.set(true);
+        if let Some(reg) = self.reg.get() {
+            net.dirty.push(reg.token);
+        }
+    }
+
+    /// What a wait reports, given the endpoint's readiness now: a
+    /// level-triggered registration reports what holds, an edge-triggered
+    /// one only after a change or a (re-)registration. An error is
+    /// reported whatever the interest, as epoll reports `EPOLLERR`.
+    pub(crate) fn report(&self, readable: bool, writable: bool, error: bool) -> Option<(bool, bool, bool)> {
+        let reg = self.reg.get()?;
+        let (armed, changed) = (self.armed.replace(false), self.changed.replace(false));
+        let fresh = !reg.edge || armed || changed;
+        let read = reg.read && readable;
+        let write = reg.write && writable;
+        ((read || write || error) && fresh).then_some((readable, writable, error))
+    }
 }
 
 /// A simulated UDP socket.
@@ -434,12 +516,7 @@ pub(crate) struct Port {
     queued_bytes: Cell<usize>,
     /// An error the next send or receive reports (a refusal: ICMP port unreachable).
     error: Cell<Option<i32>>,
-    reg: Cell<Option<Reg>>,
-    /// Report the current readiness at the next wait (a registration was
-    /// made or changed, as epoll re-checks on `EPOLL_CTL_MOD`).
-    armed: Cell<bool>,
-    /// Something arrived since the last report (an edge).
-    arrived: Cell<bool>,
+    watch: Watch,
     /// The IP the last datagram received here was sent to (what a socket
     /// bound to every host answers from).
     reached_at: Cell<Option<IpAddr>>,
@@ -457,9 +534,7 @@ impl Port {
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             error: Cell::new(None),
-            reg: Cell::new(None),
-            armed: Cell::new(false),
-            arrived: Cell::new(false),
+            watch: Watch::new(),
             reached_at: Cell::new(None),
             closed: Cell::new(false),
         })
@@ -616,38 +691,17 @@ impl Port {
     }
 
     pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
-        self.reg.set(Some(Reg { token, read, write, edge }));
-        self.armed.set(true);
-        let mut net = self.world.net();
-        net.register(token, self);
-        net.dirty.push(token);
+        let me: Weak<dyn Report> = Rc::downgrade(self) as Weak<Port>;
+        self.watch.register(&mut self.world.net(), me, token, read, write, edge);
     }
 
     /// Has the next wait look at this port (something changed).
     fn mark(&self) {
-        if let Some(reg) = self.reg.get() {
-            self.world.net().dirty.push(reg.token);
-        }
+        self.watch.changed(&mut self.world.net());
     }
 
     pub(crate) fn deregister(&self, token: usize) {
-        self.reg.set(None);
-        self.world.net().deregister(token);
-    }
-
-    /// What a wait reports for this port: (readable, writable, error), or
-    /// `None`. Sends never wait in the simulation, so it is always
-    /// writable; a pending error (a refusal) is reported whatever the
-    /// interest, as epoll reports `EPOLLERR`.
-    fn report(&self) -> Option<(bool, bool, bool)> {
-        let reg = self.reg.get()?;
-        let error = self.error.get().is_some();
-        let readable = !self.queue.borrow().is_empty() || error;
-        let (armed, arrived) = (self.armed.replace(false), self.arrived.replace(false));
-        let fresh = !reg.edge || armed || arrived;
-        let read = reg.read && readable && fresh;
-        let write = reg.write && (!reg.edge || armed);
-        (read || write || (error && fresh)).then_some((readable, true, error))
+        self.watch.deregister(&mut self.world.net(), token);
     }
 
     /// A datagram arrives: queued unless the buffer is full or it is not
@@ -666,9 +720,89 @@ impl Port {
         }
         self.queued_bytes.set(self.queued_bytes.get() + cost);
         self.queue.borrow_mut().push_back((data, from, to.ip()));
-        self.arrived.set(true);
         self.mark();
         DatagramFate::Delivered
+    }
+}
+
+/// A port is always writable (sends never wait in the simulation); a
+/// pending error (a refusal) makes it readable too, as on Linux.
+impl Report for Port {
+    fn report(&self) -> Option<(bool, bool, bool)> {
+        let error = self.error.get().is_some();
+        let readable = !self.queue.borrow().is_empty() || error;
+        self.watch.report(readable, true, error)
+    }
+}
+
+/// A simulated socket of any kind, as the reactor holds it: what it
+/// registers, transfers through and closes.
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    Udp(Rc<Port>),
+    Stream(Rc<tcp::Stream>),
+    Listener(Rc<tcp::Listener>),
+}
+
+impl Endpoint {
+    pub(crate) fn register(&self, token: usize, read: bool, write: bool, edge: bool) {
+        match self {
+            Endpoint::Udp(p) => p.register(token, read, write, edge),
+            Endpoint::Stream(s) => s.register(token, read, write, edge),
+            Endpoint::Listener(l) => l.register(token, read, write, edge),
+        }
+    }
+
+    pub(crate) fn deregister(&self, token: usize) {
+        match self {
+            Endpoint::Udp(p) => p.deregister(token),
+            Endpoint::Stream(s) => s.deregister(token),
+            Endpoint::Listener(l) => l.deregister(token),
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        match self {
+            Endpoint::Udp(p) => p.close(),
+            Endpoint::Stream(s) => s.close(),
+            Endpoint::Listener(l) => l.close(),
+        }
+    }
+
+    /// The local address (what a crash of a host matches).
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Endpoint::Udp(p) => p.local_addr(),
+            Endpoint::Stream(s) => s.local_addr(),
+            Endpoint::Listener(l) => l.local_addr(),
+        }
+    }
+
+    /// Receives a datagram, or bytes of a stream (their sender: the peer).
+    pub(crate) fn recv(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<(usize, SocketAddr)> {
+        match self {
+            Endpoint::Udp(p) => p.recv(bufs, peek),
+            Endpoint::Stream(s) => {
+                let n = s.read(bufs, peek)?;
+                Ok((n, s.peer_addr()?))
+            }
+            Endpoint::Listener(_) => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+        }
+    }
+
+    /// Sends a datagram, or bytes into a stream (which has no destination
+    /// but its peer: an address given is ignored, as Linux ignores it).
+    pub(crate) fn send(
+        &self,
+        data: &[std::io::IoSlice<'_>],
+        dest: Option<SocketAddr>,
+        flags: i32,
+    ) -> io::Result<usize> {
+        match self {
+            Endpoint::Udp(p) => p.send(data, dest, flags),
+            Endpoint::Stream(s) => s.write(data),
+            Endpoint::Listener(_) => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+        }
     }
 }
 
@@ -740,6 +874,14 @@ impl Medium {
         }
     }
 
+    /// Lets go of what the network keeps alive (TCP segments on their way
+    /// hold their stream, which holds this medium): called when the world
+    /// goes, so the two are freed.
+    pub(crate) fn shutdown(&self) {
+        let events = self.net().tcp.take_events();
+        drop(events);
+    }
+
     /// Crashes host `ip` (see `Sim::crash`): what was on its way to it is
     /// lost, and traced so.
     pub(crate) fn crash(&self, ip: IpAddr) {
@@ -749,15 +891,27 @@ impl Medium {
         }
     }
 
-    /// Delivers every datagram due by now.
+    /// Delivers every datagram and TCP event due by now.
     pub(crate) fn deliver_due(&self) {
         let now = self.clock.now_ns();
         loop {
             // One borrow per datagram: the next due, and where it lands.
             let (f, cut, down, port) = {
                 let mut net = self.net();
-                match net.flights.peek() {
-                    Some(f) if f.at <= now => {}
+                let datagram = net.flights.peek().map(|f| (f.at, f.seq));
+                // TCP's events and the datagrams, in one order: by time, then
+                // the order sent.
+                if let Some(t) = net.tcp.peek()
+                    && t.0 <= now
+                    && datagram.is_none_or(|d| t < d)
+                {
+                    let event = net.tcp.pop();
+                    drop(net);
+                    tcp::handle(self, event);
+                    continue;
+                }
+                match datagram {
+                    Some((at, _)) if at <= now => {}
                     _ => return,
                 }
                 let Some(f) = net.flights.pop() else { return };
@@ -782,7 +936,6 @@ impl Medium {
             {
                 // Simulated ICMP port unreachable: a connected sender learns it.
                 sender.error.set(Some(libc::ECONNREFUSED));
-                sender.arrived.set(true);
                 sender.mark();
             }
             self.trace(Event::Datagram { fate, from, to, len });

@@ -30,6 +30,38 @@ pub(crate) enum DatagramFate {
     HostDown,
 }
 
+/// What happened on a simulated TCP connection, as the trace records it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum TcpStep {
+    /// A connection request (SYN) left.
+    Syn,
+    /// A connection request or its answer was lost (by the link, a
+    /// partition or a crashed host).
+    SynLost,
+    /// A listener took the connection into its backlog.
+    Accepted,
+    /// Nobody listens there (or the backlog was full): the connect fails.
+    Refused,
+    /// The connecting side learned its connection is open.
+    Established,
+    /// The connecting side gave up after its last retry.
+    TimedOut,
+    /// Bytes were written into the connection.
+    Sent,
+    /// Bytes reached the peer's receive buffer.
+    Delivered,
+    /// The writing side was shut down (FIN sent).
+    Fin,
+    /// The FIN reached the peer (it reads end of file).
+    FinDelivered,
+    /// The connection was reset (RST sent).
+    Reset,
+    /// The reset reached the peer.
+    ResetDelivered,
+    /// A partition holds the connection's bytes until it heals.
+    Held,
+}
+
 /// One step of a simulated run, as the trace records it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Event {
@@ -44,6 +76,8 @@ pub(crate) enum Event {
     Advanced,
     /// A datagram was sent, delivered or dropped.
     Datagram { fate: DatagramFate, from: SocketAddr, to: SocketAddr, len: u64 },
+    /// A step of a TCP connection between two addresses.
+    Tcp { step: TcpStep, from: SocketAddr, to: SocketAddr, len: u64 },
 }
 
 /// An [`Event`] and the virtual time it happened at.
@@ -63,6 +97,7 @@ impl fmt::Display for Traced {
             Event::TimerEnded { err } => write!(f, "a timer wait ended with error {err}"),
             Event::Advanced => write!(f, "virtual time advanced"),
             Event::Datagram { fate, from, to, len } => write!(f, "datagram {from} -> {to} ({len} bytes): {fate:?}"),
+            Event::Tcp { step, from, to, len } => write!(f, "tcp {from} -> {to} ({len} bytes): {step:?}"),
         }
     }
 }
@@ -122,6 +157,8 @@ impl Trace {
             Event::TimerEnded { err } => [3, err as u64, 0, 0, 0],
             Event::Advanced => [4, 0, 0, 0, 0],
             Event::Datagram { fate, from, to, len } => [5 + fate as u64, addr_word(from), addr_word(to), len, 0],
+            // Past every datagram fate's word.
+            Event::Tcp { step, from, to, len } => [32 + step as u64, addr_word(from), addr_word(to), len, 0],
         };
         // Folded cheaply per word (FxHash's step); `hash` mixes the result
         // well on the way out.

@@ -25,6 +25,12 @@ pub(crate) struct World {
     ready_room: Cell<Vec<PortReady>>,
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        self.medium.shutdown();
+    }
+}
+
 impl World {
     pub(crate) fn new(seed: u64, time_limit: Option<Duration>, link: Link, limits: Limits) -> World {
         World {

@@ -1,0 +1,815 @@
+//! Simulated TCP: listeners, connections and the segments between them.
+//!
+//! The model is the one an application can observe, not TCP's machinery:
+//! a connect sends a SYN that a listener answers (or a host refuses with a
+//! reset, or nobody answers and the connect is retried at 1, 2, 4 .. 64 s
+//! and times out after 127 s, as Linux's six SYN retries do); bytes leave in
+//! segments that arrive in order, each after the link's latency; a segment
+//! the link loses arrives one retransmission timeout later (200 ms, doubling,
+//! as TCP would resend it), and one that meets a partition waits and is
+//! resent every 200 ms until the partition heals, so bytes are never lost,
+//! duplicated or reordered. A writer may have at most the peer's receive
+//! buffer (`SimConfig::recv_buffer`) unread at the peer: beyond, writes
+//! would block until the peer reads (the window opens as soon as it
+//! reads). Closing sends a FIN after the bytes written (the peer reads EOF),
+//! or a reset when unread bytes are thrown away or the host crashed (the
+//! peer's next operation gets `CONNECTION_RESET`).
+
+use super::{Medium, Net, Report, Watch, loopback, normal, unspecified};
+use crate::sim::trace::{Event, TcpStep};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+
+/// A resend after a loss or against a partition (Linux's minimum RTO).
+const RTO_NS: u64 = 200_000_000;
+
+/// SYN retries before a connect times out (Linux's `tcp_syn_retries`).
+const SYN_RETRIES: u32 = 6;
+
+/// TCP's part of the network: bound addresses and events on their way.
+#[derive(Default)]
+pub(crate) struct Tcp {
+    /// Addresses held: a listener's (`Some`) or a connecting stream's port.
+    bound: BTreeMap<SocketAddr, Option<Weak<Listener>>>,
+    events: BinaryHeap<Timed>,
+}
+
+impl Tcp {
+    pub(super) fn next_at(&self) -> Option<u64> {
+        self.events.peek().map(|e| e.at)
+    }
+
+    /// The next event's (time, order sent).
+    pub(super) fn peek(&self) -> Option<(u64, u64)> {
+        self.events.peek().map(|e| (e.at, e.seq))
+    }
+
+    /// Every event (to drop them when the world goes).
+    pub(super) fn take_events(&mut self) -> BinaryHeap<Timed> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub(super) fn pop(&mut self) -> Timed {
+        self.events.pop().expect("peeked")
+    }
+
+    /// The listener a SYN to `to` reaches: bound on that host or on every host.
+    fn listener_for(&self, to: SocketAddr) -> Option<Rc<Listener>> {
+        let any = SocketAddr::new(unspecified(to.ip()), to.port());
+        let found = self.bound.get(&to).or_else(|| self.bound.get(&any))?;
+        found.as_ref().and_then(Weak::upgrade).filter(|l| !l.closed.get())
+    }
+}
+
+/// Something that happens at a time of its own.
+pub(super) struct Timed {
+    at: u64,
+    seq: u64,
+    what: What,
+}
+
+enum What {
+    /// A connect's SYN reaches `to`.
+    Syn { from: SocketAddr, to: SocketAddr, client: Weak<Stream> },
+    /// The listener's answer reaches the client.
+    SynAck { client: Weak<Stream> },
+    /// The client's timer: resend the SYN, or give up.
+    SynTimer { client: Weak<Stream>, attempt: u32 },
+    /// Nobody listens where the SYN went.
+    Refused { client: Weak<Stream> },
+    /// The head of a stream's outgoing segments is due (the stream is kept
+    /// alive until its segments are out, as a closed socket's are).
+    Wire { stream: Rc<Stream> },
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Timed) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Timed {}
+
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Timed) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Earliest first in a `BinaryHeap` (a max-heap).
+impl Ord for Timed {
+    fn cmp(&self, other: &Timed) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl Net {
+    fn schedule(&mut self, at: u64, what: What) {
+        self.sent += 1;
+        let seq = self.sent;
+        self.tcp.events.push(Timed { at, seq, what });
+    }
+
+    /// A segment's delay from `from` to `to`: the link's latency, plus a
+    /// retransmission timeout (doubling) for each time the link loses it.
+    fn segment_delay(&self, from: SocketAddr, to: SocketAddr) -> u64 {
+        let link = self.link(from.ip(), to.ip());
+        let mut delay = self.latency(&link);
+        let mut rto = RTO_NS;
+        for _ in 0..SYN_RETRIES {
+            if !self.chance(link.loss) {
+                break;
+            }
+            delay = delay.saturating_add(rto);
+            rto = rto.saturating_mul(2);
+        }
+        delay
+    }
+
+    /// A partition or a held link (`Sim::hold`) stops TCP's segments alike:
+    /// they are resent every RTO until the way is open again.
+    fn blocked(&self, from: SocketAddr, to: SocketAddr) -> bool {
+        self.is_cut(from.ip(), to.ip()) || (!self.held.is_empty() && self.held.contains_key(&(from.ip(), to.ip())))
+    }
+
+    fn path_open(&self, from: SocketAddr, to: SocketAddr) -> bool {
+        !self.blocked(from, to) && !self.down.contains(&to.ip())
+    }
+}
+
+/// A simulated listening socket.
+pub(crate) struct Listener {
+    world: Rc<Medium>,
+    v6: bool,
+    local: Cell<Option<SocketAddr>>,
+    /// Connections not yet accepted, at most `backlog`.
+    pending: RefCell<VecDeque<Rc<Stream>>>,
+    backlog: Cell<usize>,
+    listening: Cell<bool>,
+    watch: Watch,
+    closed: Cell<bool>,
+}
+
+impl Listener {
+    pub(crate) fn new(world: &Rc<Medium>, v6: bool) -> Rc<Listener> {
+        Rc::new(Listener {
+            world: world.clone(),
+            v6,
+            local: Cell::new(None),
+            pending: RefCell::new(VecDeque::new()),
+            backlog: Cell::new(0),
+            listening: Cell::new(false),
+            watch: Watch::new(),
+            closed: Cell::new(false),
+        })
+    }
+
+    /// Binds to `addr` and listens, with at most `backlog` connections
+    /// waiting to be accepted (at least one).
+    pub(crate) fn listen(self: &Rc<Self>, addr: SocketAddr, backlog: i32) -> io::Result<()> {
+        if addr.is_ipv6() != self.v6 {
+            return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        }
+        let mut net = self.world.net();
+        let Net { next_port, tcp, down, .. } = &mut *net;
+        tcp.bound.retain(|_, l| l.as_ref().is_none_or(|l| l.strong_count() > 0));
+        let addr = super::choose(next_port, &tcp.bound, normal(addr))?;
+        tcp.bound.insert(addr, Some(Rc::downgrade(self)));
+        down.remove(&addr.ip()); // a restart
+        self.local.set(Some(addr));
+        self.backlog.set(usize::try_from(backlog).unwrap_or(0).max(1));
+        self.listening.set(true);
+        log::debug!(target: "ioctx::sim", "tcp listening on {addr}");
+        Ok(())
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.local.get().ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// The next connection, or `WouldBlock`.
+    pub(crate) fn accept(&self) -> io::Result<Rc<Stream>> {
+        if self.closed.get() {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if !self.listening.get() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let s = self.pending.borrow_mut().pop_front();
+        s.ok_or_else(|| io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Closes the listener: unbound, and the connections it had not handed
+    /// out are reset, as Linux resets them.
+    pub(crate) fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        if let Some(a) = self.local.get() {
+            self.world.net().tcp.bound.remove(&a);
+        }
+        let pending: Vec<_> = self.pending.borrow_mut().drain(..).collect();
+        for s in pending {
+            s.abort();
+        }
+    }
+
+    pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
+        let me: Weak<dyn Report> = Rc::downgrade(self) as Weak<Listener>;
+        self.watch.register(&mut self.world.net(), me, token, read, write, edge);
+    }
+
+    pub(crate) fn deregister(&self, token: usize) {
+        self.watch.deregister(&mut self.world.net(), token);
+    }
+}
+
+impl Report for Listener {
+    fn report(&self) -> Option<(bool, bool, bool)> {
+        self.watch.report(!self.pending.borrow().is_empty(), false, false)
+    }
+}
+
+/// Where a stream is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// Not connected yet.
+    Fresh,
+    /// A SYN is out.
+    Connecting,
+    Open,
+    /// Refused, timed out or reset: reads end, writes fail.
+    Done,
+}
+
+/// One piece of what a stream sends, in order.
+enum Seg {
+    Data(Vec<u8>),
+    Fin,
+    Rst,
+}
+
+struct Segment {
+    /// Arrival, in virtual nanoseconds (never before the one ahead of it).
+    at: u64,
+    seg: Seg,
+}
+
+/// A simulated TCP connection's endpoint.
+pub(crate) struct Stream {
+    world: Rc<Medium>,
+    v6: bool,
+    local: Cell<Option<SocketAddr>>,
+    peer: Cell<Option<SocketAddr>>,
+    state: Cell<State>,
+    /// The other end (set when a listener takes the SYN).
+    remote: RefCell<Weak<Stream>>,
+    /// Bytes received, not read yet.
+    rx: RefCell<VecDeque<u8>>,
+    /// The receive buffer (`SimConfig::recv_buffer`, kept here: a wait asks
+    /// for readiness while the network is borrowed).
+    window: usize,
+    /// Bytes sent to this end and not read yet (received or on their way):
+    /// what the writer's window counts.
+    reserved: Cell<usize>,
+    /// The peer's FIN arrived, after all its bytes.
+    fin_in: Cell<bool>,
+    /// This end sent its FIN (`shutdown(Write)` or close).
+    fin_out: Cell<bool>,
+    read_shut: Cell<bool>,
+    /// An error the next operation reports (refused, timed out, reset).
+    error: Cell<Option<i32>>,
+    /// Segments on their way to the peer, in order.
+    wire: RefCell<VecDeque<Segment>>,
+    /// A `Wire` event is scheduled for the head of `wire`.
+    wire_scheduled: Cell<bool>,
+    /// The local port is this stream's own in `Tcp::bound` (a client's).
+    owns_port: Cell<bool>,
+    nodelay: Cell<bool>,
+    watch: Watch,
+    closed: Cell<bool>,
+}
+
+impl Stream {
+    /// An unconnected stream of the family of `v6`.
+    pub(crate) fn new(world: &Rc<Medium>, v6: bool) -> Rc<Stream> {
+        let window = world.net().limits.recv_buffer;
+        Stream::with_window(world, v6, window)
+    }
+
+    /// As [`new`](Self::new), the receive buffer given (the network is
+    /// borrowed by the caller).
+    fn with_window(world: &Rc<Medium>, v6: bool, window: usize) -> Rc<Stream> {
+        Rc::new(Stream {
+            world: world.clone(),
+            v6,
+            local: Cell::new(None),
+            peer: Cell::new(None),
+            state: Cell::new(State::Fresh),
+            remote: RefCell::new(Weak::new()),
+            rx: RefCell::new(VecDeque::new()),
+            window,
+            reserved: Cell::new(0),
+            fin_in: Cell::new(false),
+            fin_out: Cell::new(false),
+            read_shut: Cell::new(false),
+            error: Cell::new(None),
+            wire: RefCell::new(VecDeque::new()),
+            wire_scheduled: Cell::new(false),
+            owns_port: Cell::new(false),
+            nodelay: Cell::new(false),
+            watch: Watch::new(),
+            closed: Cell::new(false),
+        })
+    }
+
+    fn family_ok(&self, addr: SocketAddr) -> io::Result<()> {
+        if addr.is_ipv6() == self.v6 { Ok(()) } else { Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)) }
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.closed.get() { Err(io::Error::from_raw_os_error(libc::EBADF)) } else { Ok(()) }
+    }
+
+    /// Binds the local end to `addr` (port 0: a free one), before a connect.
+    pub(crate) fn bind(&self, addr: SocketAddr) -> io::Result<()> {
+        self.check_open()?;
+        self.family_ok(addr)?;
+        if self.local.get().is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut net = self.world.net();
+        let Net { next_port, tcp, down, .. } = &mut *net;
+        tcp.bound.retain(|_, l| l.as_ref().is_none_or(|l| l.strong_count() > 0));
+        let addr = super::choose(next_port, &tcp.bound, normal(addr))?;
+        tcp.bound.insert(addr, None);
+        down.remove(&addr.ip());
+        self.local.set(Some(addr));
+        self.owns_port.set(true);
+        Ok(())
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.check_open()?;
+        Ok(self.local.get().unwrap_or_else(|| SocketAddr::new(unspecified(self.any_ip()), 0)))
+    }
+
+    fn any_ip(&self) -> std::net::IpAddr {
+        if self.v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() }
+    }
+
+    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.check_open()?;
+        match self.state.get() {
+            State::Open | State::Done if self.peer.get().is_some() => Ok(self.peer.get().expect("checked")),
+            _ => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+        }
+    }
+
+    pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.check_open()?;
+        self.nodelay.set(on);
+        Ok(())
+    }
+
+    pub(crate) fn nodelay(&self) -> io::Result<bool> {
+        self.check_open()?;
+        Ok(self.nodelay.get())
+    }
+
+    /// Bytes that can be read now.
+    pub(crate) fn available(&self) -> io::Result<usize> {
+        self.check_open()?;
+        self.world.deliver_due();
+        Ok(self.rx.borrow().len())
+    }
+
+    /// Starts connecting to `to`: `Ok` when the SYN is out (the outcome is
+    /// reported through readiness and [`connect_outcome`](Self::connect_outcome)).
+    pub(crate) fn connect(self: &Rc<Self>, to: SocketAddr) -> io::Result<()> {
+        self.check_open()?;
+        self.family_ok(to)?;
+        match self.state.get() {
+            State::Fresh => {}
+            State::Connecting => return Err(io::Error::from_raw_os_error(libc::EALREADY)),
+            State::Open | State::Done => return Err(io::Error::from_raw_os_error(libc::EISCONN)),
+        }
+        // Connecting to the unspecified address reaches this host, as on Linux.
+        let to = if to.ip().is_unspecified() { SocketAddr::new(loopback(to.ip()), to.port()) } else { normal(to) };
+        match self.local.get() {
+            None => self.bind(SocketAddr::new(loopback(to.ip()), 0))?,
+            // Bound to every host: the connection leaves from loopback.
+            Some(a) if a.ip().is_unspecified() => self.local.set(Some(SocketAddr::new(loopback(to.ip()), a.port()))),
+            Some(_) => {}
+        }
+        self.peer.set(Some(to));
+        self.state.set(State::Connecting);
+        self.send_syn(0);
+        Ok(())
+    }
+
+    fn ends(&self) -> (SocketAddr, SocketAddr) {
+        let unset = SocketAddr::new(self.any_ip(), 0);
+        (self.local.get().unwrap_or(unset), self.peer.get().unwrap_or(unset))
+    }
+
+    fn trace(&self, step: TcpStep, len: usize) {
+        let (from, to) = self.ends();
+        self.world.trace(Event::Tcp { step, from, to, len: len as u64 });
+    }
+
+    /// Sends SYN number `attempt` and sets the timer that resends it.
+    fn send_syn(self: &Rc<Self>, attempt: u32) {
+        let (from, to) = self.ends();
+        let now = self.world.clock.now_ns();
+        let mut net = self.world.net();
+        let link = net.link(from.ip(), to.ip());
+        let lost = !net.path_open(from, to) || net.chance(link.loss);
+        if !lost {
+            let at = now.saturating_add(net.latency(&link));
+            net.schedule(at, What::Syn { from, to, client: Rc::downgrade(self) });
+        }
+        let timer = now.saturating_add(1_000_000_000u64 << attempt);
+        net.schedule(timer, What::SynTimer { client: Rc::downgrade(self), attempt });
+        drop(net);
+        self.trace(if lost { TcpStep::SynLost } else { TcpStep::Syn }, 0);
+    }
+
+    /// The outcome of a connect once it is known: `None` while in progress.
+    pub(crate) fn connect_outcome(&self) -> Option<io::Result<()>> {
+        if self.closed.get() {
+            return Some(Err(io::Error::from_raw_os_error(libc::EBADF)));
+        }
+        if let Some(e) = self.error.take() {
+            return Some(Err(io::Error::from_raw_os_error(e)));
+        }
+        match self.state.get() {
+            State::Connecting => None,
+            State::Open => Some(Ok(())),
+            State::Fresh | State::Done => Some(Err(io::Error::from_raw_os_error(libc::ENOTCONN))),
+        }
+    }
+
+    fn take_error(&self) -> io::Result<()> {
+        match self.error.take() {
+            Some(e) => Err(io::Error::from_raw_os_error(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads what has arrived into `bufs`; `Ok(0)` at the end of the stream;
+    /// `peek` leaves it. `WouldBlock` when nothing has arrived.
+    pub(crate) fn read(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<usize> {
+        self.check_open()?;
+        self.world.deliver_due();
+        if matches!(self.state.get(), State::Fresh | State::Connecting) {
+            return Err(io::Error::from_raw_os_error(libc::ENOTCONN));
+        }
+        self.take_error()?;
+        if self.read_shut.get() {
+            return Ok(0);
+        }
+        let mut rx = self.rx.borrow_mut();
+        if rx.is_empty() {
+            return if self.fin_in.get() || self.state.get() == State::Done {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let (a, b) = rx.as_slices();
+        let n = crate::buffer::scatter(a, bufs);
+        let n = n + if n == a.len() { scatter_from(b, bufs, n) } else { 0 };
+        if !peek {
+            rx.drain(..n);
+            drop(rx);
+            self.reserved.set(self.reserved.get() - n);
+            // The window opens: the writer may go on.
+            if let Some(r) = self.remote.borrow().upgrade() {
+                r.mark();
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes as much of `data` as the peer's window takes; `WouldBlock`
+    /// when it takes nothing.
+    pub(crate) fn write(self: &Rc<Self>, data: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+        self.check_open()?;
+        self.world.deliver_due();
+        match self.state.get() {
+            State::Fresh => return Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+            State::Connecting => return Err(io::ErrorKind::WouldBlock.into()),
+            State::Open | State::Done => {}
+        }
+        self.take_error()?;
+        if self.fin_out.get() || self.state.get() == State::Done {
+            return Err(io::Error::from_raw_os_error(libc::EPIPE));
+        }
+        let len: usize = data.iter().map(|d| d.len()).sum();
+        let remote = self.remote.borrow().upgrade().filter(|r| !r.closed.get());
+        let space = remote.as_ref().map_or(len, |r| r.space());
+        let n = len.min(space);
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if let Some(r) = &remote {
+            r.reserved.set(r.reserved.get() + n);
+        }
+        let mut bytes = Vec::with_capacity(n);
+        for d in data {
+            let take = (n - bytes.len()).min(d.len());
+            bytes.extend_from_slice(&d[..take]);
+        }
+        self.push(Seg::Data(bytes));
+        self.trace(TcpStep::Sent, n);
+        Ok(n)
+    }
+
+    /// What a writer to this end may still send.
+    fn space(&self) -> usize {
+        self.window.saturating_sub(self.reserved.get())
+    }
+
+    /// Queues `seg` behind the segments on their way, with its own delay.
+    fn push(self: &Rc<Self>, seg: Seg) {
+        let (from, to) = self.ends();
+        let now = self.world.clock.now_ns();
+        let mut net = self.world.net();
+        let delay = net.segment_delay(from, to);
+        let mut wire = self.wire.borrow_mut();
+        let at = wire.back().map_or(0, |s| s.at).max(now.saturating_add(delay));
+        wire.push_back(Segment { at, seg });
+        if !self.wire_scheduled.replace(true) {
+            let head = wire.front().map_or(at, |s| s.at);
+            net.schedule(head, What::Wire { stream: self.clone() });
+        }
+    }
+
+    /// Shuts down reading, writing or both.
+    pub(crate) fn shutdown(self: &Rc<Self>, how: std::net::Shutdown) -> io::Result<()> {
+        self.check_open()?;
+        if self.state.get() != State::Open {
+            return Err(io::Error::from_raw_os_error(libc::ENOTCONN));
+        }
+        if matches!(how, std::net::Shutdown::Read | std::net::Shutdown::Both) {
+            self.read_shut.set(true);
+        }
+        if matches!(how, std::net::Shutdown::Write | std::net::Shutdown::Both) && !self.fin_out.replace(true) {
+            self.push(Seg::Fin);
+            self.trace(TcpStep::Fin, 0);
+        }
+        self.mark();
+        Ok(())
+    }
+
+    /// Closes this end: a FIN after what was written, or a reset when
+    /// unread bytes are thrown away or the host is down.
+    pub(crate) fn close(self: &Rc<Self>) {
+        self.close_with(false);
+    }
+
+    /// Closes an end no socket holds yet (a connection a closed listener
+    /// had not handed out): reset, as Linux resets it.
+    fn abort(self: &Rc<Self>) {
+        self.close_with(true);
+    }
+
+    fn close_with(self: &Rc<Self>, reset: bool) {
+        if self.closed.replace(true) {
+            return;
+        }
+        let (local, _) = self.ends();
+        let host_down = {
+            let mut net = self.world.net();
+            if self.owns_port.get() {
+                net.tcp.bound.remove(&local);
+            }
+            net.down.contains(&local.ip())
+        };
+        if self.state.get() == State::Open {
+            if reset || host_down || !self.rx.borrow().is_empty() {
+                self.reset_peer();
+            } else if !self.fin_out.replace(true) {
+                self.push(Seg::Fin);
+                self.trace(TcpStep::Fin, 0);
+            }
+        }
+        self.rx.borrow_mut().clear();
+    }
+
+    /// Throws away what is on its way and resets the peer.
+    fn reset_peer(self: &Rc<Self>) {
+        self.wire.borrow_mut().clear();
+        self.push(Seg::Rst);
+        self.trace(TcpStep::Reset, 0);
+    }
+
+    /// The peer reset the connection (or refused it).
+    fn reset(&self, err: i32) {
+        if self.closed.get() || self.state.get() == State::Done {
+            return;
+        }
+        self.state.set(State::Done);
+        self.error.set(Some(err));
+        self.rx.borrow_mut().clear();
+        self.wire.borrow_mut().clear();
+        self.mark();
+    }
+
+    fn mark(&self) {
+        self.watch.changed(&mut self.world.net());
+    }
+
+    pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
+        let me: Weak<dyn Report> = Rc::downgrade(self) as Weak<Stream>;
+        self.watch.register(&mut self.world.net(), me, token, read, write, edge);
+    }
+
+    pub(crate) fn deregister(&self, token: usize) {
+        self.watch.deregister(&mut self.world.net(), token);
+    }
+}
+
+/// `scatter` of the second part of a ring buffer, after `skip` bytes of
+/// `bufs` were filled by the first.
+fn scatter_from(data: &[u8], bufs: &mut [std::io::IoSliceMut<'_>], mut skip: usize) -> usize {
+    let mut done = 0;
+    for b in bufs.iter_mut() {
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        let room = &mut b[skip..];
+        skip = 0;
+        let n = room.len().min(data.len() - done);
+        room[..n].copy_from_slice(&data[done..done + n]);
+        done += n;
+        if done == data.len() {
+            break;
+        }
+    }
+    done
+}
+
+impl Report for Stream {
+    fn report(&self) -> Option<(bool, bool, bool)> {
+        let error = self.error.get().is_some();
+        let state = self.state.get();
+        let readable =
+            error || state == State::Done || self.read_shut.get() || self.fin_in.get() || !self.rx.borrow().is_empty();
+        let writable = error
+            || state == State::Done
+            || (state == State::Open
+                && (self.fin_out.get()
+                    || self.remote.borrow().upgrade().filter(|r| !r.closed.get()).is_none_or(|r| r.space() > 0)));
+        self.watch.report(readable, writable, error)
+    }
+}
+
+/// Carries out `event`, which is due (called with the network unborrowed).
+pub(super) fn handle(medium: &Medium, event: Timed) {
+    let now = medium.clock.now_ns();
+    match event.what {
+        What::Syn { from, to, client } => {
+            let Some(client) = client.upgrade() else { return };
+            if client.closed.get() || client.state.get() != State::Connecting {
+                return;
+            }
+            let mut net = medium.net();
+            if !net.path_open(from, to) {
+                drop(net);
+                medium.trace(Event::Tcp { step: TcpStep::SynLost, from, to, len: 0 });
+                return;
+            }
+            let back = net.segment_delay(to, from);
+            // A SYN sent again (the answer was lost): answer again.
+            if client.remote.borrow().upgrade().is_some() {
+                net.schedule(now.saturating_add(back), What::SynAck { client: Rc::downgrade(&client) });
+                return;
+            }
+            let Some(listener) = net.tcp.listener_for(to).filter(|l| l.v6 == to.is_ipv6()) else {
+                net.schedule(now.saturating_add(back), What::Refused { client: Rc::downgrade(&client) });
+                drop(net);
+                medium.trace(Event::Tcp { step: TcpStep::Refused, from, to, len: 0 });
+                return;
+            };
+            if listener.pending.borrow().len() >= listener.backlog.get() {
+                drop(net);
+                // A full backlog drops the SYN; the client will resend it.
+                medium.trace(Event::Tcp { step: TcpStep::SynLost, from, to, len: 0 });
+                return;
+            }
+            let server = Stream::with_window(&listener.world, to.is_ipv6(), net.limits.recv_buffer);
+            server.local.set(Some(to));
+            server.peer.set(Some(from));
+            server.state.set(State::Open);
+            *server.remote.borrow_mut() = Rc::downgrade(&client);
+            *client.remote.borrow_mut() = Rc::downgrade(&server);
+            listener.pending.borrow_mut().push_back(server);
+            net.schedule(now.saturating_add(back), What::SynAck { client: Rc::downgrade(&client) });
+            listener.watch.changed(&mut net);
+            drop(net);
+            medium.trace(Event::Tcp { step: TcpStep::Accepted, from, to, len: 0 });
+        }
+        What::SynAck { client } => {
+            let Some(client) = client.upgrade() else { return };
+            let (from, to) = client.ends();
+            if client.closed.get() || client.state.get() != State::Connecting {
+                return;
+            }
+            if !medium.net().path_open(to, from) {
+                client.trace(TcpStep::SynLost, 0);
+                return; // the SYN timer sends it again
+            }
+            client.state.set(State::Open);
+            client.mark();
+            client.trace(TcpStep::Established, 0);
+        }
+        What::Refused { client } => {
+            let Some(client) = client.upgrade() else { return };
+            if client.state.get() == State::Connecting {
+                client.trace(TcpStep::Refused, 0);
+                client.reset(libc::ECONNREFUSED);
+            }
+        }
+        What::SynTimer { client, attempt } => {
+            let Some(client) = client.upgrade() else { return };
+            if client.closed.get() || client.state.get() != State::Connecting {
+                return;
+            }
+            if attempt < SYN_RETRIES {
+                client.send_syn(attempt + 1);
+            } else {
+                client.trace(TcpStep::TimedOut, 0);
+                client.reset(libc::ETIMEDOUT);
+            }
+        }
+        What::Wire { stream } => deliver_wire(medium, &stream, now),
+    }
+}
+
+/// Delivers the due segments at the head of `stream`'s wire, in order; a
+/// partition holds them (resent every RTO until it heals).
+fn deliver_wire(medium: &Medium, stream: &Rc<Stream>, now: u64) {
+    let (from, to) = stream.ends();
+    loop {
+        let mut net = medium.net();
+        let mut wire = stream.wire.borrow_mut();
+        let Some(head) = wire.front_mut() else {
+            stream.wire_scheduled.set(false);
+            return;
+        };
+        if head.at > now {
+            net.schedule(head.at, What::Wire { stream: stream.clone() });
+            return;
+        }
+        if net.blocked(from, to) {
+            head.at = now.saturating_add(RTO_NS);
+            net.schedule(head.at, What::Wire { stream: stream.clone() });
+            drop((wire, net));
+            medium.trace(Event::Tcp { step: TcpStep::Held, from, to, len: 0 });
+            return;
+        }
+        let seg = wire.pop_front().expect("front seen").seg;
+        drop((wire, net));
+        let remote = stream.remote.borrow().upgrade();
+        let live = remote.as_ref().filter(|r| !r.closed.get() && r.state.get() != State::Done);
+        match (seg, live) {
+            (Seg::Data(bytes), Some(r)) => {
+                // Data to a client whose SYN-ACK was lost: it shows the
+                // connection stands.
+                if r.state.get() == State::Connecting {
+                    r.state.set(State::Open);
+                }
+                let len = bytes.len();
+                r.rx.borrow_mut().extend(bytes);
+                r.mark();
+                medium.trace(Event::Tcp { step: TcpStep::Delivered, from, to, len: len as u64 });
+            }
+            (Seg::Fin, Some(r)) => {
+                r.fin_in.set(true);
+                r.mark();
+                medium.trace(Event::Tcp { step: TcpStep::FinDelivered, from, to, len: 0 });
+            }
+            (Seg::Rst, Some(r)) => {
+                r.reset(libc::ECONNRESET);
+                medium.trace(Event::Tcp { step: TcpStep::ResetDelivered, from, to, len: 0 });
+            }
+            // Nobody at the other end: a data segment or FIN is answered
+            // with a reset (the writer learns of it); a reset is dropped.
+            (Seg::Data(_) | Seg::Fin, None) => {
+                stream.wire.borrow_mut().clear();
+                if let Some(r) = &remote {
+                    r.reserved.set(0);
+                }
+                stream.reset(libc::ECONNRESET);
+                medium.trace(Event::Tcp { step: TcpStep::ResetDelivered, from: to, to: from, len: 0 });
+            }
+            (Seg::Rst, None) => {}
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! TCP on the simulated network (DESIGN §1.7): the rules of a real stream
+//! (the same test bodies run on both backends: accept and connect, refused,
+//! bytes in order, EOF, reset, composed operations), and what only a
+//! simulation can show: latency, back-pressure from a peer that does not
+//! read, loss and partitions that delay bytes but never lose or reorder
+//! them, a crash that resets, a connect that times out after 127 s.
+
+use ioctx::net::{TcpListener, TcpStream, WaitType, async_read, async_write, transfer_all};
+use ioctx::sim::{self, Link};
+use ioctx::{Error, IoContext, SimConfig};
+use socket2::Domain;
+use std::cell::{Cell, RefCell};
+use std::io::ErrorKind;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Runs `body` on a real context and on a simulated one: the rule it
+/// checks must hold on both.
+fn on_both_backends(body: impl Fn(&IoContext)) {
+    body(&IoContext::new().unwrap());
+    body(&IoContext::simulated(99));
+}
+
+/// `run_for` with a safety net (real or virtual seconds): a bug fails the
+/// test instead of hanging it. Asserts that the loop ran out of work.
+fn run_bounded(ctx: &IoContext) {
+    run_within(ctx, Duration::from_secs(5));
+}
+
+fn run_within(ctx: &IoContext, limit: Duration) {
+    ctx.run_for(limit);
+    assert!(ctx.stopped(), "work is left after {limit:?}: an operation never completed");
+    ctx.restart();
+}
+
+/// A connected pair (client, server) through a listener on `at`.
+fn pair_at(ctx: &IoContext, at: SocketAddr, from: Option<SocketAddr>) -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind(ctx, at).unwrap();
+    let server = Rc::new(RefCell::new(None));
+    let s = server.clone();
+    l.async_accept(move |e, peer| {
+        assert_eq!(e, Error::NONE);
+        *s.borrow_mut() = peer;
+    });
+    let client = TcpStream::open(ctx, if at.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }).unwrap();
+    if let Some(from) = from {
+        client.bind_to(from).unwrap();
+    }
+    let connected = Rc::new(Cell::new(false));
+    let c = connected.clone();
+    client.async_connect(l.local_addr().unwrap(), move |e| {
+        assert_eq!(e, Error::NONE);
+        c.set(true);
+    });
+    run_bounded(ctx);
+    assert!(connected.get());
+    let server = server.take().expect("accepted");
+    (client, server)
+}
+
+fn pair(ctx: &IoContext) -> (TcpStream, TcpStream) {
+    pair_at(ctx, addr("127.0.0.1:0"), None)
+}
+
+/// Reads until EOF or an error; returns the bytes and how it ended.
+fn read_all(ctx: &IoContext, s: &TcpStream) -> (Vec<u8>, Error) {
+    read_all_within(ctx, s, Duration::from_secs(5))
+}
+
+fn read_all_within(ctx: &IoContext, s: &TcpStream, limit: Duration) -> (Vec<u8>, Error) {
+    let got = Rc::new(RefCell::new((Vec::new(), Error::NONE)));
+    fn step(s: TcpStream, got: Rc<RefCell<(Vec<u8>, Error)>>) {
+        let again = s.clone();
+        s.async_read_some(vec![0u8; 1000], move |e, n, buf| {
+            if e.is_ok() {
+                got.borrow_mut().0.extend_from_slice(&buf[..n]);
+                step(again, got);
+            } else {
+                got.borrow_mut().1 = e;
+            }
+        });
+    }
+    step(s.clone(), got.clone());
+    run_within(ctx, limit);
+    let (bytes, end) = &*got.borrow();
+    (bytes.clone(), *end)
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+// ------------------------------------------------------------ the rules, on both backends
+
+#[test]
+fn a_listener_accepts_and_both_ends_know_each_other() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        assert_eq!(client.peer_addr().unwrap(), server.local_addr().unwrap());
+        assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+        assert_eq!(client.local_addr().unwrap().ip(), ip("127.0.0.1"));
+        client.set_nodelay(true).unwrap();
+        assert!(client.nodelay().unwrap());
+    });
+}
+
+#[test]
+fn bytes_arrive_in_order_and_a_handler_never_runs_inside_the_call() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        let started = Rc::new(Cell::new(false));
+        for chunk in pattern(3000).chunks(300) {
+            let st = started.clone();
+            client.async_write_some(chunk.to_vec(), move |e, n| {
+                assert!(st.get(), "ran inside the call that started it");
+                assert_eq!((e, n), (Error::NONE, 300));
+            });
+        }
+        started.set(true);
+        client.shutdown(Shutdown::Write).unwrap();
+        let (got, end) = read_all(ctx, &server);
+        assert_eq!(got, pattern(3000));
+        assert_eq!(end, Error::EOF);
+    });
+}
+
+#[test]
+fn a_connect_where_nobody_listens_is_refused() {
+    on_both_backends(|ctx| {
+        // A port that was just free: bound, then closed.
+        let free = TcpListener::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let to = free.local_addr().unwrap();
+        free.close();
+        let s = TcpStream::open(ctx, Domain::IPV4).unwrap();
+        let got = Rc::new(Cell::new(None));
+        let g = got.clone();
+        s.async_connect(to, move |e| g.set(Some(e)));
+        run_bounded(ctx);
+        assert_eq!(got.get(), Some(Error::CONNECTION_REFUSED));
+        // The listener's address is free again.
+        let again = TcpListener::bind(ctx, to).unwrap();
+        assert_eq!(again.local_addr().unwrap(), to);
+    });
+}
+
+#[test]
+fn a_second_listener_on_the_same_address_is_refused() {
+    on_both_backends(|ctx| {
+        let a = TcpListener::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let e = TcpListener::bind(ctx, a.local_addr().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AddrInUse);
+    });
+}
+
+#[test]
+fn closing_with_unread_bytes_resets_the_peer() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        client.async_write_some(b"unread".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        server.async_wait(WaitType::Read, |e| assert_eq!(e, Error::NONE));
+        run_bounded(ctx);
+        assert_eq!(server.available().unwrap(), 6);
+        server.close(); // with 6 bytes unread: a reset, not a FIN
+        let (got, end) = read_all(ctx, &client);
+        assert!(got.is_empty());
+        assert_eq!(end, Error::CONNECTION_RESET);
+    });
+}
+
+#[test]
+fn a_closed_peer_reads_eof_after_everything_it_wrote() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        server.async_write_some(b"last words".to_vec(), |e, n| assert_eq!((e, n), (Error::NONE, 10)));
+        run_bounded(ctx);
+        server.close();
+        let (got, end) = read_all(ctx, &client);
+        assert_eq!(got, b"last words");
+        assert_eq!(end, Error::EOF);
+    });
+}
+
+#[test]
+fn composed_write_and_read_move_a_megabyte_through_a_full_window() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        let data = pattern(1 << 20);
+        let wrote = Rc::new(Cell::new(None));
+        let w = wrote.clone();
+        async_write(&client, data.clone(), transfer_all(), move |e, n| w.set(Some((e, n))));
+        let read = Rc::new(RefCell::new(None));
+        let r = read.clone();
+        async_read(&server, vec![0u8; 1 << 20], transfer_all(), move |e, n, buf| {
+            *r.borrow_mut() = Some((e, n, buf));
+        });
+        run_bounded(ctx);
+        assert_eq!(wrote.get(), Some((Error::NONE, 1 << 20)));
+        let (e, n, buf) = read.take().unwrap();
+        assert_eq!((e, n), (Error::NONE, 1 << 20));
+        assert!(buf == data, "the bytes arrived changed");
+    });
+}
+
+#[test]
+fn a_pending_read_is_aborted_by_close_and_the_stream_reports_bad_descriptor_after() {
+    on_both_backends(|ctx| {
+        let (client, _server) = pair(ctx);
+        let got = Rc::new(Cell::new(None));
+        let g = got.clone();
+        client.async_read_some(vec![0u8; 8], move |e, n, _| g.set(Some((e, n))));
+        client.close();
+        run_bounded(ctx);
+        assert_eq!(got.get(), Some((Error::OPERATION_ABORTED, 0)));
+        let g = got.clone();
+        client.async_write_some(b"x".to_vec(), move |e, n| g.set(Some((e, n))));
+        run_bounded(ctx);
+        assert_eq!(got.get(), Some((Error::BAD_DESCRIPTOR, 0)));
+    });
+}
+
+#[test]
+fn a_blocking_accept_takes_a_waiting_connection() {
+    on_both_backends(|ctx| {
+        let l = TcpListener::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let client = TcpStream::open(ctx, Domain::IPV4).unwrap();
+        client.async_connect(l.local_addr().unwrap(), |e| assert_eq!(e, Error::NONE));
+        run_bounded(ctx);
+        let server = l.accept().unwrap();
+        assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+    });
+}
+
+// ------------------------------------------------------------ what only a simulation shows
+
+/// A simulated context with `latency` both ways on every link.
+fn with_latency(seed: u64, latency: Duration) -> IoContext {
+    IoContext::simulated_with(SimConfig::new(seed).latency(latency, latency))
+}
+
+#[test]
+fn a_connect_takes_a_round_trip_and_bytes_one_way_latency() {
+    let ctx = with_latency(1, Duration::from_millis(10));
+    let sim = ctx.sim().unwrap();
+    let l = TcpListener::bind(&ctx, addr("10.0.0.2:80")).unwrap();
+    let accepted_at = Rc::new(Cell::new(None));
+    let server = Rc::new(RefCell::new(None));
+    let (a, s, sim2) = (accepted_at.clone(), server.clone(), sim.clone());
+    l.async_accept(move |e, peer| {
+        assert_eq!(e, Error::NONE);
+        a.set(Some(sim2.now()));
+        *s.borrow_mut() = peer;
+    });
+    let client = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    client.bind_to(addr("10.0.0.1:0")).unwrap();
+    let connected_at = Rc::new(Cell::new(None));
+    let (c, sim2, cl) = (connected_at.clone(), sim.clone(), client.clone());
+    let read_at = Rc::new(Cell::new(None));
+    let r = read_at.clone();
+    client.async_connect(addr("10.0.0.2:80"), move |e| {
+        assert_eq!(e, Error::NONE);
+        c.set(Some(sim2.now()));
+        let sim3 = sim2.clone();
+        cl.async_read_some(vec![0u8; 16], move |e, n, buf| {
+            assert_eq!((e, &buf[..n]), (Error::NONE, &b"hello"[..]));
+            r.set(Some(sim3.now()));
+        });
+    });
+    ctx.run_for(Duration::from_millis(25));
+    assert_eq!(accepted_at.get(), Some(Duration::from_millis(10)), "the SYN takes one latency");
+    assert_eq!(connected_at.get(), Some(Duration::from_millis(20)), "the answer another");
+    let server = server.take().unwrap();
+    assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+    assert_eq!(client.local_addr().unwrap().ip(), ip("10.0.0.1"));
+    server.async_write_some(b"hello".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+    ctx.restart();
+    ctx.run();
+    assert_eq!(read_at.get(), Some(Duration::from_millis(35)), "written at 25 ms, read 10 ms later");
+}
+
+#[test]
+fn a_writer_stops_at_the_peers_receive_buffer_until_the_peer_reads() {
+    let ctx = IoContext::simulated_with(SimConfig::new(2).recv_buffer(10_000));
+    let (client, server) = pair(&ctx);
+    // Write until a write waits: the peer's buffer holds 10,000 bytes.
+    let written = Rc::new(Cell::new(0usize));
+    let pending = Rc::new(Cell::new(false));
+    fn write(s: TcpStream, written: Rc<Cell<usize>>, pending: Rc<Cell<bool>>) {
+        let again = s.clone();
+        let p = pending.clone();
+        pending.set(true);
+        s.async_write_some(vec![1u8; 3000], move |e, n| {
+            p.set(false);
+            if e.is_ok() {
+                written.set(written.get() + n);
+                write(again, written, p);
+            }
+        });
+    }
+    write(client.clone(), written.clone(), pending.clone());
+    ctx.run_for(Duration::from_secs(60));
+    ctx.restart();
+    assert_eq!(written.get(), 10_000, "exactly the peer's buffer");
+    assert!(pending.get(), "the next write waits for the peer");
+    assert_eq!(server.available().unwrap(), 10_000);
+    // The peer reads 4,000 bytes: the writer goes on by as much.
+    server.async_read_some(vec![0u8; 4000], |e, n, _| assert_eq!((e, n), (Error::NONE, 4000)));
+    ctx.run_for(Duration::from_secs(60));
+    ctx.restart();
+    assert_eq!(written.get(), 14_000);
+    assert!(pending.get());
+    client.close();
+}
+
+#[test]
+fn loss_delays_bytes_but_never_loses_or_reorders_them() {
+    for seed in 0..20 {
+        let ctx = IoContext::simulated_with(
+            SimConfig::new(seed).latency(Duration::from_millis(1), Duration::from_millis(30)).loss(0.3),
+        );
+        let (client, server) = pair(&ctx);
+        let data = pattern(50_000);
+        for chunk in data.chunks(1000) {
+            client.async_write_some(chunk.to_vec(), |e, n| assert_eq!((e, n), (Error::NONE, 1000)));
+        }
+        client.shutdown(Shutdown::Write).unwrap();
+        // A segment lost six times in a row arrives 12.6 s late.
+        let (got, end) = read_all_within(&ctx, &server, Duration::from_secs(60));
+        assert!(got == data, "seed {seed}: the bytes changed ({} of {})", got.len(), data.len());
+        assert_eq!(end, Error::EOF, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_partition_holds_the_bytes_until_it_heals() {
+    let ctx = with_latency(3, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let (client, server) = pair_at(&ctx, addr("10.0.0.2:7"), Some(addr("10.0.0.1:0")));
+    sim.partition(ip("10.0.0.1"), ip("10.0.0.2"));
+    client.async_write_some(b"across".to_vec(), |e, n| assert_eq!((e, n), (Error::NONE, 6)));
+    let got = Rc::new(RefCell::new(None));
+    let (g, sim2) = (got.clone(), sim.clone());
+    server.async_read_some(vec![0u8; 16], move |e, n, buf| *g.borrow_mut() = Some((e, buf[..n].to_vec(), sim2.now())));
+    let start = sim.now();
+    ctx.run_for(Duration::from_secs(10));
+    ctx.restart();
+    assert!(got.borrow().is_none(), "nothing crosses a partition");
+    sim.heal();
+    ctx.run_for(Duration::from_secs(1));
+    let (e, bytes, at) = got.take().expect("delivered after the heal");
+    assert_eq!((e, &bytes[..]), (Error::NONE, &b"across"[..]));
+    let waited = at - start;
+    assert!(waited >= Duration::from_secs(10) && waited <= Duration::from_millis(10_200), "{waited:?}");
+}
+
+#[test]
+fn a_held_link_holds_bytes_until_released() {
+    let ctx = with_latency(4, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let (client, server) = pair_at(&ctx, addr("10.0.0.2:7"), Some(addr("10.0.0.1:0")));
+    sim.hold(ip("10.0.0.1"), ip("10.0.0.2"));
+    client.async_write_some(b"held".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+    let got = Rc::new(Cell::new(None));
+    let (g, sim2) = (got.clone(), sim.clone());
+    server.async_wait(WaitType::Read, move |e| g.set(Some((e, sim2.now()))));
+    ctx.run_for(Duration::from_secs(3));
+    ctx.restart();
+    assert_eq!(got.get(), None, "held");
+    let released = sim.now();
+    sim.release(ip("10.0.0.1"), ip("10.0.0.2"));
+    ctx.run();
+    let (e, at) = got.get().expect("arrived after the release");
+    assert_eq!(e, Error::NONE);
+    assert!(at - released <= Duration::from_millis(205), "resent within an RTO: {:?}", at - released);
+    assert_eq!(server.available().unwrap(), 4);
+}
+
+#[test]
+fn a_crash_of_the_servers_host_resets_the_client() {
+    let ctx = with_latency(5, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let (client, server) = pair_at(&ctx, addr("10.0.0.2:7"), Some(addr("10.0.0.1:0")));
+    let got = Rc::new(Cell::new(None));
+    let g = got.clone();
+    client.async_read_some(vec![0u8; 16], move |e, n, _| g.set(Some((e, n))));
+    sim.crash(ip("10.0.0.2"));
+    assert!(!server.is_open(), "the crash closed the server's stream");
+    ctx.run_for(Duration::from_secs(1));
+    ctx.restart();
+    assert_eq!(got.get(), Some((Error::CONNECTION_RESET, 0)));
+    // A write after the reset fails too, and the loop goes on.
+    let g = got.clone();
+    client.async_write_some(b"x".to_vec(), move |e, n| g.set(Some((e, n))));
+    ctx.run();
+    assert!(matches!(got.get(), Some((e, 0)) if e != Error::NONE), "{:?}", got.get());
+}
+
+#[test]
+fn a_connect_across_a_partition_times_out_after_127_virtual_seconds() {
+    let ctx = with_latency(6, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let _l = TcpListener::bind(&ctx, addr("10.0.0.2:7")).unwrap();
+    sim.partition(ip("10.0.0.1"), ip("10.0.0.2"));
+    let s = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    s.bind_to(addr("10.0.0.1:0")).unwrap();
+    let got = Rc::new(Cell::new(None));
+    let (g, sim2) = (got.clone(), sim.clone());
+    s.async_connect(addr("10.0.0.2:7"), move |e| g.set(Some((e, sim2.now()))));
+    ctx.run();
+    assert_eq!(got.get(), Some((Error::TIMED_OUT, Duration::from_secs(127))));
+}
+
+#[test]
+fn a_connect_retried_after_a_heal_succeeds() {
+    let ctx = with_latency(7, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let l = TcpListener::bind(&ctx, addr("10.0.0.2:7")).unwrap();
+    l.async_accept(|e, _| assert_eq!(e, Error::NONE));
+    sim.partition(ip("10.0.0.1"), ip("10.0.0.2"));
+    let s = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    s.bind_to(addr("10.0.0.1:0")).unwrap();
+    let got = Rc::new(Cell::new(None));
+    let (g, sim2) = (got.clone(), sim.clone());
+    s.async_connect(addr("10.0.0.2:7"), move |e| g.set(Some((e, sim2.now()))));
+    ctx.run_for(Duration::from_millis(2500));
+    ctx.restart();
+    sim.heal();
+    ctx.run();
+    // SYNs at 0, 1 and 3 s: the third gets through.
+    assert_eq!(got.get(), Some((Error::NONE, Duration::from_millis(3010))));
+}
+
+#[test]
+fn a_full_backlog_drops_the_syn_and_the_client_gets_in_once_one_is_accepted() {
+    let ctx = with_latency(8, Duration::from_millis(5));
+    let l = TcpListener::bind_with_backlog(&ctx, addr("10.0.0.2:7"), 1).unwrap();
+    let outcomes = Rc::new(RefCell::new(Vec::new()));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let s = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+        let o = outcomes.clone();
+        s.async_connect(addr("10.0.0.2:7"), move |e| o.borrow_mut().push(e));
+        clients.push(s);
+    }
+    ctx.run_for(Duration::from_millis(500));
+    ctx.restart();
+    assert_eq!(*outcomes.borrow(), [Error::NONE], "one in the backlog, one SYN dropped");
+    let first = l.accept().unwrap();
+    assert_eq!(l.accept().unwrap_err().kind(), ErrorKind::WouldBlock, "a simulated accept never blocks");
+    ctx.run_for(Duration::from_secs(2)); // the SYN is resent after 1 s
+    ctx.restart();
+    assert_eq!(*outcomes.borrow(), [Error::NONE, Error::NONE]);
+    let second = l.accept().unwrap();
+    assert_ne!(first.peer_addr().unwrap(), second.peer_addr().unwrap());
+}
+
+#[test]
+fn closing_a_listener_resets_the_connections_it_had_not_handed_out() {
+    let ctx = with_latency(9, Duration::from_millis(5));
+    let l = TcpListener::bind(&ctx, addr("10.0.0.2:7")).unwrap();
+    let s = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    s.async_connect(addr("10.0.0.2:7"), |e| assert_eq!(e, Error::NONE));
+    ctx.run();
+    ctx.restart();
+    l.close();
+    let (_, end) = read_all(&ctx, &s);
+    assert_eq!(end, Error::CONNECTION_RESET);
+}
+
+#[test]
+fn ipv6_streams_connect_and_an_ipv4_listener_does_not_take_them() {
+    let ctx = IoContext::simulated(10);
+    let (client, server) = pair_at(&ctx, addr("[fd00::2]:7"), Some(addr("[fd00::1]:0")));
+    assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+    let _v4 = TcpListener::bind(&ctx, addr("10.0.0.2:8")).unwrap();
+    let s = TcpStream::open(&ctx, Domain::IPV6).unwrap();
+    let got = Rc::new(Cell::new(None));
+    let g = got.clone();
+    s.async_connect(addr("10.0.0.2:8"), move |e| g.set(Some(e)));
+    ctx.run();
+    // EAFNOSUPPORT, as Linux answers a connect to the other family.
+    assert_eq!(got.get(), Some(Error::from_raw_os_error(97)));
+}
+
+#[test]
+fn what_a_simulated_stream_cannot_do_is_unsupported() {
+    let ctx = IoContext::simulated(11);
+    let unsupported = |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == ErrorKind::Unsupported);
+    // A blocking connect could never finish: virtual time stands still while it waits.
+    let e = TcpStream::connect(&ctx, addr("10.0.0.2:7")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.to_string().contains("async_connect"), "{e}");
+    // A real stream cannot join a simulated network, nor a simulated one leave it.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    assert!(unsupported(TcpListener::from_std(&ctx, l).map(drop)));
+    let (client, _server) = pair(&ctx);
+    assert!(unsupported(client.release().map(drop)));
+    assert!(unsupported(client.with_socket2(|_| ())));
+    ctx.post(|| {});
+    assert_eq!(ctx.run(), 1);
+}
+
+// ------------------------------------------------------------ determinism
+
+/// A lossy, reordering transfer in both directions; returns the trace hash.
+fn lossy_exchange(seed: u64) -> u64 {
+    let ctx = IoContext::simulated_with(
+        SimConfig::new(seed).latency(Duration::from_millis(1), Duration::from_millis(40)).loss(0.2),
+    );
+    let sim = ctx.sim().unwrap();
+    sim.set_link(ip("10.0.0.1"), ip("10.0.0.2"), Link::new().loss(0.4));
+    let (client, server) = pair_at(&ctx, addr("10.0.0.2:7"), Some(addr("10.0.0.1:0")));
+    for i in 0..20u8 {
+        client.async_write_some(vec![i; 500], |e, _| assert_eq!(e, Error::NONE));
+        server.async_write_some(vec![i; 300], |e, _| assert_eq!(e, Error::NONE));
+    }
+    client.shutdown(Shutdown::Write).unwrap();
+    server.shutdown(Shutdown::Write).unwrap();
+    let (a, _) = read_all(&ctx, &server);
+    let (b, _) = read_all(&ctx, &client);
+    assert_eq!((a.len(), b.len()), (10_000, 6_000));
+    sim.trace_hash()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
+    assert_eq!(lossy_exchange(21), lossy_exchange(21));
+    assert_ne!(lossy_exchange(21), lossy_exchange(22));
+    sim::check_determinism(23, |ctx| {
+        let (client, server) = pair(ctx);
+        client.async_write_some(b"same".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        server.async_read_some(vec![0u8; 4], |e, n, _| assert_eq!((e, n), (Error::NONE, 4)));
+        ctx.run();
+    });
+}
