@@ -870,7 +870,9 @@ impl Wake for IoObject {
 /// enough to inline).
 #[inline(never)]
 fn sim_recv(obj: &IoObject, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> io::Result<usize> {
-    let Some(endpoint) = obj.endpoint() else { return Err(closed()) };
+    // Borrowed for the call: no user code runs in it.
+    let sim = obj.sim.borrow();
+    let Some(endpoint) = &*sim else { return Err(closed()) };
     let (n, sender) = endpoint.recv(bufs, flags & libc::MSG_PEEK != 0)?;
     if let Some(from) = from {
         from.set(Some(sender));
@@ -882,7 +884,8 @@ fn sim_recv(obj: &IoObject, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::
 /// [`sim_recv`]).
 #[inline(never)]
 fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
-    let Some(endpoint) = obj.endpoint() else { return Err(closed()) };
+    let sim = obj.sim.borrow();
+    let Some(endpoint) = &*sim else { return Err(closed()) };
     endpoint.send(bufs, dest.and_then(SockAddr::as_socket), flags)
 }
 

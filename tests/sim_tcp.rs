@@ -5,9 +5,12 @@
 //! read, loss and partitions that delay bytes but never lose or reorder
 //! them, a crash that resets, a connect that times out after 127 s.
 
-use ioctx::net::{TcpListener, TcpStream, WaitType, async_read, async_write, transfer_all};
+use ioctx::net::{
+    TcpListener, TcpStream, WaitType, async_read, async_read_until, async_write, transfer_all, transfer_at_least,
+    transfer_exactly,
+};
 use ioctx::sim::{self, Link};
-use ioctx::{Error, IoContext, SimConfig};
+use ioctx::{CancellationType, Error, IoContext, SimConfig};
 use socket2::Domain;
 use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
@@ -236,6 +239,171 @@ fn a_blocking_accept_takes_a_waiting_connection() {
         run_bounded(ctx);
         let server = l.accept().unwrap();
         assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+    });
+}
+
+// ------------------------------------------------------------ composed operations, on both backends
+
+type Got<T> = Rc<RefCell<Option<T>>>;
+
+fn got<T>() -> Got<T> {
+    Rc::new(RefCell::new(None))
+}
+
+#[test]
+fn composed_reads_stop_at_exactly_and_at_least() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        client.async_write_some(b"0123456789".to_vec(), |e, n| assert_eq!((e, n), (Error::NONE, 10)));
+        // Both writes' bytes are there before the reads start.
+        server.async_wait(WaitType::Read, |e| assert_eq!(e, Error::NONE));
+        run_bounded(ctx);
+        let r = got();
+        let (r2, s2) = (r.clone(), server.clone());
+        async_read(&server, vec![0u8; 64], transfer_exactly(4), move |e, n, b| {
+            let first = (e, n, b[..n].to_vec());
+            // At least one byte: what is there (the 6 left), not 64.
+            async_read(&s2, vec![0u8; 64], transfer_at_least(1), move |e, n, b| {
+                *r2.borrow_mut() = Some((first, (e, n, b[..n].to_vec())));
+            });
+        });
+        run_bounded(ctx);
+        let (first, second) = r.take().unwrap();
+        assert_eq!(first, (Error::NONE, 4, b"0123".to_vec()));
+        assert_eq!(second, (Error::NONE, 6, b"456789".to_vec()));
+    });
+}
+
+#[test]
+fn a_composed_read_ends_with_eof_and_the_bytes_so_far() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        client.async_write_some(b"abc".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        run_bounded(ctx);
+        client.close();
+        let r = got();
+        let r2 = r.clone();
+        async_read(&server, vec![0u8; 10], transfer_all(), move |e, n, b| {
+            *r2.borrow_mut() = Some((e, n, b[..n].to_vec()))
+        });
+        run_bounded(ctx);
+        assert_eq!(r.take().unwrap(), (Error::EOF, 3, b"abc".to_vec()));
+    });
+}
+
+#[test]
+fn a_cancelled_composed_read_ends_with_the_bytes_so_far_and_cancel_after_too() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        client.async_write_some(b"hello".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        let r = got();
+        let r2 = r.clone();
+        let op = async_read(&server, vec![0u8; 100], transfer_all(), move |e, n, b| {
+            *r2.borrow_mut() = Some((e, n, b[..n].to_vec()))
+        });
+        // The 5 bytes arrive; the read waits for more.
+        ctx.run_for(Duration::from_millis(30));
+        ctx.restart();
+        assert!(op.is_pending());
+        assert!(op.cancel(CancellationType::TERMINAL));
+        run_bounded(ctx);
+        assert_eq!(r.take().unwrap(), (Error::OPERATION_ABORTED, 5, b"hello".to_vec()));
+
+        client.async_write_some(b"ab".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        let r2 = r.clone();
+        async_read(&server, vec![0u8; 10], transfer_all(), move |e, n, b| {
+            *r2.borrow_mut() = Some((e, n, b[..n].to_vec()))
+        })
+        .cancel_after(Duration::from_millis(20), CancellationType::TERMINAL);
+        run_bounded(ctx);
+        assert_eq!(r.take().unwrap(), (Error::OPERATION_ABORTED, 2, b"ab".to_vec()));
+    });
+}
+
+#[test]
+fn read_until_finds_a_delimiter_split_across_writes_and_keeps_what_follows() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        client.async_write_some(b"GET / HTTP/1.0\r".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        let later = ioctx::SteadyTimer::new(ctx);
+        later.expires_after(Duration::from_millis(20));
+        let c = client.clone();
+        later.async_wait(move |e| {
+            assert_eq!(e, Error::NONE);
+            c.async_write_some(b"\nHost: x\r\n\r\nbody".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        });
+        let r = got();
+        let (r2, s2) = (r.clone(), server.clone());
+        async_read_until(&server, Vec::new(), "\r\n", 1024, move |e, n, buf| {
+            let line = buf[..n].to_vec();
+            let mut buf = buf;
+            buf.drain(..n);
+            // The next call starts from what is buffered.
+            async_read_until(&s2, buf, b"\r\n\r\n".to_vec(), 1024, move |e2, n2, buf2| {
+                *r2.borrow_mut() = Some(((e, line), (e2, buf2[..n2].to_vec(), buf2[n2..].to_vec())));
+            });
+        });
+        run_bounded(ctx);
+        let ((e, line), (e2, headers, rest)) = r.take().unwrap();
+        assert_eq!((e, line.as_slice()), (Error::NONE, &b"GET / HTTP/1.0\r\n"[..]));
+        assert_eq!((e2, headers.as_slice()), (Error::NONE, &b"Host: x\r\n\r\n"[..]));
+        assert_eq!(rest, b"body");
+    });
+}
+
+#[test]
+fn read_until_reports_not_found_at_the_limit_and_eof_with_the_data_kept() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        client.async_write_some(vec![b'x'; 100], |e, _| assert_eq!(e, Error::NONE));
+        let r = got();
+        let r2 = r.clone();
+        async_read_until(&server, Vec::new(), b'\n', 64, move |e, n, b| *r2.borrow_mut() = Some((e, n, b.len())));
+        run_bounded(ctx);
+        assert_eq!(r.take().unwrap(), (Error::NOT_FOUND, 0, 64));
+
+        let (client, server) = pair(ctx);
+        client.async_write_some(b"no newline".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        run_bounded(ctx);
+        client.close();
+        let r = got();
+        let r2 = r.clone();
+        async_read_until(&server, Vec::new(), b'\n', 64, move |e, n, b| *r2.borrow_mut() = Some((e, n, b)));
+        run_bounded(ctx);
+        assert_eq!(r.take().unwrap(), (Error::EOF, 0, b"no newline".to_vec()));
+    });
+}
+
+#[test]
+fn dropping_the_last_handle_aborts_a_pending_composed_read() {
+    on_both_backends(|ctx| {
+        let (_client, server) = pair(ctx);
+        let r = got();
+        let r2 = r.clone();
+        async_read(&server, vec![0u8; 10], transfer_all(), move |e, n, _| *r2.borrow_mut() = Some((e, n)));
+        drop(server);
+        run_bounded(ctx);
+        assert_eq!(r.take().unwrap(), (Error::OPERATION_ABORTED, 0));
+    });
+}
+
+#[test]
+fn a_cancelled_blocked_composed_write_reports_the_bytes_written_so_far() {
+    on_both_backends(|ctx| {
+        let (client, _server) = pair(ctx);
+        // More than the peer's buffers take while it does not read.
+        let total = 64 << 20;
+        let r = got();
+        let r2 = r.clone();
+        let op = async_write(&client, vec![7u8; total], transfer_all(), move |e, n| *r2.borrow_mut() = Some((e, n)));
+        ctx.run_for(Duration::from_millis(50));
+        ctx.restart();
+        assert!(op.is_pending(), "the peer took everything");
+        assert!(op.cancel(CancellationType::TERMINAL));
+        run_bounded(ctx);
+        let (e, n) = r.take().unwrap();
+        assert_eq!(e, Error::OPERATION_ABORTED);
+        assert!(n > 0 && n < total, "{n}");
     });
 }
 

@@ -180,7 +180,7 @@ pub(crate) struct Net {
     /// Bound addresses (an unspecified IP binds the port on every host).
     bound: BTreeMap<SocketAddr, Weak<Port>>,
     /// Registered endpoints by the reactor's token, for readiness.
-    registered: BTreeMap<usize, Weak<dyn Report>>,
+    registered: BTreeMap<usize, Registered>,
     /// Tokens of registered ports with something new to report (an
     /// arrival, an error, a new registration): a wait looks at these only.
     dirty: Vec<usize>,
@@ -308,7 +308,7 @@ impl Net {
         self.bound.remove(&addr);
     }
 
-    pub(crate) fn register(&mut self, token: usize, endpoint: Weak<dyn Report>) {
+    pub(crate) fn register(&mut self, token: usize, endpoint: Registered) {
         self.registered.insert(token, endpoint);
         self.dirty.push(token);
     }
@@ -363,7 +363,7 @@ impl Net {
         self.dirty.dedup();
         for i in 0..self.dirty.len() {
             let token = self.dirty[i];
-            let Some(endpoint) = self.registered.get(&token).and_then(Weak::upgrade) else { continue };
+            let Some(endpoint) = self.registered.get(&token) else { continue };
             if let Some((readable, writable, error)) = endpoint.report() {
                 out.push(PortReady { token, readable, writable, error });
             }
@@ -447,6 +447,26 @@ pub(crate) trait Report {
     fn report(&self) -> Option<(bool, bool, bool)>;
 }
 
+/// A registered endpoint, as the network keeps it (weakly: closing it
+/// deregisters it, and a wait must not keep it alive). An enum rather than
+/// a `dyn Report`: each wait asks every endpoint with news, and a direct
+/// call is the cheaper one.
+pub(crate) enum Registered {
+    Udp(Weak<Port>),
+    Stream(Weak<tcp::Stream>),
+    Listener(Weak<tcp::Listener>),
+}
+
+impl Registered {
+    fn report(&self) -> Option<(bool, bool, bool)> {
+        match self {
+            Registered::Udp(p) => p.upgrade()?.report(),
+            Registered::Stream(s) => s.upgrade()?.report(),
+            Registered::Listener(l) => l.upgrade()?.report(),
+        }
+    }
+}
+
 /// An endpoint's registration and its edges: what epoll would report for
 /// it, level- or edge-triggered.
 pub(crate) struct Watch {
@@ -467,7 +487,7 @@ impl Watch {
     pub(crate) fn register(
         &self,
         net: &mut Net,
-        endpoint: Weak<dyn Report>,
+        endpoint: Registered,
         token: usize,
         read: bool,
         write: bool,
@@ -691,8 +711,7 @@ impl Port {
     }
 
     pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
-        let me: Weak<dyn Report> = Rc::downgrade(self) as Weak<Port>;
-        self.watch.register(&mut self.world.net(), me, token, read, write, edge);
+        self.watch.register(&mut self.world.net(), Registered::Udp(Rc::downgrade(self)), token, read, write, edge);
     }
 
     /// Has the next wait look at this port (something changed).
@@ -898,21 +917,20 @@ impl Medium {
             // One borrow per datagram: the next due, and where it lands.
             let (f, cut, down, port) = {
                 let mut net = self.net();
-                let datagram = net.flights.peek().map(|f| (f.at, f.seq));
+                let datagram = match net.flights.peek() {
+                    Some(f) if f.at <= now => Some((f.at, f.seq)),
+                    _ => None,
+                };
                 // TCP's events and the datagrams, in one order: by time, then
                 // the order sent.
-                if let Some(t) = net.tcp.peek()
-                    && t.0 <= now
-                    && datagram.is_none_or(|d| t < d)
-                {
+                if net.tcp.due_before(now, datagram) {
                     let event = net.tcp.pop();
                     drop(net);
                     tcp::handle(self, event);
                     continue;
                 }
-                match datagram {
-                    Some((at, _)) if at <= now => {}
-                    _ => return,
+                if datagram.is_none() {
+                    return;
                 }
                 let Some(f) = net.flights.pop() else { return };
                 let (cut, down) = (net.is_cut(f.from.ip(), f.to.ip()), net.down.contains(&f.to.ip()));

@@ -15,7 +15,7 @@
 //! or a reset when unread bytes are thrown away or the host crashed (the
 //! peer's next operation gets `CONNECTION_RESET`).
 
-use super::{Medium, Net, Report, Watch, loopback, normal, unspecified};
+use super::{Medium, Net, Registered, Report, Watch, loopback, normal, unspecified};
 use crate::sim::trace::{Event, TcpStep};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -42,9 +42,14 @@ impl Tcp {
         self.events.peek().map(|e| e.at)
     }
 
-    /// The next event's (time, order sent).
-    pub(super) fn peek(&self) -> Option<(u64, u64)> {
-        self.events.peek().map(|e| (e.at, e.seq))
+    /// The next event is due by `now` and comes before `datagram` (the
+    /// next datagram due, as (time, order sent)).
+    #[inline]
+    pub(super) fn due_before(&self, now: u64, datagram: Option<(u64, u64)>) -> bool {
+        match self.events.peek() {
+            None => false,
+            Some(e) => e.at <= now && datagram.is_none_or(|d| (e.at, e.seq) < d),
+        }
     }
 
     /// Every event (to drop them when the world goes).
@@ -218,8 +223,7 @@ impl Listener {
     }
 
     pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
-        let me: Weak<dyn Report> = Rc::downgrade(self) as Weak<Listener>;
-        self.watch.register(&mut self.world.net(), me, token, read, write, edge);
+        self.watch.register(&mut self.world.net(), Registered::Listener(Rc::downgrade(self)), token, read, write, edge);
     }
 
     pub(crate) fn deregister(&self, token: usize) {
@@ -625,8 +629,7 @@ impl Stream {
     }
 
     pub(crate) fn register(self: &Rc<Self>, token: usize, read: bool, write: bool, edge: bool) {
-        let me: Weak<dyn Report> = Rc::downgrade(self) as Weak<Stream>;
-        self.watch.register(&mut self.world.net(), me, token, read, write, edge);
+        self.watch.register(&mut self.world.net(), Registered::Stream(Rc::downgrade(self)), token, read, write, edge);
     }
 
     pub(crate) fn deregister(&self, token: usize) {
@@ -671,6 +674,8 @@ impl Report for Stream {
 }
 
 /// Carries out `event`, which is due (called with the network unborrowed).
+/// Out of line: the datagram path through `deliver_due` stays small.
+#[inline(never)]
 pub(super) fn handle(medium: &Medium, event: Timed) {
     let now = medium.clock.now_ns();
     match event.what {
