@@ -24,21 +24,28 @@
 //!
 //! TCP runs on the same network: [`TcpListener`](crate::net::TcpListener)
 //! and [`TcpStream`](crate::net::TcpStream) (`open`, `bind_to`,
-//! `async_connect`) connect after a round trip of the links' latency, or
-//! get `CONNECTION_REFUSED` where nobody listens (a full backlog drops the
-//! SYN, which is resent at 1, 2, 4 .. 64 s: a connect nobody answers ends
-//! with `TIMED_OUT` after 127 s, as Linux's does). Bytes arrive in order
-//! after the latency; the link's loss delays a segment by a retransmission
-//! timeout (200 ms, doubling), a partition or a held link holds it (resent
-//! every 200 ms until the way is open), so bytes are never lost,
-//! duplicated or reordered, only late. A writer may have at most the
-//! peer's receive buffer ([`SimConfig::recv_buffer`]) unread at the peer;
-//! beyond, its writes wait until the peer reads. Shutting down writing or
-//! closing sends a FIN after the bytes written (the peer reads `EOF`);
-//! closing with unread bytes, closing a listener with connections not yet
-//! accepted, and a crash send a reset (the peer's next operation gets
-//! `CONNECTION_RESET`). The model is what an application observes, not
-//! TCP's machinery: no congestion window, no Nagle delay, no `TIME_WAIT`.
+//! `async_connect`). A connect completes when the listener's answer
+//! arrives, one round trip after it started, and the accept one latency
+//! later, when the client's ACK arrives; where nobody listens it gets
+//! `CONNECTION_REFUSED`. A SYN nobody answers (lost, partitioned, or
+//! dropped by a full backlog) is sent again 1, 2, 4 .. 32 s after the last,
+//! and the connect ends with `TIMED_OUT` 127 s after it started, as Linux's
+//! does. Bytes arrive in order after the latency. A segment the link loses,
+//! or that meets a partition or a held link, is resent after 200 ms,
+//! doubling up to 120 s, so bytes are never lost, duplicated or reordered,
+//! only late; after 15 resends (about 15 minutes, as Linux's
+//! `tcp_retries2`) the writer's connection ends with `TIMED_OUT`. A writer
+//! may have at most the peer's receive buffer ([`SimConfig::recv_buffer`])
+//! unread at the peer; beyond, its writes wait until the peer reads.
+//! Shutting down writing or closing sends a FIN after the bytes written (the
+//! peer reads `EOF`); closing with unread bytes, closing a listener with
+//! connections not yet accepted, closing a stream still connecting, and a
+//! crash send a reset (the peer reads what had arrived, then gets
+//! `CONNECTION_RESET`; a write after the peer's FIN gets `BROKEN_PIPE`).
+//! The model is what an application observes, not TCP's machinery: no
+//! congestion window, no Nagle delay, no `TIME_WAIT`, no simultaneous open
+//! (a stream cannot connect to itself), and an IPv6 listener on `[::]` does
+//! not take IPv4 connections (bind one of each family).
 //!
 //! Every step is recorded in a trace (each handler queued, each operation
 //! and timer wait completed with its result, each datagram sent, delivered
@@ -114,9 +121,9 @@
 //!     c.async_read_some(vec![0u8; 16], |e, n, buf| assert_eq!((e, &buf[..n]), (Error::NONE, &b"hello"[..])));
 //! });
 //! ctx.run();
-//! // The SYN arrives at 50 ms; the bytes written on accepting travel
-//! // beside the answer to the connect, and both arrive at 100 ms.
-//! assert_eq!(ctx.sim().unwrap().now(), Duration::from_millis(100));
+//! // SYN at 50 ms, SYN-ACK at 100 ms (the connect completes), ACK at
+//! // 150 ms (the accept completes and writes), the bytes at 200 ms.
+//! assert_eq!(ctx.sim().unwrap().now(), Duration::from_millis(200));
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!

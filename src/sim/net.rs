@@ -801,10 +801,7 @@ impl Endpoint {
     pub(crate) fn recv(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<(usize, SocketAddr)> {
         match self {
             Endpoint::Udp(p) => p.recv(bufs, peek),
-            Endpoint::Stream(s) => {
-                let n = s.read(bufs, peek)?;
-                Ok((n, s.peer_addr()?))
-            }
+            Endpoint::Stream(s) => Ok((s.read(bufs, peek)?, s.peer())),
             Endpoint::Listener(_) => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
         }
     }

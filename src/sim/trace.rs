@@ -38,13 +38,16 @@ pub(crate) enum TcpStep {
     /// A connection request or its answer was lost (by the link, a
     /// partition or a crashed host).
     SynLost,
-    /// A listener took the connection into its backlog.
+    /// A listener answered the SYN (its SYN-ACK left).
+    Answered,
+    /// The client's ACK arrived: the connection joined the backlog.
     Accepted,
     /// Nobody listens there (or the backlog was full): the connect fails.
     Refused,
     /// The connecting side learned its connection is open.
     Established,
-    /// The connecting side gave up after its last retry.
+    /// The connecting side gave up after its last SYN, or a writer after
+    /// its last resend.
     TimedOut,
     /// Bytes were written into the connection.
     Sent,
@@ -58,8 +61,10 @@ pub(crate) enum TcpStep {
     Reset,
     /// The reset reached the peer.
     ResetDelivered,
-    /// A partition holds the connection's bytes until it heals.
+    /// A partition or a held link stopped a segment: it will be resent.
     Held,
+    /// The link lost a segment: it will be resent.
+    Lost,
 }
 
 /// One step of a simulated run, as the trace records it.

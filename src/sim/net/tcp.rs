@@ -1,19 +1,25 @@
 //! Simulated TCP: listeners, connections and the segments between them.
 //!
-//! The model is the one an application can observe, not TCP's machinery:
-//! a connect sends a SYN that a listener answers (or a host refuses with a
-//! reset, or nobody answers and the connect is retried at 1, 2, 4 .. 64 s
-//! and times out after 127 s, as Linux's six SYN retries do); bytes leave in
-//! segments that arrive in order, each after the link's latency; a segment
-//! the link loses arrives one retransmission timeout later (200 ms, doubling,
-//! as TCP would resend it), and one that meets a partition waits and is
-//! resent every 200 ms until the partition heals, so bytes are never lost,
-//! duplicated or reordered. A writer may have at most the peer's receive
-//! buffer (`SimConfig::recv_buffer`) unread at the peer: beyond, writes
-//! would block until the peer reads (the window opens as soon as it
-//! reads). Closing sends a FIN after the bytes written (the peer reads EOF),
-//! or a reset when unread bytes are thrown away or the host crashed (the
-//! peer's next operation gets `CONNECTION_RESET`).
+//! The model is the one an application can observe, not TCP's machinery.
+//! A connect sends a SYN; a listener answers with a SYN-ACK, the first
+//! segment on the new connection's wire, and the connection joins the
+//! listener's backlog when the client's ACK arrives (one more latency);
+//! where nobody listens the host answers with a reset; a SYN nobody answers
+//! is sent again 1, 2, 4 .. 32 s after the last, and the connect times out
+//! 127 s after it started, as with Linux's six SYN retries. Every segment
+//! (SYN-ACK, ACK, bytes, FIN, reset) leaves in order on its stream's wire
+//! and arrives after the link's latency, never before the one ahead of it.
+//! A segment the link loses, or that meets a partition or a held link, is
+//! resent after a retransmission timeout (200 ms, doubling up to 120 s);
+//! after 15 resends the writer gives up and its connection ends with
+//! `TIMED_OUT` (Linux's `tcp_retries2`, about 15 minutes). So bytes are
+//! never lost, duplicated or reordered, only late. A writer may have at most
+//! the peer's receive buffer (`SimConfig::recv_buffer`) unread at the peer:
+//! beyond, writes would block until the peer reads. Closing sends a FIN
+//! after the bytes written (the peer reads EOF), or a reset when unread
+//! bytes are thrown away, the host crashed, or the connection was not yet
+//! accepted (the peer's next operation gets `CONNECTION_RESET`, or
+//! `BROKEN_PIPE` for a write after the peer's FIN).
 
 use super::{Medium, Net, Registered, Report, Watch, loopback, normal, unspecified};
 use crate::sim::trace::{Event, TcpStep};
@@ -23,11 +29,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 
-/// A resend after a loss or against a partition (Linux's minimum RTO).
+/// The first resend after a loss or against a partition (Linux's minimum RTO).
 const RTO_NS: u64 = 200_000_000;
+
+/// The longest wait between two resends (Linux's `TCP_RTO_MAX`).
+const RTO_MAX_NS: u64 = 120_000_000_000;
 
 /// SYN retries before a connect times out (Linux's `tcp_syn_retries`).
 const SYN_RETRIES: u32 = 6;
+
+/// Resends of a segment before its writer gives up (Linux's `tcp_retries2`).
+const RETRIES: u32 = 15;
 
 /// TCP's part of the network: bound addresses and events on their way.
 #[derive(Default)]
@@ -79,12 +91,11 @@ pub(super) struct Timed {
 enum What {
     /// A connect's SYN reaches `to`.
     Syn { from: SocketAddr, to: SocketAddr, client: Weak<Stream> },
-    /// The listener's answer reaches the client.
-    SynAck { client: Weak<Stream> },
     /// The client's timer: resend the SYN, or give up.
     SynTimer { client: Weak<Stream>, attempt: u32 },
-    /// Nobody listens where the SYN went.
-    Refused { client: Weak<Stream> },
+    /// Nobody listens where the SYN went: the reset `to` answered reaches
+    /// the client at `from` (unless the way back is cut by then).
+    Refused { from: SocketAddr, to: SocketAddr, client: Weak<Stream> },
     /// The head of a stream's outgoing segments is due (the stream is kept
     /// alive until its segments are out, as a closed socket's are).
     Wire { stream: Rc<Stream> },
@@ -118,24 +129,20 @@ impl Net {
         self.tcp.events.push(Timed { at, seq, what });
     }
 
-    /// A segment's delay from `from` to `to`: the link's latency, plus a
-    /// retransmission timeout (doubling) for each time the link loses it.
-    fn segment_delay(&self, from: SocketAddr, to: SocketAddr) -> u64 {
+    /// A segment's latency from `from` to `to`.
+    fn latency_between(&self, from: SocketAddr, to: SocketAddr) -> u64 {
         let link = self.link(from.ip(), to.ip());
-        let mut delay = self.latency(&link);
-        let mut rto = RTO_NS;
-        for _ in 0..SYN_RETRIES {
-            if !self.chance(link.loss) {
-                break;
-            }
-            delay = delay.saturating_add(rto);
-            rto = rto.saturating_mul(2);
-        }
-        delay
+        self.latency(&link)
+    }
+
+    /// The link from `from` to `to` loses this attempt.
+    fn loses(&self, from: SocketAddr, to: SocketAddr) -> bool {
+        let link = self.link(from.ip(), to.ip());
+        self.chance(link.loss)
     }
 
     /// A partition or a held link (`Sim::hold`) stops TCP's segments alike:
-    /// they are resent every RTO until the way is open again.
+    /// they are resent, backing off, until the way is open again.
     fn blocked(&self, from: SocketAddr, to: SocketAddr) -> bool {
         self.is_cut(from.ip(), to.ip()) || (!self.held.is_empty() && self.held.contains_key(&(from.ip(), to.ip())))
     }
@@ -150,8 +157,11 @@ pub(crate) struct Listener {
     world: Rc<Medium>,
     v6: bool,
     local: Cell<Option<SocketAddr>>,
-    /// Connections not yet accepted, at most `backlog`.
+    /// Connections whose handshake is done, not yet accepted.
     pending: RefCell<VecDeque<Rc<Stream>>>,
+    /// Connections answered (SYN-ACK sent) whose ACK has not come yet.
+    half_open: RefCell<Vec<Rc<Stream>>>,
+    /// At most this many connections pending and half-open together.
     backlog: Cell<usize>,
     listening: Cell<bool>,
     watch: Watch,
@@ -165,6 +175,7 @@ impl Listener {
             v6,
             local: Cell::new(None),
             pending: RefCell::new(VecDeque::new()),
+            half_open: RefCell::new(Vec::new()),
             backlog: Cell::new(0),
             listening: Cell::new(false),
             watch: Watch::new(),
@@ -203,12 +214,18 @@ impl Listener {
         if !self.listening.get() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        self.world.deliver_due();
         let s = self.pending.borrow_mut().pop_front();
         s.ok_or_else(|| io::ErrorKind::WouldBlock.into())
     }
 
+    /// Forgets half-open connections that ended (reset, or given up).
+    fn prune(&self) {
+        self.half_open.borrow_mut().retain(|s| s.state.get() == State::Received && !s.closed.get());
+    }
+
     /// Closes the listener: unbound, and the connections it had not handed
-    /// out are reset, as Linux resets them.
+    /// out, complete or not, are reset, as Linux resets them.
     pub(crate) fn close(&self) {
         if self.closed.replace(true) {
             return;
@@ -216,8 +233,9 @@ impl Listener {
         if let Some(a) = self.local.get() {
             self.world.net().tcp.bound.remove(&a);
         }
-        let pending: Vec<_> = self.pending.borrow_mut().drain(..).collect();
-        for s in pending {
+        let mut ended: Vec<_> = self.pending.borrow_mut().drain(..).collect();
+        ended.append(&mut self.half_open.borrow_mut());
+        for s in ended {
             s.abort();
         }
     }
@@ -242,8 +260,10 @@ impl Report for Listener {
 enum State {
     /// Not connected yet.
     Fresh,
-    /// A SYN is out.
+    /// A SYN is out (a client).
     Connecting,
+    /// The SYN-ACK is out, the ACK has not come (a server's half-open end).
+    Received,
     Open,
     /// Refused, timed out or reset: reads end, writes fail.
     Done,
@@ -251,6 +271,10 @@ enum State {
 
 /// One piece of what a stream sends, in order.
 enum Seg {
+    /// A listener's answer to a SYN (the first segment of a server's end).
+    SynAck,
+    /// The client's answer to the SYN-ACK (the first of a client's end).
+    Ack,
     Data(Vec<u8>),
     Fin,
     Rst,
@@ -269,8 +293,12 @@ pub(crate) struct Stream {
     local: Cell<Option<SocketAddr>>,
     peer: Cell<Option<SocketAddr>>,
     state: Cell<State>,
-    /// The other end (set when a listener takes the SYN).
+    /// It was open once (a second connect is `EISCONN`, not `ECONNABORTED`).
+    was_open: Cell<bool>,
+    /// The other end (set when a listener answers the SYN).
     remote: RefCell<Weak<Stream>>,
+    /// A server's end: the listener whose backlog it joins on the ACK.
+    listener: RefCell<Weak<Listener>>,
     /// Bytes received, not read yet.
     rx: RefCell<VecDeque<u8>>,
     /// The receive buffer (`SimConfig::recv_buffer`, kept here: a wait asks
@@ -290,8 +318,11 @@ pub(crate) struct Stream {
     wire: RefCell<VecDeque<Segment>>,
     /// A `Wire` event is scheduled for the head of `wire`.
     wire_scheduled: Cell<bool>,
-    /// The local port is this stream's own in `Tcp::bound` (a client's).
-    owns_port: Cell<bool>,
+    /// Resends of the head of `wire` so far.
+    retries: Cell<u32>,
+    /// The key this stream holds in `Tcp::bound` (a client's own port; it
+    /// may differ from `local`, which a connect makes specific).
+    bound_key: Cell<Option<SocketAddr>>,
     nodelay: Cell<bool>,
     watch: Watch,
     closed: Cell<bool>,
@@ -313,7 +344,9 @@ impl Stream {
             local: Cell::new(None),
             peer: Cell::new(None),
             state: Cell::new(State::Fresh),
+            was_open: Cell::new(false),
             remote: RefCell::new(Weak::new()),
+            listener: RefCell::new(Weak::new()),
             rx: RefCell::new(VecDeque::new()),
             window,
             reserved: Cell::new(0),
@@ -323,7 +356,8 @@ impl Stream {
             error: Cell::new(None),
             wire: RefCell::new(VecDeque::new()),
             wire_scheduled: Cell::new(false),
-            owns_port: Cell::new(false),
+            retries: Cell::new(0),
+            bound_key: Cell::new(None),
             nodelay: Cell::new(false),
             watch: Watch::new(),
             closed: Cell::new(false),
@@ -352,25 +386,32 @@ impl Stream {
         tcp.bound.insert(addr, None);
         down.remove(&addr.ip());
         self.local.set(Some(addr));
-        self.owns_port.set(true);
+        self.bound_key.set(Some(addr));
         Ok(())
     }
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.check_open()?;
-        Ok(self.local.get().unwrap_or_else(|| SocketAddr::new(unspecified(self.any_ip()), 0)))
+        Ok(self.local.get().unwrap_or_else(|| SocketAddr::new(self.any_ip(), 0)))
     }
 
     fn any_ip(&self) -> std::net::IpAddr {
         if self.v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() }
     }
 
+    /// The peer, while connected (`ENOTCONN` before, and after a reset).
     pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.check_open()?;
-        match self.state.get() {
-            State::Open | State::Done if self.peer.get().is_some() => Ok(self.peer.get().expect("checked")),
+        match (self.state.get(), self.peer.get()) {
+            (State::Open, Some(p)) => Ok(p),
             _ => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
         }
+    }
+
+    /// The address connected to (whatever the state), for what a read
+    /// reports as its sender.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer.get().unwrap_or_else(|| SocketAddr::new(self.any_ip(), 0))
     }
 
     pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
@@ -398,11 +439,19 @@ impl Stream {
         self.family_ok(to)?;
         match self.state.get() {
             State::Fresh => {}
-            State::Connecting => return Err(io::Error::from_raw_os_error(libc::EALREADY)),
-            State::Open | State::Done => return Err(io::Error::from_raw_os_error(libc::EISCONN)),
+            State::Connecting | State::Received => return Err(io::Error::from_raw_os_error(libc::EALREADY)),
+            State::Open => return Err(io::Error::from_raw_os_error(libc::EISCONN)),
+            // A connect that failed leaves the socket unusable, as on Linux.
+            State::Done if self.was_open.get() => return Err(io::Error::from_raw_os_error(libc::EISCONN)),
+            State::Done => return Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
         }
-        // Connecting to the unspecified address reaches this host, as on Linux.
-        let to = if to.ip().is_unspecified() { SocketAddr::new(loopback(to.ip()), to.port()) } else { normal(to) };
+        let bound_ip = self.local.get().map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
+        // The unspecified address is this host: the bound address's, or loopback.
+        let to = if to.ip().is_unspecified() {
+            SocketAddr::new(bound_ip.unwrap_or_else(|| loopback(to.ip())), to.port())
+        } else {
+            normal(to)
+        };
         match self.local.get() {
             None => self.bind(SocketAddr::new(loopback(to.ip()), 0))?,
             // Bound to every host: the connection leaves from loopback.
@@ -430,10 +479,9 @@ impl Stream {
         let (from, to) = self.ends();
         let now = self.world.clock.now_ns();
         let mut net = self.world.net();
-        let link = net.link(from.ip(), to.ip());
-        let lost = !net.path_open(from, to) || net.chance(link.loss);
+        let lost = !net.path_open(from, to) || net.loses(from, to);
         if !lost {
-            let at = now.saturating_add(net.latency(&link));
+            let at = now.saturating_add(net.latency_between(from, to));
             net.schedule(at, What::Syn { from, to, client: Rc::downgrade(self) });
         }
         let timer = now.saturating_add(1_000_000_000u64 << attempt);
@@ -451,7 +499,7 @@ impl Stream {
             return Some(Err(io::Error::from_raw_os_error(e)));
         }
         match self.state.get() {
-            State::Connecting => None,
+            State::Connecting | State::Received => None,
             State::Open => Some(Ok(())),
             State::Fresh | State::Done => Some(Err(io::Error::from_raw_os_error(libc::ENOTCONN))),
         }
@@ -465,24 +513,26 @@ impl Stream {
     }
 
     /// Reads what has arrived into `bufs`; `Ok(0)` at the end of the stream;
-    /// `peek` leaves it. `WouldBlock` when nothing has arrived.
+    /// `peek` leaves it. `WouldBlock` when nothing has arrived. Bytes that
+    /// arrived are read before a reset or a shutdown is reported, as on Linux.
     pub(crate) fn read(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<usize> {
         self.check_open()?;
         self.world.deliver_due();
-        if matches!(self.state.get(), State::Fresh | State::Connecting) {
-            return Err(io::Error::from_raw_os_error(libc::ENOTCONN));
-        }
-        self.take_error()?;
-        if self.read_shut.get() {
-            return Ok(0);
+        match self.state.get() {
+            State::Fresh => return Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+            State::Connecting | State::Received => return Err(io::ErrorKind::WouldBlock.into()),
+            State::Open | State::Done => {}
         }
         let mut rx = self.rx.borrow_mut();
         if rx.is_empty() {
-            return if self.fin_in.get() || self.state.get() == State::Done {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
+            drop(rx);
+            // The peer's FIN came first: the end of the stream, whatever
+            // came after it (a write learns of that).
+            if self.read_shut.get() || self.fin_in.get() {
+                return Ok(0);
+            }
+            self.take_error()?;
+            return if self.state.get() == State::Done { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
         }
         let (a, b) = rx.as_slices();
         let n = crate::buffer::scatter(a, bufs);
@@ -490,7 +540,7 @@ impl Stream {
         if !peek {
             rx.drain(..n);
             drop(rx);
-            self.reserved.set(self.reserved.get() - n);
+            self.reserved.set(self.reserved.get().saturating_sub(n));
             // The window opens: the writer may go on.
             if let Some(r) = self.remote.borrow().upgrade() {
                 r.mark();
@@ -506,7 +556,7 @@ impl Stream {
         self.world.deliver_due();
         match self.state.get() {
             State::Fresh => return Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
-            State::Connecting => return Err(io::ErrorKind::WouldBlock.into()),
+            State::Connecting | State::Received => return Err(io::ErrorKind::WouldBlock.into()),
             State::Open | State::Done => {}
         }
         self.take_error()?;
@@ -538,14 +588,14 @@ impl Stream {
         self.window.saturating_sub(self.reserved.get())
     }
 
-    /// Queues `seg` behind the segments on their way, with its own delay.
+    /// Queues `seg` behind the segments on their way, with its own latency.
     fn push(self: &Rc<Self>, seg: Seg) {
         let (from, to) = self.ends();
         let now = self.world.clock.now_ns();
         let mut net = self.world.net();
-        let delay = net.segment_delay(from, to);
+        let latency = net.latency_between(from, to);
         let mut wire = self.wire.borrow_mut();
-        let at = wire.back().map_or(0, |s| s.at).max(now.saturating_add(delay));
+        let at = wire.back().map_or(0, |s| s.at).max(now.saturating_add(latency));
         wire.push_back(Segment { at, seg });
         if !self.wire_scheduled.replace(true) {
             let head = wire.front().map_or(at, |s| s.at);
@@ -589,18 +639,25 @@ impl Stream {
         let (local, _) = self.ends();
         let host_down = {
             let mut net = self.world.net();
-            if self.owns_port.get() {
-                net.tcp.bound.remove(&local);
+            if let Some(key) = self.bound_key.take() {
+                net.tcp.bound.remove(&key);
             }
             net.down.contains(&local.ip())
         };
-        if self.state.get() == State::Open {
-            if reset || host_down || !self.rx.borrow().is_empty() {
-                self.reset_peer();
-            } else if !self.fin_out.replace(true) {
-                self.push(Seg::Fin);
-                self.trace(TcpStep::Fin, 0);
+        let answered = self.remote.borrow().strong_count() > 0;
+        match self.state.get() {
+            State::Open if reset || host_down || !self.rx.borrow().is_empty() => self.reset_peer(),
+            State::Open => {
+                if !self.fin_out.replace(true) {
+                    self.push(Seg::Fin);
+                    self.trace(TcpStep::Fin, 0);
+                }
             }
+            // The handshake was under way: the other end must not keep a
+            // connection this end gave up (Linux answers with a reset).
+            State::Connecting if answered => self.reset_peer(),
+            State::Received => self.reset_peer(),
+            State::Fresh | State::Connecting | State::Done => {}
         }
         self.rx.borrow_mut().clear();
     }
@@ -612,14 +669,20 @@ impl Stream {
         self.trace(TcpStep::Reset, 0);
     }
 
-    /// The peer reset the connection (or refused it).
+    /// The connection ends with `err` (a reset from the peer, a refusal, a
+    /// time-out). A reset is a refusal while connecting, and a broken pipe
+    /// after the peer's FIN, as Linux reports them.
     fn reset(&self, err: i32) {
         if self.closed.get() || self.state.get() == State::Done {
             return;
         }
+        let err = match self.state.get() {
+            State::Connecting if err == libc::ECONNRESET => libc::ECONNREFUSED,
+            _ if err == libc::ECONNRESET && self.fin_in.get() => libc::EPIPE,
+            _ => err,
+        };
         self.state.set(State::Done);
         self.error.set(Some(err));
-        self.rx.borrow_mut().clear();
         self.wire.borrow_mut().clear();
         self.mark();
     }
@@ -679,67 +742,18 @@ impl Report for Stream {
 pub(super) fn handle(medium: &Medium, event: Timed) {
     let now = medium.clock.now_ns();
     match event.what {
-        What::Syn { from, to, client } => {
+        What::Syn { from, to, client } => syn(medium, now, from, to, client),
+        What::Refused { from, to, client } => {
             let Some(client) = client.upgrade() else { return };
-            if client.closed.get() || client.state.get() != State::Connecting {
-                return;
-            }
-            let mut net = medium.net();
-            if !net.path_open(from, to) {
-                drop(net);
-                medium.trace(Event::Tcp { step: TcpStep::SynLost, from, to, len: 0 });
-                return;
-            }
-            let back = net.segment_delay(to, from);
-            // A SYN sent again (the answer was lost): answer again.
-            if client.remote.borrow().upgrade().is_some() {
-                net.schedule(now.saturating_add(back), What::SynAck { client: Rc::downgrade(&client) });
-                return;
-            }
-            let Some(listener) = net.tcp.listener_for(to).filter(|l| l.v6 == to.is_ipv6()) else {
-                net.schedule(now.saturating_add(back), What::Refused { client: Rc::downgrade(&client) });
-                drop(net);
-                medium.trace(Event::Tcp { step: TcpStep::Refused, from, to, len: 0 });
-                return;
-            };
-            if listener.pending.borrow().len() >= listener.backlog.get() {
-                drop(net);
-                // A full backlog drops the SYN; the client will resend it.
-                medium.trace(Event::Tcp { step: TcpStep::SynLost, from, to, len: 0 });
-                return;
-            }
-            let server = Stream::with_window(&listener.world, to.is_ipv6(), net.limits.recv_buffer);
-            server.local.set(Some(to));
-            server.peer.set(Some(from));
-            server.state.set(State::Open);
-            *server.remote.borrow_mut() = Rc::downgrade(&client);
-            *client.remote.borrow_mut() = Rc::downgrade(&server);
-            listener.pending.borrow_mut().push_back(server);
-            net.schedule(now.saturating_add(back), What::SynAck { client: Rc::downgrade(&client) });
-            listener.watch.changed(&mut net);
-            drop(net);
-            medium.trace(Event::Tcp { step: TcpStep::Accepted, from, to, len: 0 });
-        }
-        What::SynAck { client } => {
-            let Some(client) = client.upgrade() else { return };
-            let (from, to) = client.ends();
             if client.closed.get() || client.state.get() != State::Connecting {
                 return;
             }
             if !medium.net().path_open(to, from) {
-                client.trace(TcpStep::SynLost, 0);
-                return; // the SYN timer sends it again
+                client.trace(TcpStep::SynLost, 0); // the reset was lost: the SYN timer goes on
+                return;
             }
-            client.state.set(State::Open);
-            client.mark();
-            client.trace(TcpStep::Established, 0);
-        }
-        What::Refused { client } => {
-            let Some(client) = client.upgrade() else { return };
-            if client.state.get() == State::Connecting {
-                client.trace(TcpStep::Refused, 0);
-                client.reset(libc::ECONNREFUSED);
-            }
+            client.trace(TcpStep::Refused, 0);
+            client.reset(libc::ECONNREFUSED);
         }
         What::SynTimer { client, attempt } => {
             let Some(client) = client.upgrade() else { return };
@@ -757,8 +771,52 @@ pub(super) fn handle(medium: &Medium, event: Timed) {
     }
 }
 
-/// Delivers the due segments at the head of `stream`'s wire, in order; a
-/// partition holds them (resent every RTO until it heals).
+/// A SYN from `from` reaches `to`: a listener there answers (once per
+/// client: a SYN sent again while the answer is on its way is dropped, the
+/// answer being resent as any segment is), the host refuses, or a full
+/// backlog drops it.
+fn syn(medium: &Medium, now: u64, from: SocketAddr, to: SocketAddr, client: Weak<Stream>) {
+    let Some(client) = client.upgrade() else { return };
+    if client.closed.get() || client.state.get() != State::Connecting {
+        return;
+    }
+    let trace = |step| medium.trace(Event::Tcp { step, from, to, len: 0 });
+    let mut net = medium.net();
+    if !net.path_open(from, to) {
+        drop(net);
+        return trace(TcpStep::SynLost);
+    }
+    if client.remote.borrow().strong_count() > 0 {
+        return; // answered already
+    }
+    let Some(listener) = net.tcp.listener_for(to).filter(|l| l.v6 == to.is_ipv6()) else {
+        let back = now.saturating_add(net.latency_between(to, from));
+        net.schedule(back, What::Refused { from, to, client: Rc::downgrade(&client) });
+        drop(net);
+        return trace(TcpStep::Refused);
+    };
+    listener.prune();
+    if listener.pending.borrow().len() + listener.half_open.borrow().len() >= listener.backlog.get() {
+        drop(net);
+        // A full backlog drops the SYN; the client will send it again.
+        return trace(TcpStep::SynLost);
+    }
+    let server = Stream::with_window(&listener.world, to.is_ipv6(), net.limits.recv_buffer);
+    drop(net);
+    server.local.set(Some(to));
+    server.peer.set(Some(from));
+    server.state.set(State::Received);
+    *server.remote.borrow_mut() = Rc::downgrade(&client);
+    *server.listener.borrow_mut() = Rc::downgrade(&listener);
+    *client.remote.borrow_mut() = Rc::downgrade(&server);
+    listener.half_open.borrow_mut().push(server.clone());
+    trace(TcpStep::Answered);
+    server.push(Seg::SynAck);
+}
+
+/// Delivers the due segments at the head of `stream`'s wire, in order. A
+/// segment the link loses, or that a partition or a held link stops, is
+/// resent after a back-off; after `RETRIES` resends the writer gives up.
 fn deliver_wire(medium: &Medium, stream: &Rc<Stream>, now: u64) {
     let (from, to) = stream.ends();
     loop {
@@ -772,49 +830,88 @@ fn deliver_wire(medium: &Medium, stream: &Rc<Stream>, now: u64) {
             net.schedule(head.at, What::Wire { stream: stream.clone() });
             return;
         }
-        if net.blocked(from, to) {
-            head.at = now.saturating_add(RTO_NS);
-            net.schedule(head.at, What::Wire { stream: stream.clone() });
+        // The last resend went unanswered for its whole timeout: give up.
+        if stream.retries.get() > RETRIES {
+            wire.clear();
+            stream.wire_scheduled.set(false);
             drop((wire, net));
-            medium.trace(Event::Tcp { step: TcpStep::Held, from, to, len: 0 });
+            stream.trace(TcpStep::TimedOut, 0);
+            stream.reset(libc::ETIMEDOUT);
             return;
         }
+        let blocked = net.blocked(from, to);
+        if blocked || net.loses(from, to) {
+            let retries = stream.retries.get() + 1;
+            stream.retries.set(retries);
+            let rto = RTO_NS.saturating_mul(1 << (retries - 1).min(20)).min(RTO_MAX_NS);
+            head.at = now.saturating_add(rto);
+            net.schedule(head.at, What::Wire { stream: stream.clone() });
+            drop((wire, net));
+            let step = if blocked { TcpStep::Held } else { TcpStep::Lost };
+            medium.trace(Event::Tcp { step, from, to, len: 0 });
+            return;
+        }
+        stream.retries.set(0);
         let seg = wire.pop_front().expect("front seen").seg;
         drop((wire, net));
-        let remote = stream.remote.borrow().upgrade();
-        let live = remote.as_ref().filter(|r| !r.closed.get() && r.state.get() != State::Done);
-        match (seg, live) {
-            (Seg::Data(bytes), Some(r)) => {
-                // Data to a client whose SYN-ACK was lost: it shows the
-                // connection stands.
-                if r.state.get() == State::Connecting {
-                    r.state.set(State::Open);
-                }
-                let len = bytes.len();
-                r.rx.borrow_mut().extend(bytes);
-                r.mark();
-                medium.trace(Event::Tcp { step: TcpStep::Delivered, from, to, len: len as u64 });
+        arrive(medium, stream, seg, from, to);
+    }
+}
+
+/// `seg`, from `stream` (at `from`), reaches the other end (at `to`).
+fn arrive(medium: &Medium, stream: &Rc<Stream>, seg: Seg, from: SocketAddr, to: SocketAddr) {
+    let trace = |step, len: usize| medium.trace(Event::Tcp { step, from, to, len: len as u64 });
+    let remote = stream.remote.borrow().upgrade();
+    let live = remote.as_ref().filter(|r| !r.closed.get() && r.state.get() != State::Done);
+    match (seg, live) {
+        (Seg::SynAck, Some(client)) => {
+            if client.state.get() == State::Connecting {
+                client.state.set(State::Open);
+                client.was_open.set(true);
+                client.mark();
+                client.trace(TcpStep::Established, 0);
+                client.push(Seg::Ack);
             }
-            (Seg::Fin, Some(r)) => {
-                r.fin_in.set(true);
-                r.mark();
-                medium.trace(Event::Tcp { step: TcpStep::FinDelivered, from, to, len: 0 });
-            }
-            (Seg::Rst, Some(r)) => {
-                r.reset(libc::ECONNRESET);
-                medium.trace(Event::Tcp { step: TcpStep::ResetDelivered, from, to, len: 0 });
-            }
-            // Nobody at the other end: a data segment or FIN is answered
-            // with a reset (the writer learns of it); a reset is dropped.
-            (Seg::Data(_) | Seg::Fin, None) => {
-                stream.wire.borrow_mut().clear();
-                if let Some(r) = &remote {
-                    r.reserved.set(0);
-                }
-                stream.reset(libc::ECONNRESET);
-                medium.trace(Event::Tcp { step: TcpStep::ResetDelivered, from: to, to: from, len: 0 });
-            }
-            (Seg::Rst, None) => {}
         }
+        (Seg::Ack, Some(server)) => {
+            if server.state.get() != State::Received {
+                return;
+            }
+            server.state.set(State::Open);
+            server.was_open.set(true);
+            let listener = server.listener.borrow().upgrade().filter(|l| !l.closed.get());
+            if let Some(l) = listener {
+                l.half_open.borrow_mut().retain(|s| !Rc::ptr_eq(s, server));
+                l.pending.borrow_mut().push_back(server.clone());
+                l.watch.changed(&mut medium.net());
+                trace(TcpStep::Accepted, 0);
+            }
+        }
+        (Seg::Data(bytes), Some(r)) => {
+            let len = bytes.len();
+            r.rx.borrow_mut().extend(bytes);
+            r.mark();
+            trace(TcpStep::Delivered, len);
+        }
+        (Seg::Fin, Some(r)) => {
+            r.fin_in.set(true);
+            r.mark();
+            trace(TcpStep::FinDelivered, 0);
+        }
+        (Seg::Rst, Some(r)) => {
+            r.reset(libc::ECONNRESET);
+            trace(TcpStep::ResetDelivered, 0);
+        }
+        // Nobody at the other end: anything but a reset is answered with a
+        // reset (the sender learns of it); a reset is dropped.
+        (Seg::SynAck | Seg::Ack | Seg::Data(_) | Seg::Fin, None) => {
+            stream.wire.borrow_mut().clear();
+            if let Some(r) = &remote {
+                r.reserved.set(0);
+            }
+            stream.reset(libc::ECONNRESET);
+            medium.trace(Event::Tcp { step: TcpStep::ResetDelivered, from: to, to: from, len: 0 });
+        }
+        (Seg::Rst, None) => {}
     }
 }
