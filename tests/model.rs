@@ -45,7 +45,7 @@
 
 mod common;
 
-use common::TempDir;
+use common::{Rng, TempDir};
 use ioctx::net::{MessageFlags, UdpSocket, UnixDatagram, WaitType};
 use ioctx::{CancellationType, Error, Executor, IoContext, Operation, SimConfig, SteadyTimer, WorkGuard};
 use std::cell::{Cell, RefCell};
@@ -58,33 +58,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- generator
-
-/// splitmix64: small, fast, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// 0..n (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// lo..=hi.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn percent(&mut self, p: usize) -> bool {
-        self.below(100) < p
-    }
-}
 
 /// The seed of case `i`: neighbouring cases get unrelated seeds.
 fn case_seed(i: u64) -> u64 {

@@ -28,6 +28,8 @@
 //!     IOCTX_MODEL_CASES=2000 cargo test --release --test model_stream -- --nocapture
 //!     IOCTX_MODEL_SEED=0x1f2e cargo test --test model_stream -- --nocapture
 
+mod common;
+use common::Rng;
 use ioctx::net::{TcpListener, TcpStream, async_read, async_write, transfer_all, transfer_exactly};
 use ioctx::{CancellationType, Error, IoContext, Operation, SimConfig};
 use socket2::Domain;
@@ -36,31 +38,6 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
-
-/// splitmix64, as in `tests/model.rs`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn percent(&mut self, p: usize) -> bool {
-        self.below(100) < p
-    }
-}
 
 /// EPIPE: a write after the stream was shut down or reset.
 const BROKEN_PIPE: Error = Error::from_raw_os_error(32);

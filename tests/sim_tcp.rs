@@ -5,33 +5,20 @@
 //! read, loss and partitions that delay bytes but never lose or reorder
 //! them, a crash that resets, a connect that times out after 127 s.
 
+mod common;
+use common::{addr, ip, on_both_backends};
 use ioctx::net::{
-    TcpListener, TcpStream, WaitType, async_read, async_read_until, async_write, transfer_all, transfer_at_least,
-    transfer_exactly,
+    TcpListener, TcpStream, Transfer, WaitType, async_read, async_read_until, async_write, transfer_all,
+    transfer_at_least, transfer_exactly,
 };
 use ioctx::sim::{self, Link};
-use ioctx::{CancellationType, Error, IoContext, SimConfig};
+use ioctx::{CancellationType, Error, IoContext, Operation, SimConfig};
 use socket2::Domain;
 use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// Runs `body` on a real context and on a simulated one: the rule it
-/// checks must hold on both.
-fn on_both_backends(body: impl Fn(&IoContext)) {
-    body(&IoContext::new().unwrap());
-    body(&IoContext::simulated(99));
-}
 
 /// `run_for` with a safety net (real or virtual seconds): a bug fails the
 /// test instead of hanging it. Asserts that the loop ran out of work.
@@ -402,6 +389,15 @@ fn got<T>() -> Got<T> {
     Rc::new(RefCell::new(None))
 }
 
+/// A composed read into `len` bytes; its operation, and where its result
+/// (error, count, the bytes read) lands.
+fn composed_read(s: &TcpStream, len: usize, cond: Transfer) -> (Operation, Got<(Error, usize, Vec<u8>)>) {
+    let r = got();
+    let r2 = r.clone();
+    let op = async_read(s, vec![0u8; len], cond, move |e, n, b| *r2.borrow_mut() = Some((e, n, b[..n].to_vec())));
+    (op, r)
+}
+
 #[test]
 fn composed_reads_stop_at_exactly_and_at_least() {
     on_both_backends(|ctx| {
@@ -433,11 +429,7 @@ fn a_composed_read_ends_with_eof_and_the_bytes_so_far() {
         client.async_write_some(b"abc".to_vec(), |e, _| assert_eq!(e, Error::NONE));
         run_bounded(ctx);
         client.close();
-        let r = got();
-        let r2 = r.clone();
-        async_read(&server, vec![0u8; 10], transfer_all(), move |e, n, b| {
-            *r2.borrow_mut() = Some((e, n, b[..n].to_vec()))
-        });
+        let (_, r) = composed_read(&server, 10, transfer_all());
         run_bounded(ctx);
         assert_eq!(r.take().unwrap(), (Error::EOF, 3, b"abc".to_vec()));
     });
@@ -448,11 +440,7 @@ fn a_cancelled_composed_read_ends_with_the_bytes_so_far_and_cancel_after_too() {
     on_both_backends(|ctx| {
         let (client, server) = pair(ctx);
         client.async_write_some(b"hello".to_vec(), |e, _| assert_eq!(e, Error::NONE));
-        let r = got();
-        let r2 = r.clone();
-        let op = async_read(&server, vec![0u8; 100], transfer_all(), move |e, n, b| {
-            *r2.borrow_mut() = Some((e, n, b[..n].to_vec()))
-        });
+        let (op, r) = composed_read(&server, 100, transfer_all());
         // The 5 bytes arrive; the read waits for more.
         ctx.run_for(Duration::from_millis(30));
         ctx.restart();
@@ -462,11 +450,8 @@ fn a_cancelled_composed_read_ends_with_the_bytes_so_far_and_cancel_after_too() {
         assert_eq!(r.take().unwrap(), (Error::OPERATION_ABORTED, 5, b"hello".to_vec()));
 
         client.async_write_some(b"ab".to_vec(), |e, _| assert_eq!(e, Error::NONE));
-        let r2 = r.clone();
-        async_read(&server, vec![0u8; 10], transfer_all(), move |e, n, b| {
-            *r2.borrow_mut() = Some((e, n, b[..n].to_vec()))
-        })
-        .cancel_after(Duration::from_millis(20), CancellationType::TERMINAL);
+        let (op, r) = composed_read(&server, 10, transfer_all());
+        op.cancel_after(Duration::from_millis(20), CancellationType::TERMINAL);
         run_bounded(ctx);
         assert_eq!(r.take().unwrap(), (Error::OPERATION_ABORTED, 2, b"ab".to_vec()));
     });
@@ -530,12 +515,10 @@ fn read_until_reports_not_found_at_the_limit_and_eof_with_the_data_kept() {
 fn dropping_the_last_handle_aborts_a_pending_composed_read() {
     on_both_backends(|ctx| {
         let (_client, server) = pair(ctx);
-        let r = got();
-        let r2 = r.clone();
-        async_read(&server, vec![0u8; 10], transfer_all(), move |e, n, _| *r2.borrow_mut() = Some((e, n)));
+        let (_, r) = composed_read(&server, 10, transfer_all());
         drop(server);
         run_bounded(ctx);
-        assert_eq!(r.take().unwrap(), (Error::OPERATION_ABORTED, 0));
+        assert_eq!(r.take().unwrap(), (Error::OPERATION_ABORTED, 0, Vec::new()));
     });
 }
 

@@ -3,28 +3,15 @@
 //! can do: latency, loss, duplication, reordering, partitions, held links,
 //! full receive buffers, crashes, all from one seed.
 
+mod common;
+use common::{addr, ip, on_both_backends};
 use ioctx::net::UdpSocket;
 use ioctx::sim::{self, Link};
 use ioctx::{CancellationType, Error, IoContext, SimConfig};
 use std::cell::{Cell, RefCell};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// Runs `body` on a real context and on a simulated one: the rule it
-/// checks must hold on both.
-fn on_both_backends(body: impl Fn(&IoContext)) {
-    body(&IoContext::new().unwrap());
-    body(&IoContext::simulated(99));
-}
 
 // ------------------------------------------------------------ the rules, on both backends
 

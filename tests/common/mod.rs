@@ -262,3 +262,48 @@ pub fn skipped(why: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
     print!("{line}");
 }
+
+/// An address from text (a test's own literal).
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// An IP from text (a test's own literal).
+pub fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+/// Runs `body` on a real context and on a simulated one: the rule it
+/// checks must hold on both.
+pub fn on_both_backends(body: impl Fn(&IoContext)) {
+    body(&IoContext::new().unwrap());
+    body(&IoContext::simulated(99));
+}
+
+/// splitmix64, the model-based tests' generator: small, fast, and the same
+/// on every platform.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// lo..=hi.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+
+    pub fn percent(&mut self, p: usize) -> bool {
+        self.below(100) < p
+    }
+}

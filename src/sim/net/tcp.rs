@@ -505,6 +505,18 @@ impl Stream {
         }
     }
 
+    /// What a read and a write check first (after delivering what is due):
+    /// `ENOTCONN` before a connect, `WouldBlock` while it is under way.
+    fn transferable(&self) -> io::Result<()> {
+        self.check_open()?;
+        self.world.deliver_due();
+        match self.state.get() {
+            State::Fresh => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+            State::Connecting | State::Received => Err(io::ErrorKind::WouldBlock.into()),
+            State::Open | State::Done => Ok(()),
+        }
+    }
+
     fn take_error(&self) -> io::Result<()> {
         match self.error.take() {
             Some(e) => Err(io::Error::from_raw_os_error(e)),
@@ -516,13 +528,7 @@ impl Stream {
     /// `peek` leaves it. `WouldBlock` when nothing has arrived. Bytes that
     /// arrived are read before a reset or a shutdown is reported, as on Linux.
     pub(crate) fn read(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<usize> {
-        self.check_open()?;
-        self.world.deliver_due();
-        match self.state.get() {
-            State::Fresh => return Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
-            State::Connecting | State::Received => return Err(io::ErrorKind::WouldBlock.into()),
-            State::Open | State::Done => {}
-        }
+        self.transferable()?;
         let mut rx = self.rx.borrow_mut();
         if rx.is_empty() {
             drop(rx);
@@ -534,9 +540,7 @@ impl Stream {
             self.take_error()?;
             return if self.state.get() == State::Done { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
         }
-        let (a, b) = rx.as_slices();
-        let n = crate::buffer::scatter(a, bufs);
-        let n = n + if n == a.len() { scatter_from(b, bufs, n) } else { 0 };
+        let n = crate::buffer::scatter(rx.make_contiguous(), bufs);
         if !peek {
             rx.drain(..n);
             drop(rx);
@@ -552,13 +556,7 @@ impl Stream {
     /// Writes as much of `data` as the peer's window takes; `WouldBlock`
     /// when it takes nothing.
     pub(crate) fn write(self: &Rc<Self>, data: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
-        self.check_open()?;
-        self.world.deliver_due();
-        match self.state.get() {
-            State::Fresh => return Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
-            State::Connecting | State::Received => return Err(io::ErrorKind::WouldBlock.into()),
-            State::Open | State::Done => {}
-        }
+        self.transferable()?;
         self.take_error()?;
         if self.fin_out.get() || self.state.get() == State::Done {
             return Err(io::Error::from_raw_os_error(libc::EPIPE));
@@ -698,27 +696,6 @@ impl Stream {
     pub(crate) fn deregister(&self, token: usize) {
         self.watch.deregister(&mut self.world.net(), token);
     }
-}
-
-/// `scatter` of the second part of a ring buffer, after `skip` bytes of
-/// `bufs` were filled by the first.
-fn scatter_from(data: &[u8], bufs: &mut [std::io::IoSliceMut<'_>], mut skip: usize) -> usize {
-    let mut done = 0;
-    for b in bufs.iter_mut() {
-        if skip >= b.len() {
-            skip -= b.len();
-            continue;
-        }
-        let room = &mut b[skip..];
-        skip = 0;
-        let n = room.len().min(data.len() - done);
-        room[..n].copy_from_slice(&data[done..done + n]);
-        done += n;
-        if done == data.len() {
-            break;
-        }
-    }
-    done
 }
 
 impl Report for Stream {
