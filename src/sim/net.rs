@@ -100,11 +100,39 @@ pub(crate) struct Limits {
     pub(crate) max_datagram: usize,
 }
 
-/// A datagram on its way.
-struct Flight {
-    /// Arrival, in virtual nanoseconds, and the order sent: the heap's key.
+/// Something due at a time of its own, kept in a heap: earliest first,
+/// and at the same time in the order sent (datagrams and TCP's events share
+/// the one counter, so the two interleave deterministically).
+pub(crate) struct Due<T> {
+    /// Virtual nanoseconds.
     at: u64,
     seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Due<T> {
+    fn eq(&self, other: &Due<T>) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl<T> Eq for Due<T> {}
+
+impl<T> PartialOrd for Due<T> {
+    fn partial_cmp(&self, other: &Due<T>) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Earliest first in a `BinaryHeap` (a max-heap): the order is reversed.
+impl<T> Ord for Due<T> {
+    fn cmp(&self, other: &Due<T>) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A datagram on its way.
+struct Datagram {
     from: SocketAddr,
     to: SocketAddr,
     data: Vec<u8>,
@@ -112,26 +140,7 @@ struct Flight {
     sender: Weak<Port>,
 }
 
-impl PartialEq for Flight {
-    fn eq(&self, other: &Flight) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Flight {}
-
-impl PartialOrd for Flight {
-    fn partial_cmp(&self, other: &Flight) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Earliest first in a `BinaryHeap` (a max-heap): the order is reversed.
-impl Ord for Flight {
-    fn cmp(&self, other: &Flight) -> std::cmp::Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
+type Flight = Due<Datagram>;
 
 /// A readiness report of a simulated port.
 #[derive(Clone, Copy, Debug)]
@@ -339,9 +348,9 @@ impl Net {
         self.down.insert(ip);
         let mut lost = Vec::new();
         let mut keep = |f: &Flight| {
-            let hit = f.to.ip() == ip;
+            let hit = f.item.to.ip() == ip;
             if hit {
-                lost.push((f.from, f.to, f.data.len()));
+                lost.push((f.item.from, f.item.to, f.item.data.len()));
             }
             !hit
         };
@@ -860,8 +869,8 @@ impl Medium {
             let bytes =
                 if i + 1 == copies { data.take().unwrap_or_default() } else { data.clone().unwrap_or_default() };
             net.sent += 1;
-            let f =
-                Flight { at: now.saturating_add(lat), seq: net.sent, from, to, data: bytes, sender: sender.clone() };
+            let item = Datagram { from, to, data: bytes, sender: sender.clone() };
+            let f = Flight { at: now.saturating_add(lat), seq: net.sent, item };
             if held {
                 net.held.entry((fi, ti)).or_default().push_back(f);
             } else {
@@ -930,22 +939,23 @@ impl Medium {
                     return;
                 }
                 let Some(f) = net.flights.pop() else { return };
-                let (cut, down) = (net.is_cut(f.from.ip(), f.to.ip()), net.down.contains(&f.to.ip()));
-                let port = net.port_for(f.to);
+                let d = &f.item;
+                let (cut, down) = (net.is_cut(d.from.ip(), d.to.ip()), net.down.contains(&d.to.ip()));
+                let port = net.port_for(d.to);
                 (f, cut, down, port)
             };
-            let len = f.data.len() as u64;
-            let (from, to) = (f.from, f.to);
+            let Datagram { from, to, data, sender } = f.item;
+            let len = data.len() as u64;
             let fate = match (cut, port) {
                 _ if down => DatagramFate::HostDown,
                 (true, _) => DatagramFate::Partitioned,
-                (false, Some(port)) => port.deliver(from, to, f.data),
+                (false, Some(port)) => port.deliver(from, to, data),
                 (false, None) => DatagramFate::Refused,
             };
             // No socket takes it (none bound, or the one bound is connected
             // to another peer): the host answers with ICMP port unreachable.
             if matches!(fate, DatagramFate::Refused | DatagramFate::Filtered)
-                && let Some(sender) = f.sender.upgrade()
+                && let Some(sender) = sender.upgrade()
                 && sender.peer.get() == Some(to)
                 && !sender.closed.get()
             {

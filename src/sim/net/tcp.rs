@@ -21,7 +21,7 @@
 //! accepted (the peer's next operation gets `CONNECTION_RESET`, or
 //! `BROKEN_PIPE` for a write after the peer's FIN).
 
-use super::{Medium, Net, Registered, Report, Watch, loopback, normal, unspecified};
+use super::{Due, Medium, Net, Registered, Report, Watch, loopback, normal, unspecified};
 use crate::sim::trace::{Event, TcpStep};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -46,7 +46,7 @@ const RETRIES: u32 = 15;
 pub(crate) struct Tcp {
     /// Addresses held: a listener's (`Some`) or a connecting stream's port.
     bound: BTreeMap<SocketAddr, Option<Weak<Listener>>>,
-    events: BinaryHeap<Timed>,
+    events: BinaryHeap<Due<What>>,
 }
 
 impl Tcp {
@@ -65,11 +65,11 @@ impl Tcp {
     }
 
     /// Every event (to drop them when the world goes).
-    pub(super) fn take_events(&mut self) -> BinaryHeap<Timed> {
+    pub(super) fn take_events(&mut self) -> BinaryHeap<Due<What>> {
         std::mem::take(&mut self.events)
     }
 
-    pub(super) fn pop(&mut self) -> Timed {
+    pub(super) fn pop(&mut self) -> Due<What> {
         self.events.pop().expect("peeked")
     }
 
@@ -81,14 +81,8 @@ impl Tcp {
     }
 }
 
-/// Something that happens at a time of its own.
-pub(super) struct Timed {
-    at: u64,
-    seq: u64,
-    what: What,
-}
-
-enum What {
+/// What TCP has due at a time of its own.
+pub(super) enum What {
     /// A connect's SYN reaches `to`.
     Syn { from: SocketAddr, to: SocketAddr, client: Weak<Stream> },
     /// The client's timer: resend the SYN, or give up.
@@ -101,32 +95,11 @@ enum What {
     Wire { stream: Rc<Stream> },
 }
 
-impl PartialEq for Timed {
-    fn eq(&self, other: &Timed) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Timed {}
-
-impl PartialOrd for Timed {
-    fn partial_cmp(&self, other: &Timed) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Earliest first in a `BinaryHeap` (a max-heap).
-impl Ord for Timed {
-    fn cmp(&self, other: &Timed) -> std::cmp::Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 impl Net {
     fn schedule(&mut self, at: u64, what: What) {
         self.sent += 1;
         let seq = self.sent;
-        self.tcp.events.push(Timed { at, seq, what });
+        self.tcp.events.push(Due { at, seq, item: what });
     }
 
     /// A segment's latency from `from` to `to`.
@@ -716,9 +689,9 @@ impl Report for Stream {
 /// Carries out `event`, which is due (called with the network unborrowed).
 /// Out of line: the datagram path through `deliver_due` stays small.
 #[inline(never)]
-pub(super) fn handle(medium: &Medium, event: Timed) {
+pub(super) fn handle(medium: &Medium, event: Due<What>) {
     let now = medium.clock.now_ns();
-    match event.what {
+    match event.item {
         What::Syn { from, to, client } => syn(medium, now, from, to, client),
         What::Refused { from, to, client } => {
             let Some(client) = client.upgrade() else { return };
