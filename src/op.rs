@@ -572,10 +572,16 @@ pub(crate) fn accept_now(sock: &Socket) -> Option<Result<Accepted, Error>> {
 
 /// The outcome of a non-blocking connect on `sock`, after a writability
 /// event: the error the kernel recorded, `NONE` once connected, `None`
-/// while still in progress (a spurious event).
+/// while still in progress (a spurious event). No error and no peer on a
+/// socket that hung up: the connect failed and another operation (a read
+/// started beside it) took its error; `NOT_CONNECTED` then, as the
+/// simulated backend says too.
 pub(crate) fn connect_outcome_of(sock: &Socket) -> Option<Error> {
+    use std::os::fd::AsRawFd;
     match sock.take_error() {
-        Ok(None) if sock.peer_addr().is_err() => None,
+        Ok(None) if sock.peer_addr().is_err() => {
+            sys::hung_up(sock.as_raw_fd()).unwrap_or(false).then_some(Error::NOT_CONNECTED)
+        }
         Ok(None) => Some(Error::NONE),
         Ok(Some(e)) | Err(e) => Some(Error::from(e)),
     }

@@ -495,22 +495,41 @@ fn connect(m: &Rc<Model>, ctx: &IoContext, n: usize) -> Vec<TcpListener> {
             ("127.0.0.1".parse().unwrap(), "127.0.0.1".parse().unwrap())
         };
         let l = TcpListener::bind(ctx, SocketAddr::new(server_ip, 0)).unwrap();
-        let client = TcpStream::open(ctx, Domain::IPV4).unwrap();
-        client.bind_to(SocketAddr::new(client_ip, 0)).unwrap();
         let accepted = Rc::new(RefCell::new(None));
-        let a = accepted.clone();
-        l.async_accept(move |err, s| {
-            assert_eq!(err, Error::NONE);
-            *a.borrow_mut() = s;
-        });
-        let connected = Rc::new(Cell::new(None));
-        let cc = connected.clone();
-        client.async_connect(l.local_addr().unwrap(), move |err| cc.set(Some(err)));
-        // Real: at once. Simulated: lost SYNs are resent at 1, 2, 4 .. 64 s.
-        ctx.run_for(Duration::from_secs(if m.sim { 200 } else { 5 }));
-        ctx.restart();
-        assert_eq!(connected.get(), Some(Error::NONE), "connection {c}");
-        let server = accepted.take().expect("accepted");
+        let arm = |l: &TcpListener| {
+            let a = accepted.clone();
+            l.async_accept(move |err, s| {
+                assert_eq!(err, Error::NONE);
+                *a.borrow_mut() = s;
+            });
+        };
+        arm(&l);
+        // Under heavy simulated loss a handshake can fail for good (every
+        // SYN, or every ACK of the SYN-ACKs, lost): connect again with a new
+        // stream, as an application would.
+        let mut tries = 0;
+        let (client, server) = loop {
+            tries += 1;
+            assert!(tries <= 5, "connection {c}: five connects failed");
+            let client = TcpStream::open(ctx, Domain::IPV4).unwrap();
+            client.bind_to(SocketAddr::new(client_ip, 0)).unwrap();
+            let connected = Rc::new(Cell::new(None));
+            let cc = connected.clone();
+            client.async_connect(l.local_addr().unwrap(), move |err| cc.set(Some(err)));
+            // Real: at once. Simulated: SYNs and SYN-ACKs are resent for about a minute.
+            ctx.run_for(Duration::from_secs(if m.sim { 200 } else { 5 }));
+            ctx.restart();
+            match (connected.get(), accepted.take()) {
+                (Some(Error::NONE), Some(server)) => break (client, server),
+                (got, server) => {
+                    assert!(m.sim, "connection {c}: {got:?} on loopback");
+                    m.note(|| format!("connection {c}: the handshake failed ({got:?}); again"));
+                    if server.is_some() {
+                        arm(&l);
+                    }
+                }
+            }
+        };
         let end = |stream: TcpStream, host| End {
             stream: Some(stream),
             host,

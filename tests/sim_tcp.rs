@@ -51,7 +51,8 @@ fn pair_at(ctx: &IoContext, at: SocketAddr, from: Option<SocketAddr>) -> (TcpStr
         assert_eq!(e, Error::NONE);
         c.set(true);
     });
-    run_bounded(ctx);
+    // Simulated: lost SYNs and SYN-ACKs are resent for about a minute.
+    run_within(ctx, Duration::from_secs(if ctx.sim().is_some() { 200 } else { 5 }));
     assert!(connected.get());
     let server = server.take().expect("accepted");
     (client, server)
@@ -326,6 +327,52 @@ fn a_write_after_the_peers_fin_and_reset_is_a_broken_pipe() {
         client.async_write_some(b"y".to_vec(), move |e, n| *r2.borrow_mut() = Some((e, n)));
         run_bounded(ctx);
         assert_eq!(r.take().unwrap(), (Error::from_raw_os_error(32), 0), "EPIPE");
+    });
+}
+
+#[test]
+fn after_a_read_shutdown_a_reset_is_still_reported() {
+    on_both_backends(|ctx| {
+        let (client, server) = pair(ctx);
+        client.shutdown(Shutdown::Read).unwrap();
+        client.async_write_some(b"u".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+        let arrived = Rc::new(Cell::new(false));
+        let a = arrived.clone();
+        server.async_wait(WaitType::Read, move |_| a.set(true));
+        run_until_set(ctx, &arrived);
+        server.close(); // "u" unread: a reset
+        let reset = Rc::new(Cell::new(false));
+        let rs = reset.clone();
+        client.async_wait(WaitType::Error, move |_| rs.set(true));
+        run_until_set(ctx, &reset);
+        let e = client.read_some(vec![0u8; 4]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+        let e = client.write_some(b"x".to_vec()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BrokenPipe);
+    });
+}
+
+#[test]
+fn a_refused_connect_completes_even_when_a_read_beside_it_took_the_error() {
+    on_both_backends(|ctx| {
+        let free = TcpListener::bind(ctx, addr("127.0.0.1:0")).unwrap();
+        let to = free.local_addr().unwrap();
+        free.close();
+        let s = TcpStream::open(ctx, Domain::IPV4).unwrap();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let s2 = seen.clone();
+        s.async_connect(to, move |e| s2.borrow_mut().push(("connect", e)));
+        let s2 = seen.clone();
+        s.async_read_some(vec![0u8; 8], move |e, _, _| s2.borrow_mut().push(("read", e)));
+        run_bounded(ctx);
+        let seen = seen.take();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen.iter().all(|(_, e)| e.is_err()), "{seen:?}");
+        assert!(
+            seen.contains(&("read", Error::CONNECTION_REFUSED))
+                || seen.contains(&("connect", Error::CONNECTION_REFUSED)),
+            "{seen:?}"
+        );
     });
 }
 
@@ -894,6 +941,143 @@ fn bytes_that_can_never_cross_end_the_connection_after_15_resends() {
     // 0.2 s doubling to 120 s, 15 resends: about 924.6 s, as Linux's.
     let gave_up = at - start;
     assert!(gave_up > Duration::from_secs(920) && gave_up < Duration::from_secs(930), "{gave_up:?}");
+}
+
+#[test]
+fn a_lost_ack_leaves_the_client_connected_and_the_backlog_free_after_a_minute() {
+    let ctx = with_latency(17, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let l = TcpListener::bind_with_backlog(&ctx, addr("10.0.0.2:7"), 1).unwrap();
+    let accepted = Rc::new(RefCell::new(Vec::new()));
+    fn accept(l: TcpListener, got: Rc<RefCell<Vec<SocketAddr>>>) {
+        let again = l.clone();
+        l.async_accept(move |e, s| {
+            if e.is_ok() {
+                got.borrow_mut().push(s.unwrap().peer_addr().unwrap());
+                accept(again, got);
+            }
+        });
+    }
+    accept(l.clone(), accepted.clone());
+    let a = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    a.bind_to(addr("10.0.0.1:0")).unwrap();
+    a.async_connect(addr("10.0.0.2:7"), |e| assert_eq!(e, Error::NONE));
+    // The SYN-ACK gets through at 10 ms; the ACKs back never do.
+    let t = ioctx::SteadyTimer::new(&ctx);
+    t.expires_after(Duration::from_millis(7));
+    let s2 = sim.clone();
+    t.async_wait(move |_| s2.partition_oneway(ip("10.0.0.1"), ip("10.0.0.2")));
+    let read = got();
+    let r2 = read.clone();
+    a.async_read_some(vec![0u8; 4], move |e, n, _| *r2.borrow_mut() = Some((e, n)));
+    ctx.run_for(Duration::from_secs(1000));
+    ctx.restart();
+    assert_eq!(*read.borrow(), None, "an idle connection is never timed out");
+    assert!(accepted.borrow().is_empty());
+    sim.heal();
+    // The half-open end was dropped after 63 s: the backlog takes another.
+    let b = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    b.bind_to(addr("10.0.0.3:0")).unwrap();
+    let r = got();
+    let r2 = r.clone();
+    b.async_connect(addr("10.0.0.2:7"), move |e| *r2.borrow_mut() = Some(e));
+    ctx.run_for(Duration::from_secs(1));
+    ctx.restart();
+    assert_eq!(r.take(), Some(Error::NONE));
+    assert_eq!(*accepted.borrow(), [b.local_addr().unwrap()]);
+    // A's first write meets a server that forgot it: a reset.
+    a.async_write_some(b"late".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+    ctx.run_for(Duration::from_secs(1));
+    assert_eq!(read.take(), Some((Error::CONNECTION_RESET, 0)));
+}
+
+#[test]
+fn a_half_open_connection_whose_answer_cannot_arrive_is_dropped_after_a_minute() {
+    let ctx = with_latency(18, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let l = TcpListener::bind_with_backlog(&ctx, addr("10.0.0.2:7"), 1).unwrap();
+    l.async_accept(|e, _| assert_eq!(e, Error::NONE));
+    sim.partition_oneway(ip("10.0.0.2"), ip("10.0.0.1"));
+    let a = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    a.bind_to(addr("10.0.0.1:0")).unwrap();
+    let r = got();
+    let r2 = r.clone();
+    a.async_connect(addr("10.0.0.2:7"), move |e| *r2.borrow_mut() = Some(e));
+    ctx.run_for(Duration::from_secs(130));
+    ctx.restart();
+    assert_eq!(r.take(), Some(Error::TIMED_OUT));
+    sim.heal();
+    let b = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    b.bind_to(addr("10.0.0.3:0")).unwrap();
+    let r2 = r.clone();
+    b.async_connect(addr("10.0.0.2:7"), move |e| *r2.borrow_mut() = Some(e));
+    ctx.run();
+    assert_eq!(r.take(), Some(Error::NONE), "the backlog is free again");
+}
+
+#[test]
+fn closing_a_listener_while_its_answer_is_on_the_way_resets_the_connection() {
+    let ctx = with_latency(19, Duration::from_millis(50));
+    let l = TcpListener::bind(&ctx, addr("10.0.0.2:7")).unwrap();
+    let s = TcpStream::open(&ctx, Domain::IPV4).unwrap();
+    s.bind_to(addr("10.0.0.1:0")).unwrap();
+    let r = got();
+    let (r2, s2) = (r.clone(), s.clone());
+    s.async_connect(addr("10.0.0.2:7"), move |e| {
+        assert_eq!(e, Error::NONE, "the answer had left");
+        s2.async_read_some(vec![0u8; 4], move |e, n, _| *r2.borrow_mut() = Some((e, n)));
+    });
+    let t = ioctx::SteadyTimer::new(&ctx);
+    t.expires_after(Duration::from_millis(75)); // the SYN came at 50 ms
+    t.async_wait(move |_| l.close());
+    ctx.run();
+    assert_eq!(r.take(), Some((Error::CONNECTION_RESET, 0)));
+}
+
+#[test]
+fn a_reset_comes_after_the_bytes_already_sent() {
+    let ctx = with_latency(20, Duration::from_millis(50));
+    let (client, server) = pair_at(&ctx, addr("10.0.0.2:7"), Some(addr("10.0.0.1:0")));
+    client.async_write_some(b"xyz".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+    server.async_wait(WaitType::Read, |e| assert_eq!(e, Error::NONE));
+    ctx.run();
+    ctx.restart();
+    server.async_write_some(b"abc".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+    let t = ioctx::SteadyTimer::new(&ctx);
+    t.expires_after(Duration::from_millis(10));
+    let s2 = server.clone();
+    t.async_wait(move |_| s2.close()); // "xyz" unread: a reset, behind "abc"
+    let (got, end) = read_all(&ctx, &client);
+    assert_eq!((got.as_slice(), end), (&b"abc"[..], Error::CONNECTION_RESET));
+}
+
+#[test]
+fn a_reset_after_a_heal_leaves_at_once() {
+    let ctx = with_latency(21, Duration::from_millis(5));
+    let sim = ctx.sim().unwrap();
+    let (client, server) = pair_at(&ctx, addr("10.0.0.2:7"), Some(addr("10.0.0.1:0")));
+    server.async_write_some(b"u".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+    client.async_wait(WaitType::Read, |e| assert_eq!(e, Error::NONE));
+    ctx.run();
+    ctx.restart();
+    sim.partition(ip("10.0.0.1"), ip("10.0.0.2"));
+    client.async_write_some(b"x".to_vec(), |e, _| assert_eq!(e, Error::NONE));
+    // Five minutes pass: "x" is resent, backing off, up to 120 s apart.
+    let t = ioctx::SteadyTimer::new(&ctx);
+    t.expires_after(Duration::from_secs(300));
+    t.async_wait(|e| assert_eq!(e, Error::NONE));
+    ctx.run();
+    ctx.restart();
+    sim.heal();
+    let closed_at = sim.now();
+    client.close(); // "u" unread: a reset
+    let r = got();
+    let (r2, sim2) = (r.clone(), sim.clone());
+    server.async_read_some(vec![0u8; 4], move |e, n, _| *r2.borrow_mut() = Some((e, n, sim2.now())));
+    ctx.run();
+    let (e, n, at) = r.take().unwrap();
+    assert_eq!((e, n), (Error::CONNECTION_RESET, 0));
+    assert!(at - closed_at <= Duration::from_millis(5), "{:?}", at - closed_at);
 }
 
 #[test]

@@ -42,10 +42,15 @@
 //! connections not yet accepted, closing a stream still connecting, and a
 //! crash send a reset (the peer reads what had arrived, then gets
 //! `CONNECTION_RESET`; a write after the peer's FIN gets `BROKEN_PIPE`).
-//! The model is what an application observes, not TCP's machinery: no
-//! congestion window, no Nagle delay, no `TIME_WAIT`, no simultaneous open
-//! (a stream cannot connect to itself), and an IPv6 listener on `[::]` does
-//! not take IPv4 connections (bind one of each family).
+//! A half-open connection (its SYN-ACK sent, the client's ACK not come)
+//! resends its SYN-ACK 1, 2, 4 .. 16 s apart and is dropped after 63 s, as
+//! Linux's is; until its ACK comes it is not in the backlog. The model is
+//! what an application observes, not TCP's machinery: no congestion
+//! window, no Nagle delay, no `TIME_WAIT`, no keep-alive, no simultaneous
+//! open (a stream cannot connect to itself), no zero-window probes (a
+//! writer waiting for a full peer to read is not timed out by a partition,
+//! where Linux would end it after about 15 minutes), and an IPv6 listener
+//! on `[::]` does not take IPv4 connections (bind one of each family).
 //!
 //! Every step is recorded in a trace (each handler queued, each operation
 //! and timer wait completed with its result, each datagram sent, delivered

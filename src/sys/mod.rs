@@ -395,6 +395,15 @@ pub(crate) fn wait_fd(fd: RawFd, what: Readiness) -> io::Result<bool> {
     Ok(matches!(what, Readiness::Read) && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
 }
 
+/// Whether `fd` reports a hang-up now (`POLLHUP`), without waiting: a TCP
+/// socket still connecting does not, one whose connect failed does.
+pub(crate) fn hung_up(fd: RawFd) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
+    let n = retry(|| cvt(unsafe { libc::poll(&mut pfd, 1, 0) }))?;
+    Ok(n > 0 && pfd.revents & libc::POLLHUP != 0)
+}
+
 /// Bytes that can be read without blocking (`FIONREAD`; for a datagram
 /// socket, the size of the next datagram).
 pub(crate) fn available(sock: &Socket) -> io::Result<usize> {

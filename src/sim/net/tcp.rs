@@ -41,6 +41,10 @@ const SYN_RETRIES: u32 = 6;
 /// Resends of a segment before its writer gives up (Linux's `tcp_retries2`).
 const RETRIES: u32 = 15;
 
+/// SYN-ACK resends before a half-open connection is dropped (Linux's
+/// `tcp_synack_retries`: given up 63 s after the SYN came).
+const SYNACK_RETRIES: u32 = 5;
+
 /// TCP's part of the network: bound addresses and events on their way.
 #[derive(Default)]
 pub(crate) struct Tcp {
@@ -87,6 +91,8 @@ pub(super) enum What {
     Syn { from: SocketAddr, to: SocketAddr, client: Weak<Stream> },
     /// The client's timer: resend the SYN, or give up.
     SynTimer { client: Weak<Stream>, attempt: u32 },
+    /// A half-open server end's timer: resend the SYN-ACK, or drop it.
+    SynAckTimer { server: Weak<Stream>, attempt: u32 },
     /// Nobody listens where the SYN went: the reset `to` answered reaches
     /// the client at `from` (unless the way back is cut by then).
     Refused { from: SocketAddr, to: SocketAddr, client: Weak<Stream> },
@@ -289,8 +295,9 @@ pub(crate) struct Stream {
     error: Cell<Option<i32>>,
     /// Segments on their way to the peer, in order.
     wire: RefCell<VecDeque<Segment>>,
-    /// A `Wire` event is scheduled for the head of `wire`.
-    wire_scheduled: Cell<bool>,
+    /// When the `Wire` event for the head of `wire` is due (`None`: none
+    /// is); an earlier event that is not this one is stale.
+    wire_at: Cell<Option<u64>>,
     /// Resends of the head of `wire` so far.
     retries: Cell<u32>,
     /// The key this stream holds in `Tcp::bound` (a client's own port; it
@@ -328,7 +335,7 @@ impl Stream {
             read_shut: Cell::new(false),
             error: Cell::new(None),
             wire: RefCell::new(VecDeque::new()),
-            wire_scheduled: Cell::new(false),
+            wire_at: Cell::new(None),
             retries: Cell::new(0),
             bound_key: Cell::new(None),
             nodelay: Cell::new(false),
@@ -506,12 +513,14 @@ impl Stream {
         if rx.is_empty() {
             drop(rx);
             // The peer's FIN came first: the end of the stream, whatever
-            // came after it (a write learns of that).
-            if self.read_shut.get() || self.fin_in.get() {
+            // came after it (a write learns of that). Then a pending error,
+            // then this end's own shutdown, as Linux orders them.
+            if self.fin_in.get() {
                 return Ok(0);
             }
             self.take_error()?;
-            return if self.state.get() == State::Done { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            let end = self.read_shut.get() || self.state.get() == State::Done;
+            return if end { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
         }
         let n = crate::buffer::scatter(rx.make_contiguous(), bufs);
         if !peek {
@@ -568,9 +577,16 @@ impl Stream {
         let mut wire = self.wire.borrow_mut();
         let at = wire.back().map_or(0, |s| s.at).max(now.saturating_add(latency));
         wire.push_back(Segment { at, seg });
-        if !self.wire_scheduled.replace(true) {
-            let head = wire.front().map_or(at, |s| s.at);
-            net.schedule(head, What::Wire { stream: self.clone() });
+        let head = wire.front().map_or(at, |s| s.at);
+        drop(wire);
+        self.schedule_wire(&mut net, head);
+    }
+
+    /// Has the head of `wire` go out at `at`, unless an event comes sooner.
+    fn schedule_wire(self: &Rc<Self>, net: &mut Net, at: u64) {
+        if self.wire_at.get().is_none_or(|w| at < w) {
+            self.wire_at.set(Some(at));
+            net.schedule(at, What::Wire { stream: self.clone() });
         }
     }
 
@@ -633,9 +649,12 @@ impl Stream {
         self.rx.borrow_mut().clear();
     }
 
-    /// Throws away what is on its way and resets the peer.
+    /// Resets the peer. What is in flight arrives first; what is being
+    /// resent (backing off) is given up, and the reset leaves now.
     fn reset_peer(self: &Rc<Self>) {
-        self.wire.borrow_mut().clear();
+        if self.retries.replace(0) > 0 {
+            self.wire.borrow_mut().clear();
+        }
         self.push(Seg::Rst);
         self.trace(TcpStep::Reset, 0);
     }
@@ -691,6 +710,7 @@ impl Report for Stream {
 #[inline(never)]
 pub(super) fn handle(medium: &Medium, event: Due<What>) {
     let now = medium.clock.now_ns();
+    let due = event.at;
     match event.item {
         What::Syn { from, to, client } => syn(medium, now, from, to, client),
         What::Refused { from, to, client } => {
@@ -717,7 +737,26 @@ pub(super) fn handle(medium: &Medium, event: Due<What>) {
                 client.reset(libc::ETIMEDOUT);
             }
         }
-        What::Wire { stream } => deliver_wire(medium, &stream, now),
+        What::SynAckTimer { server, attempt } => {
+            let Some(server) = server.upgrade() else { return };
+            if server.closed.get() || server.state.get() != State::Received {
+                return;
+            }
+            if attempt < SYNACK_RETRIES {
+                server.push(Seg::SynAck);
+                server.schedule_synack_timer(attempt + 1);
+            } else {
+                server.trace(TcpStep::TimedOut, 0);
+                server.reset(libc::ETIMEDOUT); // the listener forgets it
+            }
+        }
+        What::Wire { stream } => {
+            // Only the latest event of a stream's wire counts.
+            if stream.wire_at.get() == Some(due) {
+                stream.wire_at.set(None);
+                deliver_wire(medium, &stream, now);
+            }
+        }
     }
 }
 
@@ -736,8 +775,14 @@ fn syn(medium: &Medium, now: u64, from: SocketAddr, to: SocketAddr, client: Weak
         drop(net);
         return trace(TcpStep::SynLost);
     }
-    if client.remote.borrow().strong_count() > 0 {
-        return; // answered already
+    let answered = client.remote.borrow().upgrade();
+    if let Some(server) = answered {
+        drop(net);
+        // A SYN sent again: its answer was lost or is late; answer again.
+        if server.state.get() == State::Received && !server.closed.get() {
+            server.push(Seg::SynAck);
+        }
+        return;
     }
     let Some(listener) = net.tcp.listener_for(to).filter(|l| l.v6 == to.is_ipv6()) else {
         let back = now.saturating_add(net.latency_between(to, from));
@@ -762,28 +807,52 @@ fn syn(medium: &Medium, now: u64, from: SocketAddr, to: SocketAddr, client: Weak
     listener.half_open.borrow_mut().push(server.clone());
     trace(TcpStep::Answered);
     server.push(Seg::SynAck);
+    server.schedule_synack_timer(0);
+}
+
+impl Stream {
+    /// A half-open end resends its SYN-ACK 1, 2, 4 .. 16 s apart, and is
+    /// dropped 32 s after the last.
+    fn schedule_synack_timer(self: &Rc<Self>, attempt: u32) {
+        let at = self.world.clock.now_ns().saturating_add(1_000_000_000u64 << attempt);
+        self.world.net().schedule(at, What::SynAckTimer { server: Rc::downgrade(self), attempt });
+    }
+
+    /// A half-open server end gets its client's ACK (or a segment that
+    /// carries one): it joins its listener's backlog.
+    fn establish(self: &Rc<Self>, medium: &Medium) {
+        self.state.set(State::Open);
+        self.was_open.set(true);
+        let listener = self.listener.borrow().upgrade().filter(|l| !l.closed.get());
+        if let Some(l) = listener {
+            l.half_open.borrow_mut().retain(|s| !Rc::ptr_eq(s, self));
+            l.pending.borrow_mut().push_back(self.clone());
+            l.watch.changed(&mut medium.net());
+            self.trace(TcpStep::Accepted, 0);
+        }
+    }
 }
 
 /// Delivers the due segments at the head of `stream`'s wire, in order. A
 /// segment the link loses, or that a partition or a held link stops, is
-/// resent after a back-off; after `RETRIES` resends the writer gives up.
+/// resent after a back-off; after `RETRIES` resends the writer gives up. A
+/// handshake segment (SYN-ACK, ACK) is not resent from here: the ends'
+/// timers send it again.
 fn deliver_wire(medium: &Medium, stream: &Rc<Stream>, now: u64) {
     let (from, to) = stream.ends();
     loop {
         let mut net = medium.net();
         let mut wire = stream.wire.borrow_mut();
-        let Some(head) = wire.front_mut() else {
-            stream.wire_scheduled.set(false);
-            return;
-        };
+        let Some(head) = wire.front_mut() else { return };
         if head.at > now {
-            net.schedule(head.at, What::Wire { stream: stream.clone() });
+            let at = head.at;
+            drop(wire);
+            stream.schedule_wire(&mut net, at);
             return;
         }
         // The last resend went unanswered for its whole timeout: give up.
         if stream.retries.get() > RETRIES {
             wire.clear();
-            stream.wire_scheduled.set(false);
             drop((wire, net));
             stream.trace(TcpStep::TimedOut, 0);
             stream.reset(libc::ETIMEDOUT);
@@ -791,13 +860,21 @@ fn deliver_wire(medium: &Medium, stream: &Rc<Stream>, now: u64) {
         }
         let blocked = net.blocked(from, to);
         if blocked || net.loses(from, to) {
+            let step = if blocked { TcpStep::Held } else { TcpStep::Lost };
+            if matches!(head.seg, Seg::SynAck | Seg::Ack) {
+                wire.pop_front();
+                drop((wire, net));
+                medium.trace(Event::Tcp { step, from, to, len: 0 });
+                continue;
+            }
             let retries = stream.retries.get() + 1;
             stream.retries.set(retries);
             let rto = RTO_NS.saturating_mul(1 << (retries - 1).min(20)).min(RTO_MAX_NS);
             head.at = now.saturating_add(rto);
-            net.schedule(head.at, What::Wire { stream: stream.clone() });
-            drop((wire, net));
-            let step = if blocked { TcpStep::Held } else { TcpStep::Lost };
+            let at = head.at;
+            drop(wire);
+            stream.schedule_wire(&mut net, at);
+            drop(net);
             medium.trace(Event::Tcp { step, from, to, len: 0 });
             return;
         }
@@ -820,22 +897,21 @@ fn arrive(medium: &Medium, stream: &Rc<Stream>, seg: Seg, from: SocketAddr, to: 
                 client.was_open.set(true);
                 client.mark();
                 client.trace(TcpStep::Established, 0);
+            }
+            // Each SYN-ACK is acknowledged (a repeated one: the last ACK was lost).
+            if client.state.get() == State::Open {
                 client.push(Seg::Ack);
             }
         }
         (Seg::Ack, Some(server)) => {
-            if server.state.get() != State::Received {
-                return;
+            if server.state.get() == State::Received {
+                server.establish(medium);
             }
-            server.state.set(State::Open);
-            server.was_open.set(true);
-            let listener = server.listener.borrow().upgrade().filter(|l| !l.closed.get());
-            if let Some(l) = listener {
-                l.half_open.borrow_mut().retain(|s| !Rc::ptr_eq(s, server));
-                l.pending.borrow_mut().push_back(server.clone());
-                l.watch.changed(&mut medium.net());
-                trace(TcpStep::Accepted, 0);
-            }
+        }
+        // Any segment from the client acknowledges the SYN-ACK too.
+        (seg @ (Seg::Data(_) | Seg::Fin), Some(r)) if r.state.get() == State::Received => {
+            r.establish(medium);
+            arrive(medium, stream, seg, from, to);
         }
         (Seg::Data(bytes), Some(r)) => {
             let len = bytes.len();
