@@ -6,6 +6,7 @@
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::error::Error;
 use crate::sys;
+use crate::sys::msg::{MsgInfo, SendInfo};
 use socket2::{SockAddr, Socket};
 use std::any::Any;
 use std::cell::{Cell, RefCell, RefMut};
@@ -212,6 +213,11 @@ pub(crate) trait Io {
     fn accept(&self) -> Option<Result<Accepted, Error>>;
     /// The outcome of a connect in progress; `None` while it still is.
     fn connect_outcome(&self) -> Option<Error>;
+    /// Receives one datagram with its metadata (from the read-ahead slot
+    /// first, where a datagram read ahead has only its sender).
+    fn recv_msg(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<MsgInfo>;
+    /// Sends one datagram with the control messages of `info`.
+    fn send_msg(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, info: &SendInfo) -> io::Result<usize>;
 }
 
 /// A connection an accept took: the kernel's socket, or a simulated stream.
@@ -484,6 +490,131 @@ where
         if self.want_from {
             self.from.set(from);
         }
+    }
+}
+
+/// Receives one datagram with its metadata now; `None` when the socket
+/// would block.
+pub(crate) fn recv_msg_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
+    io: &I,
+    bufs: &mut B,
+    flags: i32,
+) -> Option<(Error, MsgInfo)> {
+    let Some(mut slices) = mut_slices(bufs) else {
+        return Some((Error::INVALID_ARGUMENT, MsgInfo::default()));
+    };
+    match io.recv_msg(&mut slices, flags) {
+        Ok(info) => Some((Error::NONE, info)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => Some((Error::from(e), MsgInfo::default())),
+    }
+}
+
+/// Sends one datagram with control messages now; `None` when the socket
+/// would block.
+pub(crate) fn send_msg_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
+    io: &I,
+    bufs: &B,
+    dest: Option<&SockAddr>,
+    info: &SendInfo,
+) -> Option<(Error, usize)> {
+    let Some(slices) = const_slices(bufs) else {
+        return Some((Error::INVALID_ARGUMENT, 0));
+    };
+    sys::result(io.send_msg(&slices, dest, info))
+}
+
+/// A receive with metadata (`async_receive_msg`) waiting for a datagram.
+pub(crate) struct RecvMsgOp<B, F> {
+    core: OpCore,
+    bufs: RefCell<Option<B>>,
+    flags: i32,
+    info: Cell<MsgInfo>,
+    handler: Cell<Option<F>>,
+}
+
+impl<B, F> RecvMsgOp<B, F> {
+    pub(crate) fn new(bufs: B, flags: i32, handler: F) -> Self {
+        RecvMsgOp {
+            core: OpCore::default(),
+            bufs: RefCell::new(Some(bufs)),
+            flags,
+            info: Cell::new(MsgInfo::default()),
+            handler: Cell::new(Some(handler)),
+        }
+    }
+}
+
+impl<B: 'static, F: FnOnce(Error, MsgInfo, B) + 'static> Completion for RecvMsgOp<B, F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, _) = self.core.result();
+        let info = if err.is_ok() { self.info.get() } else { MsgInfo::default() };
+        if let (Some(h), Some(b)) = (self.handler.take(), self.bufs.take()) {
+            drop(self);
+            h(err, info, b);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.bufs.take());
+        drop(self.handler.take());
+    }
+}
+
+impl<B: MutableBufferSequence + 'static, F: FnOnce(Error, MsgInfo, B) + 'static> SocketOp for RecvMsgOp<B, F> {
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
+        let mut bufs = self.bufs.borrow_mut();
+        let (err, info) = recv_msg_now(io, bufs.as_mut()?, self.flags)?;
+        self.info.set(info);
+        Some((err, info.len))
+    }
+}
+
+/// A send with control messages (`async_send_msg`) waiting for the socket.
+pub(crate) struct SendMsgOp<B, F> {
+    core: OpCore,
+    bufs: RefCell<Option<B>>,
+    dest: Option<Box<SockAddr>>,
+    info: SendInfo,
+    handler: Cell<Option<F>>,
+}
+
+impl<B, F> SendMsgOp<B, F> {
+    pub(crate) fn new(bufs: B, dest: Option<SockAddr>, info: SendInfo, handler: F) -> Self {
+        SendMsgOp {
+            core: OpCore::default(),
+            bufs: RefCell::new(Some(bufs)),
+            dest: dest.map(Box::new),
+            info,
+            handler: Cell::new(Some(handler)),
+        }
+    }
+}
+
+impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendMsgOp<B, F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        drop(self.bufs.take());
+        let (err, n) = self.core.result();
+        if let Some(h) = self.handler.take() {
+            drop(self);
+            h(err, n);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.bufs.take());
+        drop(self.handler.take());
+    }
+}
+
+impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendMsgOp<B, F> {
+    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
+        let bufs = self.bufs.borrow();
+        send_msg_now(io, bufs.as_ref()?, self.dest.as_deref(), &self.info)
     }
 }
 

@@ -11,6 +11,7 @@ use crate::metrics::{Counters, bump};
 use crate::op::{Accepted, Completion, Io, SocketOp, accept_now, connect_outcome_of};
 use crate::sim::net::{Endpoint, Port};
 use crate::sys;
+use crate::sys::msg::{MsgInfo, SendInfo};
 use crate::timer::Wake;
 use datagram::{Batch, Datagram, SendBatch};
 use slab::Slab;
@@ -291,6 +292,12 @@ impl IoObject {
     #[inline]
     pub(crate) fn is_open(&self) -> bool {
         self.sock.borrow().is_some() || self.sim.borrow().is_some()
+    }
+
+    /// Reads nothing ahead from now on (a datagram read ahead would lose
+    /// its metadata to the receive that takes it).
+    pub(crate) fn no_read_ahead(&self) {
+        self.can_read_ahead.set(false);
     }
 
     /// Turns send coalescing on or off (see [`defer_send`](Self::defer_send)).
@@ -960,6 +967,34 @@ impl Io for IoObject {
             Some(_) => Some(Err(Error::INVALID_ARGUMENT)), // not listening
             None => Some(Err(Error::BAD_DESCRIPTOR)),
         }
+    }
+
+    fn recv_msg(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<MsgInfo> {
+        let sock = self.sock.borrow();
+        let info = match &*sock {
+            Some(sock) => self.recv_msg_uncounted(sock, bufs, flags)?,
+            None => match &*self.sim.borrow() {
+                Some(endpoint) => endpoint.recv_msg(bufs, flags & libc::MSG_PEEK != 0)?,
+                None => return Err(closed()),
+            },
+        };
+        if flags & libc::MSG_PEEK == 0 {
+            self.counted_in(info.len);
+        }
+        Ok(info)
+    }
+
+    fn send_msg(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, info: &SendInfo) -> io::Result<usize> {
+        let sock = self.sock.borrow();
+        let n = match &*sock {
+            Some(sock) => sys::msg::send_msg(sock, bufs, dest, info)?,
+            None => match &*self.sim.borrow() {
+                Some(endpoint) => endpoint.send_msg(bufs, dest.and_then(SockAddr::as_socket), info)?,
+                None => return Err(closed()),
+            },
+        };
+        self.counted_out(n);
+        Ok(n)
     }
 
     fn connect_outcome(&self) -> Option<Error> {

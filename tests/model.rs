@@ -20,7 +20,7 @@
 //!
 //! Each case picks random fairness settings and a sequence of: post,
 //! dispatch, defer; sends and receives with random sizes and buffer counts
-//! (peeks, read and write waits, synchronous calls); timers with random and
+//! (peeks, receives with metadata, read and write waits, synchronous calls); timers with random and
 //! equal expiries; `Operation::cancel` of every kind and `cancel_after`;
 //! socket cancel, close, drop and release (and adoption again); GSO on and
 //! off; send coalescing on and off; `shutdown(Read)` of UDP sockets (a receive that finds nothing queued
@@ -954,7 +954,19 @@ fn recv_on(m: &Rc<Model>, s: usize) {
             }
         })
     };
+    // Some receives ask for the datagram's metadata (`recvmsg`, never
+    // batched): the same rules hold, and a truncated one filled its room.
+    let with_meta = with_from && !peek && m.pct(15);
     let op = m.initiate(|| match &sock {
+        Sock::Udp(u) if with_meta => {
+            let mm = m.clone();
+            u.async_receive_msg(bufs, move |e, meta, b| {
+                if e.is_ok() && meta.truncated && meta.len != room {
+                    mm.fail(format!("receive_msg on {s}: truncated, yet {} bytes in a room of {room}", meta.len));
+                }
+                done(e, meta.len, b, ip_from(meta.from))
+            })
+        }
         Sock::Udp(u) if with_from => {
             u.async_receive_from_with_flags(bufs, flags, move |e, n, b, from| done(e, n, b, ip_from(from)))
         }

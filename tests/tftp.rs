@@ -32,10 +32,15 @@ thread_local! {
 }
 
 fn start(cfg: Config) -> Running {
+    start_on("127.0.0.1:0".parse().unwrap(), cfg)
+}
+
+/// A server listening on `listen`.
+fn start_on(listen: SocketAddr, cfg: Config) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let ctx = IoContext::new().unwrap();
-        let server = Server::start(&ctx.executor(), "127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+        let server = Server::start(&ctx.executor(), listen, cfg).unwrap();
         tx.send((server.local_addr().unwrap(), ctx.remote().unwrap())).unwrap();
         SERVER.with(|s| *s.borrow_mut() = Some(server));
         ctx.run();
@@ -129,8 +134,13 @@ fn curl_put(curl: &Path, srv: &Running, from: &Path, name: &str) -> Output {
 /// tftp-hpa: `get`/`put` in `mode`; it exits 0 even on failure, so callers
 /// check its stderr and the files.
 fn tftp_hpa(tftp: &Path, srv: &Running, mode: &str, command: &str, a: &Path, b: &str) -> Output {
+    tftp_hpa_at(tftp, "127.0.0.1", srv, mode, command, a, b)
+}
+
+/// [`tftp_hpa`] talking to the server at `host`.
+fn tftp_hpa_at(tftp: &Path, host: &str, srv: &Running, mode: &str, command: &str, a: &Path, b: &str) -> Output {
     let mut c = Command::new(tftp);
-    c.arg("127.0.0.1").arg(srv.addr.port().to_string()).args(["-m", mode, "-c", command]);
+    c.arg(host).arg(srv.addr.port().to_string()).args(["-m", mode, "-c", command]);
     if command == "get" {
         c.arg(b).arg(a);
     } else {
@@ -177,6 +187,25 @@ fn curl_and_tftp_hpa_fetch_files_byte_for_byte() {
     }
     let stats = srv.stop_when(|s| s.completed == 15);
     assert_eq!((stats.started, stats.completed, stats.failed), (15, 15, 0), "{stats:?}");
+}
+
+#[test]
+fn bound_to_every_address_the_server_answers_from_the_one_each_client_contacted() {
+    // tftp-hpa drops answers that do not come from the address it sent its
+    // request to: from 127.0.0.2 it timed out after the first block while
+    // the answers left from 127.0.0.1.
+    let Some(tftp) = tftp() else { return };
+    let root = TempDir::new();
+    let out = TempDir::new();
+    std::fs::write(root.path("f"), content(100_000, 7)).unwrap();
+    let srv = start_on("0.0.0.0:0".parse().unwrap(), Config::new(&root.0));
+    for host in ["127.0.0.2", "127.0.0.1", "127.0.0.3"] {
+        let got = out.path(&format!("from-{host}"));
+        assert_ok(&tftp_hpa_at(&tftp, host, &srv, "binary", "get", &got, "f"), &format!("tftp get from {host}"));
+        assert_same(&got, &root.path("f"));
+    }
+    let stats = srv.stop_when(|s| s.completed == 3);
+    assert_eq!((stats.started, stats.completed, stats.failed), (3, 3, 0), "{stats:?}");
 }
 
 #[test]

@@ -250,6 +250,9 @@ impl Server {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "max transfers per client must be at least 1"));
         }
         let sock = UdpSocket::bind(ex, listen)?;
+        // Each request's destination address: bound to every address, the
+        // server answers from the one the client contacted.
+        sock.set_recv_pktinfo(true)?;
         let shared = Rc::new(Shared {
             ex: ex.clone(),
             listen_ip: sock.local_addr()?.ip(),
@@ -288,12 +291,12 @@ fn listen_loop(sock: UdpSocket, shared: Rc<Shared>) {
     let s2 = sock.clone();
     // One byte more than the largest request we take: a longer one is
     // refused rather than truncated.
-    sock.async_receive_from(vec![0u8; 1025], move |err, n, buf, from| {
+    sock.async_receive_msg(vec![0u8; 1025], move |err, meta, buf| {
         if err == Error::OPERATION_ABORTED || err == Error::BAD_DESCRIPTOR {
             return; // closed
         }
         if err.is_ok() {
-            on_request(&shared, &buf[..n], from);
+            on_request(&shared, &buf[..meta.len], meta.from, meta.local);
         } else {
             log::debug!(target: LOG, "listening socket: {err}");
         }
@@ -435,13 +438,13 @@ fn error_packet(code: u16, msg: &str) -> Vec<u8> {
 
 /// Sends an error for a request that starts no transfer, from a socket of
 /// its own (a new transfer ID, as the reply to a request would come from).
-fn send_refusal(shared: &Rc<Shared>, to: SocketAddr, (code, msg): Refusal) {
+fn send_refusal(shared: &Rc<Shared>, to: SocketAddr, local: Option<IpAddr>, (code, msg): Refusal) {
     log::info!(target: LOG, "{to}: refused: {msg} (error {code})");
     shared.stat(|s| s.errors_sent += 1);
     if shared.drop_this() {
         return;
     }
-    match UdpSocket::bind(&shared.ex, SocketAddr::new(reply_ip(shared, to), 0)) {
+    match UdpSocket::bind(&shared.ex, SocketAddr::new(reply_ip(shared, to, local), 0)) {
         Ok(sock) => {
             let keep = sock.clone();
             sock.async_send_to(error_packet(code, &msg), to, move |err, _| {
@@ -455,7 +458,8 @@ fn send_refusal(shared: &Rc<Shared>, to: SocketAddr, (code, msg): Refusal) {
     }
 }
 
-fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
+/// A request from `from`, sent to `local` (when the socket could tell).
+fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr, local: Option<IpAddr>) {
     log::trace!(target: LOG, "{from}: request of {} bytes", p.len());
     if opcode(p) == Some(ERROR) {
         shared.stat(|s| s.malformed += 1);
@@ -463,13 +467,13 @@ fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
     }
     if p.len() > 1024 {
         shared.stat(|s| s.malformed += 1);
-        return send_refusal(shared, from, refuse(code::ILLEGAL_OPERATION, "request too long"));
+        return send_refusal(shared, from, local, refuse(code::ILLEGAL_OPERATION, "request too long"));
     }
     let req = match parse_request(p) {
         Ok(r) => r,
         Err(r) => {
             shared.stat(|s| s.malformed += 1);
-            return send_refusal(shared, from, r);
+            return send_refusal(shared, from, local, r);
         }
     };
     if shared.active.borrow().contains_key(&from) {
@@ -477,13 +481,13 @@ fn on_request(shared: &Rc<Shared>, p: &[u8], from: SocketAddr) {
         return;
     }
     if !room_for_client(shared, from) {
-        return send_refusal(shared, from, refuse(code::NOT_DEFINED, "too many transfers from this address"));
+        return send_refusal(shared, from, local, refuse(code::NOT_DEFINED, "too many transfers from this address"));
     }
     if shared.stats.get().active as usize >= shared.cfg.max_transfers {
-        return send_refusal(shared, from, refuse(code::NOT_DEFINED, "server busy, try again later"));
+        return send_refusal(shared, from, local, refuse(code::NOT_DEFINED, "server busy, try again later"));
     }
-    if let Err(r) = start_transfer(shared, req, from) {
-        send_refusal(shared, from, r);
+    if let Err(r) = start_transfer(shared, req, from, local) {
+        send_refusal(shared, from, local, r);
     }
 }
 
@@ -611,7 +615,7 @@ fn netascii_size(file: &File, limit: u64) -> io::Result<Option<u64>> {
     Ok((read <= limit).then_some(size))
 }
 
-fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result<(), Refusal> {
+fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr, local: Option<IpAddr>) -> Result<(), Refusal> {
     let path = resolve(&shared.root, &req.filename)?;
     let cfg = &shared.cfg;
     if req.write && !cfg.allow_write {
@@ -619,7 +623,7 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
     }
     // The socket first: a write's file, once created, is not to be left
     // behind by a failure after it.
-    let bind = SocketAddr::new(reply_ip(shared, peer), 0);
+    let bind = SocketAddr::new(reply_ip(shared, peer, local), 0);
     let sock = UdpSocket::bind(&shared.ex, bind).map_err(|e| io_refusal(&e, "socket"))?;
     sock.connect(peer).map_err(|e| io_refusal(&e, "connect"))?;
     let (kind, granted) = if req.write {
@@ -707,13 +711,13 @@ fn start_transfer(shared: &Rc<Shared>, req: Request, peer: SocketAddr) -> Result
     Ok(())
 }
 
-/// The address a socket that talks to `peer` binds: any interface of the
-/// peer's family (connecting picks the route).
 /// The IP a transfer's socket binds: the listening address's when it is a
-/// specific one of the peer's family, else any.
-fn reply_ip(shared: &Shared, peer: SocketAddr) -> IpAddr {
-    let ip = shared.listen_ip;
-    if !ip.is_unspecified() && ip.is_ipv4() == peer.is_ipv4() { ip } else { unspecified_like(peer) }
+/// specific one of the peer's family, else the one the request was sent to
+/// (`local`, from pktinfo: a client checks that the answers come from the
+/// address it contacted), else any (connecting picks the route).
+fn reply_ip(shared: &Shared, peer: SocketAddr, local: Option<IpAddr>) -> IpAddr {
+    let same_family = |ip: &IpAddr| !ip.is_unspecified() && ip.is_ipv4() == peer.is_ipv4();
+    [Some(shared.listen_ip), local].into_iter().flatten().find(same_family).unwrap_or_else(|| unspecified_like(peer))
 }
 
 fn unspecified_like(peer: SocketAddr) -> std::net::IpAddr {

@@ -8,11 +8,13 @@ use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
 use crate::op::{
-    AcceptOp, Accepted, Completion, Io, RecvFromOp, RecvOp, SendOp, SocketOp, WaitOp, recv_from_now, recv_now, send_now,
+    AcceptOp, Accepted, Completion, Io, RecvFromOp, RecvMsgOp, RecvOp, SendMsgOp, SendOp, SocketOp, WaitOp,
+    recv_from_now, recv_msg_now, recv_now, send_msg_now, send_now,
 };
 use crate::reactor::{Attempt, Dir, IoObject, retry_delay};
 use crate::sim::net::Endpoint;
 use crate::sim::world::World;
+use crate::sys::msg::{MsgInfo, SendInfo};
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
 use std::cell::Cell;
@@ -523,6 +525,52 @@ impl Base {
 }
 
 impl Base {
+    /// Starts a receive with metadata (`recvmsg` with control messages):
+    /// performed at once when a datagram may be waiting, otherwise queued.
+    /// Never batched: each gets its own metadata.
+    pub(crate) fn start_recv_msg<B, F>(&self, mut bufs: B, flags: MessageFlags, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, MsgInfo, B) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let io = self.io();
+        let (err, info) = match io.try_now(Dir::Read, || recv_msg_now(&**io, &mut bufs, flags.bits())) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, MsgInfo::default()),
+            Attempt::Later => {
+                return self.enqueue(&inner, Rc::new(RecvMsgOp::new(bufs, flags.bits(), handler)), Dir::Read);
+            }
+        };
+        inner.post_done(err, info.len, move || handler(err, info, bufs));
+        Operation::detached()
+    }
+
+    /// Starts a send with control messages: performed at once when the
+    /// socket allows (S1), otherwise queued. Never batched or coalesced.
+    pub(crate) fn start_send_msg<B, F>(&self, bufs: B, dest: Option<SockAddr>, info: SendInfo, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        let io = self.io();
+        let (err, n) = match io.try_now(Dir::Write, || send_msg_now(&**io, &bufs, dest.as_ref(), &info)) {
+            Attempt::Done(r) => r,
+            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
+            Attempt::Later => {
+                return self.enqueue(&inner, Rc::new(SendMsgOp::new(bufs, dest, info, handler)), Dir::Write);
+            }
+        };
+        drop(bufs);
+        inner.post_result(handler, err, n);
+        Operation::detached()
+    }
+
     /// Starts a receive that reports the sender in any address family.
     pub(crate) fn start_recv_from_any<B, F>(&self, mut bufs: B, flags: MessageFlags, handler: F) -> Operation
     where

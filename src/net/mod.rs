@@ -2,6 +2,7 @@
 
 pub(crate) mod base;
 mod compose;
+mod meta;
 mod tcp;
 mod udp;
 mod unix;
@@ -10,6 +11,7 @@ pub use compose::{
     AsyncStream, Delimiter, Transfer, async_read, async_read_until, async_write, transfer_all, transfer_at_least,
     transfer_exactly,
 };
+pub use meta::{Ecn, RecvMeta, SendMeta};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};

@@ -2,6 +2,7 @@
 //! semantics (speculative send, per-socket FIFO, completions always posted).
 
 use super::base::{Base, datagram_common, ip_addr, socket_common};
+use super::meta::{RecvMeta, SendMeta};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -375,6 +376,147 @@ impl UdpSocket {
     {
         log::trace!("udp async_receive_from");
         self.b.start_recv(bufs, flags, true, handler)
+    }
+
+    /// Receives one datagram into `bufs` with its metadata;
+    /// `handler(err, meta, bufs)`. `meta.len` bytes were placed,
+    /// `meta.truncated` says the datagram was longer, and the fields the
+    /// `set_recv_*` switches ask for are filled (the others are `None`).
+    /// Such receives are never batched or read ahead, so each gets its own
+    /// metadata (a datagram a plain receive read ahead before a switch was
+    /// turned on has only its sender).
+    ///
+    /// ```
+    /// use ioctx::net::UdpSocket;
+    /// use ioctx::{Error, IoContext};
+    /// let ctx = IoContext::new()?;
+    /// let server = UdpSocket::bind(&ctx, "0.0.0.0:0".parse().unwrap())?;
+    /// server.set_recv_pktinfo(true)?;
+    /// let port = server.local_addr()?.port();
+    /// let client = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+    /// client.send_to(&b"hi"[..], format!("127.0.0.2:{port}").parse().unwrap())?;
+    /// server.async_receive_msg(vec![0u8; 1], |e, meta, _| {
+    ///     assert_eq!(e, Error::NONE);
+    ///     // Sent to 127.0.0.2: a reply should leave from there.
+    ///     assert_eq!(meta.local, Some("127.0.0.2".parse().unwrap()));
+    ///     assert!(meta.truncated && meta.len == 1);
+    /// });
+    /// ctx.run();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn async_receive_msg<B, F>(&self, bufs: B, handler: F) -> Operation
+    where
+        B: MutableBufferSequence + 'static,
+        F: FnOnce(Error, RecvMeta, B) + 'static,
+    {
+        log::trace!("udp async_receive_msg");
+        self.b.start_recv_msg(bufs, MessageFlags::NONE, move |err, info, bufs| {
+            let meta = if err.is_ok() { RecvMeta::from_info(info) } else { RecvMeta::empty() };
+            handler(err, meta, bufs)
+        })
+    }
+
+    /// Sends `bufs` as one datagram with what `meta` sets: its destination
+    /// (`None`: the connected peer), its source address (a socket bound to
+    /// every address answering from the address a request came to), its
+    /// ECN codepoint, and a segment size (the kernel cuts it into datagrams
+    /// of that size, at most 64 of them); `handler(err, n)`. A segment size
+    /// of 0 or above 65,535 is `INVALID_ARGUMENT`. Such sends are never
+    /// batched or deferred.
+    pub fn async_send_msg<B, F>(&self, bufs: B, meta: SendMeta, handler: F) -> Operation
+    where
+        B: ConstBufferSequence + 'static,
+        F: FnOnce(Error, usize) + 'static,
+    {
+        log::trace!("udp async_send_msg {meta:?}");
+        match meta.info() {
+            Ok(info) => self.b.start_send_msg(bufs, meta.to.map(SockAddr::from), info, handler),
+            Err(err) => {
+                if let Some(inner) = self.live_context() {
+                    drop(bufs);
+                    inner.post_result(handler, err, 0);
+                }
+                Operation::detached()
+            }
+        }
+    }
+
+    /// With `true`, each datagram's destination address and arrival
+    /// interface reach [`RecvMeta::local`] and [`RecvMeta::ifindex`]
+    /// (`IP_PKTINFO`, `IPV6_RECVPKTINFO`). Simulated: the destination only.
+    pub fn set_recv_pktinfo(&self, on: bool) -> io::Result<()> {
+        if let Some(port) = self.io().port() {
+            port.set_recv_pktinfo(on);
+            return Ok(());
+        }
+        self.switch(on, (libc::IPPROTO_IP, libc::IP_PKTINFO), (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO))
+    }
+
+    /// With `true`, each datagram's ECN codepoint reaches [`RecvMeta::ecn`]
+    /// (`IP_RECVTOS`, `IPV6_RECVTCLASS`). Not simulated (`Unsupported`).
+    pub fn set_recv_ecn(&self, on: bool) -> io::Result<()> {
+        self.real_switch(
+            "ECN marks",
+            on,
+            (libc::IPPROTO_IP, libc::IP_RECVTOS),
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
+        )
+    }
+
+    /// With `true`, each datagram's TTL (hop limit on IPv6) reaches
+    /// [`RecvMeta::ttl`] (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`). Not simulated
+    /// (`Unsupported`).
+    pub fn set_recv_ttl(&self, on: bool) -> io::Result<()> {
+        self.real_switch(
+            "TTLs",
+            on,
+            (libc::IPPROTO_IP, libc::IP_RECVTTL),
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
+        )
+    }
+
+    /// With `true`, the kernel's receive time of each datagram reaches
+    /// [`RecvMeta::timestamp`] (`SO_TIMESTAMPNS`). Not simulated
+    /// (`Unsupported`).
+    pub fn set_recv_timestamps(&self, on: bool) -> io::Result<()> {
+        let opt = (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS);
+        self.real_switch("receive timestamps", on, opt, opt)
+    }
+
+    /// A switch the simulated backend does not have.
+    fn real_switch(&self, what: &str, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
+        if self.io().port().is_some() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{what} are not simulated")));
+        }
+        self.switch(on, v4, v6)
+    }
+
+    /// Sets a metadata switch: the IPv4 option, and on an IPv6 socket the
+    /// IPv6 one (and the IPv4 one too, for IPv4 traffic on a dual-stack
+    /// socket, where the kernel takes it). A metadata socket reads nothing
+    /// ahead: a datagram read ahead would lose its metadata.
+    fn switch(&self, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
+        let sock = self.sock()?;
+        let set = |(level, name): (i32, i32)| {
+            sys::msg::set_int_option(&sock, level, name, i32::from(on)).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => {
+                    io::Error::new(io::ErrorKind::Unsupported, format!("the kernel refuses this switch: {e}"))
+                }
+                _ => e,
+            })
+        };
+        if sock.domain()? == Domain::IPV6 {
+            set(v6)?;
+            if v4 != v6 {
+                let _ = set(v4); // refused on a v6-only socket: nothing to report
+            }
+        } else {
+            set(v4)?;
+        }
+        if on {
+            self.io().no_read_ahead();
+        }
+        Ok(())
     }
 
     fn blocking<R>(&self, what: Readiness, f: impl FnMut() -> io::Result<R>) -> io::Result<R> {

@@ -114,6 +114,37 @@ impl IoObject {
         Ok(r.first)
     }
 
+    /// A receive with metadata: from the read-ahead slot first (a datagram
+    /// read ahead kept only its sender: the other fields are unknown),
+    /// else `recvmsg` with control messages.
+    pub(super) fn recv_msg_uncounted(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+    ) -> io::Result<sys::msg::MsgInfo> {
+        let level = {
+            let mut st = self.st.borrow_mut();
+            if let Some(d) = st.read_ahead.as_ref() {
+                let len = scatter(&d.data, bufs);
+                let info = sys::msg::MsgInfo { len, from: d.from, truncated: len < d.data.len(), ..Default::default() };
+                if flags & libc::MSG_PEEK == 0
+                    && let Some(d) = st.read_ahead.take()
+                {
+                    *self.read_ahead_buf.borrow_mut() = d.data;
+                }
+                return Ok(info);
+            }
+            st.registered && st.level
+        };
+        let info = sys::msg::recv_msg(sock, bufs, flags)?;
+        if level {
+            // Level-triggered: the next wait reports any datagram left.
+            self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
+        }
+        Ok(info)
+    }
+
     /// Holds a datagram read ahead for the next receive, in the reused buffer.
     fn keep_read_ahead(&self, datagram: &[u8], from: Option<SocketAddr>) {
         let mut data = std::mem::take(&mut *self.read_ahead_buf.borrow_mut());

@@ -12,6 +12,7 @@
 pub(crate) mod tcp;
 
 use super::trace::{Clock, DatagramFate, Event, Trace};
+use crate::sys::msg::{MsgInfo, SendInfo};
 use std::cell::RefMut;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -549,6 +550,9 @@ pub(crate) struct Port {
     /// The IP the last datagram received here was sent to (what a socket
     /// bound to every host answers from).
     reached_at: Cell<Option<IpAddr>>,
+    /// `set_recv_pktinfo`: a receive with metadata reports where each
+    /// datagram was sent to.
+    pktinfo: Cell<bool>,
     closed: Cell<bool>,
 }
 
@@ -565,6 +569,7 @@ impl Port {
             error: Cell::new(None),
             watch: Watch::new(),
             reached_at: Cell::new(None),
+            pktinfo: Cell::new(false),
             closed: Cell::new(false),
         })
     }
@@ -634,17 +639,36 @@ impl Port {
     /// Receives the next datagram into `bufs` (truncated to them, as the
     /// kernel does); `peek` leaves it queued. `WouldBlock` when none.
     pub(crate) fn recv(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<(usize, SocketAddr)> {
+        self.take(bufs, peek).map(|(n, from, _, _)| (n, from))
+    }
+
+    pub(crate) fn set_recv_pktinfo(&self, on: bool) {
+        self.pktinfo.set(on);
+    }
+
+    /// [`recv`](Self::recv), with the address the datagram was sent to and
+    /// whether it was truncated.
+    pub(crate) fn recv_msg(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<MsgInfo> {
+        let (len, from, to_ip, truncated) = self.take(bufs, peek)?;
+        let local = self.pktinfo.get().then_some(to_ip);
+        Ok(MsgInfo { len, from: Some(from), local, truncated, ..MsgInfo::default() })
+    }
+
+    /// The next datagram into `bufs`: its length there, its sender, where
+    /// it was sent, whether it was truncated.
+    #[inline]
+    fn take(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<(usize, SocketAddr, IpAddr, bool)> {
         if self.closed.get() {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
         self.world.deliver_due();
         self.take_error()?;
         let mut q = self.queue.borrow_mut();
-        let Some((data, from, _)) = q.front() else {
+        let Some((data, from, to_ip)) = q.front() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let off = crate::buffer::scatter(data, bufs);
-        let from = *from;
+        let got = (off, *from, *to_ip, off < data.len());
         if !peek {
             let (data, _, to_ip) = q.pop_front().expect("front seen");
             // The reply to this datagram leaves from where it arrived (the
@@ -653,7 +677,7 @@ impl Port {
             self.queued_bytes.set(self.queued_bytes.get() - (data.len() + DATAGRAM_OVERHEAD));
             self.world.net().give_back(data);
         }
-        Ok((off, from))
+        Ok(got)
     }
 
     /// Sends the gathered `data` to `dest`, or to the peer.
@@ -664,6 +688,30 @@ impl Port {
         data: &[std::io::IoSlice<'_>],
         dest: Option<SocketAddr>,
         flags: i32,
+    ) -> io::Result<usize> {
+        self.send_with(data, dest, flags, None)
+    }
+
+    /// [`send`](Self::send) with what a sender may set per datagram: its
+    /// source address, and a segment size (the datagram leaves as several,
+    /// as with UDP segmentation offload). ECN marks are not simulated.
+    pub(crate) fn send_msg(
+        self: &Rc<Self>,
+        data: &[std::io::IoSlice<'_>],
+        dest: Option<SocketAddr>,
+        info: &SendInfo,
+    ) -> io::Result<usize> {
+        self.send_with(data, dest, 0, Some(info))
+    }
+
+    // Inlined into both callers: `send` pays nothing for `info`.
+    #[inline(always)]
+    fn send_with(
+        self: &Rc<Self>,
+        data: &[std::io::IoSlice<'_>],
+        dest: Option<SocketAddr>,
+        flags: i32,
+        info: Option<&SendInfo>,
     ) -> io::Result<usize> {
         if self.closed.get() {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -685,24 +733,38 @@ impl Port {
         self.family_ok(to)?;
         let len: usize = data.iter().map(|d| d.len()).sum();
         let net_limit = self.world.net().limits.max_datagram;
-        if len > net_limit {
+        let segment = info.and_then(|i| i.segment).map_or(len.max(1), usize::from);
+        // At most 64 segments, as Linux's UDP_MAX_SEGMENTS.
+        if info.is_some_and(|i| i.segment.is_some()) && len > segment * 64 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if segment.min(len) > net_limit {
             return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         }
         let local = self.autobind()?;
         // Bound to every host: the reply goes out from the address the last
         // datagram came to (a server answering its clients), or, before
         // any, from loopback. A socket meant to be one host binds its IP.
-        let from_ip = match (local.ip().is_unspecified(), self.reached_at.get()) {
-            (false, _) => local.ip(),
-            (true, Some(ip)) => ip,
-            (true, None) => loopback(to.ip()),
+        // A source the sender names (IP_PKTINFO) goes first.
+        let from_ip = match (info.and_then(|i| i.from_ip), local.ip().is_unspecified(), self.reached_at.get()) {
+            (Some(ip), ..) if ip.is_ipv6() != self.v6 => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            (Some(ip), ..) => ip,
+            (None, false, _) => local.ip(),
+            (None, true, Some(ip)) => ip,
+            (None, true, None) => loopback(to.ip()),
         };
         let from = SocketAddr::new(from_ip, local.port());
         let mut bytes = self.world.net().buffer(len);
         for d in data {
             bytes.extend_from_slice(d);
         }
-        self.world.launch(from, to, bytes, Rc::downgrade(self));
+        if segment >= len {
+            self.world.launch(from, to, bytes, Rc::downgrade(self));
+        } else {
+            for chunk in bytes.chunks(segment) {
+                self.world.launch(from, to, chunk.to_vec(), Rc::downgrade(self));
+            }
+        }
         Ok(len)
     }
 
@@ -827,6 +889,29 @@ impl Endpoint {
             Endpoint::Udp(p) => p.send(data, dest, flags),
             Endpoint::Stream(s) => s.write(data),
             Endpoint::Listener(_) => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+        }
+    }
+
+    /// A receive with metadata: a datagram's, or a stream read's (its
+    /// sender, the peer).
+    pub(crate) fn recv_msg(&self, bufs: &mut [std::io::IoSliceMut<'_>], peek: bool) -> io::Result<MsgInfo> {
+        match self {
+            Endpoint::Udp(p) => p.recv_msg(bufs, peek),
+            Endpoint::Stream(s) => Ok(MsgInfo { len: s.read(bufs, peek)?, from: Some(s.peer()), ..MsgInfo::default() }),
+            Endpoint::Listener(_) => Err(io::Error::from_raw_os_error(libc::ENOTCONN)),
+        }
+    }
+
+    /// A send with control messages (a datagram's; a stream has none).
+    pub(crate) fn send_msg(
+        &self,
+        data: &[std::io::IoSlice<'_>],
+        dest: Option<SocketAddr>,
+        info: &SendInfo,
+    ) -> io::Result<usize> {
+        match self {
+            Endpoint::Udp(p) => p.send_msg(data, dest, info),
+            Endpoint::Stream(_) | Endpoint::Listener(_) => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
         }
     }
 }

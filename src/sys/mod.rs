@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 pub(crate) mod epoll;
 mod handler;
+pub(crate) mod msg;
 pub(crate) mod signal;
 pub(crate) use handler::{HandlerQueue, WaitHandler};
 

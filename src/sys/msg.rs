@@ -1,0 +1,200 @@
+//! One datagram with its metadata: `recvmsg` with control messages
+//! (destination address and interface, TOS/traffic class, TTL/hop limit,
+//! receive timestamp, truncation) and `sendmsg` with the ones a sender sets
+//! (source address, TOS/traffic class, segment size). The switches that
+//! make the kernel attach them are plain integer socket options.
+
+use super::{cvt, ip_addr, retry};
+use socket2::{SockAddr, Socket};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::{MaybeUninit, size_of};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
+
+/// Room for every control message a receive can carry here (pktinfo,
+/// TOS, TTL, timestamp, GRO), each well under 64 bytes with its header.
+const CONTROL: usize = 256;
+
+/// What `recv_msg` learned of one datagram, beside its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MsgInfo {
+    /// Bytes placed in the buffers.
+    pub(crate) len: usize,
+    pub(crate) from: Option<SocketAddr>,
+    /// The address the datagram was sent to, and the interface it came in
+    /// on (`IP_PKTINFO`, `IPV6_PKTINFO`).
+    pub(crate) local: Option<IpAddr>,
+    pub(crate) ifindex: Option<u32>,
+    /// The TOS byte or IPv6 traffic class (its low two bits are ECN).
+    pub(crate) tos: Option<u8>,
+    /// TTL or hop limit.
+    pub(crate) ttl: Option<u8>,
+    pub(crate) timestamp: Option<SystemTime>,
+    /// The datagram was longer than the buffers (`MSG_TRUNC`).
+    pub(crate) truncated: bool,
+    /// The stride of coalesced datagrams (`UDP_GRO`).
+    pub(crate) segment_size: Option<usize>,
+}
+
+/// What a sender sets on one datagram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SendInfo {
+    /// The source address (`IP_PKTINFO`/`IPV6_PKTINFO`), for a socket bound
+    /// to every address.
+    pub(crate) from_ip: Option<IpAddr>,
+    /// The TOS byte or traffic class (ECN in its low two bits).
+    pub(crate) tos: Option<u8>,
+    /// Segment size for UDP segmentation offload (`UDP_SEGMENT`).
+    pub(crate) segment: Option<u16>,
+}
+
+/// Sets an integer socket option (the metadata switches).
+pub(crate) fn set_int_option(sock: &Socket, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the value pointer and length describe one c_int on the stack.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Receives one datagram into `bufs` with its metadata.
+pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<MsgInfo> {
+    let mut control = [MaybeUninit::<u64>::uninit(); CONTROL / 8];
+    let mut name = MaybeUninit::<libc::sockaddr_storage>::uninit();
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = bufs.as_mut_ptr().cast(); // IoSliceMut is an iovec on Unix
+    msg.msg_iovlen = bufs.len() as _;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL as _;
+    // SAFETY: `msg` points to the name storage, the iovecs (which describe
+    // the caller's buffers, writable, for the duration of the call) and the
+    // control buffer, all alive across the call.
+    let n = retry(|| cvt(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) }))? as usize;
+    let mut info = MsgInfo {
+        len: n,
+        // SAFETY: the kernel wrote `msg_namelen` bytes of address into `name`.
+        from: unsafe { ip_addr(name.as_ptr(), msg.msg_namelen) },
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        ..MsgInfo::default()
+    };
+    // SAFETY: the kernel filled `msg_controllen` bytes of `control` with
+    // well-formed control messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
+    // them, and each payload is read unaligned, within its `cmsg_len`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            let payload = c.cmsg_len as usize - (data as usize - cmsg as usize);
+            let int = || (payload >= size_of::<libc::c_int>()).then(|| data.cast::<libc::c_int>().read_unaligned());
+            match (c.cmsg_level, c.cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) if payload >= size_of::<libc::in_pktinfo>() => {
+                    let p = data.cast::<libc::in_pktinfo>().read_unaligned();
+                    info.local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr))));
+                    info.ifindex = Some(p.ipi_ifindex as u32);
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if payload >= size_of::<libc::in6_pktinfo>() => {
+                    let p = data.cast::<libc::in6_pktinfo>().read_unaligned();
+                    info.local = Some(IpAddr::V6(Ipv6Addr::from(p.ipi6_addr.s6_addr)));
+                    info.ifindex = Some(p.ipi6_ifindex);
+                }
+                // IPv4 hands the TOS over as one byte, IPv6 the class as an int.
+                (libc::IPPROTO_IP, libc::IP_TOS) if payload >= 1 => info.tos = Some(data.read()),
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => info.tos = int().map(|v| v as u8),
+                (libc::IPPROTO_IP, libc::IP_TTL) => info.ttl = int().map(|v| v as u8),
+                (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => info.ttl = int().map(|v| v as u8),
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) if payload >= size_of::<libc::timespec>() => {
+                    let t = data.cast::<libc::timespec>().read_unaligned();
+                    let since = Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32);
+                    info.timestamp = SystemTime::UNIX_EPOCH.checked_add(since);
+                }
+                (libc::SOL_UDP, libc::UDP_GRO) => info.segment_size = int().map(|v| v.max(0) as usize),
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(info)
+}
+
+/// Sends `bufs` as one datagram to `dest` (or the connected peer) with the
+/// control messages `info` asks for.
+pub(crate) fn send_msg(
+    sock: &Socket,
+    bufs: &[IoSlice<'_>],
+    dest: Option<&SockAddr>,
+    info: &SendInfo,
+) -> io::Result<usize> {
+    let mut control = [0u64; CONTROL / 8];
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(d) = dest {
+        msg.msg_name = d.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = d.len();
+    }
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec; // IoSlice is an iovec on Unix
+    msg.msg_iovlen = bufs.len() as _;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL as _;
+    let mut used = 0usize;
+    // SAFETY: every header written lies within `control` (CONTROL bytes;
+    // the three possible messages need at most 3 * 40 bytes), placed by
+    // CMSG_FIRSTHDR/CMSG_NXTHDR over a zeroed buffer of the declared length;
+    // payloads are written unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let mut put = |level: i32, kind: i32, len: usize, write: &dyn Fn(*mut u8)| {
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = kind;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(len as u32) as _;
+            write(libc::CMSG_DATA(cmsg));
+            used += libc::CMSG_SPACE(len as u32) as usize;
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        };
+        match info.from_ip {
+            Some(IpAddr::V4(ip)) => {
+                let p = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                put(libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>(), &|d| {
+                    d.cast::<libc::in_pktinfo>().write_unaligned(p)
+                });
+            }
+            Some(IpAddr::V6(ip)) => {
+                let p = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+                put(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>(), &|d| {
+                    d.cast::<libc::in6_pktinfo>().write_unaligned(p)
+                });
+            }
+            None => {}
+        }
+        if let Some(tos) = info.tos {
+            let v6 = dest.map_or_else(|| sock.peer_addr().is_ok_and(|a| a.is_ipv6()), |d| d.is_ipv6());
+            let (level, kind) =
+                if v6 { (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) } else { (libc::IPPROTO_IP, libc::IP_TOS) };
+            put(level, kind, size_of::<libc::c_int>(), &|d| d.cast::<libc::c_int>().write_unaligned(tos.into()));
+        }
+        if let Some(seg) = info.segment {
+            put(libc::SOL_UDP, libc::UDP_SEGMENT, size_of::<u16>(), &|d| d.cast::<u16>().write_unaligned(seg));
+        }
+    }
+    msg.msg_controllen = used as _;
+    if used == 0 {
+        msg.msg_control = std::ptr::null_mut();
+    }
+    // SAFETY: `msg` and everything it points to (name, iovecs and their
+    // buffers, control) are valid for the duration of the call.
+    retry(|| cvt(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })).map(|n| n as usize)
+}

@@ -1,0 +1,240 @@
+//! Per-datagram metadata (`async_receive_msg`, `async_send_msg` and the
+//! `set_recv_*` switches): each test a real round trip on the loopback
+//! interface, and what the simulated backend fills.
+
+mod common;
+use common::{addr, ip};
+use ioctx::net::{Ecn, RecvMeta, SendMeta, UdpSocket};
+use ioctx::{Error, IoContext};
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+type Got = Rc<RefCell<Vec<(Error, RecvMeta, Vec<u8>)>>>;
+
+/// Receives `n` datagrams with their metadata into `len`-byte buffers.
+fn receive(ctx: &IoContext, s: &UdpSocket, n: usize, len: usize) -> Vec<(Error, RecvMeta, Vec<u8>)> {
+    let got: Got = Rc::new(RefCell::new(Vec::new()));
+    for _ in 0..n {
+        let g = got.clone();
+        s.async_receive_msg(vec![0u8; len], move |e, meta, buf| {
+            g.borrow_mut().push((e, meta, buf[..meta.len].to_vec()))
+        });
+    }
+    ctx.run_for(Duration::from_secs(5));
+    ctx.restart();
+    let got = got.take();
+    assert_eq!(got.len(), n, "every receive completed");
+    got
+}
+
+/// False (with a note) when this host has no IPv6 loopback.
+fn have_ipv6() -> bool {
+    match std::net::UdpSocket::bind("[::1]:0") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("no IPv6 loopback here ({e}): skipped");
+            false
+        }
+    }
+}
+
+#[test]
+fn a_socket_bound_to_every_address_learns_where_each_datagram_went_and_answers_from_there() {
+    let ctx = IoContext::new().unwrap();
+    let server = UdpSocket::bind(&ctx, addr("0.0.0.0:0")).unwrap();
+    server.set_recv_pktinfo(true).unwrap();
+    let port = server.local_addr().unwrap().port();
+    // A connected client takes only datagrams from the address it contacted.
+    let client = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    client.connect(SocketAddr::new(ip("127.0.0.2"), port)).unwrap();
+    client.send(&b"request"[..]).unwrap();
+    let [(e, meta, bytes)] = receive(&ctx, &server, 1, 64).try_into().unwrap();
+    assert_eq!((e, bytes.as_slice()), (Error::NONE, &b"request"[..]));
+    assert_eq!(meta.local, Some(ip("127.0.0.2")));
+    assert!(meta.ifindex.is_some_and(|i| i > 0), "{meta:?}");
+    assert_eq!(meta.from, client.local_addr().unwrap());
+    assert!(!meta.truncated);
+    // Not asked for: none.
+    assert_eq!((meta.ecn, meta.ttl, meta.timestamp, meta.segment_size), (None, None, None, None));
+    let reply = SendMeta::new().to(meta.from).from_ip(meta.local.unwrap());
+    server.async_send_msg(b"answer".to_vec(), reply, |e, n| assert_eq!((e, n), (Error::NONE, 6)));
+    ctx.run();
+    ctx.restart();
+    client.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    let n = client.receive(&mut buf[..]).expect("the connected client took the answer");
+    assert_eq!(&buf[..n], b"answer");
+}
+
+#[test]
+fn ipv6_pktinfo_names_the_destination_too() {
+    if !have_ipv6() {
+        return;
+    }
+    let ctx = IoContext::new().unwrap();
+    let server = UdpSocket::bind(&ctx, addr("[::]:0")).unwrap();
+    server.set_recv_pktinfo(true).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let client = UdpSocket::bind(&ctx, addr("[::1]:0")).unwrap();
+    client.send_to(&b"six"[..], SocketAddr::new(ip("::1"), port)).unwrap();
+    let [(e, meta, _)] = receive(&ctx, &server, 1, 16).try_into().unwrap();
+    assert_eq!((e, meta.local), (Error::NONE, Some(ip("::1"))));
+    let reply = SendMeta::new().to(meta.from).from_ip(ip("::1"));
+    server.async_send_msg(b"back".to_vec(), reply, |e, n| assert_eq!((e, n), (Error::NONE, 4)));
+    ctx.run();
+    let mut buf = [0u8; 8];
+    client.set_nonblocking(true).unwrap();
+    let (n, from) = client.receive_from(&mut buf[..]).unwrap();
+    assert_eq!((&buf[..n], from.ip()), (&b"back"[..], ip("::1")));
+}
+
+#[test]
+fn ecn_marks_arrive_as_sent_on_ipv4_and_ipv6() {
+    let mut families = vec![("127.0.0.1:0", "127.0.0.1")];
+    if have_ipv6() {
+        families.push(("[::1]:0", "::1"));
+    }
+    for (bind, host) in families {
+        let ctx = IoContext::new().unwrap();
+        let rx = UdpSocket::bind(&ctx, addr(bind)).unwrap();
+        rx.set_recv_ecn(true).unwrap();
+        let to = SocketAddr::new(ip(host), rx.local_addr().unwrap().port());
+        let tx = UdpSocket::bind(&ctx, addr(bind)).unwrap();
+        for ecn in [Ecn::Ect0, Ecn::Ce, Ecn::Ect1, Ecn::NotEct] {
+            tx.async_send_msg(vec![ecn.bits()], SendMeta::new().to(to).ecn(ecn), |e, _| assert_eq!(e, Error::NONE));
+        }
+        let got = receive(&ctx, &rx, 4, 8);
+        let marks: Vec<_> = got.iter().map(|(e, m, b)| (*e, m.ecn, b[0])).collect();
+        assert_eq!(
+            marks,
+            [
+                (Error::NONE, Some(Ecn::Ect0), 0b10),
+                (Error::NONE, Some(Ecn::Ce), 0b11),
+                (Error::NONE, Some(Ecn::Ect1), 0b01),
+                (Error::NONE, Some(Ecn::NotEct), 0b00)
+            ],
+            "{host}"
+        );
+    }
+}
+
+#[test]
+fn the_ttl_set_on_the_sender_is_seen_by_the_receiver() {
+    let ctx = IoContext::new().unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    rx.set_recv_ttl(true).unwrap();
+    let tx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    tx.set_ttl(7).unwrap();
+    tx.send_to(&b"t"[..], rx.local_addr().unwrap()).unwrap();
+    let [(e, meta, _)] = receive(&ctx, &rx, 1, 8).try_into().unwrap();
+    assert_eq!((e, meta.ttl), (Error::NONE, Some(7)));
+}
+
+#[test]
+fn receive_timestamps_are_recent_and_never_go_backwards() {
+    let ctx = IoContext::new().unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    rx.set_recv_timestamps(true).unwrap();
+    let tx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let to = rx.local_addr().unwrap();
+    let mut last = SystemTime::UNIX_EPOCH;
+    for round in 0..10 {
+        for i in 0..100u8 {
+            tx.send_to(&[i][..], to).unwrap();
+        }
+        for (e, meta, _) in receive(&ctx, &rx, 100, 8) {
+            assert_eq!(e, Error::NONE);
+            let t = meta.timestamp.expect("a timestamp");
+            let now = SystemTime::now();
+            let off = now.duration_since(t).unwrap_or_else(|e| e.duration());
+            assert!(off < Duration::from_secs(1), "round {round}: {off:?} from now");
+            assert!(t >= last, "round {round}: went backwards");
+            last = t;
+        }
+    }
+}
+
+#[test]
+fn a_datagram_longer_than_the_buffers_is_reported_truncated() {
+    let ctx = IoContext::new().unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let tx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    tx.send_to(&[9u8; 2000][..], rx.local_addr().unwrap()).unwrap();
+    tx.send_to(&[8u8; 100][..], rx.local_addr().unwrap()).unwrap();
+    let got = receive(&ctx, &rx, 2, 100);
+    assert_eq!((got[0].1.len, got[0].1.truncated, got[0].2.len()), (100, true, 100));
+    assert_eq!((got[1].1.len, got[1].1.truncated), (100, false), "exactly the buffer: not truncated");
+}
+
+#[test]
+fn a_segment_size_cuts_one_send_into_datagrams() {
+    let ctx = IoContext::new().unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let tx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let data: Vec<u8> = (0..1024u32).map(|i| (i / 64) as u8).collect();
+    let meta = SendMeta::new().to(rx.local_addr().unwrap()).segment_size(64);
+    tx.async_send_msg(data, meta, |e, n| assert_eq!((e, n), (Error::NONE, 1024)));
+    let got = receive(&ctx, &rx, 16, 2048);
+    for (i, (e, m, b)) in got.iter().enumerate() {
+        assert_eq!((*e, m.len), (Error::NONE, 64));
+        assert!(b.iter().all(|&x| x == i as u8), "datagram {i} in order");
+    }
+    // A segment size of 0 is refused in the handler.
+    let r = Rc::new(RefCell::new(None));
+    let r2 = r.clone();
+    let meta = SendMeta::new().to(rx.local_addr().unwrap()).segment_size(0);
+    tx.async_send_msg(vec![1u8; 10], meta, move |e, n| *r2.borrow_mut() = Some((e, n)));
+    assert!(r.borrow().is_none(), "never inline");
+    ctx.run();
+    assert_eq!(r.take(), Some((Error::INVALID_ARGUMENT, 0)));
+}
+
+#[test]
+fn receive_and_send_msg_keep_the_rules_never_inline_closed_and_aborted() {
+    let ctx = IoContext::new().unwrap();
+    let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    s.async_receive_msg(vec![0u8; 8], move |e, m, _| s2.borrow_mut().push((e, m.len)));
+    s.close();
+    let s2 = seen.clone();
+    s.async_receive_msg(vec![0u8; 8], move |e, m, _| s2.borrow_mut().push((e, m.len)));
+    let s2 = seen.clone();
+    s.async_send_msg(vec![1u8], SendMeta::new().to(addr("127.0.0.1:9")), move |e, n| s2.borrow_mut().push((e, n)));
+    assert!(seen.borrow().is_empty(), "never inline");
+    ctx.run();
+    assert_eq!(*seen.borrow(), [(Error::OPERATION_ABORTED, 0), (Error::BAD_DESCRIPTOR, 0), (Error::BAD_DESCRIPTOR, 0)]);
+}
+
+#[test]
+fn the_simulated_backend_fills_the_sender_the_destination_and_truncation() {
+    let ctx = IoContext::simulated(5);
+    let server = UdpSocket::bind(&ctx, addr("0.0.0.0:53")).unwrap();
+    let before = receive_after(&ctx, &server, "10.0.0.7");
+    assert_eq!(before.local, None, "not asked for");
+    server.set_recv_pktinfo(true).unwrap();
+    let meta = receive_after(&ctx, &server, "10.0.0.8");
+    assert_eq!((meta.local, meta.from.ip(), meta.len, meta.truncated), (Some(ip("10.0.0.8")), ip("10.0.0.1"), 4, true));
+    // ECN, TTLs and timestamps are not simulated: said so.
+    for r in [server.set_recv_ecn(true), server.set_recv_ttl(true), server.set_recv_timestamps(true)] {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::Unsupported);
+    }
+    // An answer from the address named leaves from there.
+    let client = UdpSocket::bind(&ctx, addr("10.0.0.1:0")).unwrap();
+    let reply = SendMeta::new().to(client.local_addr().unwrap()).from_ip(ip("10.0.0.9"));
+    server.async_send_msg(b"hi".to_vec(), reply, |e, n| assert_eq!((e, n), (Error::NONE, 2)));
+    let [(e, meta, _)] = receive(&ctx, &client, 1, 8).try_into().unwrap();
+    assert_eq!((e, meta.from), (Error::NONE, addr("10.0.0.9:53")));
+}
+
+/// A 10-byte datagram from 10.0.0.1 to `host`:53, received into 4 bytes.
+fn receive_after(ctx: &IoContext, server: &UdpSocket, host: &str) -> RecvMeta {
+    let client = UdpSocket::bind(ctx, addr("10.0.0.1:0")).unwrap();
+    client.async_send_to(vec![0u8; 10], SocketAddr::new(ip(host), 53), |e, _| assert_eq!(e, Error::NONE));
+    let [(e, meta, _)] = receive(ctx, server, 1, 4).try_into().unwrap();
+    assert_eq!(e, Error::NONE);
+    meta
+}
