@@ -201,6 +201,31 @@ fn a_segment_size_cuts_one_send_into_datagrams() {
 }
 
 #[test]
+fn a_gro_receiver_gets_coalesced_datagrams_with_their_stride() {
+    let ctx = IoContext::new().unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    rx.set_gro(true).unwrap();
+    let tx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let data: Vec<u8> = (0..1024u32).map(|i| (i / 64) as u8).collect();
+    let meta = SendMeta::new().to(rx.local_addr().unwrap()).segment_size(64);
+    tx.async_send_msg(data.clone(), meta, |e, n| assert_eq!((e, n), (Error::NONE, 1024)));
+    ctx.run();
+    ctx.restart();
+    // However the kernel grouped them: the lengths add up, each with its stride.
+    let mut total = 0;
+    let mut bytes = Vec::new();
+    while total < 1024 {
+        let [(e, meta, b)] = receive(&ctx, &rx, 1, 65536).try_into().unwrap();
+        assert_eq!(e, Error::NONE);
+        assert_eq!(meta.segment_size, Some(64), "{meta:?}");
+        total += meta.len;
+        bytes.extend_from_slice(&b);
+    }
+    assert_eq!(total, 1024);
+    assert!(bytes == data, "in order, byte for byte");
+}
+
+#[test]
 fn receive_and_send_msg_keep_the_rules_never_inline_closed_and_aborted() {
     let ctx = IoContext::new().unwrap();
     let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
@@ -226,8 +251,10 @@ fn the_simulated_backend_fills_the_sender_the_destination_and_truncation() {
     server.set_recv_pktinfo(true).unwrap();
     let meta = receive_after(&ctx, &server, "10.0.0.8");
     assert_eq!((meta.local, meta.from.ip(), meta.len, meta.truncated), (Some(ip("10.0.0.8")), ip("10.0.0.1"), 4, true));
-    // ECN, TTLs and timestamps are not simulated: said so.
-    for r in [server.set_recv_ecn(true), server.set_recv_ttl(true), server.set_recv_timestamps(true)] {
+    // ECN, TTLs, timestamps and GRO are not simulated: said so.
+    for r in
+        [server.set_recv_ecn(true), server.set_recv_ttl(true), server.set_recv_timestamps(true), server.set_gro(true)]
+    {
         assert_eq!(r.unwrap_err().kind(), ErrorKind::Unsupported);
     }
     // An answer from the address named leaves from there.

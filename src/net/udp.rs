@@ -483,6 +483,17 @@ impl UdpSocket {
         self.real_switch("receive timestamps", on, opt, opt)
     }
 
+    /// With `true`, the kernel may coalesce datagrams of one flow that
+    /// arrive together into one (generic receive offload, `UDP_GRO`): a
+    /// receive then gets several datagrams at once, and only
+    /// [`async_receive_msg`](Self::async_receive_msg) tells where they
+    /// split ([`RecvMeta::segment_size`]: each is that long, the last
+    /// possibly shorter), so a GRO socket should receive with it only.
+    /// Give it buffers of 64 KiB. Linux only; not simulated (`Unsupported`).
+    pub fn set_gro(&self, on: bool) -> io::Result<()> {
+        self.real_switch("coalesced receives", on, (libc::SOL_UDP, libc::UDP_GRO), (libc::SOL_UDP, libc::UDP_GRO))
+    }
+
     /// A switch the simulated backend does not have.
     fn real_switch(&self, what: &str, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
         if self.io().port().is_some() {
