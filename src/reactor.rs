@@ -11,7 +11,7 @@ use crate::metrics::{Counters, bump};
 use crate::op::{Accepted, Completion, Io, SocketOp, accept_now, connect_outcome_of};
 use crate::sim::net::{Endpoint, Port};
 use crate::sys;
-use crate::sys::msg::{MsgInfo, SendInfo};
+use crate::sys::msg::{ErrInfo, MsgInfo, SendInfo};
 use crate::timer::Wake;
 use datagram::{Batch, Datagram, SendBatch};
 use slab::Slab;
@@ -75,7 +75,13 @@ struct IoState {
     /// Per direction: listed on the reactor's backlog, to be looked at next
     /// turn (what is run then is decided from the state then).
     backlog: [bool; 2],
+    /// Error reports taken off the kernel's error queue (`set_recv_errors`),
+    /// oldest first, for `async_receive_error`; at most `MAX_REPORTS`.
+    reports: VecDeque<ErrInfo>,
 }
+
+/// Error reports kept for a socket nobody asks: the oldest go first.
+const MAX_REPORTS: usize = 64;
 
 impl IoState {
     fn new() -> IoState {
@@ -91,6 +97,7 @@ impl IoState {
             flush_listed: false,
             write_backoff: false,
             backlog: [false, false],
+            reports: VecDeque::new(),
         }
     }
 
@@ -216,6 +223,9 @@ pub(crate) struct IoObject {
     pub(crate) user_nonblocking: Cell<bool>,
     /// A stream socket: writes may be partial, so they are never batched.
     pub(crate) stream: Cell<bool>,
+    /// `set_recv_errors`: ICMP reports go to the error queue, not to a
+    /// receive (see [`IoObject::reported_elsewhere`]).
+    recv_errors: Cell<bool>,
     /// The context's counters (bytes and datagrams in and out).
     counters: Rc<Counters>,
 }
@@ -259,6 +269,7 @@ impl IoObject {
             read_ahead_buf: RefCell::new(Vec::new()),
             user_nonblocking: Cell::new(false),
             stream: Cell::new(false),
+            recv_errors: Cell::new(false),
             counters: owner.reactor().counters.clone(),
         });
         // The descriptor joins epoll only when an operation first has to
@@ -298,6 +309,55 @@ impl IoObject {
     /// its metadata to the receive that takes it).
     pub(crate) fn no_read_ahead(&self) {
         self.can_read_ahead.set(false);
+    }
+
+    /// Error reports are taken off the error queue (`IP_RECVERR` is on).
+    pub(crate) fn set_recv_errors(&self, on: bool) {
+        self.recv_errors.set(on);
+        if let Some(Endpoint::Udp(port)) = &*self.sim.borrow() {
+            port.set_recv_errors(on);
+        }
+    }
+
+    /// Runs the system call `f` again while it fails with an error the
+    /// error queue reports: with error reports on, the kernel also hands an
+    /// ICMP error to the next receive or send (as `sk_err`), which must not
+    /// end a server's receive loop, nor fail a send to someone else, because
+    /// one client went away. `send`: a send's own `EMSGSIZE` is its own.
+    ///
+    /// Only a socket with the switch on pays for this: the others test one
+    /// flag and make the call as before.
+    #[inline(always)]
+    pub(crate) fn past_reports<T>(&self, send: bool, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        if self.recv_errors.get() { retry_reported(send, f) } else { f() }
+    }
+
+    /// Moves what the error queue holds into `reports` (at most
+    /// `MAX_REPORTS`, the oldest dropped): an error event is consumed even
+    /// when nobody asks, so that level-triggered readiness does not spin.
+    fn drain_reports(&self) {
+        let sock = self.sock.borrow();
+        let sim = self.sim.borrow();
+        loop {
+            let next = match (&*sock, &*sim) {
+                (Some(sock), _) => sys::msg::recv_err(sock).ok(),
+                (None, Some(Endpoint::Udp(port))) => port.take_report(),
+                _ => None,
+            };
+            let Some(report) = next else { return };
+            let mut st = self.st.borrow_mut();
+            if st.reports.len() == MAX_REPORTS {
+                st.reports.pop_front();
+                log::debug!("error reports: the oldest dropped (nobody takes them)");
+            }
+            st.reports.push_back(report);
+        }
+    }
+
+    /// The oldest error report, if any (asking the kernel first).
+    pub(crate) fn take_report(&self) -> Option<ErrInfo> {
+        self.drain_reports();
+        self.st.borrow_mut().reports.pop_front()
     }
 
     /// Turns send coalescing on or off (see [`defer_send`](Self::defer_send)).
@@ -654,6 +714,10 @@ impl IoObject {
             self.continue_writes(owner, false);
         }
         if error {
+            if self.recv_errors.get() {
+                // Before the error waits: `async_receive_error` finds them.
+                self.drain_reports();
+            }
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
             for op in waits {
                 owner.complete(op, Error::NONE, 0);
@@ -896,6 +960,37 @@ fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags
     endpoint.send(bufs, dest.and_then(SockAddr::as_socket), flags)
 }
 
+/// [`IoObject::past_reports`] on a socket with error reports on (out of
+/// line: the usual path stays as it was).
+#[cold]
+#[inline(never)]
+fn retry_reported<T>(send: bool, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if reported_errno(&e, send) => log::trace!("an error the error queue reports too: {e}"),
+            r => return r,
+        }
+    }
+}
+
+/// [`retry_reported`] after a first call failed with `e`.
+#[cold]
+#[inline(never)]
+fn retry_reported_after<T>(e: io::Error, send: bool, f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    if reported_errno(&e, send) { retry_reported(send, f) } else { Err(e) }
+}
+
+/// An error the kernel reports through the error queue too (ICMP
+/// unreachables, and for a receive a path MTU report).
+#[cold]
+fn reported_errno(e: &io::Error, send: bool) -> bool {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => true,
+        Some(libc::EMSGSIZE | libc::EPROTO) => !send,
+        _ => false,
+    }
+}
+
 /// The error a call on a closed socket gets (EBADF, as the kernel's).
 #[cold]
 fn closed() -> io::Error {
@@ -914,7 +1009,13 @@ impl Io for IoObject {
         // buffer's own code before it finds the socket gone.
         let sock = self.sock.borrow();
         let n = match &*sock {
-            Some(sock) => self.recv_uncounted(sock, bufs, flags, from)?,
+            Some(sock) => match self.recv_uncounted(sock, bufs, flags, from) {
+                Ok(n) => n,
+                Err(e) if self.recv_errors.get() => {
+                    retry_reported_after(e, false, || self.recv_uncounted(sock, bufs, flags, from))?
+                }
+                Err(e) => return Err(e),
+            },
             None => sim_recv(self, bufs, flags, from)?,
         };
         if flags & libc::MSG_PEEK == 0 {
@@ -943,7 +1044,13 @@ impl Io for IoObject {
     fn send(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags: i32) -> io::Result<usize> {
         let sock = self.sock.borrow();
         let n = match &*sock {
-            Some(sock) => sys::send(sock, bufs, dest, flags)?,
+            Some(sock) => match sys::send(sock, bufs, dest, flags) {
+                Ok(n) => n,
+                Err(e) if self.recv_errors.get() => {
+                    retry_reported_after(e, true, || sys::send(sock, bufs, dest, flags))?
+                }
+                Err(e) => return Err(e),
+            },
             None => sim_send(self, bufs, dest, flags)?,
         };
         self.counted_out(n);
@@ -972,7 +1079,7 @@ impl Io for IoObject {
     fn recv_msg(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<MsgInfo> {
         let sock = self.sock.borrow();
         let info = match &*sock {
-            Some(sock) => self.recv_msg_uncounted(sock, bufs, flags)?,
+            Some(sock) => self.past_reports(false, || self.recv_msg_uncounted(sock, bufs, flags))?,
             None => match &*self.sim.borrow() {
                 Some(endpoint) => endpoint.recv_msg(bufs, flags & libc::MSG_PEEK != 0)?,
                 None => return Err(closed()),
@@ -987,7 +1094,7 @@ impl Io for IoObject {
     fn send_msg(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, info: &SendInfo) -> io::Result<usize> {
         let sock = self.sock.borrow();
         let n = match &*sock {
-            Some(sock) => sys::msg::send_msg(sock, bufs, dest, info)?,
+            Some(sock) => self.past_reports(true, || sys::msg::send_msg(sock, bufs, dest, info))?,
             None => match &*self.sim.borrow() {
                 Some(endpoint) => endpoint.send_msg(bufs, dest.and_then(SockAddr::as_socket), info)?,
                 None => return Err(closed()),

@@ -225,6 +225,77 @@ fn a_gro_receiver_gets_coalesced_datagrams_with_their_stride() {
     assert!(bytes == data, "in order, byte for byte");
 }
 
+/// Runs `body` on a real context (IPv4, and IPv6 where there is a loopback)
+/// and on a simulated one (two hosts there).
+fn icmp_on_both_backends(body: impl Fn(&IoContext, &str, &str)) {
+    body(&IoContext::new().unwrap(), "127.0.0.1", "127.0.0.1");
+    if have_ipv6() {
+        body(&IoContext::new().unwrap(), "::1", "::1");
+    }
+    body(&IoContext::simulated(11), "10.0.0.1", "10.0.0.2");
+}
+
+#[test]
+fn a_refusal_is_reported_to_an_unconnected_socket_and_its_receive_loop_goes_on() {
+    icmp_on_both_backends(|ctx, me, other| {
+        let server = UdpSocket::bind(ctx, SocketAddr::new(ip(me), 0)).unwrap();
+        server.set_recv_errors(true).unwrap();
+        let closed = UdpSocket::bind(ctx, SocketAddr::new(ip(other), 0)).unwrap();
+        let gone = closed.local_addr().unwrap();
+        closed.close();
+        let received = Rc::new(RefCell::new(Vec::new()));
+        let r2 = received.clone();
+        server.async_receive_from(vec![0u8; 16], move |e, n, b, from| r2.borrow_mut().push((e, b[..n].to_vec(), from)));
+        server.async_send_to(b"anyone?".to_vec(), gone, |e, _| assert_eq!(e, Error::NONE));
+        let report = Rc::new(RefCell::new(None));
+        let r2 = report.clone();
+        server.async_receive_error(move |e, icmp| *r2.borrow_mut() = Some((e, icmp)));
+        ctx.run_for(Duration::from_secs(1));
+        ctx.restart();
+        let (e, icmp) = report.take().expect("reported");
+        assert_eq!((e, icmp.dest, icmp.error), (Error::NONE, gone, Error::CONNECTION_REFUSED));
+        assert_eq!(icmp.reporter, Some(ip(other)));
+        assert!(received.borrow().is_empty(), "the receive did not end: {:?}", received.borrow());
+        // The receive still takes the next datagram.
+        let client = UdpSocket::bind(ctx, SocketAddr::new(ip(other), 0)).unwrap();
+        client.async_send_to(b"hello".to_vec(), server.local_addr().unwrap(), |e, _| assert_eq!(e, Error::NONE));
+        ctx.run_for(Duration::from_secs(1));
+        assert_eq!(*received.borrow(), [(Error::NONE, b"hello".to_vec(), client.local_addr().unwrap())]);
+    });
+}
+
+#[test]
+fn reports_nobody_takes_do_not_spin_the_loop_and_wait_for_a_later_ask() {
+    icmp_on_both_backends(|ctx, me, other| {
+        let s = UdpSocket::bind(ctx, SocketAddr::new(ip(me), 0)).unwrap();
+        s.set_recv_errors(true).unwrap();
+        let mut gone = Vec::new();
+        for _ in 0..3 {
+            let closed = UdpSocket::bind(ctx, SocketAddr::new(ip(other), 0)).unwrap();
+            gone.push(closed.local_addr().unwrap());
+            closed.close();
+        }
+        // A receive keeps the socket registered while the errors come in.
+        s.async_receive(vec![0u8; 4], |e, _, _| assert_eq!(e, Error::OPERATION_ABORTED));
+        for to in &gone {
+            s.async_send_to(b"x".to_vec(), *to, |e, _| assert_eq!(e, Error::NONE));
+        }
+        let before = ctx.metrics().loop_turns;
+        ctx.run_for(Duration::from_millis(100));
+        ctx.restart();
+        assert!(ctx.metrics().loop_turns - before < 50, "the loop spun on error readiness");
+        let got = Rc::new(RefCell::new(Vec::new()));
+        for _ in 0..3 {
+            let g = got.clone();
+            s.async_receive_error(move |e, icmp| g.borrow_mut().push((e, icmp.dest)));
+        }
+        s.cancel().unwrap();
+        ctx.run();
+        let got = got.take();
+        assert_eq!(got, gone.iter().map(|a| (Error::NONE, *a)).collect::<Vec<_>>(), "in order, each once");
+    });
+}
+
 #[test]
 fn receive_and_send_msg_keep_the_rules_never_inline_closed_and_aborted() {
     let ctx = IoContext::new().unwrap();

@@ -1,7 +1,8 @@
 //! What a datagram carries beside its bytes: [`RecvMeta`] for a receive,
 //! [`SendMeta`] for a send, and the [`Ecn`] codepoint both use.
 
-use crate::sys::msg::{MsgInfo, SendInfo};
+use crate::error::Error;
+use crate::sys::msg::{ErrInfo, MsgInfo, SendInfo};
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
@@ -155,5 +156,39 @@ impl SendMeta {
             Some(s) => Some(u16::try_from(s).ok().filter(|&s| s > 0).ok_or(crate::Error::INVALID_ARGUMENT)?),
         };
         Ok(SendInfo { from_ip: self.from_ip, tos: self.ecn.map(Ecn::bits), segment })
+    }
+}
+
+/// An error the network reported about a datagram this socket sent (an
+/// ICMP message, or the kernel's own report), from
+/// [`UdpSocket::async_receive_error`](super::UdpSocket::async_receive_error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IcmpError {
+    /// Where the datagram that failed was going.
+    pub dest: SocketAddr,
+    /// Who reported it (the host or router that sent the ICMP message),
+    /// when known.
+    pub reporter: Option<IpAddr>,
+    /// What went wrong: `CONNECTION_REFUSED` (port unreachable), host or
+    /// network unreachable, `MESSAGE_SIZE` (see `mtu`), ...
+    pub error: Error,
+    /// The path MTU, with `MESSAGE_SIZE`.
+    pub mtu: Option<u32>,
+}
+
+impl IcmpError {
+    /// The report of a wait that got none (an error of its own).
+    pub(crate) fn empty() -> IcmpError {
+        IcmpError::from_info(ErrInfo { dest: None, reporter: None, errno: 0, mtu: None })
+    }
+
+    pub(crate) fn from_info(info: ErrInfo) -> IcmpError {
+        IcmpError {
+            dest: info.dest.unwrap_or_else(crate::sys::unspecified_addr),
+            reporter: info.reporter,
+            error: Error::from_raw_os_error(info.errno),
+            mtu: info.mtu,
+        }
     }
 }

@@ -11,7 +11,7 @@ pub use compose::{
     AsyncStream, Delimiter, Transfer, async_read, async_read_until, async_write, transfer_all, transfer_at_least,
     transfer_exactly,
 };
-pub use meta::{Ecn, RecvMeta, SendMeta};
+pub use meta::{Ecn, IcmpError, RecvMeta, SendMeta};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};

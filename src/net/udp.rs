@@ -2,7 +2,7 @@
 //! semantics (speculative send, per-socket FIFO, completions always posted).
 
 use super::base::{Base, datagram_common, ip_addr, socket_common};
-use super::meta::{RecvMeta, SendMeta};
+use super::meta::{IcmpError, RecvMeta, SendMeta};
 use super::{MessageFlags, WaitType};
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::cancel::Operation;
@@ -492,6 +492,64 @@ impl UdpSocket {
     /// Give it buffers of 64 KiB. Linux only; not simulated (`Unsupported`).
     pub fn set_gro(&self, on: bool) -> io::Result<()> {
         self.real_switch("coalesced receives", on, (libc::SOL_UDP, libc::UDP_GRO), (libc::SOL_UDP, libc::UDP_GRO))
+    }
+
+    /// With `true`, the errors the network reports about datagrams this
+    /// socket sent (ICMP port, host or network unreachable, fragmentation
+    /// needed) are queued for [`async_receive_error`](Self::async_receive_error)
+    /// (`IP_RECVERR`, `IPV6_RECVERR`), connected or not, and never end a
+    /// receive: an unconnected server's receive loop goes on when one
+    /// client's port is closed. At most 64 reports wait; older ones are
+    /// dropped. Simulated: refusals (nobody bound where a datagram went).
+    pub fn set_recv_errors(&self, on: bool) -> io::Result<()> {
+        if self.io().port().is_none() {
+            self.switch(on, (libc::IPPROTO_IP, libc::IP_RECVERR), (libc::IPPROTO_IPV6, libc::IPV6_RECVERR))?;
+        }
+        self.io().set_recv_errors(on);
+        Ok(())
+    }
+
+    /// Waits for the next error report (see
+    /// [`set_recv_errors`](Self::set_recv_errors)); `handler(err, report)`.
+    /// A report already queued completes it at once (posted).
+    ///
+    /// ```
+    /// use ioctx::net::UdpSocket;
+    /// use ioctx::{Error, IoContext};
+    /// let ctx = IoContext::new()?;
+    /// let sock = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+    /// sock.set_recv_errors(true)?;
+    /// let closed = UdpSocket::bind(&ctx, "127.0.0.1:0".parse().unwrap())?;
+    /// let to = closed.local_addr()?;
+    /// closed.close();
+    /// sock.send_to(&b"anyone?"[..], to)?;
+    /// sock.async_receive_error(move |e, report| {
+    ///     assert_eq!((e, report.dest, report.error), (Error::NONE, to, Error::CONNECTION_REFUSED));
+    /// });
+    /// ctx.run();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn async_receive_error<F: FnOnce(Error, IcmpError) + 'static>(&self, handler: F) -> Operation {
+        let Some(inner) = self.live_context() else {
+            return Operation::detached();
+        };
+        if let Some(report) = self.io().take_report() {
+            let report = IcmpError::from_info(report);
+            inner.post_done(Error::NONE, 0, move || handler(Error::NONE, report));
+            return Operation::detached();
+        }
+        // An error event brings reports; one consumed by another wait, or
+        // dropped, leaves this one to wait again.
+        let me = self.clone();
+        self.b.async_wait(WaitType::Error, move |err| {
+            if err.is_err() {
+                return handler(err, IcmpError::empty());
+            }
+            match me.io().take_report() {
+                Some(report) => handler(Error::NONE, IcmpError::from_info(report)),
+                None => drop(me.async_receive_error(handler)),
+            }
+        })
     }
 
     /// A switch the simulated backend does not have.

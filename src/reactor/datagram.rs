@@ -66,7 +66,9 @@ impl IoObject {
     /// `recvmmsg` that also fills the slot, or says the socket is drained.
     ///
     /// [`Io::recv`]: crate::op::Io::recv
-    #[inline]
+    // Always inlined into `Io::recv` (it has a second, cold caller, for
+    // sockets with error reports on, which would stop the inlining).
+    #[inline(always)]
     pub(super) fn recv_uncounted(
         &self,
         sock: &Socket,
@@ -382,7 +384,11 @@ impl IoObject {
                 parts.push(sys::Part { start, len, dest });
                 start += len;
             }
-            let r = sys::send_many(sock, bytes, &parts);
+            let r = if self.recv_errors.get() {
+                super::retry_reported(true, || sys::send_many(sock, bytes, &parts))
+            } else {
+                sys::send_many(sock, bytes, &parts)
+            };
             drop(parts);
             match r {
                 Ok(k) => {
@@ -445,7 +451,12 @@ impl IoObject {
         if ops.len() < 2 {
             return Batch::Single;
         }
-        match sys::send_segments(sock, bytes, dest.as_ref(), segment as u16) {
+        let sent = if self.recv_errors.get() {
+            super::retry_reported(true, || sys::send_segments(sock, bytes, dest.as_ref(), segment as u16))
+        } else {
+            sys::send_segments(sock, bytes, dest.as_ref(), segment as u16)
+        };
+        match sent {
             Ok(_) => {
                 self.gso_refusals.set(0);
                 let k = ops.len();

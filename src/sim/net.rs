@@ -12,7 +12,7 @@
 pub(crate) mod tcp;
 
 use super::trace::{Clock, DatagramFate, Event, Trace};
-use crate::sys::msg::{MsgInfo, SendInfo};
+use crate::sys::msg::{ErrInfo, MsgInfo, SendInfo};
 use std::cell::RefMut;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -553,6 +553,10 @@ pub(crate) struct Port {
     /// `set_recv_pktinfo`: a receive with metadata reports where each
     /// datagram was sent to.
     pktinfo: Cell<bool>,
+    /// `set_recv_errors`: refusals go to `reports` (a simulated error
+    /// queue), connected or not, instead of to the next operation.
+    recv_errors: Cell<bool>,
+    reports: RefCell<VecDeque<ErrInfo>>,
     closed: Cell<bool>,
 }
 
@@ -570,6 +574,8 @@ impl Port {
             watch: Watch::new(),
             reached_at: Cell::new(None),
             pktinfo: Cell::new(false),
+            recv_errors: Cell::new(false),
+            reports: RefCell::new(VecDeque::new()),
             closed: Cell::new(false),
         })
     }
@@ -644,6 +650,37 @@ impl Port {
 
     pub(crate) fn set_recv_pktinfo(&self, on: bool) {
         self.pktinfo.set(on);
+    }
+
+    pub(crate) fn set_recv_errors(&self, on: bool) {
+        self.recv_errors.set(on);
+    }
+
+    /// The oldest error report (a refusal), as the kernel's error queue
+    /// would give it.
+    pub(crate) fn take_report(&self) -> Option<ErrInfo> {
+        self.reports.borrow_mut().pop_front()
+    }
+
+    /// A datagram this port sent to `to` found no socket there (simulated
+    /// ICMP port unreachable, answered by `to`'s host).
+    fn refused(&self, to: SocketAddr) {
+        if self.closed.get() {
+            return;
+        }
+        if self.recv_errors.get() {
+            let mut reports = self.reports.borrow_mut();
+            if reports.len() < 64 {
+                let report = ErrInfo { dest: Some(to), reporter: Some(to.ip()), errno: libc::ECONNREFUSED, mtu: None };
+                reports.push_back(report);
+            }
+        } else if self.peer.get() == Some(to) {
+            // A connected sender learns it at its next operation.
+            self.error.set(Some(libc::ECONNREFUSED));
+        } else {
+            return;
+        }
+        self.mark();
     }
 
     /// [`recv`](Self::recv), with the address the datagram was sent to and
@@ -819,8 +856,8 @@ impl Port {
 /// pending error (a refusal) makes it readable too, as on Linux.
 impl Report for Port {
     fn report(&self) -> Option<(bool, bool, bool)> {
-        let error = self.error.get().is_some();
-        let readable = !self.queue.borrow().is_empty() || error;
+        let error = self.error.get().is_some() || !self.reports.borrow().is_empty();
+        let readable = !self.queue.borrow().is_empty() || self.error.get().is_some();
         self.watch.report(readable, true, error)
     }
 }
@@ -1041,12 +1078,8 @@ impl Medium {
             // to another peer): the host answers with ICMP port unreachable.
             if matches!(fate, DatagramFate::Refused | DatagramFate::Filtered)
                 && let Some(sender) = sender.upgrade()
-                && sender.peer.get() == Some(to)
-                && !sender.closed.get()
             {
-                // Simulated ICMP port unreachable: a connected sender learns it.
-                sender.error.set(Some(libc::ECONNREFUSED));
-                sender.mark();
+                sender.refused(to);
             }
             self.trace(Event::Datagram { fate, from, to, len });
         }

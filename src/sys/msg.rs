@@ -198,3 +198,72 @@ pub(crate) fn send_msg(
     // buffers, control) are valid for the duration of the call.
     retry(|| cvt(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })).map(|n| n as usize)
 }
+
+/// An error the kernel queued for a socket with `IP_RECVERR`/`IPV6_RECVERR`
+/// on: an ICMP report (or a local one) about a datagram it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ErrInfo {
+    /// Where the datagram that failed was going.
+    pub(crate) dest: Option<SocketAddr>,
+    /// Who reported it (the router or host that sent the ICMP message).
+    pub(crate) reporter: Option<IpAddr>,
+    pub(crate) errno: i32,
+    /// The path MTU, with `EMSGSIZE`.
+    pub(crate) mtu: Option<u32>,
+}
+
+/// Takes the oldest error of the socket's error queue without waiting:
+/// `WouldBlock` when it is empty.
+pub(crate) fn recv_err(sock: &Socket) -> io::Result<ErrInfo> {
+    let mut control = [MaybeUninit::<u64>::uninit(); CONTROL / 8];
+    let mut name = MaybeUninit::<libc::sockaddr_storage>::uninit();
+    // The failed datagram's bytes come back too; they are not wanted.
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: byte.len() };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL as _;
+    // SAFETY: `msg` points to the name storage, the one-byte iovec and the
+    // control buffer, all alive across the call.
+    retry(|| cvt(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) }))?;
+    // SAFETY: the kernel wrote `msg_namelen` bytes of address into `name`.
+    let mut info =
+        ErrInfo { dest: unsafe { ip_addr(name.as_ptr(), msg.msg_namelen) }, reporter: None, errno: 0, mtu: None };
+    // SAFETY: as in `recv_msg`: well-formed control messages within
+    // `msg_controllen`; the extended error and the offender's address that
+    // follows it are copied out unaligned, within the message's length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            let payload = c.cmsg_len as usize - (data as usize - cmsg as usize);
+            let ours = matches!(
+                (c.cmsg_level, c.cmsg_type),
+                (libc::IPPROTO_IP, libc::IP_RECVERR) | (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+            );
+            if ours && payload >= size_of::<libc::sock_extended_err>() {
+                let ee = data.cast::<libc::sock_extended_err>().read_unaligned();
+                info.errno = ee.ee_errno as i32;
+                info.mtu = (info.errno == libc::EMSGSIZE).then_some(ee.ee_info);
+                // The offender's address follows (SO_EE_OFFENDER), when known.
+                let rest = payload - size_of::<libc::sock_extended_err>();
+                let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+                let n = rest.min(size_of::<libc::sockaddr_storage>());
+                std::ptr::copy_nonoverlapping(
+                    data.add(size_of::<libc::sock_extended_err>()),
+                    (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                    n,
+                );
+                info.reporter = ip_addr(&storage, n as libc::socklen_t).map(|a| a.ip());
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(info)
+}
