@@ -8,11 +8,14 @@
 //! `sim_pingpong` is W3 on a simulated context with zero latency (no peer has one).
 //! The variant `gso` of `udp_blast` and `udp_server` turns the socket's GSO
 //! option on and prints `impl=ioctx_gso`; the variant `batch` turns send
-//! coalescing on (`set_send_coalescing`) and prints `impl=ioctx_batch`. On a failed verification it prints
+//! coalescing on (`set_send_coalescing`) and prints `impl=ioctx_batch`. The
+//! variant `meta` of `udp_pingpong` receives every datagram with its metadata
+//! (pktinfo, ECN, TTL and timestamp switches on) and sends each ECN-marked,
+//! and prints `impl=ioctx_meta`. On a failed verification it prints
 //! `VERIFY FAILED: ...` to stderr and exits 1. Beside the peers:
 //! `IOCTX_BENCH=target/release/examples/bench bash ../shared/peers/run.sh`.
 
-use ioctx::net::UdpSocket;
+use ioctx::net::{Ecn, SendMeta, UdpSocket};
 use ioctx::{Error, Executor, IoContext, SimConfig, SteadyTimer};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -106,17 +109,43 @@ struct Ping {
     b_buf: Cell<Vec<u8>>,
 }
 
-fn a_send(p: Rc<Ping>) {
+/// A receive on `s`, with metadata in the `meta` variant (`META`: chosen at
+/// compile time, so that W3's own code is what it was); `then(err, n, buf)`.
+#[inline(always)]
+fn receive<const META: bool>(s: &UdpSocket, buf: Vec<u8>, then: impl FnOnce(Error, usize, Vec<u8>) + 'static) {
+    if META {
+        s.async_receive_msg(buf, move |e, meta, buf| {
+            if e.is_ok() && (meta.ecn != Some(Ecn::Ect0) || meta.ttl.is_none() || meta.timestamp.is_none()) {
+                fail(format!("udp_pingpong meta: metadata missing: {meta:?}"));
+            }
+            then(e, meta.len, buf)
+        });
+    } else {
+        s.async_receive(buf, then);
+    }
+}
+
+/// A send of `msg` on `s` to its peer, ECN-marked in the `meta` variant.
+#[inline(always)]
+fn send<const META: bool>(s: &UdpSocket, msg: [u8; MSG_LEN], then: impl FnOnce(Error, usize) + 'static) {
+    if META {
+        s.async_send_msg(msg, SendMeta::new().ecn(Ecn::Ect0), then);
+    } else {
+        s.async_send(msg, then);
+    }
+}
+
+fn a_send<const META: bool>(p: Rc<Ping>) {
     let i = p.done.get();
     let mut msg = [0u8; MSG_LEN];
     msg[..8].copy_from_slice(&i.to_le_bytes());
     let a = p.a.clone();
-    a.async_send(msg, move |e, n| {
+    send::<META>(&a, msg, move |e, n| {
         if e.is_err() || n != MSG_LEN {
             fail(format!("udp_pingpong: A send {e:?} {n}"));
         }
         let a = p.a.clone();
-        a.async_receive(p.a_buf.take(), move |e, n, buf| {
+        receive::<META>(&a, p.a_buf.take(), move |e, n, buf| {
             let i = p.done.get();
             if e.is_err() || n != MSG_LEN || buf[..8] != i.to_le_bytes() {
                 fail(format!("udp_pingpong: A receive {e:?} {n} for round trip {i}"));
@@ -124,7 +153,7 @@ fn a_send(p: Rc<Ping>) {
             p.a_buf.set(buf);
             p.done.set(i + 1);
             if i + 1 < p.rounds {
-                a_send(p);
+                a_send::<META>(p);
             } else {
                 p.b.close();
             }
@@ -132,9 +161,9 @@ fn a_send(p: Rc<Ping>) {
     });
 }
 
-fn b_receive(p: Rc<Ping>) {
+fn b_receive<const META: bool>(p: Rc<Ping>) {
     let b = p.b.clone();
-    b.async_receive(p.b_buf.take(), move |e, n, buf| {
+    receive::<META>(&b, p.b_buf.take(), move |e, n, buf| {
         if e == Error::OPERATION_ABORTED {
             return;
         }
@@ -145,17 +174,21 @@ fn b_receive(p: Rc<Ping>) {
         echo.copy_from_slice(&buf[..MSG_LEN]);
         p.b_buf.set(buf);
         let b = p.b.clone();
-        b.async_send(echo, move |e, n| {
+        send::<META>(&b, echo, move |e, n| {
             if e.is_err() || n != MSG_LEN {
                 fail(format!("udp_pingpong: B send {e:?} {n}"));
             }
-            b_receive(p);
+            b_receive::<META>(p);
         });
     });
 }
 
-fn udp_pingpong() {
-    pingpong(&IoContext::new().unwrap(), "udp_pingpong", W3_N);
+fn udp_pingpong(variant: Option<&str>) {
+    match variant {
+        None => pingpong::<false>(&IoContext::new().unwrap(), "udp_pingpong", W3_N),
+        Some("meta") => pingpong::<true>(&IoContext::new().unwrap(), "udp_pingpong", W3_N),
+        Some(v) => fail(format!("udp_pingpong: unknown variant {v}")),
+    }
 }
 
 /// W3 on a simulated context with zero latency: what a simulated round trip
@@ -163,18 +196,26 @@ fn udp_pingpong() {
 fn sim_pingpong() {
     let config = SimConfig::new(1).latency(Duration::ZERO, Duration::ZERO);
     let ctx = IoContext::simulated_with(config);
-    pingpong(&ctx, "sim_pingpong", SIM_N);
+    pingpong::<false>(&ctx, "sim_pingpong", SIM_N);
     let sim = ctx.sim().unwrap();
     if sim.now() != Duration::ZERO {
         fail(format!("sim_pingpong: {:?} of virtual time passed with zero latency", sim.now()));
     }
 }
 
-fn pingpong(ctx: &IoContext, name: &str, rounds: u64) {
+fn pingpong<const META: bool>(ctx: &IoContext, name: &str, rounds: u64) {
     let a = UdpSocket::bind(ctx, local()).unwrap();
     let b = UdpSocket::bind(ctx, local()).unwrap();
     a.connect(b.local_addr().unwrap()).unwrap();
     b.connect(a.local_addr().unwrap()).unwrap();
+    if META {
+        for s in [&a, &b] {
+            s.set_recv_pktinfo(true).unwrap();
+            s.set_recv_ecn(true).unwrap();
+            s.set_recv_ttl(true).unwrap();
+            s.set_recv_timestamps(true).unwrap();
+        }
+    }
     let p = Rc::new(Ping {
         a,
         b,
@@ -184,14 +225,14 @@ fn pingpong(ctx: &IoContext, name: &str, rounds: u64) {
         b_buf: Cell::new(vec![0u8; 2 * MSG_LEN]),
     });
     let t0 = Instant::now();
-    b_receive(p.clone());
-    a_send(p.clone());
+    b_receive::<META>(p.clone());
+    a_send::<META>(p.clone());
     ctx.run();
     let secs = t0.elapsed().as_secs_f64();
     if p.done.get() != rounds {
         fail(format!("{name}: {} round trips", p.done.get()));
     }
-    report(name, "ioctx", rounds, secs);
+    report(name, if META { "ioctx_meta" } else { "ioctx" }, rounds, secs);
 }
 
 // ------------------------------------------------------------------ W4
@@ -502,7 +543,7 @@ fn main() {
     match workload.as_str() {
         "post_chain" => post_chain(),
         "post_burst" => post_burst(),
-        "udp_pingpong" => udp_pingpong(),
+        "udp_pingpong" => udp_pingpong(variant.as_deref()),
         "udp_blast" => udp_blast(variant.as_deref()),
         "udp_server" => udp_server(variant.as_deref()),
         "timers" => timers(),
