@@ -23,7 +23,9 @@
 //! (peeks, receives with metadata, read and write waits, synchronous calls); timers with random and
 //! equal expiries; `Operation::cancel` of every kind and `cancel_after`;
 //! socket cancel, close, drop and release (and adoption again); GSO on and
-//! off; send coalescing on and off; `shutdown(Read)` of UDP sockets (a receive that finds nothing queued
+//! off; send coalescing on and off; error reports (`set_recv_errors`) on a
+//! fifth of the UDP sockets, whose receives and sends must then never see a
+//! refusal; `shutdown(Read)` of UDP sockets (a receive that finds nothing queued
 //! then ends with `EOF`; a spin on the readiness it leaves is caught by
 //! `check_no_spin`); work guards; `run_one`/`poll`/`poll_one`/`run_for`; nested runs,
 //! `stop` and panics from handlers; and it ends by dropping the context with
@@ -127,6 +129,10 @@ struct SockRec {
     /// only from it, and its going away may surface as CONNECTION_REFUSED.
     peer: Option<usize>,
     refused_ok: bool,
+    /// `set_recv_errors(true)` (UDP only): a refusal goes to the error
+    /// queue and must never end a receive or fail a send (`refused_ok`
+    /// stays false).
+    reports: bool,
     /// Shut down for reading (UDP only): a receive that finds nothing
     /// queued ends with EOF; datagrams sent to it still arrive (Linux).
     read_shut: bool,
@@ -649,7 +655,14 @@ fn new_sock(m: &Rc<Model>) {
             }
         }
     }
-    m.log(|| format!("new socket {id} {addr:?}{}", peer.map_or(String::new(), |p| format!(" connected to {p}"))));
+    let reports = match &sock {
+        Sock::Udp(s) if m.pct(20) => s.set_recv_errors(true).is_ok(),
+        _ => false,
+    };
+    m.log(|| {
+        let connected = peer.map_or(String::new(), |p| format!(" connected to {p}"));
+        format!("new socket {id} {addr:?}{connected}{}", if reports { ", error reports on" } else { "" })
+    });
     socks.push(SockRec {
         sock: Some(sock),
         open: true,
@@ -657,6 +670,7 @@ fn new_sock(m: &Rc<Model>) {
         udp,
         peer,
         refused_ok: false,
+        reports,
         read_shut: false,
         inbox: Vec::new(),
         wild: Vec::new(),
@@ -675,7 +689,7 @@ fn closed(m: &Model, s: usize) {
     let mut socks = m.socks.borrow_mut();
     socks[s].open = false;
     for r in socks.iter_mut() {
-        if r.peer == Some(s) {
+        if r.peer == Some(s) && !r.reports {
             r.refused_ok = true;
         }
     }
@@ -742,8 +756,10 @@ fn send_on(m: &Rc<Model>, s: usize, to: usize) {
         return; // the receiver is full: a drop would prove nothing
     }
     if udp && peer.is_some() && !deliverable {
-        // Nobody takes it: the ICMP report reaches a connected sender.
-        m.socks.borrow_mut()[s].refused_ok = true;
+        // Nobody takes it: the ICMP report reaches a connected sender
+        // (unless its error reports are on: then only its error queue).
+        let r = &mut m.socks.borrow_mut()[s];
+        r.refused_ok = !r.reports;
     }
     let id = m.dgrams.borrow().len();
     let bytes = payload(id, len);
@@ -825,7 +841,8 @@ fn act_sync_send(m: &Rc<Model>) {
         return;
     }
     if udp && !deliverable && m.socks.borrow()[s].peer.is_some() {
-        m.socks.borrow_mut()[s].refused_ok = true;
+        let r = &mut m.socks.borrow_mut()[s];
+        r.refused_ok = !r.reports;
     }
     let id = m.dgrams.borrow().len();
     let bytes = payload(id, len);
