@@ -131,6 +131,16 @@ fn the_ttl_set_on_the_sender_is_seen_by_the_receiver() {
     tx.send_to(&b"t"[..], rx.local_addr().unwrap()).unwrap();
     let [(e, meta, _)] = receive(&ctx, &rx, 1, 8).try_into().unwrap();
     assert_eq!((e, meta.ttl), (Error::NONE, Some(7)));
+    // IPv6: the hop limit.
+    if have_ipv6() {
+        let rx = UdpSocket::bind(&ctx, addr("[::1]:0")).unwrap();
+        rx.set_recv_ttl(true).unwrap();
+        let tx = UdpSocket::bind(&ctx, addr("[::1]:0")).unwrap();
+        tx.with_socket2(|s| s.set_unicast_hops_v6(9)).unwrap().unwrap();
+        tx.send_to(&b"t"[..], rx.local_addr().unwrap()).unwrap();
+        let [(e, meta, _)] = receive(&ctx, &rx, 1, 8).try_into().unwrap();
+        assert_eq!((e, meta.ttl), (Error::NONE, Some(9)));
+    }
 }
 
 #[test]
