@@ -6,7 +6,7 @@
 use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mut_slices};
 use crate::error::Error;
 use crate::sys;
-use crate::sys::msg::{MsgInfo, SendInfo};
+use crate::sys::msg::{ErrInfo, MsgInfo, SendInfo};
 use socket2::{SockAddr, Socket};
 use std::any::Any;
 use std::cell::{Cell, RefCell, RefMut};
@@ -191,6 +191,45 @@ pub(crate) trait Completion {
     /// `None` for the plain way. `Some(false)` when it has completed already.
     fn cancel_hook(&self) -> Option<bool> {
         None
+    }
+    /// For a wait for an error report (`async_receive_error`): where the
+    /// report it gets goes. `None` for every other operation.
+    fn report_slot(&self) -> Option<&Cell<Option<ErrInfo>>> {
+        None
+    }
+}
+
+/// `async_receive_error` waiting among its socket's error waits: it takes
+/// a report when an error event brings one, and waits on otherwise.
+pub(crate) struct ReportOp<F> {
+    core: OpCore,
+    report: Cell<Option<ErrInfo>>,
+    handler: Cell<Option<F>>,
+}
+
+impl<F> ReportOp<F> {
+    pub(crate) fn new(handler: F) -> Self {
+        ReportOp { core: OpCore::default(), report: Cell::new(None), handler: Cell::new(Some(handler)) }
+    }
+}
+
+impl<F: FnOnce(Error, Option<ErrInfo>) + 'static> Completion for ReportOp<F> {
+    fn core(&self) -> &OpCore {
+        &self.core
+    }
+    fn invoke(self: Rc<Self>) {
+        let (err, _) = self.core.result();
+        let report = self.report.take();
+        if let Some(h) = self.handler.take() {
+            drop(self);
+            h(err, report);
+        }
+    }
+    fn abandon(&self) {
+        drop(self.handler.take());
+    }
+    fn report_slot(&self) -> Option<&Cell<Option<ErrInfo>>> {
+        Some(&self.report)
     }
 }
 

@@ -319,17 +319,17 @@ impl IoObject {
         }
     }
 
-    /// Runs the system call `f` again while it fails with an error the
+    /// Runs the system call `f` once more when it fails with an error the
     /// error queue reports: with error reports on, the kernel also hands an
     /// ICMP error to the next receive or send (as `sk_err`), which must not
     /// end a server's receive loop, nor fail a send to someone else, because
-    /// one client went away. `send`: a send's own `EMSGSIZE` is its own.
+    /// one client went away (see [`retry_reported_after`]).
     ///
     /// Only a socket with the switch on pays for this: the others test one
     /// flag and make the call as before.
     #[inline(always)]
-    pub(crate) fn past_reports<T>(&self, send: bool, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-        if self.recv_errors.get() { retry_reported(send, f) } else { f() }
+    pub(crate) fn past_reports<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        if self.recv_errors.get() { retry_reported(f) } else { f() }
     }
 
     /// Moves what the error queue holds into `reports` (at most
@@ -539,6 +539,35 @@ impl IoObject {
         self.sync_interest(owner, true);
     }
 
+    /// Starts a wait for an error report (`async_receive_error`): a report
+    /// already kept (or in the kernel's queue) completes it at once, through
+    /// the queue; otherwise it waits among the error waits.
+    pub(crate) fn start_report_wait<O: Owner + ?Sized>(&self, owner: &O, op: Rc<dyn Completion>) {
+        owner.add_work();
+        if !self.is_open() {
+            owner.complete(op, Error::BAD_DESCRIPTOR, 0);
+            return;
+        }
+        if !self.recv_errors.get() {
+            // No reports come without the switch: it would wait for ever.
+            owner.complete(op, Error::INVALID_ARGUMENT, 0);
+            return;
+        }
+        if let Some(report) = self.take_report() {
+            if let Some(slot) = op.report_slot() {
+                slot.set(Some(report));
+            }
+            owner.complete(op, Error::NONE, 0);
+            return;
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            st.error_waits.retain(|w| !w.core().is_done()); // cancelled ones
+            st.error_waits.push_back(op);
+        }
+        self.sync_interest(owner, true);
+    }
+
     /// Registers the interest the pending operations need. With `force` it
     /// re-registers even when unchanged, so that readiness that already holds
     /// is reported again (edge-triggered epoll re-checks on EPOLL_CTL_MOD).
@@ -715,12 +744,36 @@ impl IoObject {
         }
         if error {
             if self.recv_errors.get() {
-                // Before the error waits: `async_receive_error` finds them.
+                // Before the error waits: the report waits take them.
                 self.drain_reports();
             }
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
+            let mut waiting = Vec::new();
             for op in waits {
-                owner.complete(op, Error::NONE, 0);
+                if op.core().is_done() {
+                    continue; // cancelled
+                }
+                if op.report_slot().is_none() {
+                    owner.complete(op, Error::NONE, 0);
+                    continue;
+                }
+                let report = self.st.borrow_mut().reports.pop_front();
+                match (report, op.report_slot()) {
+                    (Some(report), Some(slot)) => {
+                        slot.set(Some(report));
+                        owner.complete(op, Error::NONE, 0);
+                    }
+                    _ => waiting.push(op),
+                }
+            }
+            if !waiting.is_empty() {
+                // An error with no report for them (a report the kernel
+                // dropped leaves its `sk_err`): cleared, so that the error
+                // readiness does not wake the loop again for nothing.
+                if let Some(sock) = self.socket() {
+                    let _ = sock.take_error();
+                }
+                self.st.borrow_mut().error_waits.extend(waiting);
             }
         }
     }
@@ -879,7 +932,11 @@ impl IoObject {
         if sock.is_none() && endpoint.is_none() {
             return None; // closed already
         }
-        drop(self.st.borrow_mut().read_ahead.take());
+        {
+            let mut st = self.st.borrow_mut();
+            drop(st.read_ahead.take());
+            st.reports.clear();
+        }
         let token = self.token.get();
         if let Some(endpoint) = &endpoint {
             endpoint.deregister(token);
@@ -964,31 +1021,44 @@ fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags
 /// line: the usual path stays as it was).
 #[cold]
 #[inline(never)]
-fn retry_reported<T>(send: bool, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match f() {
-            Err(e) if reported_errno(&e, send) => log::trace!("an error the error queue reports too: {e}"),
-            r => return r,
-        }
+fn retry_reported<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    match f() {
+        Err(e) => retry_reported_after(e, f),
+        r => r,
     }
 }
 
-/// [`retry_reported`] after a first call failed with `e`.
+/// A call failed with `e`: if that may be the `sk_err` copy of a report
+/// (reading it cleared it), the call is made once more. Only once: a
+/// second failure is the call's own (a send with no route fails so every
+/// time, and a datagram too large for the path stays too large).
 #[cold]
 #[inline(never)]
-fn retry_reported_after<T>(e: io::Error, send: bool, f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    if reported_errno(&e, send) { retry_reported(send, f) } else { Err(e) }
+fn retry_reported_after<T>(e: io::Error, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    if reported_errno(&e) {
+        log::trace!("an error the error queue reports too: {e}; once more");
+        f()
+    } else {
+        Err(e)
+    }
 }
 
 /// An error the kernel reports through the error queue too (ICMP
-/// unreachables, and for a receive a path MTU report).
+/// unreachables and path MTU reports).
 #[cold]
-fn reported_errno(e: &io::Error, send: bool) -> bool {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => true,
-        Some(libc::EMSGSIZE | libc::EPROTO) => !send,
-        _ => false,
-    }
+fn reported_errno(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::ENETDOWN
+                | libc::EMSGSIZE
+                | libc::EPROTO
+        )
+    )
 }
 
 /// The error a call on a closed socket gets (EBADF, as the kernel's).
@@ -1012,7 +1082,7 @@ impl Io for IoObject {
             Some(sock) => match self.recv_uncounted(sock, bufs, flags, from) {
                 Ok(n) => n,
                 Err(e) if self.recv_errors.get() => {
-                    retry_reported_after(e, false, || self.recv_uncounted(sock, bufs, flags, from))?
+                    retry_reported_after(e, || self.recv_uncounted(sock, bufs, flags, from))?
                 }
                 Err(e) => return Err(e),
             },
@@ -1046,9 +1116,7 @@ impl Io for IoObject {
         let n = match &*sock {
             Some(sock) => match sys::send(sock, bufs, dest, flags) {
                 Ok(n) => n,
-                Err(e) if self.recv_errors.get() => {
-                    retry_reported_after(e, true, || sys::send(sock, bufs, dest, flags))?
-                }
+                Err(e) if self.recv_errors.get() => retry_reported_after(e, || sys::send(sock, bufs, dest, flags))?,
                 Err(e) => return Err(e),
             },
             None => sim_send(self, bufs, dest, flags)?,
@@ -1079,7 +1147,7 @@ impl Io for IoObject {
     fn recv_msg(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<MsgInfo> {
         let sock = self.sock.borrow();
         let info = match &*sock {
-            Some(sock) => self.past_reports(false, || self.recv_msg_uncounted(sock, bufs, flags))?,
+            Some(sock) => self.past_reports(|| self.recv_msg_uncounted(sock, bufs, flags))?,
             None => match &*self.sim.borrow() {
                 Some(endpoint) => endpoint.recv_msg(bufs, flags & libc::MSG_PEEK != 0)?,
                 None => return Err(closed()),
@@ -1094,7 +1162,7 @@ impl Io for IoObject {
     fn send_msg(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, info: &SendInfo) -> io::Result<usize> {
         let sock = self.sock.borrow();
         let n = match &*sock {
-            Some(sock) => self.past_reports(true, || sys::msg::send_msg(sock, bufs, dest, info))?,
+            Some(sock) => self.past_reports(|| sys::msg::send_msg(sock, bufs, dest, info))?,
             None => match &*self.sim.borrow() {
                 Some(endpoint) => endpoint.send_msg(bufs, dest.and_then(SockAddr::as_socket), info)?,
                 None => return Err(closed()),

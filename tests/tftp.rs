@@ -206,6 +206,21 @@ fn bound_to_every_address_the_server_answers_from_the_one_each_client_contacted(
     }
     let stats = srv.stop_when(|s| s.completed == 3);
     assert_eq!((stats.started, stats.completed, stats.failed), (3, 3, 0), "{stats:?}");
+    // The same bound to every IPv6 address, IPv4 clients arriving mapped.
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        return;
+    }
+    let srv = start_on("[::]:0".parse().unwrap(), Config::new(&root.0));
+    for host in ["127.0.0.2", "127.0.0.1"] {
+        let got = out.path(&format!("v6-from-{host}"));
+        assert_ok(
+            &tftp_hpa_at(&tftp, host, &srv, "binary", "get", &got, "f"),
+            &format!("tftp get from [::] at {host}"),
+        );
+        assert_same(&got, &root.path("f"));
+    }
+    let stats = srv.stop_when(|s| s.completed == 2);
+    assert_eq!((stats.started, stats.completed, stats.failed), (2, 2, 0), "{stats:?}");
 }
 
 #[test]

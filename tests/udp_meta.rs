@@ -307,6 +307,122 @@ fn reports_nobody_takes_do_not_spin_the_loop_and_wait_for_a_later_ask() {
 }
 
 #[test]
+fn a_send_that_fails_for_itself_still_fails_with_error_reports_on() {
+    if !have_ipv6() {
+        return;
+    }
+    let ctx = IoContext::new().unwrap();
+    // An IPv6-only socket has no route to an IPv4-mapped address: every
+    // send fails so, and must not be taken for a report and retried for ever.
+    let s = UdpSocket::open(&ctx, socket2::Domain::IPV6).unwrap();
+    s.with_socket2(|s| s.set_only_v6(true)).unwrap().unwrap();
+    s.bind_to(addr("[::1]:0")).unwrap();
+    s.set_recv_errors(true).unwrap();
+    let e = s.send_to(&b"x"[..], addr("[::ffff:127.0.0.1]:9")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(101), "ENETUNREACH: {e}");
+    let r = Rc::new(RefCell::new(None));
+    let r2 = r.clone();
+    s.async_send_to(b"x".to_vec(), addr("[::ffff:127.0.0.1]:9"), move |e, n| *r2.borrow_mut() = Some((e, n)));
+    ctx.run();
+    assert_eq!(r.take(), Some((Error::from_raw_os_error(101), 0)));
+}
+
+#[test]
+fn a_report_wait_is_an_operation_like_any_other() {
+    let ctx = IoContext::new().unwrap();
+    let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    // Without the switch no report would ever come: said at once.
+    let s2 = seen.clone();
+    s.async_receive_error(move |e, _| s2.borrow_mut().push(("no switch", e)));
+    assert!(seen.borrow().is_empty(), "never inline");
+    ctx.run();
+    ctx.restart();
+    s.set_recv_errors(true).unwrap();
+    // Cancelled: aborted; the next report goes to the next wait.
+    let s2 = seen.clone();
+    let op = s.async_receive_error(move |e, _| s2.borrow_mut().push(("cancelled", e)));
+    assert!(op.cancel(ioctx::CancellationType::TERMINAL));
+    let s2 = seen.clone();
+    s.async_receive_error(move |e, icmp| s2.borrow_mut().push(("reported", if e.is_ok() { icmp.error } else { e })));
+    let closed = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let gone = closed.local_addr().unwrap();
+    closed.close();
+    s.send_to(&b"x"[..], gone).unwrap();
+    s.send_to(&b"y"[..], gone).unwrap();
+    ctx.run_for(Duration::from_secs(1));
+    ctx.restart();
+    // A report kept when the socket closes is not handed out after.
+    s.close();
+    let s2 = seen.clone();
+    s.async_receive_error(move |e, _| s2.borrow_mut().push(("closed", e)));
+    ctx.run();
+    assert_eq!(
+        *seen.borrow(),
+        [
+            ("no switch", Error::INVALID_ARGUMENT),
+            ("cancelled", Error::OPERATION_ABORTED),
+            ("reported", Error::CONNECTION_REFUSED),
+            ("closed", Error::BAD_DESCRIPTOR)
+        ]
+    );
+}
+
+#[test]
+fn a_connected_socket_with_error_reports_on_gets_its_refusal_as_a_report() {
+    let ctx = IoContext::new().unwrap();
+    let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let closed = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let gone = closed.local_addr().unwrap();
+    closed.close();
+    s.connect(gone).unwrap();
+    s.set_recv_errors(true).unwrap();
+    let received = Rc::new(RefCell::new(None));
+    let r2 = received.clone();
+    s.async_receive(vec![0u8; 4], move |e, n, _| *r2.borrow_mut() = Some((e, n)));
+    s.send(&b"x"[..]).unwrap();
+    let report = Rc::new(RefCell::new(None));
+    let r2 = report.clone();
+    s.async_receive_error(move |e, icmp| *r2.borrow_mut() = Some((e, icmp.dest, icmp.error)));
+    ctx.run_for(Duration::from_millis(200));
+    assert_eq!(report.take(), Some((Error::NONE, gone, Error::CONNECTION_REFUSED)));
+    assert_eq!(received.take(), None, "the receive waits on");
+    assert_eq!(s.send(&b"y"[..]).unwrap(), 1, "and sends go on");
+}
+
+#[test]
+fn a_dual_stack_socket_reports_and_answers_ipv4_traffic_in_its_own_family() {
+    if !have_ipv6() {
+        return;
+    }
+    let ctx = IoContext::new().unwrap();
+    let server = UdpSocket::bind(&ctx, addr("[::]:0")).unwrap();
+    server.set_recv_pktinfo(true).unwrap();
+    server.set_recv_ecn(true).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let client = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    client.set_recv_ecn(true).unwrap();
+    client.connect(SocketAddr::new(ip("127.0.0.2"), port)).unwrap();
+    client.send(&b"v4"[..]).unwrap();
+    let [(e, meta, _)] = receive(&ctx, &server, 1, 8).try_into().unwrap();
+    assert_eq!((e, meta.local), (Error::NONE, Some(ip("::ffff:127.0.0.2"))));
+    // The answer leaves from 127.0.0.2 (the client is connected there),
+    // ECN-marked though the socket is IPv6.
+    let reply = SendMeta::new().to(meta.from).from_ip(meta.local.unwrap()).ecn(Ecn::Ce);
+    server.async_send_msg(b"back".to_vec(), reply, |e, n| assert_eq!((e, n), (Error::NONE, 4)));
+    let [(e, meta, bytes)] = receive(&ctx, &client, 1, 8).try_into().unwrap();
+    assert_eq!((e, bytes.as_slice(), meta.ecn), (Error::NONE, &b"back"[..], Some(Ecn::Ce)));
+    // A source of the wrong family is refused, not ignored.
+    let bad = SendMeta::new().to(addr("127.0.0.1:9")).from_ip(ip("::1"));
+    let r = Rc::new(RefCell::new(None));
+    let r2 = r.clone();
+    let v4 = UdpSocket::bind(&ctx, addr("0.0.0.0:0")).unwrap();
+    v4.async_send_msg(vec![1u8], bad, move |e, n| *r2.borrow_mut() = Some((e, n)));
+    ctx.run();
+    assert_eq!(r.take(), Some((Error::INVALID_ARGUMENT, 0)));
+}
+
+#[test]
 fn receive_and_send_msg_keep_the_rules_never_inline_closed_and_aborted() {
     let ctx = IoContext::new().unwrap();
     let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();

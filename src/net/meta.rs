@@ -52,8 +52,11 @@ pub struct RecvMeta {
     pub len: usize,
     /// The sender.
     pub from: SocketAddr,
-    /// The address the datagram was sent to (`set_recv_pktinfo`): what a
-    /// socket bound to every address answers from.
+    /// The local address the datagram reached (`set_recv_pktinfo`): what a
+    /// socket bound to every address answers from (for a unicast datagram
+    /// its destination; for an IPv4 broadcast one the receiving interface's
+    /// address). On a dual-stack socket, IPv4 traffic's is IPv4-mapped, as
+    /// `from` is.
     pub local: Option<IpAddr>,
     /// The interface it came in on (`set_recv_pktinfo`).
     pub ifindex: Option<u32>,

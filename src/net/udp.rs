@@ -8,9 +8,10 @@ use crate::buffer::{ConstBufferSequence, MutableBufferSequence, const_slices, mu
 use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
-use crate::op::{Io, WaitOp};
+use crate::op::{Completion, Io, ReportOp, WaitOp};
 use crate::reactor::IoObject;
 use crate::sim::net::{Endpoint, Port};
+use crate::sys::msg::ErrInfo;
 use crate::sys::{self, Readiness};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::cell::Cell;
@@ -488,8 +489,10 @@ impl UdpSocket {
     /// receive then gets several datagrams at once, and only
     /// [`async_receive_msg`](Self::async_receive_msg) tells where they
     /// split ([`RecvMeta::segment_size`]: each is that long, the last
-    /// possibly shorter), so a GRO socket should receive with it only.
-    /// Give it buffers of 64 KiB. Linux only; not simulated (`Unsupported`).
+    /// possibly shorter), so a GRO socket should receive with it only: a
+    /// plain receive gets the coalesced datagrams as one, truncated to its
+    /// buffers like any datagram. Give it buffers of 64 KiB. Linux only;
+    /// not simulated (`Unsupported`).
     pub fn set_gro(&self, on: bool) -> io::Result<()> {
         self.real_switch("coalesced receives", on, (libc::SOL_UDP, libc::UDP_GRO), (libc::SOL_UDP, libc::UDP_GRO))
     }
@@ -499,11 +502,14 @@ impl UdpSocket {
     /// needed) are queued for [`async_receive_error`](Self::async_receive_error)
     /// (`IP_RECVERR`, `IPV6_RECVERR`), connected or not, and never end a
     /// receive: an unconnected server's receive loop goes on when one
-    /// client's port is closed. At most 64 reports wait; older ones are
-    /// dropped. Simulated: refusals (nobody bound where a datagram went).
+    /// client's port is closed. A connected socket's refusal, too, becomes
+    /// a report instead of failing its next operation. At most 64 reports
+    /// wait; older ones are dropped. Simulated: refusals (nobody bound
+    /// where a datagram went).
     pub fn set_recv_errors(&self, on: bool) -> io::Result<()> {
         if self.io().port().is_none() {
-            self.switch(on, (libc::IPPROTO_IP, libc::IP_RECVERR), (libc::IPPROTO_IPV6, libc::IPV6_RECVERR))?;
+            let v4 = (libc::IPPROTO_IP, libc::IP_RECVERR);
+            self.switch_options(on, v4, (libc::IPPROTO_IPV6, libc::IPV6_RECVERR))?;
         }
         self.io().set_recv_errors(on);
         Ok(())
@@ -511,7 +517,10 @@ impl UdpSocket {
 
     /// Waits for the next error report (see
     /// [`set_recv_errors`](Self::set_recv_errors)); `handler(err, report)`.
-    /// A report already queued completes it at once (posted).
+    /// A report already queued completes it at once (posted). Without the
+    /// switch it completes with `INVALID_ARGUMENT` (no report would come);
+    /// on a closed socket with `BAD_DESCRIPTOR`; cancelled, with
+    /// `OPERATION_ABORTED`.
     ///
     /// ```
     /// use ioctx::net::UdpSocket;
@@ -533,23 +542,12 @@ impl UdpSocket {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        if let Some(report) = self.io().take_report() {
-            let report = IcmpError::from_info(report);
-            inner.post_done(Error::NONE, 0, move || handler(Error::NONE, report));
-            return Operation::detached();
-        }
-        // An error event brings reports; one consumed by another wait, or
-        // dropped, leaves this one to wait again.
-        let me = self.clone();
-        self.b.async_wait(WaitType::Error, move |err| {
-            if err.is_err() {
-                return handler(err, IcmpError::empty());
-            }
-            match me.io().take_report() {
-                Some(report) => handler(Error::NONE, IcmpError::from_info(report)),
-                None => drop(me.async_receive_error(handler)),
-            }
-        })
+        let op: Rc<dyn Completion> = Rc::new(ReportOp::new(move |err, report: Option<ErrInfo>| {
+            handler(err, report.map_or_else(IcmpError::empty, IcmpError::from_info))
+        }));
+        let handle = Operation::new(&inner, &op);
+        self.io().start_report_wait(&*inner, op);
+        handle
     }
 
     /// A switch the simulated backend does not have.
@@ -565,6 +563,15 @@ impl UdpSocket {
     /// socket, where the kernel takes it). A metadata socket reads nothing
     /// ahead: a datagram read ahead would lose its metadata.
     fn switch(&self, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
+        self.switch_options(on, v4, v6)?;
+        if on {
+            self.io().no_read_ahead();
+        }
+        Ok(())
+    }
+
+    /// Sets the socket options of a switch (see [`switch`](Self::switch)).
+    fn switch_options(&self, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
         let sock = self.sock()?;
         let set = |(level, name): (i32, i32)| {
             sys::msg::set_int_option(&sock, level, name, i32::from(on)).map_err(|e| match e.raw_os_error() {
@@ -581,9 +588,6 @@ impl UdpSocket {
             }
         } else {
             set(v4)?;
-        }
-        if on {
-            self.io().no_read_ahead();
         }
         Ok(())
     }

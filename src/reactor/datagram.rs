@@ -385,7 +385,7 @@ impl IoObject {
                 start += len;
             }
             let r = if self.recv_errors.get() {
-                super::retry_reported(true, || sys::send_many(sock, bytes, &parts))
+                super::retry_reported(|| sys::send_many(sock, bytes, &parts))
             } else {
                 sys::send_many(sock, bytes, &parts)
             };
@@ -452,7 +452,7 @@ impl IoObject {
             return Batch::Single;
         }
         let sent = if self.recv_errors.get() {
-            super::retry_reported(true, || sys::send_segments(sock, bytes, dest.as_ref(), segment as u16))
+            super::retry_reported(|| sys::send_segments(sock, bytes, dest.as_ref(), segment as u16))
         } else {
             sys::send_segments(sock, bytes, dest.as_ref(), segment as u16)
         };

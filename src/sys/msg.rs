@@ -87,6 +87,9 @@ pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         ..MsgInfo::default()
     };
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        log::debug!("control messages truncated: some metadata is missing");
+    }
     // SAFETY: the kernel filled `msg_controllen` bytes of `control` with
     // well-formed control messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
     // them, and each payload is read unaligned, within its `cmsg_len`.
@@ -95,12 +98,15 @@ pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -
         while !cmsg.is_null() {
             let c = &*cmsg;
             let data = libc::CMSG_DATA(cmsg);
-            let payload = c.cmsg_len as usize - (data as usize - cmsg as usize);
+            let payload = (c.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
             let int = || (payload >= size_of::<libc::c_int>()).then(|| data.cast::<libc::c_int>().read_unaligned());
             match (c.cmsg_level, c.cmsg_type) {
+                // The local address a reply can leave from (for a unicast
+                // datagram its destination; for a broadcast one the
+                // interface's address).
                 (libc::IPPROTO_IP, libc::IP_PKTINFO) if payload >= size_of::<libc::in_pktinfo>() => {
                     let p = data.cast::<libc::in_pktinfo>().read_unaligned();
-                    info.local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr))));
+                    info.local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_spec_dst.s_addr))));
                     info.ifindex = Some(p.ipi_ifindex as u32);
                 }
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if payload >= size_of::<libc::in6_pktinfo>() => {
@@ -124,6 +130,12 @@ pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
+    // A dual-stack socket hears of IPv4 traffic in both families: report
+    // the local address in the sender's (IPv4 mapped into IPv6), so that a
+    // reply can name it.
+    if let (Some(SocketAddr::V6(_)), Some(IpAddr::V4(v4))) = (info.from, info.local) {
+        info.local = Some(IpAddr::V6(v4.to_ipv6_mapped()));
+    }
     Ok(info)
 }
 
@@ -146,14 +158,31 @@ pub(crate) fn send_msg(
     msg.msg_iovlen = bufs.len() as _;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = CONTROL as _;
+    // The source in the destination's family: an IPv4 address travels
+    // mapped to an IPv4-mapped destination of a dual-stack socket, and a
+    // mapped one unmapped to an IPv4 destination; any other mismatch is
+    // an invalid argument. (A connected socket's family is not looked up:
+    // the kernel then ignores a source of the other family.)
+    let from_ip = match (info.from_ip, dest.map(|d| d.is_ipv6())) {
+        (Some(IpAddr::V4(v4)), Some(true)) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+        (Some(IpAddr::V6(v6)), Some(false)) => match v6.to_ipv4_mapped() {
+            Some(v4) => Some(IpAddr::V4(v4)),
+            None => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        },
+        (ip, _) => ip,
+    };
     let mut used = 0usize;
     // SAFETY: every header written lies within `control` (CONTROL bytes;
-    // the three possible messages need at most 3 * 40 bytes), placed by
-    // CMSG_FIRSTHDR/CMSG_NXTHDR over a zeroed buffer of the declared length;
+    // the four possible messages need at most 4 * 40 bytes), placed by
+    // CMSG_FIRSTHDR/CMSG_NXTHDR over a zeroed buffer of the declared length
+    // (a null header, which cannot happen at these sizes, is skipped);
     // payloads are written unaligned.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         let mut put = |level: i32, kind: i32, len: usize, write: &dyn Fn(*mut u8)| {
+            if cmsg.is_null() {
+                return;
+            }
             (*cmsg).cmsg_level = level;
             (*cmsg).cmsg_type = kind;
             (*cmsg).cmsg_len = libc::CMSG_LEN(len as u32) as _;
@@ -161,7 +190,7 @@ pub(crate) fn send_msg(
             used += libc::CMSG_SPACE(len as u32) as usize;
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         };
-        match info.from_ip {
+        match from_ip {
             Some(IpAddr::V4(ip)) => {
                 let p = libc::in_pktinfo {
                     ipi_ifindex: 0,
@@ -180,11 +209,13 @@ pub(crate) fn send_msg(
             }
             None => {}
         }
+        // Both levels: each path of the kernel reads its own and skips the
+        // other's, and an IPv4-mapped destination of a dual-stack socket
+        // takes the IPv4 path.
         if let Some(tos) = info.tos {
-            let v6 = dest.map_or_else(|| sock.peer_addr().is_ok_and(|a| a.is_ipv6()), |d| d.is_ipv6());
-            let (level, kind) =
-                if v6 { (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) } else { (libc::IPPROTO_IP, libc::IP_TOS) };
-            put(level, kind, size_of::<libc::c_int>(), &|d| d.cast::<libc::c_int>().write_unaligned(tos.into()));
+            for (level, kind) in [(libc::IPPROTO_IP, libc::IP_TOS), (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)] {
+                put(level, kind, size_of::<libc::c_int>(), &|d| d.cast::<libc::c_int>().write_unaligned(tos.into()));
+            }
         }
         if let Some(seg) = info.segment {
             put(libc::SOL_UDP, libc::UDP_SEGMENT, size_of::<u16>(), &|d| d.cast::<u16>().write_unaligned(seg));
@@ -242,7 +273,7 @@ pub(crate) fn recv_err(sock: &Socket) -> io::Result<ErrInfo> {
         while !cmsg.is_null() {
             let c = &*cmsg;
             let data = libc::CMSG_DATA(cmsg);
-            let payload = c.cmsg_len as usize - (data as usize - cmsg as usize);
+            let payload = (c.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
             let ours = matches!(
                 (c.cmsg_level, c.cmsg_type),
                 (libc::IPPROTO_IP, libc::IP_RECVERR) | (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
