@@ -192,11 +192,12 @@ pub(crate) trait Completion {
     fn cancel_hook(&self) -> Option<bool> {
         None
     }
-    /// For a wait for an error report (`async_receive_error`): where the
-    /// report it gets goes. `None` for every other operation.
-    fn report_slot(&self) -> Option<&Cell<Option<ErrInfo>>> {
-        None
-    }
+}
+
+/// A wait for an error report (`async_receive_error`): an operation with a
+/// place for the report it gets.
+pub(crate) trait ReportWait: Completion {
+    fn report_slot(&self) -> &Cell<Option<ErrInfo>>;
 }
 
 /// `async_receive_error` waiting among its socket's error waits: it takes
@@ -228,8 +229,11 @@ impl<F: FnOnce(Error, Option<ErrInfo>) + 'static> Completion for ReportOp<F> {
     fn abandon(&self) {
         drop(self.handler.take());
     }
-    fn report_slot(&self) -> Option<&Cell<Option<ErrInfo>>> {
-        Some(&self.report)
+}
+
+impl<F: FnOnce(Error, Option<ErrInfo>) + 'static> ReportWait for ReportOp<F> {
+    fn report_slot(&self) -> &Cell<Option<ErrInfo>> {
+        &self.report
     }
 }
 

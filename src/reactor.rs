@@ -8,7 +8,7 @@ mod datagram;
 use crate::backend::{Backend, Interest, Readiness, Waker};
 use crate::error::Error;
 use crate::metrics::{Counters, bump};
-use crate::op::{Accepted, Completion, Io, SocketOp, accept_now, connect_outcome_of};
+use crate::op::{Accepted, Completion, Io, ReportWait, SocketOp, accept_now, connect_outcome_of};
 use crate::sim::net::{Endpoint, Port};
 use crate::sys;
 use crate::sys::msg::{ErrInfo, MsgInfo, SendInfo};
@@ -46,6 +46,8 @@ struct IoState {
     ops: [VecDeque<Rc<dyn SocketOp>>; 2],
     /// `async_wait(WaitType::Error)` operations.
     error_waits: VecDeque<Rc<dyn Completion>>,
+    /// `async_receive_error` operations, waiting for a report.
+    report_waits: VecDeque<Rc<dyn ReportWait>>,
     /// Per direction: false once a call said would-block, true again on an
     /// event (edge-triggered readiness). Only half of the story for reads:
     /// see [`IoState::ready`].
@@ -88,6 +90,7 @@ impl IoState {
         IoState {
             ops: [VecDeque::new(), VecDeque::new()],
             error_waits: VecDeque::new(),
+            report_waits: VecDeque::new(),
             kernel_ready: [true, true],
             read_closed: false,
             read_ahead: None,
@@ -542,7 +545,7 @@ impl IoObject {
     /// Starts a wait for an error report (`async_receive_error`): a report
     /// already kept (or in the kernel's queue) completes it at once, through
     /// the queue; otherwise it waits among the error waits.
-    pub(crate) fn start_report_wait<O: Owner + ?Sized>(&self, owner: &O, op: Rc<dyn Completion>) {
+    pub(crate) fn start_report_wait<O: Owner + ?Sized>(&self, owner: &O, op: Rc<dyn ReportWait>) {
         owner.add_work();
         if !self.is_open() {
             owner.complete(op, Error::BAD_DESCRIPTOR, 0);
@@ -554,18 +557,40 @@ impl IoObject {
             return;
         }
         if let Some(report) = self.take_report() {
-            if let Some(slot) = op.report_slot() {
-                slot.set(Some(report));
-            }
+            op.report_slot().set(Some(report));
             owner.complete(op, Error::NONE, 0);
             return;
         }
         {
             let mut st = self.st.borrow_mut();
-            st.error_waits.retain(|w| !w.core().is_done()); // cancelled ones
-            st.error_waits.push_back(op);
+            st.report_waits.retain(|w| !w.core().is_done()); // cancelled ones
+            st.report_waits.push_back(op);
         }
         self.sync_interest(owner, true);
+    }
+
+    /// Gives the kept reports to the report waits, in order. Waits left
+    /// with none after an error event (a report the kernel dropped leaves
+    /// its `sk_err`) have that cleared, so that the error readiness does
+    /// not wake the loop again for nothing.
+    #[cold]
+    fn hand_out_reports<O: Owner + ?Sized>(&self, owner: &O) {
+        loop {
+            let (op, report) = {
+                let mut st = self.st.borrow_mut();
+                st.report_waits.retain(|w| !w.core().is_done());
+                if st.report_waits.is_empty() {
+                    return;
+                }
+                let Some(report) = st.reports.pop_front() else { break };
+                (st.report_waits.pop_front().expect("not empty"), report)
+            };
+            op.report_slot().set(Some(report));
+            owner.complete(op, Error::NONE, 0);
+        }
+        if let Some(sock) = self.socket() {
+            let _ = sock.take_error();
+        }
     }
 
     /// Registers the interest the pending operations need. With `force` it
@@ -579,7 +604,7 @@ impl IoObject {
             if !st.ops[Dir::Write as usize].is_empty() && !st.write_backoff {
                 wanted = wanted.add(Interest::WRITABLE);
             }
-            if !st.error_waits.is_empty() {
+            if !st.error_waits.is_empty() || !st.report_waits.is_empty() {
                 wanted = wanted.add(Interest::PRIORITY);
             }
             if st.registered && !force && wanted == st.interest {
@@ -748,32 +773,11 @@ impl IoObject {
                 self.drain_reports();
             }
             let waits: Vec<_> = self.st.borrow_mut().error_waits.drain(..).collect();
-            let mut waiting = Vec::new();
             for op in waits {
-                if op.core().is_done() {
-                    continue; // cancelled
-                }
-                if op.report_slot().is_none() {
-                    owner.complete(op, Error::NONE, 0);
-                    continue;
-                }
-                let report = self.st.borrow_mut().reports.pop_front();
-                match (report, op.report_slot()) {
-                    (Some(report), Some(slot)) => {
-                        slot.set(Some(report));
-                        owner.complete(op, Error::NONE, 0);
-                    }
-                    _ => waiting.push(op),
-                }
+                owner.complete(op, Error::NONE, 0);
             }
-            if !waiting.is_empty() {
-                // An error with no report for them (a report the kernel
-                // dropped leaves its `sk_err`): cleared, so that the error
-                // readiness does not wake the loop again for nothing.
-                if let Some(sock) = self.socket() {
-                    let _ = sock.take_error();
-                }
-                self.st.borrow_mut().error_waits.extend(waiting);
+            if self.recv_errors.get() {
+                self.hand_out_reports(owner);
             }
         }
     }
@@ -921,6 +925,7 @@ impl IoObject {
         let [r, w] = &mut st.ops;
         let mut v: Vec<Rc<dyn Completion>> = r.drain(..).chain(w.drain(..)).map(|o| o as Rc<dyn Completion>).collect();
         v.extend(st.error_waits.drain(..));
+        v.extend(st.report_waits.drain(..).map(|w| w as Rc<dyn Completion>));
         v
     }
 

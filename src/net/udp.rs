@@ -542,10 +542,10 @@ impl UdpSocket {
         let Some(inner) = self.live_context() else {
             return Operation::detached();
         };
-        let op: Rc<dyn Completion> = Rc::new(ReportOp::new(move |err, report: Option<ErrInfo>| {
+        let op = Rc::new(ReportOp::new(move |err, report: Option<ErrInfo>| {
             handler(err, report.map_or_else(IcmpError::empty, IcmpError::from_info))
         }));
-        let handle = Operation::new(&inner, &op);
+        let handle = Operation::new(&inner, &(op.clone() as Rc<dyn Completion>));
         self.io().start_report_wait(&*inner, op);
         handle
     }
