@@ -64,6 +64,27 @@ pub(crate) fn set_int_option(sock: &Socket, level: i32, name: i32, value: i32) -
     .map(drop)
 }
 
+/// Calls `f(level, type, data, payload length)` for each control message
+/// the kernel placed in `msg`.
+///
+/// # Safety
+/// `msg` must come from a successful `recvmsg`: its control buffer holds
+/// `msg_controllen` bytes of well-formed control messages.
+unsafe fn each_cmsg(msg: &libc::msghdr, mut f: impl FnMut(i32, i32, *const u8, usize)) {
+    // SAFETY: the caller's promise; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
+    // the control buffer and each payload length is bounded by `cmsg_len`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            let payload = (c.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
+            f(c.cmsg_level, c.cmsg_type, data, payload);
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+}
+
 /// Receives one datagram into `bufs` with its metadata.
 pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<MsgInfo> {
     let mut control = [MaybeUninit::<u64>::uninit(); CONTROL / 8];
@@ -90,17 +111,12 @@ pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         log::debug!("control messages truncated: some metadata is missing");
     }
-    // SAFETY: the kernel filled `msg_controllen` bytes of `control` with
-    // well-formed control messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
-    // them, and each payload is read unaligned, within its `cmsg_len`.
+    // SAFETY: `msg` comes from the recvmsg above; each payload is read
+    // unaligned, within its length.
     unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let c = &*cmsg;
-            let data = libc::CMSG_DATA(cmsg);
-            let payload = (c.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
+        each_cmsg(&msg, |level, kind, data, payload| {
             let int = || (payload >= size_of::<libc::c_int>()).then(|| data.cast::<libc::c_int>().read_unaligned());
-            match (c.cmsg_level, c.cmsg_type) {
+            match (level, kind) {
                 // The local address a reply can leave from (for a unicast
                 // datagram its destination; for a broadcast one the
                 // interface's address).
@@ -127,8 +143,7 @@ pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -
                 (libc::SOL_UDP, libc::UDP_GRO) => info.segment_size = int().map(|v| v.max(0) as usize),
                 _ => {}
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
+        });
     }
     // A dual-stack socket hears of IPv4 traffic in both families: report
     // the local address in the sender's (IPv4 mapped into IPv6), so that a
@@ -265,17 +280,13 @@ pub(crate) fn recv_err(sock: &Socket) -> io::Result<ErrInfo> {
     // SAFETY: the kernel wrote `msg_namelen` bytes of address into `name`.
     let mut info =
         ErrInfo { dest: unsafe { ip_addr(name.as_ptr(), msg.msg_namelen) }, reporter: None, errno: 0, mtu: None };
-    // SAFETY: as in `recv_msg`: well-formed control messages within
-    // `msg_controllen`; the extended error and the offender's address that
-    // follows it are copied out unaligned, within the message's length.
+    // SAFETY: `msg` comes from the recvmsg above; the extended error and
+    // the offender's address that follows it are copied out unaligned,
+    // within the message's length.
     unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let c = &*cmsg;
-            let data = libc::CMSG_DATA(cmsg);
-            let payload = (c.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
+        each_cmsg(&msg, |level, kind, data, payload| {
             let ours = matches!(
-                (c.cmsg_level, c.cmsg_type),
+                (level, kind),
                 (libc::IPPROTO_IP, libc::IP_RECVERR) | (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
             );
             if ours && payload >= size_of::<libc::sock_extended_err>() {
@@ -293,8 +304,7 @@ pub(crate) fn recv_err(sock: &Socket) -> io::Result<ErrInfo> {
                 );
                 info.reporter = ip_addr(&storage, n as libc::socklen_t).map(|a| a.ip());
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
+        });
     }
     Ok(info)
 }
