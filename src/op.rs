@@ -588,6 +588,23 @@ impl<B, F> RecvMsgOp<B, F> {
     }
 }
 
+impl<B: 'static, F: 'static> RecvMsgOp<B, F> {
+    /// A new receive in recycled memory when there is some (a server's
+    /// receive loop reuses one block, as plain receives do).
+    pub(crate) fn rc(bufs: B, flags: i32, handler: F) -> Rc<Self> {
+        if let Some(mut rc) = recycled::<Self>()
+            && let Some(op) = Rc::get_mut(&mut rc)
+        {
+            op.core.reset();
+            *op.bufs.get_mut() = Some(bufs);
+            op.flags = flags;
+            *op.handler.get_mut() = Some(handler);
+            return rc;
+        }
+        Rc::new(RecvMsgOp::new(bufs, flags, handler))
+    }
+}
+
 impl<B: 'static, F: FnOnce(Error, MsgInfo, B) + 'static> Completion for RecvMsgOp<B, F> {
     fn core(&self) -> &OpCore {
         &self.core
@@ -596,7 +613,7 @@ impl<B: 'static, F: FnOnce(Error, MsgInfo, B) + 'static> Completion for RecvMsgO
         let (err, _) = self.core.result();
         let info = if err.is_ok() { self.info.get() } else { MsgInfo::default() };
         if let (Some(h), Some(b)) = (self.handler.take(), self.bufs.take()) {
-            drop(self);
+            recycle(self);
             h(err, info, b);
         }
     }

@@ -541,7 +541,7 @@ impl Base {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, MsgInfo::default()),
             Attempt::Later => {
-                return self.enqueue(&inner, Rc::new(RecvMsgOp::new(bufs, flags.bits(), handler)), Dir::Read);
+                return self.enqueue(&inner, RecvMsgOp::rc(bufs, flags.bits(), handler), Dir::Read);
             }
         };
         inner.post_done(err, info.len, move || handler(err, info, bufs));
