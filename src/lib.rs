@@ -78,7 +78,9 @@
 //! | `asio::error::not_found` (read_until over its limit) | `Error::NOT_FOUND` |
 //! | (no Asio equivalent) | [`net::UdpSocket::set_gso`]: sends of one pass coalesced with UDP segmentation offload, each completing on its own |
 //! | (no Asio equivalent) | [`net::UdpSocket::set_send_coalescing`]: a pass's sends after its first leave together in one `sendmmsg`, each completing on its own |
-//! | (simulation; Asio has none) | [`IoContext::simulated`]: the same code on virtual time and an in-memory UDP network, one seed one run ([`sim`]: [`Sim`], [`SimConfig`], [`sim::Link`], [`sim::check_determinism`]); the context's clock is [`Executor::now`]. TCP is not simulated yet |
+//! | (no Asio equivalent) | [`net::UdpSocket::async_receive_msg`] / [`net::UdpSocket::async_send_msg`]: per-datagram metadata ([`net::RecvMeta`]: pktinfo, ECN, TTL, timestamp, truncation, GRO stride; [`net::SendMeta`]: source address, ECN, segment size), with the `set_recv_*` switches |
+//! | (no Asio equivalent) | [`net::UdpSocket::set_recv_errors`], [`net::UdpSocket::async_receive_error`]: ICMP reports as [`net::IcmpError`], which never end a receive |
+//! | (simulation; Asio has none) | [`IoContext::simulated`]: the same code on virtual time and an in-memory UDP and TCP network, one seed one run ([`sim`]: [`Sim`], [`SimConfig`], [`sim::Link`], [`sim::check_determinism`]); the context's clock is [`Executor::now`] |
 //!
 //! ## Rules every operation follows
 //!
