@@ -320,6 +320,15 @@ impl IoObject {
         if let Some(Endpoint::Udp(port)) = &*self.sim.borrow() {
             port.set_recv_errors(on);
         }
+        if !on {
+            // No report will come: the waits end as a new one would.
+            let waits: Vec<_> = self.st.borrow_mut().report_waits.drain(..).collect();
+            if let Some(owner) = self.owner.upgrade() {
+                for op in waits {
+                    owner.complete(op, Error::INVALID_ARGUMENT, 0);
+                }
+            }
+        }
     }
 
     /// Runs the system call `f` once more when it fails with an error the
@@ -331,8 +340,8 @@ impl IoObject {
     /// Only a socket with the switch on pays for this: the others test one
     /// flag and make the call as before.
     #[inline(always)]
-    pub(crate) fn past_reports<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-        if self.recv_errors.get() { retry_reported(f) } else { f() }
+    pub(crate) fn past_reports<T>(&self, send: bool, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        if self.recv_errors.get() { retry_reported(send, f) } else { f() }
     }
 
     /// Moves what the error queue holds into `reports` (at most
@@ -355,12 +364,6 @@ impl IoObject {
             }
             st.reports.push_back(report);
         }
-    }
-
-    /// The oldest error report, if any (asking the kernel first).
-    pub(crate) fn take_report(&self) -> Option<ErrInfo> {
-        self.drain_reports();
-        self.st.borrow_mut().reports.pop_front()
     }
 
     /// Turns send coalescing on or off (see [`defer_send`](Self::defer_send)).
@@ -556,17 +559,17 @@ impl IoObject {
             owner.complete(op, Error::INVALID_ARGUMENT, 0);
             return;
         }
-        if let Some(report) = self.take_report() {
-            op.report_slot().set(Some(report));
-            owner.complete(op, Error::NONE, 0);
-            return;
-        }
         {
+            // Behind the waits already there: reports go out in order.
             let mut st = self.st.borrow_mut();
             st.report_waits.retain(|w| !w.core().is_done()); // cancelled ones
             st.report_waits.push_back(op);
         }
-        self.sync_interest(owner, true);
+        self.drain_reports();
+        self.hand_out_reports(owner);
+        if !self.st.borrow().report_waits.is_empty() {
+            self.sync_interest(owner, true);
+        }
     }
 
     /// Gives the kept reports to the report waits, in order. Waits left
@@ -1026,9 +1029,9 @@ fn sim_send(obj: &IoObject, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, flags
 /// line: the usual path stays as it was).
 #[cold]
 #[inline(never)]
-fn retry_reported<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+fn retry_reported<T>(send: bool, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     match f() {
-        Err(e) => retry_reported_after(e, f),
+        Err(e) => retry_reported_after(e, send, f),
         r => r,
     }
 }
@@ -1039,8 +1042,8 @@ fn retry_reported<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 /// time, and a datagram too large for the path stays too large).
 #[cold]
 #[inline(never)]
-fn retry_reported_after<T>(e: io::Error, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    if reported_errno(&e) {
+fn retry_reported_after<T>(e: io::Error, send: bool, mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    if reported_errno(&e, send) {
         log::trace!("an error the error queue reports too: {e}; once more");
         f()
     } else {
@@ -1049,21 +1052,16 @@ fn retry_reported_after<T>(e: io::Error, mut f: impl FnMut() -> io::Result<T>) -
 }
 
 /// An error the kernel reports through the error queue too (ICMP
-/// unreachables and path MTU reports).
+/// unreachables; for a receive, path MTU reports). A send's `EMSGSIZE` is
+/// its own (a datagram too large, which queues a report of its own: made
+/// again, it would queue a second).
 #[cold]
-fn reported_errno(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNREFUSED
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::EHOSTDOWN
-                | libc::ENETDOWN
-                | libc::EMSGSIZE
-                | libc::EPROTO
-        )
-    )
+fn reported_errno(e: &io::Error, send: bool) -> bool {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => true,
+        Some(libc::EMSGSIZE | libc::EPROTO) => !send,
+        _ => false,
+    }
 }
 
 /// The error a call on a closed socket gets (EBADF, as the kernel's).
@@ -1087,7 +1085,7 @@ impl Io for IoObject {
             Some(sock) => match self.recv_uncounted(sock, bufs, flags, from) {
                 Ok(n) => n,
                 Err(e) if self.recv_errors.get() => {
-                    retry_reported_after(e, || self.recv_uncounted(sock, bufs, flags, from))?
+                    retry_reported_after(e, false, || self.recv_uncounted(sock, bufs, flags, from))?
                 }
                 Err(e) => return Err(e),
             },
@@ -1121,7 +1119,9 @@ impl Io for IoObject {
         let n = match &*sock {
             Some(sock) => match sys::send(sock, bufs, dest, flags) {
                 Ok(n) => n,
-                Err(e) if self.recv_errors.get() => retry_reported_after(e, || sys::send(sock, bufs, dest, flags))?,
+                Err(e) if self.recv_errors.get() => {
+                    retry_reported_after(e, true, || sys::send(sock, bufs, dest, flags))?
+                }
                 Err(e) => return Err(e),
             },
             None => sim_send(self, bufs, dest, flags)?,
@@ -1152,7 +1152,7 @@ impl Io for IoObject {
     fn recv_msg(&self, bufs: &mut [IoSliceMut<'_>], flags: i32) -> io::Result<MsgInfo> {
         let sock = self.sock.borrow();
         let info = match &*sock {
-            Some(sock) => self.past_reports(|| self.recv_msg_uncounted(sock, bufs, flags))?,
+            Some(sock) => self.past_reports(false, || self.recv_msg_uncounted(sock, bufs, flags))?,
             None => match &*self.sim.borrow() {
                 Some(endpoint) => endpoint.recv_msg(bufs, flags & libc::MSG_PEEK != 0)?,
                 None => return Err(closed()),
@@ -1167,7 +1167,7 @@ impl Io for IoObject {
     fn send_msg(&self, bufs: &[IoSlice<'_>], dest: Option<&SockAddr>, info: &SendInfo) -> io::Result<usize> {
         let sock = self.sock.borrow();
         let n = match &*sock {
-            Some(sock) => self.past_reports(|| sys::msg::send_msg(sock, bufs, dest, info))?,
+            Some(sock) => self.past_reports(true, || sys::msg::send_msg(sock, bufs, dest, info))?,
             None => match &*self.sim.borrow() {
                 Some(endpoint) => endpoint.send_msg(bufs, dest.and_then(SockAddr::as_socket), info)?,
                 None => return Err(closed()),

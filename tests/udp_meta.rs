@@ -369,6 +369,64 @@ fn a_report_wait_is_an_operation_like_any_other() {
 }
 
 #[test]
+fn batched_receives_go_on_past_a_report_and_waits_get_reports_in_order() {
+    let ctx = IoContext::new().unwrap();
+    let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    s.set_recv_errors(true).unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    // Several receives queued: the loop takes them in one recvmmsg batch.
+    for _ in 0..4 {
+        let g = got.clone();
+        s.async_receive_from(vec![0u8; 8], move |e, n, _, _| g.borrow_mut().push((e, n)));
+    }
+    // Two waits, the older first; the second starts after the error came.
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let o = order.clone();
+    s.async_receive_error(move |e, _| o.borrow_mut().push(("first", e)));
+    ctx.poll();
+    let closed = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let gone = closed.local_addr().unwrap();
+    closed.close();
+    s.send_to(&b"x"[..], gone).unwrap();
+    s.send_to(&b"y"[..], gone).unwrap();
+    // The datagrams and the refusal's error come in one event; the batch
+    // runs before the reports are drained, with the socket's error set.
+    let peer = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    for i in 0..4u8 {
+        peer.send_to(&[i; 4][..], s.local_addr().unwrap()).unwrap();
+    }
+    ctx.run_for(Duration::from_millis(300));
+    ctx.restart();
+    assert_eq!(*got.borrow(), [(Error::NONE, 4); 4], "no receive ended with the refusal");
+    let o = order.clone();
+    s.async_receive_error(move |e, _| o.borrow_mut().push(("second", e)));
+    ctx.run_for(Duration::from_millis(100));
+    assert_eq!(*order.borrow(), [("first", Error::NONE), ("second", Error::NONE)]);
+}
+
+#[test]
+fn an_oversized_send_is_its_own_error_and_queues_one_report() {
+    let ctx = IoContext::new().unwrap();
+    let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    s.set_recv_errors(true).unwrap();
+    let e = s.send_to(&vec![0u8; 65_510][..], addr("127.0.0.1:9")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(90), "EMSGSIZE: {e}");
+    let got = Rc::new(RefCell::new(Vec::new()));
+    for _ in 0..2 {
+        let g = got.clone();
+        s.async_receive_error(move |e, icmp| g.borrow_mut().push((e, icmp.error)));
+    }
+    ctx.run_for(Duration::from_millis(100));
+    ctx.restart();
+    // One report (the kernel's own), the second wait still waiting.
+    assert_eq!(*got.borrow(), [(Error::NONE, Error::MESSAGE_SIZE)]);
+    // Turning the switch off ends it: no report could come.
+    s.set_recv_errors(false).unwrap();
+    ctx.run();
+    assert_eq!(got.borrow()[1], (Error::INVALID_ARGUMENT, Error::NONE));
+}
+
+#[test]
 fn a_connected_socket_with_error_reports_on_gets_its_refusal_as_a_report() {
     let ctx = IoContext::new().unwrap();
     let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();

@@ -112,6 +112,11 @@ pub struct SendMeta {
     pub to: Option<SocketAddr>,
     /// The source address, for a socket bound to every address (a server
     /// answering from the address a request came to, `RecvMeta::local`).
+    /// Given in the other family than `to`'s, it is mapped where it can be
+    /// (an IPv4 address to an IPv4-mapped destination of a dual-stack
+    /// socket, and back); otherwise the send fails with `INVALID_ARGUMENT`.
+    /// Without `to` (a connected socket), a source of the other family is
+    /// ignored by the kernel.
     pub from_ip: Option<IpAddr>,
     /// The ECN codepoint to send with.
     pub ecn: Option<Ecn>,

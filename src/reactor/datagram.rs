@@ -221,7 +221,11 @@ impl IoObject {
         }
         let mut space = owner.reactor().read_ahead_space();
         let mut got = [(0, None); sys::RECV_BATCH];
-        let result = sys::recv_many(sock, &mut slices, &counts, &mut space, &mut got);
+        let result = if self.recv_errors.get() {
+            super::retry_reported(false, || sys::recv_many(sock, &mut slices, &counts, &mut space, &mut got))
+        } else {
+            sys::recv_many(sock, &mut slices, &counts, &mut space, &mut got)
+        };
         drop(slices);
         drop(guards);
         match result {
@@ -385,7 +389,7 @@ impl IoObject {
                 start += len;
             }
             let r = if self.recv_errors.get() {
-                super::retry_reported(|| sys::send_many(sock, bytes, &parts))
+                super::retry_reported(true, || sys::send_many(sock, bytes, &parts))
             } else {
                 sys::send_many(sock, bytes, &parts)
             };
@@ -452,7 +456,7 @@ impl IoObject {
             return Batch::Single;
         }
         let sent = if self.recv_errors.get() {
-            super::retry_reported(|| sys::send_segments(sock, bytes, dest.as_ref(), segment as u16))
+            super::retry_reported(true, || sys::send_segments(sock, bytes, dest.as_ref(), segment as u16))
         } else {
             sys::send_segments(sock, bytes, dest.as_ref(), segment as u16)
         };
