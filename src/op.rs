@@ -200,40 +200,46 @@ pub(crate) trait ReportWait: Completion {
     fn report_slot(&self) -> &Cell<Option<ErrInfo>>;
 }
 
-/// `async_receive_error` waiting among its socket's error waits: it takes
-/// a report when an error event brings one, and waits on otherwise.
-pub(crate) struct ReportOp<F> {
+/// An operation whose result is one value beside its `Error`, kept in a
+/// slot until its handler runs: an accept (the new connection) and a wait
+/// for an error report (the report).
+pub(crate) struct SlotOp<T, F> {
     core: OpCore,
-    report: Cell<Option<ErrInfo>>,
+    slot: Cell<Option<T>>,
     handler: Cell<Option<F>>,
 }
 
-impl<F> ReportOp<F> {
+impl<T, F> SlotOp<T, F> {
     pub(crate) fn new(handler: F) -> Self {
-        ReportOp { core: OpCore::default(), report: Cell::new(None), handler: Cell::new(Some(handler)) }
+        SlotOp { core: OpCore::default(), slot: Cell::new(None), handler: Cell::new(Some(handler)) }
     }
 }
 
-impl<F: FnOnce(Error, Option<ErrInfo>) + 'static> Completion for ReportOp<F> {
+impl<T: 'static, F: FnOnce(Error, Option<T>) + 'static> Completion for SlotOp<T, F> {
     fn core(&self) -> &OpCore {
         &self.core
     }
     fn invoke(self: Rc<Self>) {
         let (err, _) = self.core.result();
-        let report = self.report.take();
+        let value = self.slot.take();
         if let Some(h) = self.handler.take() {
             drop(self);
-            h(err, report);
+            h(err, value);
         }
     }
     fn abandon(&self) {
+        drop(self.slot.take());
         drop(self.handler.take());
     }
 }
 
+/// `async_receive_error` waiting among its socket's report waits: it takes
+/// a report when an error event brings one, and waits on otherwise.
+pub(crate) type ReportOp<F> = SlotOp<ErrInfo, F>;
+
 impl<F: FnOnce(Error, Option<ErrInfo>) + 'static> ReportWait for ReportOp<F> {
     fn report_slot(&self) -> &Cell<Option<ErrInfo>> {
-        &self.report
+        &self.slot
     }
 }
 
@@ -340,32 +346,83 @@ pub(crate) fn recv_now<B: MutableBufferSequence + ?Sized, I: Io + ?Sized>(
     sys::result(r)
 }
 
-/// A send (`async_send`, `async_send_to`) waiting for the socket.
-pub(crate) struct SendOp<B, F> {
+/// How a send is made: with message flags (`async_send`, `async_send_to`:
+/// `i32`) or with control messages (`async_send_msg`: `SendInfo`). Chosen at
+/// compile time, so the plain send's code is what it would be alone.
+pub(crate) trait SendHow: Copy + 'static {
+    /// Such a send may wait for the end of the pass and join a batch
+    /// (coalescing, GSO); one with control messages goes alone.
+    const DEFERRABLE: bool;
+    /// Sends `bufs` now; `None` when the socket would block.
+    fn send_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
+        self,
+        io: &I,
+        bufs: &B,
+        dest: Option<&SockAddr>,
+    ) -> Option<(Error, usize)>;
+    /// This send can join a batch (no flags: they apply per datagram).
+    fn batchable(self) -> bool;
+}
+
+impl SendHow for i32 {
+    const DEFERRABLE: bool = true;
+    #[inline(always)]
+    fn send_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
+        self,
+        io: &I,
+        bufs: &B,
+        dest: Option<&SockAddr>,
+    ) -> Option<(Error, usize)> {
+        send_now(io, bufs, dest, self)
+    }
+    #[inline(always)]
+    fn batchable(self) -> bool {
+        self == 0
+    }
+}
+
+impl SendHow for SendInfo {
+    const DEFERRABLE: bool = false;
+    fn send_now<B: ConstBufferSequence + ?Sized, I: Io + ?Sized>(
+        self,
+        io: &I,
+        bufs: &B,
+        dest: Option<&SockAddr>,
+    ) -> Option<(Error, usize)> {
+        send_msg_now(io, bufs, dest, &self)
+    }
+    fn batchable(self) -> bool {
+        false
+    }
+}
+
+/// A send (`async_send`, `async_send_to`, `async_send_msg`) waiting for the
+/// socket; `M` says how it is made (see [`SendHow`]).
+pub(crate) struct SendOp<B, F, M = i32> {
     core: OpCore,
     bufs: RefCell<Option<B>>,
     /// Boxed: a socket address is 136 bytes, and most sends go to the
     /// connected peer (`None`).
     dest: Option<Box<SockAddr>>,
-    flags: i32,
+    how: M,
     handler: Cell<Option<F>>,
 }
 
-impl<B, F> SendOp<B, F> {
-    pub(crate) fn new(bufs: B, dest: Option<SockAddr>, flags: i32, handler: F) -> Self {
+impl<B, F, M> SendOp<B, F, M> {
+    pub(crate) fn new(bufs: B, dest: Option<SockAddr>, how: M, handler: F) -> Self {
         SendOp {
             core: OpCore::default(),
             bufs: RefCell::new(Some(bufs)),
             dest: dest.map(Box::new),
-            flags,
+            how,
             handler: Cell::new(Some(handler)),
         }
     }
 }
 
-impl<B: 'static, F: 'static> SendOp<B, F> {
+impl<B: 'static, F: 'static, M: 'static> SendOp<B, F, M> {
     /// A new send in recycled memory when there is some.
-    pub(crate) fn rc(bufs: B, dest: Option<SockAddr>, flags: i32, handler: F) -> Rc<Self> {
+    pub(crate) fn rc(bufs: B, dest: Option<SockAddr>, how: M, handler: F) -> Rc<Self> {
         if let Some(mut rc) = recycled::<Self>()
             && let Some(op) = Rc::get_mut(&mut rc)
         {
@@ -377,15 +434,15 @@ impl<B: 'static, F: 'static> SendOp<B, F> {
                 (Some(old), Some(new)) => **old = new,
                 (slot, new) => *slot = new.map(Box::new),
             }
-            op.flags = flags;
+            op.how = how;
             *op.handler.get_mut() = Some(handler);
             return rc;
         }
-        Rc::new(SendOp::new(bufs, dest, flags, handler))
+        Rc::new(SendOp::new(bufs, dest, how, handler))
     }
 }
 
-impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> {
+impl<B: 'static, F: FnOnce(Error, usize) + 'static, M: 'static> Completion for SendOp<B, F, M> {
     fn core(&self) -> &OpCore {
         &self.core
     }
@@ -404,14 +461,14 @@ impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendOp<B, F> 
     }
 }
 
-impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendOp<B, F> {
+impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static, M: SendHow> SocketOp for SendOp<B, F, M> {
     fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
         let bufs = self.bufs.borrow();
-        send_now(io, bufs.as_ref()?, self.dest.as_deref(), self.flags)
+        self.how.send_now(io, bufs.as_ref()?, self.dest.as_deref())
     }
     #[inline]
     fn append_datagram(&self, out: &mut Vec<u8>, room: usize) -> Option<(usize, Option<&SockAddr>)> {
-        if self.flags != 0 || self.core.is_done() {
+        if !self.how.batchable() || self.core.is_done() {
             return None; // flags apply per datagram: not batched; a cancelled send stays
         }
         let bufs = self.bufs.borrow();
@@ -632,52 +689,6 @@ impl<B: MutableBufferSequence + 'static, F: FnOnce(Error, MsgInfo, B) + 'static>
     }
 }
 
-/// A send with control messages (`async_send_msg`) waiting for the socket.
-pub(crate) struct SendMsgOp<B, F> {
-    core: OpCore,
-    bufs: RefCell<Option<B>>,
-    dest: Option<Box<SockAddr>>,
-    info: SendInfo,
-    handler: Cell<Option<F>>,
-}
-
-impl<B, F> SendMsgOp<B, F> {
-    pub(crate) fn new(bufs: B, dest: Option<SockAddr>, info: SendInfo, handler: F) -> Self {
-        SendMsgOp {
-            core: OpCore::default(),
-            bufs: RefCell::new(Some(bufs)),
-            dest: dest.map(Box::new),
-            info,
-            handler: Cell::new(Some(handler)),
-        }
-    }
-}
-
-impl<B: 'static, F: FnOnce(Error, usize) + 'static> Completion for SendMsgOp<B, F> {
-    fn core(&self) -> &OpCore {
-        &self.core
-    }
-    fn invoke(self: Rc<Self>) {
-        drop(self.bufs.take());
-        let (err, n) = self.core.result();
-        if let Some(h) = self.handler.take() {
-            drop(self);
-            h(err, n);
-        }
-    }
-    fn abandon(&self) {
-        drop(self.bufs.take());
-        drop(self.handler.take());
-    }
-}
-
-impl<B: ConstBufferSequence + 'static, F: FnOnce(Error, usize) + 'static> SocketOp for SendMsgOp<B, F> {
-    fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
-        let bufs = self.bufs.borrow();
-        send_msg_now(io, bufs.as_ref()?, self.dest.as_deref(), &self.info)
-    }
-}
-
 /// A completion with only an `Error`: readiness waits, a non-blocking
 /// connect in progress, and operations that finish at once (`async_connect`
 /// on a datagram socket).
@@ -730,17 +741,7 @@ impl<F: FnOnce(Error) + 'static> SocketOp for WaitOp<F> {
 }
 
 /// An accept waiting for a connection; the handler gets the new socket.
-pub(crate) struct AcceptOp<F> {
-    core: OpCore,
-    accepted: RefCell<Option<Accepted>>,
-    handler: Cell<Option<F>>,
-}
-
-impl<F> AcceptOp<F> {
-    pub(crate) fn new(handler: F) -> Self {
-        AcceptOp { core: OpCore::default(), accepted: RefCell::new(None), handler: Cell::new(Some(handler)) }
-    }
-}
+pub(crate) type AcceptOp<F> = SlotOp<Accepted, F>;
 
 /// Accepts one connection now; `None` when none is pending. A connection
 /// that was reset before it could be accepted is skipped, as Asio does.
@@ -778,29 +779,11 @@ pub(crate) fn connect_outcome_of(sock: &Socket) -> Option<Error> {
     }
 }
 
-impl<F: FnOnce(Error, Option<Accepted>) + 'static> Completion for AcceptOp<F> {
-    fn core(&self) -> &OpCore {
-        &self.core
-    }
-    fn invoke(self: Rc<Self>) {
-        let (err, _) = self.core.result();
-        let sock = self.accepted.take();
-        if let Some(h) = self.handler.take() {
-            drop(self);
-            h(err, sock);
-        }
-    }
-    fn abandon(&self) {
-        drop(self.accepted.take());
-        drop(self.handler.take());
-    }
-}
-
 impl<F: FnOnce(Error, Option<Accepted>) + 'static> SocketOp for AcceptOp<F> {
     fn perform(&self, io: &dyn Io) -> Option<(Error, usize)> {
         match io.accept()? {
             Ok(s) => {
-                *self.accepted.borrow_mut() = Some(s);
+                self.slot.set(Some(s));
                 Some((Error::NONE, 0))
             }
             Err(e) => Some((e, 0)),

@@ -8,13 +8,13 @@ use crate::cancel::Operation;
 use crate::context::{Executor, Inner};
 use crate::error::Error;
 use crate::op::{
-    AcceptOp, Accepted, Completion, Io, RecvFromOp, RecvMsgOp, RecvOp, SendMsgOp, SendOp, SocketOp, WaitOp,
-    recv_from_now, recv_msg_now, recv_now, send_msg_now, send_now,
+    AcceptOp, Accepted, Completion, Io, RecvFromOp, RecvMsgOp, RecvOp, SendHow, SendOp, SocketOp, WaitOp,
+    recv_from_now, recv_msg_now, recv_now, send_now,
 };
 use crate::reactor::{Attempt, Dir, IoObject, retry_delay};
 use crate::sim::net::Endpoint;
 use crate::sim::world::World;
-use crate::sys::msg::{MsgInfo, SendInfo};
+use crate::sys::msg::MsgInfo;
 use crate::sys::{self, Readiness};
 use socket2::{SockAddr, SockRef, Socket};
 use std::cell::Cell;
@@ -463,14 +463,11 @@ impl Base {
     /// Starts a send: performed at once when the socket allows (S1), its
     /// completion posted without allocating an operation; otherwise queued.
     /// `dest` is borrowed: the address is copied only if the send must wait.
+    /// `how`: message flags (`i32`, a plain send, which may be deferred to
+    /// the end of the pass and batched), or control messages (`SendInfo`,
+    /// a send with metadata, which goes alone).
     #[inline]
-    pub(crate) fn start_send<B, F>(
-        &self,
-        bufs: B,
-        dest: Option<&SockAddr>,
-        flags: MessageFlags,
-        handler: F,
-    ) -> Operation
+    pub(crate) fn start_send<B, F, M: SendHow>(&self, bufs: B, dest: Option<&SockAddr>, how: M, handler: F) -> Operation
     where
         B: ConstBufferSequence + 'static,
         F: FnOnce(Error, usize) + 'static,
@@ -479,16 +476,16 @@ impl Base {
             return Operation::detached();
         };
         let io = self.io();
-        let now = if io.defer_send(inner.pass()) {
+        let now = if M::DEFERRABLE && io.defer_send(inner.pass()) {
             Attempt::Later
         } else {
-            io.try_now(Dir::Write, || send_now(&**io, &bufs, dest, flags.bits()))
+            io.try_now(Dir::Write, || how.send_now(&**io, &bufs, dest))
         };
         let (err, n) = match now {
             Attempt::Done(r) => r,
             Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
             Attempt::Later => {
-                let op = SendOp::rc(bufs, dest.cloned(), flags.bits(), handler);
+                let op = SendOp::rc(bufs, dest.cloned(), how, handler);
                 return self.enqueue(&inner, op, Dir::Write);
             }
         };
@@ -545,29 +542,6 @@ impl Base {
             }
         };
         inner.post_done(err, info.len, move || handler(err, info, bufs));
-        Operation::detached()
-    }
-
-    /// Starts a send with control messages: performed at once when the
-    /// socket allows (S1), otherwise queued. Never batched or coalesced.
-    pub(crate) fn start_send_msg<B, F>(&self, bufs: B, dest: Option<SockAddr>, info: SendInfo, handler: F) -> Operation
-    where
-        B: ConstBufferSequence + 'static,
-        F: FnOnce(Error, usize) + 'static,
-    {
-        let Some(inner) = self.live_context() else {
-            return Operation::detached();
-        };
-        let io = self.io();
-        let (err, n) = match io.try_now(Dir::Write, || send_msg_now(&**io, &bufs, dest.as_ref(), &info)) {
-            Attempt::Done(r) => r,
-            Attempt::Closed => (Error::BAD_DESCRIPTOR, 0),
-            Attempt::Later => {
-                return self.enqueue(&inner, Rc::new(SendMsgOp::new(bufs, dest, info, handler)), Dir::Write);
-            }
-        };
-        drop(bufs);
-        inner.post_result(handler, err, n);
         Operation::detached()
     }
 
@@ -712,7 +686,7 @@ macro_rules! datagram_common {
             F: FnOnce(Error, usize) + 'static,
         {
             log::trace!("async_send {} buffers", bufs.buffer_count());
-            self.b.start_send(bufs, None, flags, handler)
+            self.b.start_send(bufs, None, flags.bits(), handler)
         }
 
         /// Receives one datagram from the connected peer into `bufs`;

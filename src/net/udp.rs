@@ -325,7 +325,7 @@ impl UdpSocket {
         F: FnOnce(Error, usize) + 'static,
     {
         log::trace!("udp async_send_to {dest}, {} buffers", bufs.buffer_count());
-        self.b.start_send(bufs, Some(&dest.into()), flags, handler)
+        self.b.start_send(bufs, Some(&dest.into()), flags.bits(), handler)
     }
 
     /// Receives one datagram into `bufs`; `handler(err, n, bufs, from)` gets
@@ -431,7 +431,7 @@ impl UdpSocket {
     {
         log::trace!("udp async_send_msg {meta:?}");
         match meta.info() {
-            Ok(info) => self.b.start_send_msg(bufs, meta.to.map(SockAddr::from), info, handler),
+            Ok(info) => self.b.start_send(bufs, meta.to.map(SockAddr::from).as_ref(), info, handler),
             Err(err) => {
                 if let Some(inner) = self.live_context() {
                     drop(bufs);

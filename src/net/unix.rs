@@ -275,7 +275,7 @@ impl UnixDatagram {
         F: FnOnce(Error, usize) + 'static,
     {
         match unix_dest(path) {
-            Ok(dest) => self.b.start_send(bufs, Some(&dest), flags, handler),
+            Ok(dest) => self.b.start_send(bufs, Some(&dest), flags.bits(), handler),
             // A path too long for a socket address: an error in the handler.
             Err(e) => self.b.async_connect_failed(e, move |e| handler(e, 0)),
         }
