@@ -87,6 +87,12 @@ impl Error {
     /// The peer refused the connection or a datagram was answered by an ICMP
     /// port unreachable (`ECONNREFUSED`).
     pub const CONNECTION_REFUSED: Error = Error(libc::ECONNREFUSED);
+    /// No route reaches the host, or it did not answer address resolution
+    /// (`EHOSTUNREACH`; an ICMP host unreachable, for datagrams).
+    pub const HOST_UNREACHABLE: Error = Error(libc::EHOSTUNREACH);
+    /// No route reaches the network (`ENETUNREACH`; an ICMP network
+    /// unreachable, for datagrams).
+    pub const NETWORK_UNREACHABLE: Error = Error(libc::ENETUNREACH);
     /// The connection was reset by the peer (`ECONNRESET`).
     pub const CONNECTION_RESET: Error = Error(libc::ECONNRESET);
     /// The socket is not connected (`ENOTCONN`), or has no destination
@@ -196,6 +202,8 @@ impl fmt::Debug for Error {
             Error::EOF => "EOF",
             Error::MESSAGE_SIZE => "MESSAGE_SIZE",
             Error::CONNECTION_REFUSED => "CONNECTION_REFUSED",
+            Error::HOST_UNREACHABLE => "HOST_UNREACHABLE",
+            Error::NETWORK_UNREACHABLE => "NETWORK_UNREACHABLE",
             Error::CONNECTION_RESET => "CONNECTION_RESET",
             Error::NOT_CONNECTED => "NOT_CONNECTED",
             Error::INVALID_ARGUMENT => "INVALID_ARGUMENT",
@@ -282,6 +290,8 @@ mod tests {
         assert_eq!(Error::EOF.raw_os_error(), None);
         assert_eq!(std::mem::size_of::<Error>(), 4);
         assert_eq!(format!("{:?}", Error::MESSAGE_SIZE), "MESSAGE_SIZE");
+        assert_eq!(format!("{:?}", Error::HOST_UNREACHABLE), "HOST_UNREACHABLE");
+        assert_eq!(Error::from(io::Error::from_raw_os_error(libc::ENETUNREACH)), Error::NETWORK_UNREACHABLE);
         assert!(!Error::MESSAGE_SIZE.to_string().is_empty());
     }
 

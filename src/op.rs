@@ -295,7 +295,7 @@ pub(crate) trait SocketOp: Completion {
     fn is_plain_recv(&self) -> bool {
         false
     }
-    /// For a plain receive (no flags) that can join a batch: its buffers,
+    /// For a receive without flags that can join a batch: its buffers,
     /// borrowed for as long as the guard lives (the batch's system call);
     /// `None` otherwise.
     fn recv_bufs(&self) -> Option<RefMut<'_, dyn MutableBufferSequence>> {
@@ -303,6 +303,16 @@ pub(crate) trait SocketOp: Completion {
     }
     /// For a receive completed in a batch: the sender it got.
     fn set_sender(&self, _from: Option<SocketAddr>) {}
+    /// True for a receive with metadata and no flags, which can join a
+    /// batch that carries control messages.
+    fn is_msg_recv(&self) -> bool {
+        false
+    }
+    /// For a receive completed in a batch with control messages: what it
+    /// got (a plain receive keeps the sender).
+    fn set_info(&self, info: &MsgInfo) {
+        self.set_sender(info.from);
+    }
 }
 
 /// Sends `bufs` as one datagram now; `None` when the socket would block.
@@ -580,17 +590,26 @@ where
         self.flags == 0
     }
     fn recv_bufs(&self) -> Option<RefMut<'_, dyn MutableBufferSequence>> {
-        if self.flags != 0 {
-            return None;
-        }
-        let bufs = self.bufs.try_borrow_mut().ok()?;
-        RefMut::filter_map(bufs, |b| b.as_mut().map(|b| b as &mut dyn MutableBufferSequence)).ok()
+        batch_bufs(&self.bufs, self.flags)
     }
     fn set_sender(&self, from: Option<SocketAddr>) {
         if self.want_from {
             self.from.set(from);
         }
     }
+}
+
+/// A receive's buffers for a batch's system call, unless it has flags (or
+/// its buffers are already borrowed, or gone).
+fn batch_bufs<B: MutableBufferSequence + 'static>(
+    bufs: &RefCell<Option<B>>,
+    flags: i32,
+) -> Option<RefMut<'_, dyn MutableBufferSequence>> {
+    if flags != 0 {
+        return None;
+    }
+    let bufs = bufs.try_borrow_mut().ok()?;
+    RefMut::filter_map(bufs, |b| b.as_mut().map(|b| b as &mut dyn MutableBufferSequence)).ok()
 }
 
 /// Receives one datagram with its metadata now; `None` when the socket
@@ -686,6 +705,15 @@ impl<B: MutableBufferSequence + 'static, F: FnOnce(Error, MsgInfo, B) + 'static>
         let (err, info) = recv_msg_now(io, bufs.as_mut()?, self.flags)?;
         self.info.set(info);
         Some((err, info.len))
+    }
+    fn is_msg_recv(&self) -> bool {
+        self.flags == 0
+    }
+    fn recv_bufs(&self) -> Option<RefMut<'_, dyn MutableBufferSequence>> {
+        batch_bufs(&self.bufs, self.flags)
+    }
+    fn set_info(&self, info: &MsgInfo) {
+        self.info.set(*info);
     }
 }
 

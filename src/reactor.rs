@@ -195,6 +195,15 @@ pub(crate) struct IoObject {
     /// Receives may read ahead (IP datagram sockets: the read-ahead space holds
     /// any datagram they can carry).
     can_read_ahead: Cell<bool>,
+    /// `UdpSocket::set_gro`: a plain receive takes one segment of what
+    /// arrives coalesced ([`IoObject::recv_coalesced`]).
+    gro: Cell<bool>,
+    /// The metadata of the coalesced datagrams whose segments wait in the
+    /// read-ahead slot.
+    gro_info: Cell<MsgInfo>,
+    /// Metadata switches are on (a real UDP socket): batches of receives
+    /// carry control messages ([`IoObject::recv_many_msg`]).
+    meta_batch: Cell<bool>,
     /// Sends are deferred to the end of the handler pass and coalesced with
     /// UDP segmentation offload (see `UdpSocket::set_gso`).
     pub(crate) gso: Cell<bool>,
@@ -260,6 +269,9 @@ impl IoObject {
             sim: RefCell::new(None),
             st: RefCell::new(IoState::new()),
             can_read_ahead: Cell::new(readahead),
+            meta_batch: Cell::new(false),
+            gro: Cell::new(false),
+            gro_info: Cell::new(MsgInfo::default()),
             gso: Cell::new(false),
             coalesce: Cell::new(false),
             send_pass: Cell::new(u64::MAX),
@@ -308,10 +320,17 @@ impl IoObject {
         self.sock.borrow().is_some() || self.sim.borrow().is_some()
     }
 
-    /// Reads nothing ahead from now on (a datagram read ahead would lose
-    /// its metadata to the receive that takes it).
-    pub(crate) fn no_read_ahead(&self) {
+    /// Receives carry metadata from now on: nothing is read ahead (a
+    /// datagram read ahead would lose its metadata to the receive that
+    /// takes it), and batches of receives take control messages.
+    pub(crate) fn carry_metadata(&self) {
         self.can_read_ahead.set(false);
+        self.meta_batch.set(self.sock.borrow().is_some());
+    }
+
+    /// The kernel coalesces datagrams (`UDP_GRO` is on).
+    pub(crate) fn set_gro(&self, on: bool) {
+        self.gro.set(on);
     }
 
     /// Error reports are taken off the error queue (`IP_RECVERR` is on).
@@ -669,9 +688,17 @@ impl IoObject {
                 return true;
             }
             let batch = match dir {
-                // A batch needs two receives waiting: skip collecting candidates otherwise.
-                Dir::Read if queued > 1 && self.can_read_ahead.get() && !self.has_read_ahead() => {
-                    batch_on(&|s| self.recv_many(owner, s, limit - done))
+                // A batch needs two receives waiting: skip collecting
+                // candidates otherwise. (A datagram held in the read-ahead
+                // slot is taken first, alone.)
+                Dir::Read if queued > 1 && !self.has_read_ahead() => {
+                    if self.can_read_ahead.get() {
+                        batch_on(&|s| self.recv_many(owner, s, limit - done))
+                    } else if self.meta_batch.get() {
+                        batch_on(&|s| self.recv_many_msg(owner, s, limit - done))
+                    } else {
+                        Batch::Single
+                    }
                 }
                 Dir::Read => Batch::Single,
                 Dir::Write if self.gso.get() => batch_on(&|s| self.send_run(owner, s, limit - done)),

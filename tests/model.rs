@@ -133,6 +133,11 @@ struct SockRec {
     /// queue and must never end a receive or fail a send (`refused_ok`
     /// stays false).
     reports: bool,
+    /// Metadata switches on (`set_recv_pktinfo`, and `set_recv_ttl` and at
+    /// times `set_gro` on a real context): its receives batch with control
+    /// messages, and each
+    /// receive with metadata must name the address it reached.
+    meta: bool,
     /// Shut down for reading (UDP only): a receive that finds nothing
     /// queued ends with EOF; datagrams sent to it still arrive (Linux).
     read_shut: bool,
@@ -659,9 +664,21 @@ fn new_sock(m: &Rc<Model>) {
         Sock::Udp(s) if m.pct(20) => s.set_recv_errors(true).is_ok(),
         _ => false,
     };
+    let real = m.profile.get() != Profile::Simulated;
+    let meta = match &sock {
+        // Half of them with GRO too: their plain receives go through the
+        // loop's own space (one datagram each, whatever the kernel coalesced).
+        Sock::Udp(s) if m.pct(20) => {
+            s.set_recv_pktinfo(true).is_ok()
+                && (!real || s.set_recv_ttl(true).is_ok())
+                && (!real || !m.pct(50) || s.set_gro(true).is_ok())
+        }
+        _ => false,
+    };
     m.log(|| {
         let connected = peer.map_or(String::new(), |p| format!(" connected to {p}"));
-        format!("new socket {id} {addr:?}{connected}{}", if reports { ", error reports on" } else { "" })
+        let reports = if reports { ", error reports on" } else { "" };
+        format!("new socket {id} {addr:?}{connected}{reports}{}", if meta { ", metadata on" } else { "" })
     });
     socks.push(SockRec {
         sock: Some(sock),
@@ -671,6 +688,7 @@ fn new_sock(m: &Rc<Model>) {
         peer,
         refused_ok: false,
         reports,
+        meta,
         read_shut: false,
         inbox: Vec::new(),
         wild: Vec::new(),
@@ -971,15 +989,52 @@ fn recv_on(m: &Rc<Model>, s: usize) {
             }
         })
     };
-    // Some receives ask for the datagram's metadata (`recvmsg`, never
-    // batched): the same rules hold, and a truncated one filled its room.
-    let with_meta = with_from && !peek && m.pct(15);
+    // Some receives ask for the datagram's metadata (`recvmsg`; on a socket
+    // with metadata on, `recvmmsg` batches mixing them with plain ones):
+    // the same rules hold, a truncated one filled its room, and the
+    // switches decide what is filled.
+    let (switches, bound) = {
+        let r = &m.socks.borrow()[s];
+        (r.meta, r.addr.clone())
+    };
+    let with_meta = with_from && !peek && (m.pct(15) || switches && m.pct(50));
+    let real = m.profile.get() != Profile::Simulated;
     let op = m.initiate(|| match &sock {
         Sock::Udp(u) if with_meta => {
             let mm = m.clone();
             u.async_receive_msg(bufs, move |e, meta, b| {
                 if e.is_ok() && meta.truncated && meta.len != room {
                     mm.fail(format!("receive_msg on {s}: truncated, yet {} bytes in a room of {room}", meta.len));
+                }
+                if e.is_ok() {
+                    // Every datagram here went to the address the socket is bound to.
+                    let expect = match &bound {
+                        Addr::Ip(a) if switches && !a.ip().is_unspecified() => Some(a.ip()),
+                        _ => None,
+                    };
+                    if (meta.local.is_some() != switches) || (expect.is_some() && meta.local != expect) {
+                        mm.fail(format!(
+                            "receive_msg on {s} (metadata {switches}, bound {bound:?}): local {:?}",
+                            meta.local
+                        ));
+                    }
+                    if meta.ttl.is_some() != (switches && real) {
+                        mm.fail(format!("receive_msg on {s} (metadata {switches}): ttl {:?}", meta.ttl));
+                    }
+                }
+                // Coalesced by GRO: the datagrams before the last, `stride`
+                // bytes each, are matched here; the last goes on as one receive.
+                if e.is_ok()
+                    && let Some(stride) = meta.segment_size.filter(|&st| st > 0 && st < meta.len)
+                {
+                    let (all, _) = concat(&b, meta.len);
+                    let segments: Vec<&[u8]> = all.chunks(stride).collect();
+                    let (last, whole) = segments.split_last().expect("two segments at least");
+                    for segment in whole {
+                        mm.log(|| format!("  coalesced: a datagram of {} B", segment.len()));
+                        match_received(&mm, s, segment, usize::MAX, ip_from(meta.from), false, false);
+                    }
+                    return done(e, last.len(), vec![last.to_vec()], ip_from(meta.from));
                 }
                 done(e, meta.len, b, ip_from(meta.from))
             })

@@ -4,7 +4,7 @@
 
 mod common;
 use common::{addr, ip};
-use ioctx::net::{Ecn, RecvMeta, SendMeta, UdpSocket};
+use ioctx::net::{Ecn, MessageFlags, RecvMeta, SendMeta, UdpSocket};
 use ioctx::{Error, IoContext};
 use std::cell::RefCell;
 use std::io::ErrorKind;
@@ -527,4 +527,204 @@ fn receive_after(ctx: &IoContext, server: &UdpSocket, host: &str) -> RecvMeta {
     let [(e, meta, _)] = receive(ctx, server, 1, 4).try_into().unwrap();
     assert_eq!(e, Error::NONE);
     meta
+}
+
+/// Log records of the `ioctx` crate, with the thread that logged each: a
+/// test reads its own thread's, to see which system call the loop chose.
+struct Records(std::sync::Mutex<Vec<(std::thread::ThreadId, String)>>);
+
+impl log::Log for Records {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.target().starts_with("ioctx")
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = record.args().to_string();
+            self.0.lock().unwrap().push((std::thread::current().id(), line));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static RECORDS: Records = Records(std::sync::Mutex::new(Vec::new()));
+
+/// This thread's log lines from now on (the logger is the process's,
+/// installed once).
+fn log_lines_of_this_thread<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&RECORDS).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    let me = std::thread::current().id();
+    RECORDS.0.lock().unwrap().retain(|(t, _)| *t != me);
+    let r = f();
+    let lines = RECORDS.0.lock().unwrap().iter().filter(|(t, _)| *t == me).map(|(_, l)| l.clone()).collect();
+    (r, lines)
+}
+
+#[test]
+fn queued_receives_on_a_metadata_socket_share_one_recvmmsg_and_each_keeps_its_own() {
+    let ctx = IoContext::new().unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("0.0.0.0:0")).unwrap();
+    rx.set_recv_pktinfo(true).unwrap();
+    rx.set_recv_ttl(true).unwrap();
+    rx.set_recv_ecn(true).unwrap();
+    let port = rx.local_addr().unwrap().port();
+    // Eight receives wait, two of them plain (they take a sender only).
+    type Seen = Rc<RefCell<Vec<(usize, Option<RecvMeta>, Vec<u8>)>>>;
+    let seen: Seen = Rc::new(RefCell::new(Vec::new()));
+    for i in 0..8 {
+        let s = seen.clone();
+        if i == 2 || i == 6 {
+            rx.async_receive_from(vec![0u8; 64], move |e, n, buf, from| {
+                assert_eq!(e, Error::NONE);
+                assert_eq!(from.ip(), ip("127.0.0.1"));
+                s.borrow_mut().push((i, None, buf[..n].to_vec()))
+            });
+        } else {
+            rx.async_receive_msg(vec![0u8; 64], move |e, meta, buf| {
+                assert_eq!(e, Error::NONE);
+                s.borrow_mut().push((i, Some(meta), buf[..meta.len].to_vec()))
+            });
+        }
+    }
+    ctx.poll();
+    ctx.restart();
+    assert!(seen.borrow().is_empty());
+    // Eight datagrams, each with its own TTL, mark and destination, queued
+    // before the loop hears of any.
+    let marks = [Ecn::Ect0, Ecn::Ce, Ecn::Ect1, Ecn::NotEct];
+    // The sixth is longer than its buffer.
+    let size = |i: usize| if i == 5 { 100 } else { 10 + i };
+    let senders = IoContext::new().unwrap();
+    for i in 0..8u8 {
+        let tx = UdpSocket::bind(&senders, addr("127.0.0.1:0")).unwrap();
+        tx.set_ttl(20 + u32::from(i)).unwrap();
+        let to = SocketAddr::new(ip(if i % 2 == 0 { "127.0.0.1" } else { "127.0.0.2" }), port);
+        let meta = SendMeta::new().to(to).ecn(marks[usize::from(i) % 4]);
+        tx.async_send_msg(vec![i; size(usize::from(i))], meta, |e, _| assert_eq!(e, Error::NONE));
+    }
+    senders.run();
+    let ((), lines) = log_lines_of_this_thread(|| {
+        ctx.run_for(Duration::from_secs(5));
+    });
+    let seen = seen.take();
+    assert_eq!(seen.len(), 8, "every receive completed");
+    for (k, (i, meta, bytes)) in seen.into_iter().enumerate() {
+        assert_eq!(i, k, "in the order they were started");
+        let n = i as u8;
+        assert_eq!(bytes, vec![n; size(i).min(64)], "receive {i} got datagram {i}");
+        if let Some(meta) = meta {
+            assert_eq!((meta.len, meta.truncated), (size(i).min(64), size(i) > 64), "receive {i}");
+            assert_eq!(meta.ttl, Some(20 + n), "receive {i}");
+            assert_eq!(meta.ecn, Some(marks[i % 4]), "receive {i}");
+            assert_eq!(meta.local, Some(ip(if i % 2 == 0 { "127.0.0.1" } else { "127.0.0.2" })), "receive {i}");
+            assert_eq!(meta.from.ip(), ip("127.0.0.1"));
+            assert!(meta.ifindex.is_some());
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l == "received 8 datagrams with metadata in one call"),
+        "one recvmmsg took all eight: {lines:?}"
+    );
+}
+
+#[test]
+fn a_socket_adopted_with_its_switches_on_keeps_its_metadata_and_its_reports() {
+    let ctx = IoContext::new().unwrap();
+    let s = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    s.set_recv_pktinfo(true).unwrap();
+    s.set_recv_errors(true).unwrap();
+    // Out of the loop and back: the kernel keeps the switches, and so must the loop.
+    let s = UdpSocket::from_std(&ctx.executor(), s.release().unwrap()).unwrap();
+    let to = s.local_addr().unwrap();
+    let peer = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    peer.send_to(&b"one"[..], to).unwrap();
+    peer.send_to(&b"two"[..], to).unwrap();
+    // A plain receive first: were the loop to read the second datagram
+    // ahead for it, that datagram would lose its metadata.
+    let plain = Rc::new(RefCell::new(Vec::new()));
+    let p = plain.clone();
+    s.async_receive_from(vec![0u8; 8], move |e, n, _, _| p.borrow_mut().push((e, n)));
+    let [(e, meta, bytes)] = receive(&ctx, &s, 1, 8).try_into().unwrap();
+    assert_eq!(*plain.borrow(), [(Error::NONE, 3)]);
+    assert_eq!((e, bytes.as_slice(), meta.local), (Error::NONE, &b"two"[..], Some(ip("127.0.0.1"))));
+    // And reports still go to the error queue, not to a receive.
+    let closed = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let gone = closed.local_addr().unwrap();
+    closed.close();
+    s.send_to(&b"x"[..], gone).unwrap();
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let g = got.clone();
+    s.async_receive_error(move |e, icmp| g.borrow_mut().push((e, icmp.error, icmp.dest)));
+    ctx.run_for(Duration::from_millis(200));
+    assert_eq!(*got.borrow(), [(Error::NONE, Error::CONNECTION_REFUSED, gone)]);
+}
+
+#[test]
+fn plain_receives_on_a_gro_socket_still_get_one_datagram_each() {
+    let ctx = IoContext::new().unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    rx.set_gro(true).unwrap();
+    rx.set_recv_pktinfo(true).unwrap();
+    let tx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    let from = tx.local_addr().unwrap();
+    // Sixteen datagrams of 64 bytes, the last one 40, numbered.
+    let data: Vec<u8> = (0..1000u32).map(|i| (i / 64) as u8).collect();
+    let meta = SendMeta::new().to(rx.local_addr().unwrap()).segment_size(64);
+    tx.async_send_msg(data.clone(), meta, |e, n| assert_eq!((e, n), (Error::NONE, 1000)));
+    ctx.run();
+    ctx.restart();
+    // However the kernel grouped them, plain receives get them one by one;
+    // a peek and `available` see the next one without taking it.
+    let mut got = Vec::new();
+    for i in 0..16u8 {
+        let expect = if i == 15 { 40 } else { 64 };
+        assert_eq!(rx.available().unwrap(), expect, "datagram {i}");
+        if i % 5 == 4 {
+            // With metadata, one segment is one datagram: no stride.
+            let [(e, meta, b)] = receive(&ctx, &rx, 1, 65536).try_into().unwrap();
+            assert_eq!((e, meta.len, meta.segment_size, meta.truncated), (Error::NONE, expect, None, false));
+            assert_eq!(meta.local, Some(ip("127.0.0.1")), "the segments keep the metadata they came with");
+            got.push(b);
+            continue;
+        }
+        let peeked = Rc::new(RefCell::new(None));
+        let p = peeked.clone();
+        rx.async_receive_from_with_flags(vec![0u8; 8], MessageFlags::PEEK, move |e, n, b, _| {
+            *p.borrow_mut() = Some((e, n, b[0]))
+        });
+        ctx.run();
+        ctx.restart();
+        assert_eq!(peeked.take(), Some((Error::NONE, 8, i)));
+        let mut buf = [0u8; 100];
+        let (n, sender) = rx.receive_from(&mut buf[..]).unwrap();
+        assert_eq!((n, sender), (expect, from), "datagram {i}");
+        got.push(buf[..n].to_vec());
+    }
+    assert!(got.concat() == data, "in order, byte for byte");
+    // A small buffer takes the front of a segment, as of any datagram.
+    tx.async_send_msg(data.clone(), meta, |e, _| assert_eq!(e, Error::NONE));
+    ctx.run();
+    ctx.restart();
+    let mut small = [0u8; 10];
+    assert_eq!(rx.receive_from(&mut small[..]).unwrap().0, 10);
+    let mut buf = [0u8; 100];
+    let (n, _) = rx.receive_from(&mut buf[..]).unwrap();
+    assert_eq!((n, buf[0]), (64, 1), "the rest of the first segment is gone, the second is whole");
+    for _ in 2..16 {
+        rx.receive_from(&mut buf[..]).unwrap();
+    }
+    // Receives queued together are not batched into coalesced datagrams either.
+    let lens = Rc::new(RefCell::new(Vec::new()));
+    for _ in 0..16 {
+        let l = lens.clone();
+        rx.async_receive_from(vec![0u8; 2000], move |e, n, b, _| l.borrow_mut().push((e, n, b[0])));
+    }
+    ctx.poll();
+    tx.async_send_msg(data, meta, |e, _| assert_eq!(e, Error::NONE));
+    ctx.run_for(Duration::from_secs(2));
+    let expect: Vec<_> = (0..16u8).map(|i| (Error::NONE, if i == 15 { 40 } else { 64 }, i)).collect();
+    assert_eq!(*lens.borrow(), expect);
 }

@@ -173,13 +173,17 @@ impl SendMeta {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct IcmpError {
-    /// Where the datagram that failed was going.
+    /// Where the datagram that failed was going. (In a report the local
+    /// host made of a datagram it refused to send, such as `MESSAGE_SIZE`,
+    /// Linux gives the port over IPv4 only on a connected socket: 0
+    /// otherwise.)
     pub dest: SocketAddr,
     /// Who reported it (the host or router that sent the ICMP message),
     /// when known.
     pub reporter: Option<IpAddr>,
-    /// What went wrong: `CONNECTION_REFUSED` (port unreachable), host or
-    /// network unreachable, `MESSAGE_SIZE` (see `mtu`), ...
+    /// What went wrong: `CONNECTION_REFUSED` (port unreachable),
+    /// `HOST_UNREACHABLE`, `NETWORK_UNREACHABLE`, `MESSAGE_SIZE` (see
+    /// `mtu`), ...
     pub error: Error,
     /// The path MTU, with `MESSAGE_SIZE`.
     pub mtu: Option<u32>,

@@ -146,6 +146,17 @@ fn too_many_buffers() -> io::Error {
     io::Error::from(Error::INVALID_ARGUMENT)
 }
 
+/// A switch's socket option: (level, name) for IPv4, and for IPv6.
+type Switch = ((i32, i32), (i32, i32));
+const PKTINFO: Switch = ((libc::IPPROTO_IP, libc::IP_PKTINFO), (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO));
+const ECN: Switch = ((libc::IPPROTO_IP, libc::IP_RECVTOS), (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS));
+const TTL: Switch = ((libc::IPPROTO_IP, libc::IP_RECVTTL), (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT));
+const TIMESTAMPS: Switch = ((libc::SOL_SOCKET, libc::SO_TIMESTAMPNS), (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS));
+const GRO: Switch = ((libc::SOL_UDP, libc::UDP_GRO), (libc::SOL_UDP, libc::UDP_GRO));
+const RECV_ERRORS: Switch = ((libc::IPPROTO_IP, libc::IP_RECVERR), (libc::IPPROTO_IPV6, libc::IPV6_RECVERR));
+/// The switches that attach control messages to received datagrams.
+const METADATA: [Switch; 5] = [PKTINFO, ECN, TTL, TIMESTAMPS, GRO];
+
 impl UdpSocket {
     /// Creates a socket bound to `addr` (`127.0.0.1:0` for an ephemeral port).
     pub fn bind(ex: &Executor, addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -202,7 +213,24 @@ impl UdpSocket {
         // Read-ahead needs a landing space that holds any datagram: true of
         // UDP (64 KiB at most), not of every datagram socket `from_std` takes.
         let ip = sock.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6());
-        Ok(UdpSocket { b: Base::adopt(ex, sock, ip, false)? })
+        // Switches turned on before (by us, before a `release`, or by the
+        // caller): the loop must know, or a datagram read ahead would lose
+        // its metadata, and reports would stay in the error queue.
+        let on = |((l4, n4), (l6, n6)): Switch| {
+            [(l4, n4), (l6, n6)]
+                .into_iter()
+                .any(|(level, name)| sys::msg::int_option(&sock, level, name).is_ok_and(|v| v != 0))
+        };
+        let (metadata, reports, gro) = (ip && METADATA.into_iter().any(on), ip && on(RECV_ERRORS), ip && on(GRO));
+        let s = UdpSocket { b: Base::adopt(ex, sock, ip, false)? };
+        if metadata {
+            s.io().carry_metadata();
+            s.io().set_gro(gro);
+        }
+        if reports {
+            s.io().set_recv_errors(true);
+        }
+        Ok(s)
     }
 
     /// Takes the socket out of the context and returns it as a standard,
@@ -450,51 +478,45 @@ impl UdpSocket {
             port.set_recv_pktinfo(on);
             return Ok(());
         }
-        self.switch(on, (libc::IPPROTO_IP, libc::IP_PKTINFO), (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO))
+        self.switch(on, PKTINFO)
     }
 
     /// With `true`, each datagram's ECN codepoint reaches [`RecvMeta::ecn`]
     /// (`IP_RECVTOS`, `IPV6_RECVTCLASS`). Not simulated (`Unsupported`).
     pub fn set_recv_ecn(&self, on: bool) -> io::Result<()> {
-        self.real_switch(
-            "ECN marks",
-            on,
-            (libc::IPPROTO_IP, libc::IP_RECVTOS),
-            (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
-        )
+        self.real_switch("ECN marks", on, ECN)
     }
 
     /// With `true`, each datagram's TTL (hop limit on IPv6) reaches
     /// [`RecvMeta::ttl`] (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`). Not simulated
     /// (`Unsupported`).
     pub fn set_recv_ttl(&self, on: bool) -> io::Result<()> {
-        self.real_switch(
-            "TTLs",
-            on,
-            (libc::IPPROTO_IP, libc::IP_RECVTTL),
-            (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
-        )
+        self.real_switch("TTLs", on, TTL)
     }
 
     /// With `true`, the kernel's receive time of each datagram reaches
     /// [`RecvMeta::timestamp`] (`SO_TIMESTAMPNS`). Not simulated
     /// (`Unsupported`).
     pub fn set_recv_timestamps(&self, on: bool) -> io::Result<()> {
-        let opt = (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS);
-        self.real_switch("receive timestamps", on, opt, opt)
+        self.real_switch("receive timestamps", on, TIMESTAMPS)
     }
 
     /// With `true`, the kernel may coalesce datagrams of one flow that
-    /// arrive together into one (generic receive offload, `UDP_GRO`): a
-    /// receive then gets several datagrams at once, and only
-    /// [`async_receive_msg`](Self::async_receive_msg) tells where they
-    /// split ([`RecvMeta::segment_size`]: each is that long, the last
-    /// possibly shorter), so a GRO socket should receive with it only: a
-    /// plain receive gets the coalesced datagrams as one, truncated to its
-    /// buffers like any datagram. Give it buffers of 64 KiB. Linux only;
-    /// not simulated (`Unsupported`).
+    /// arrive together into one (generic receive offload, `UDP_GRO`), which
+    /// costs it less per datagram.
+    /// [`async_receive_msg`](Self::async_receive_msg) then gets several
+    /// datagrams at once, and [`RecvMeta::segment_size`] says where they
+    /// split: each is that long, the last possibly shorter. Give it buffers
+    /// of 64 KiB. A plain receive (`async_receive`, `async_receive_from`,
+    /// the blocking ones) still gets one datagram: the loop receives the
+    /// coalesced ones into its own space and hands them to the next
+    /// receives one at a time, with the metadata they arrived with (a copy
+    /// each, which the metadata receive does not pay). Linux only; not
+    /// simulated (`Unsupported`).
     pub fn set_gro(&self, on: bool) -> io::Result<()> {
-        self.real_switch("coalesced receives", on, (libc::SOL_UDP, libc::UDP_GRO), (libc::SOL_UDP, libc::UDP_GRO))
+        self.real_switch("coalesced receives", on, GRO)?;
+        self.io().set_gro(on);
+        Ok(())
     }
 
     /// With `true`, the errors the network reports about datagrams this
@@ -508,11 +530,30 @@ impl UdpSocket {
     /// where a datagram went).
     pub fn set_recv_errors(&self, on: bool) -> io::Result<()> {
         if self.io().port().is_none() {
-            let v4 = (libc::IPPROTO_IP, libc::IP_RECVERR);
-            self.switch_options(on, v4, (libc::IPPROTO_IPV6, libc::IPV6_RECVERR))?;
+            self.switch_options(on, RECV_ERRORS)?;
         }
         self.io().set_recv_errors(on);
         Ok(())
+    }
+
+    /// With `true`, datagrams are never fragmented: they leave with the
+    /// don't-fragment bit (IPv4 `IP_PMTUDISC_DO`, IPv6 `IPV6_DONTFRAG`),
+    /// and one longer than the path MTU the kernel knows fails with
+    /// `MESSAGE_SIZE` (with [`set_recv_errors`](Self::set_recv_errors) on,
+    /// a report with that MTU is queued too; ICMP "fragmentation needed"
+    /// messages lower the MTU the kernel knows). What QUIC, DTLS and path
+    /// MTU probing need. With `false`, the kernel's default: IPv4 sets the
+    /// bit on datagrams that fit and fragments the others, IPv6 fragments
+    /// at the sender. Not simulated (`Unsupported`).
+    pub fn set_dont_fragment(&self, on: bool) -> io::Result<()> {
+        if self.io().port().is_some() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "fragmentation is not simulated"));
+        }
+        let v4 = if on { libc::IP_PMTUDISC_DO } else { libc::IP_PMTUDISC_WANT };
+        self.set_options(
+            (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v4),
+            (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, i32::from(on)),
+        )
     }
 
     /// Waits for the next error report (see
@@ -551,30 +592,37 @@ impl UdpSocket {
     }
 
     /// A switch the simulated backend does not have.
-    fn real_switch(&self, what: &str, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
+    fn real_switch(&self, what: &str, on: bool, opts: Switch) -> io::Result<()> {
         if self.io().port().is_some() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{what} are not simulated")));
         }
-        self.switch(on, v4, v6)
+        self.switch(on, opts)
     }
 
     /// Sets a metadata switch: the IPv4 option, and on an IPv6 socket the
     /// IPv6 one (and the IPv4 one too, for IPv4 traffic on a dual-stack
     /// socket, where the kernel takes it). A metadata socket reads nothing
     /// ahead: a datagram read ahead would lose its metadata.
-    fn switch(&self, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
-        self.switch_options(on, v4, v6)?;
+    fn switch(&self, on: bool, opts: Switch) -> io::Result<()> {
+        self.switch_options(on, opts)?;
         if on {
-            self.io().no_read_ahead();
+            self.io().carry_metadata();
         }
         Ok(())
     }
 
     /// Sets the socket options of a switch (see [`switch`](Self::switch)).
-    fn switch_options(&self, on: bool, v4: (i32, i32), v6: (i32, i32)) -> io::Result<()> {
+    fn switch_options(&self, on: bool, ((l4, n4), (l6, n6)): Switch) -> io::Result<()> {
+        self.set_options((l4, n4, i32::from(on)), (l6, n6, i32::from(on)))
+    }
+
+    /// Sets an integer option: `v4` (level, name, value) on an IPv4
+    /// socket; `v6` on an IPv6 one, and `v4` there too, for the IPv4
+    /// traffic of a dual-stack socket.
+    fn set_options(&self, v4: (i32, i32, i32), v6: (i32, i32, i32)) -> io::Result<()> {
         let sock = self.sock()?;
-        let set = |(level, name): (i32, i32)| {
-            sys::msg::set_int_option(&sock, level, name, i32::from(on)).map_err(|e| match e.raw_os_error() {
+        let set = |(level, name, value): (i32, i32, i32)| {
+            sys::msg::set_int_option(&sock, level, name, value).map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => {
                     io::Error::new(io::ErrorKind::Unsupported, format!("the kernel refuses this switch: {e}"))
                 }

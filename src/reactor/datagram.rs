@@ -52,10 +52,16 @@ const MAX_GSO_BYTES: usize = 65_000;
 /// Size of the space a datagram read ahead lands in: the largest UDP payload.
 const READ_AHEAD_SPACE: usize = 65_536;
 
-/// A datagram received ahead of any receive operation.
+/// A datagram received ahead of any receive operation; or, on a GRO
+/// socket, the rest of a coalesced one, which receives take a segment at a
+/// time.
 pub(super) struct Datagram {
     data: Vec<u8>,
     from: Option<SocketAddr>,
+    /// The segment size of coalesced datagrams (0: one datagram).
+    stride: usize,
+    /// Where the next segment starts.
+    offset: usize,
 }
 
 /// The read-ahead slot: a receive served from it, or filling it.
@@ -79,6 +85,10 @@ impl IoObject {
         let level = {
             let mut st = self.st.borrow_mut();
             if let Some(d) = st.read_ahead.as_ref() {
+                if d.stride != 0 {
+                    drop(st);
+                    return Ok(self.take_segment(bufs, flags, from).len);
+                }
                 let len = scatter(&d.data, bufs);
                 if let Some(from) = from {
                     from.set(d.from);
@@ -94,13 +104,13 @@ impl IoObject {
         };
         if level {
             // Level-triggered: the next wait reports any datagram left.
-            let r = sys::recv(sock, bufs, flags, from)?;
+            let r = self.recv_one(sock, bufs, flags, from)?;
             self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
             return Ok(r);
         }
         let owner = match self.owner.upgrade() {
             Some(owner) if flags == 0 && self.can_read_ahead.get() => owner,
-            _ => return sys::recv(sock, bufs, flags, from),
+            _ => return self.recv_one(sock, bufs, flags, from),
         };
         let mut space = owner.reactor().read_ahead_space();
         let r = sys::recv_read_ahead(sock, bufs, from, &mut space)?;
@@ -116,9 +126,111 @@ impl IoObject {
         Ok(r.first)
     }
 
+    /// One datagram, no read-ahead: `recv`, or on a GRO socket the first
+    /// of the datagrams the kernel coalesced.
+    #[inline(always)]
+    fn recv_one(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+        from: sys::Sender<'_>,
+    ) -> io::Result<usize> {
+        if self.gro.get() {
+            let (info, _) = self.recv_coalesced(sock, bufs, flags)?;
+            if let Some(from) = from {
+                from.set(info.from);
+            }
+            return Ok(info.len);
+        }
+        sys::recv(sock, bufs, flags, from)
+    }
+
+    /// A plain receive on a GRO socket, which must get one datagram as
+    /// on any other socket: the coalesced datagrams land in the read-ahead
+    /// space, the first goes to `bufs`, and the rest wait in the read-ahead
+    /// slot for the next receives, a segment each, with the metadata they
+    /// came with ([`take_segment`](Self::take_segment)). Returns what
+    /// `bufs` got and the first datagram's whole length.
+    #[cold]
+    #[inline(never)]
+    fn recv_coalesced(
+        &self,
+        sock: &Socket,
+        bufs: &mut [IoSliceMut<'_>],
+        flags: i32,
+    ) -> io::Result<(sys::msg::MsgInfo, usize)> {
+        // The context's space; a socket that outlived its context, its own.
+        let owner = self.owner.upgrade();
+        let mut guard = owner.as_ref().map(|o| o.reactor().read_ahead_space());
+        let mut own = Vec::new();
+        let space: &mut [u8] = match guard.as_deref_mut() {
+            Some(space) => space,
+            None => {
+                own.resize(READ_AHEAD_SPACE, 0);
+                &mut own
+            }
+        };
+        let info = sys::msg::recv_msg(sock, &mut [IoSliceMut::new(space)], flags)?;
+        let first = match info.segment_size {
+            Some(stride) if stride > 0 && stride < info.len => stride,
+            _ => info.len,
+        };
+        let len = scatter(&space[..first], bufs);
+        if first < info.len && flags & libc::MSG_PEEK == 0 {
+            log::trace!("coalesced datagrams: {} bytes in segments of {first}", info.len);
+            self.gro_info.set(info);
+            let mut data = std::mem::take(&mut *self.read_ahead_buf.borrow_mut());
+            data.clear();
+            data.extend_from_slice(&space[first..info.len]);
+            self.st.borrow_mut().read_ahead = Some(Datagram { data, from: info.from, stride: first, offset: 0 });
+        }
+        Ok((sys::msg::MsgInfo { len, truncated: len < first, segment_size: None, ..info }, first))
+    }
+
+    /// The length of the first datagram the kernel holds, coalesced or not
+    /// (which `FIONREAD` does not tell): a peek.
+    #[cold]
+    fn first_coalesced(&self, sock: &Socket) -> io::Result<usize> {
+        match self.recv_coalesced(sock, &mut [], libc::MSG_PEEK) {
+            Ok((_, first)) => Ok(first),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next segment of coalesced datagrams held in the read-ahead slot
+    /// (see [`recv_coalesced`](Self::recv_coalesced)), with the metadata
+    /// they arrived with.
+    #[cold]
+    #[inline(never)]
+    fn take_segment(&self, bufs: &mut [IoSliceMut<'_>], flags: i32, from: sys::Sender<'_>) -> sys::msg::MsgInfo {
+        let mut st = self.st.borrow_mut();
+        let Some(d) = st.read_ahead.as_mut() else {
+            return sys::msg::MsgInfo::default();
+        };
+        let end = (d.offset + d.stride).min(d.data.len());
+        let segment = &d.data[d.offset..end];
+        let len = scatter(segment, bufs);
+        let info = sys::msg::MsgInfo { len, truncated: len < segment.len(), segment_size: None, ..self.gro_info.get() };
+        if let Some(from) = from {
+            from.set(d.from);
+        }
+        if flags & libc::MSG_PEEK == 0 {
+            d.offset = end;
+            if end == d.data.len()
+                && let Some(d) = st.read_ahead.take()
+            {
+                *self.read_ahead_buf.borrow_mut() = d.data;
+            }
+        }
+        info
+    }
+
     /// A receive with metadata: from the read-ahead slot first (a datagram
-    /// read ahead kept only its sender: the other fields are unknown),
-    /// else `recvmsg` with control messages.
+    /// read ahead kept only its sender: the other fields are unknown; a
+    /// segment of coalesced datagrams has theirs), else `recvmsg` with
+    /// control messages.
     pub(super) fn recv_msg_uncounted(
         &self,
         sock: &Socket,
@@ -128,6 +240,10 @@ impl IoObject {
         let level = {
             let mut st = self.st.borrow_mut();
             if let Some(d) = st.read_ahead.as_ref() {
+                if d.stride != 0 {
+                    drop(st);
+                    return Ok(self.take_segment(bufs, flags, None));
+                }
                 let len = scatter(&d.data, bufs);
                 let info = sys::msg::MsgInfo { len, from: d.from, truncated: len < d.data.len(), ..Default::default() };
                 if flags & libc::MSG_PEEK == 0
@@ -152,7 +268,7 @@ impl IoObject {
         let mut data = std::mem::take(&mut *self.read_ahead_buf.borrow_mut());
         data.clear();
         data.extend_from_slice(datagram);
-        self.st.borrow_mut().read_ahead = Some(Datagram { data, from });
+        self.st.borrow_mut().read_ahead = Some(Datagram { data, from, stride: 0, offset: 0 });
     }
 
     /// True while a datagram read ahead waits for a receive.
@@ -164,7 +280,9 @@ impl IoObject {
     /// Length of the next datagram: the one read ahead, else the kernel's.
     pub(crate) fn available(&self, sock: &Socket) -> io::Result<usize> {
         match self.st.borrow().read_ahead.as_ref() {
+            Some(d) if d.stride != 0 => Ok(d.stride.min(d.data.len() - d.offset)),
             Some(d) => Ok(d.data.len()),
+            None if self.gro.get() => self.first_coalesced(sock),
             None => sys::available(sock),
         }
     }
@@ -178,6 +296,23 @@ impl IoObject {
     /// one receive). Each completes with its own length and sender.
     #[inline(never)]
     pub(super) fn recv_many<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
+        self.recv_batch::<O, false>(owner, sock, max)
+    }
+
+    /// On a socket whose metadata switches are on: receives into the
+    /// receives pending at the front of the read queue (two or more, with
+    /// metadata or plain) with one `recvmmsg` that carries each datagram's
+    /// control messages. No read-ahead slot (its datagram would lose them):
+    /// fewer datagrams than receives says the socket is drained.
+    #[inline(never)]
+    pub(super) fn recv_many_msg<O: Owner + ?Sized>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
+        self.recv_batch::<O, true>(owner, sock, max)
+    }
+
+    /// The two batches above: `META` picks the system call and which
+    /// receives may join.
+    #[inline(always)]
+    fn recv_batch<O: Owner + ?Sized, const META: bool>(&self, owner: &O, sock: &Socket, max: usize) -> Batch {
         // Fixed arrays, not collected vectors: a batch is built on every
         // readable event of a busy server, and collecting cost more per
         // receive than the rest of the batch's bookkeeping.
@@ -188,7 +323,11 @@ impl IoObject {
             let limit = max.min(usize::from(self.batch_hint.get())).min(N);
             let st = self.st.borrow();
             for op in st.ops[Dir::Read as usize].iter().take(limit) {
-                if op.core().is_done() || !op.is_plain_recv() {
+                // (On a GRO socket a plain receive takes one segment of
+                // what arrives coalesced: it cannot join.)
+                let joins =
+                    if META { op.is_msg_recv() || op.is_plain_recv() && !self.gro.get() } else { op.is_plain_recv() };
+                if op.core().is_done() || !joins {
                     break;
                 }
                 candidates[n] = Some(op.clone());
@@ -219,13 +358,33 @@ impl IoObject {
             g.scatter(&mut |b| slices.push(IoSliceMut::new(b)));
             counts.push(slices.len() - before);
         }
+        if META {
+            let mut infos = [sys::msg::MsgInfo::default(); N];
+            let result = self.past_reports(false, || sys::msg::recv_msg_many(sock, &mut slices, &counts, &mut infos));
+            drop(slices);
+            drop(guards);
+            let received = match result {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Batch::WouldBlock,
+                Err(e) => return self.fail_front(owner, Dir::Read, e),
+            };
+            let k = received.min(ops);
+            self.batch_hint.set((2 * received).clamp(2, N) as u8);
+            if received < ops {
+                // Fewer datagrams than receives: the socket is drained.
+                self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;
+            }
+            log::trace!("received {k} datagrams with metadata in one call");
+            let done = (0..k).filter_map(|i| {
+                let op = candidates[i].take()?;
+                op.set_info(&infos[i]);
+                Some((op, infos[i].len))
+            });
+            return self.complete_front(owner, Dir::Read, k, done);
+        }
         let mut space = owner.reactor().read_ahead_space();
         let mut got = [(0, None); sys::RECV_BATCH];
-        let result = if self.recv_errors.get() {
-            super::retry_reported(false, || sys::recv_many(sock, &mut slices, &counts, &mut space, &mut got))
-        } else {
-            sys::recv_many(sock, &mut slices, &counts, &mut space, &mut got)
-        };
+        let result = self.past_reports(false, || sys::recv_many(sock, &mut slices, &counts, &mut space, &mut got));
         drop(slices);
         drop(guards);
         match result {

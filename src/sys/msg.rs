@@ -64,6 +64,16 @@ pub(crate) fn set_int_option(sock: &Socket, level: i32, name: i32, value: i32) -
     .map(drop)
 }
 
+/// Reads an integer socket option (a switch's state).
+pub(crate) fn int_option(sock: &Socket, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the value pointer and length describe one c_int on the stack,
+    // which the kernel writes (at most `len` bytes).
+    cvt(unsafe { libc::getsockopt(sock.as_raw_fd(), level, name, (&mut value as *mut i32).cast(), &mut len) })?;
+    Ok(value)
+}
+
 /// Calls `f(level, type, data, payload length)` for each control message
 /// the kernel placed in `msg`.
 ///
@@ -101,20 +111,91 @@ pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -
     // the caller's buffers, writable, for the duration of the call) and the
     // control buffer, all alive across the call.
     let n = retry(|| cvt(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) }))? as usize;
+    // SAFETY: `msg` comes from the recvmsg above, which wrote `msg_namelen`
+    // bytes of the name.
+    Ok(unsafe { read_info(&msg, name.as_ptr(), n) })
+}
+
+/// Control space for one message of a batch, aligned as `cmsghdr` needs.
+type Control = [MaybeUninit<u64>; CONTROL / 8];
+
+/// `recvmmsg` with control messages: message `i` fills the next `counts[i]`
+/// slices of `bufs`, and its length, sender and metadata go to `infos[i]`.
+/// Returns how many datagrams arrived (at least one); fewer than
+/// `counts.len()` means the socket is drained. (No read-ahead slot: a
+/// datagram kept for later would have to keep its metadata too.)
+pub(crate) fn recv_msg_many(
+    sock: &Socket,
+    bufs: &mut [IoSliceMut<'_>],
+    counts: &[usize],
+    infos: &mut [MsgInfo],
+) -> io::Result<usize> {
+    const MAX: usize = super::RECV_BATCH;
+    let n = counts.len();
+    if n == 0 || n > MAX || infos.len() < n || counts.iter().sum::<usize>() != bufs.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MAX];
+    let mut controls: [Control; MAX] = [const { [MaybeUninit::<u64>::uninit(); CONTROL / 8] }; MAX];
+    let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX];
+    let base: *mut libc::iovec = bufs.as_mut_ptr().cast();
+    let mut start = 0;
+    for (((m, name), control), &c) in msgs.iter_mut().zip(names.iter_mut()).zip(controls.iter_mut()).zip(counts) {
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = name.as_mut_ptr().cast();
+        hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: start + c <= bufs.len() (the counts sum to it), so the
+        // pointer stays inside `bufs`; `IoSliceMut` is an `iovec` on Unix.
+        hdr.msg_iov = unsafe { base.add(start) };
+        hdr.msg_iovlen = c as _;
+        hdr.msg_control = (control as *mut Control).cast();
+        hdr.msg_controllen = CONTROL as _;
+        start += c;
+        m.write(libc::mmsghdr { msg_hdr: hdr, msg_len: 0 });
+    }
+    // SAFETY: the first `n` headers are initialised and point into `bufs`,
+    // `names` and `controls`, all alive and unmoved for the call; the
+    // descriptor is non-blocking.
+    let received = retry(|| {
+        cvt(unsafe { libc::recvmmsg(sock.as_raw_fd(), msgs.as_mut_ptr().cast(), n as u32, 0, std::ptr::null_mut()) })
+    })? as usize;
+    let k = received.min(n);
+    for ((m, name), out) in msgs.iter().zip(&names).zip(infos.iter_mut()).take(k) {
+        // SAFETY: the first `k` headers were initialised above and filled by
+        // the kernel: `msg_len`, the name's `msg_namelen` bytes, and
+        // `msg_controllen` bytes of control messages.
+        *out = unsafe {
+            let m = m.assume_init_ref();
+            read_info(&m.msg_hdr, name.as_ptr(), m.msg_len as usize)
+        };
+    }
+    Ok(k)
+}
+
+/// What a received message says of its datagram: `len` bytes arrived, from
+/// the sender in `name`, with the control messages in `msg`.
+///
+/// # Safety
+/// `msg` must come from a successful `recvmsg`/`recvmmsg` that wrote
+/// `msg_namelen` bytes of address at `name` and `msg_controllen` bytes of
+/// control messages.
+#[inline(always)]
+unsafe fn read_info(msg: &libc::msghdr, name: *const libc::sockaddr_storage, len: usize) -> MsgInfo {
     let mut info = MsgInfo {
-        len: n,
-        // SAFETY: the kernel wrote `msg_namelen` bytes of address into `name`.
-        from: unsafe { ip_addr(name.as_ptr(), msg.msg_namelen) },
+        len,
+        // SAFETY: the caller's promise on the name.
+        from: unsafe { ip_addr(name, msg.msg_namelen) },
         truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         ..MsgInfo::default()
     };
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         log::debug!("control messages truncated: some metadata is missing");
     }
-    // SAFETY: `msg` comes from the recvmsg above; each payload is read
-    // unaligned, within its length.
+    // SAFETY: the caller's promise on the control messages; each payload
+    // is read unaligned, within its length.
     unsafe {
-        each_cmsg(&msg, |level, kind, data, payload| {
+        each_cmsg(msg, |level, kind, data, payload| {
             let int = || (payload >= size_of::<libc::c_int>()).then(|| data.cast::<libc::c_int>().read_unaligned());
             match (level, kind) {
                 // The local address a reply can leave from (for a unicast
@@ -151,7 +232,7 @@ pub(crate) fn recv_msg(sock: &Socket, bufs: &mut [IoSliceMut<'_>], flags: i32) -
     if let (Some(SocketAddr::V6(_)), Some(IpAddr::V4(v4))) = (info.from, info.local) {
         info.local = Some(IpAddr::V6(v4.to_ipv6_mapped()));
     }
-    Ok(info)
+    info
 }
 
 /// Sends `bufs` as one datagram to `dest` (or the connected peer) with the
