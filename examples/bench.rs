@@ -11,14 +11,17 @@
 //! coalescing on (`set_send_coalescing`) and prints `impl=ioctx_batch`. The
 //! variant `meta` of `udp_pingpong` receives every datagram with its metadata
 //! (pktinfo, ECN, TTL and timestamp switches on) and sends each ECN-marked,
-//! and prints `impl=ioctx_meta`. On a failed verification it prints
+//! and prints `impl=ioctx_meta`; that of `udp_server` receives the requests
+//! with pktinfo (batched `recvmmsg` with control messages) and answers each
+//! from the address it reached (`async_send_msg` with `from_ip`). On a
+//! failed verification it prints
 //! `VERIFY FAILED: ...` to stderr and exits 1. Beside the peers:
 //! `IOCTX_BENCH=target/release/examples/bench bash ../shared/peers/run.sh`.
 
 use ioctx::net::{Ecn, SendMeta, UdpSocket};
 use ioctx::{Error, Executor, IoContext, SimConfig, SteadyTimer};
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -259,10 +262,11 @@ fn blast_one(s: Rc<Blast>) {
 }
 
 fn udp_blast(variant: Option<&str>) {
-    let (imp, gso, batch) = match variant {
-        None => ("ioctx", false, false),
-        Some("gso") => ("ioctx_gso", true, false),
-        Some("batch") => ("ioctx_batch", false, true),
+    let (imp, gso, batch, meta) = match variant {
+        None => ("ioctx", false, false, false),
+        Some("gso") => ("ioctx_gso", true, false, false),
+        Some("batch") => ("ioctx_batch", false, true, false),
+        Some("meta") => ("ioctx_meta", false, false, true),
         Some(v) => fail(format!("udp_blast: unknown variant {v}")),
     };
     let ctx = IoContext::new().unwrap();
@@ -271,6 +275,7 @@ fn udp_blast(variant: Option<&str>) {
     sock.connect(sink.local_addr().unwrap()).unwrap();
     sock.set_gso(gso).unwrap();
     sock.set_send_coalescing(batch).unwrap();
+    sock.set_recv_pktinfo(meta).unwrap();
     let s = Rc::new(Blast { sock, issued: Cell::new(0), completed: Cell::new(0) });
     let t0 = Instant::now();
     for _ in 0..W4_INFLIGHT {
@@ -421,6 +426,10 @@ struct Echo {
     pool: RefCell<Vec<Vec<u8>>>,
     echoed: Cell<u64>,
     stopped: Cell<bool>,
+    /// `udp_server meta`: receives with metadata (pktinfo on), each answer
+    /// sent from the address its request reached, as a DNS server bound to
+    /// every address does.
+    meta: bool,
 }
 
 /// A received datagram on its way back: the receive's own buffer (no copy),
@@ -456,10 +465,19 @@ impl Drop for Reply {
 // The handlers capture the leaked server by reference (as in W1), so no
 // reference count moves per request.
 fn echo_receive(srv: &'static Echo, buf: Vec<u8>) {
-    srv.sock.async_receive_from(buf, move |e, n, buf, from| on_request(srv, e, n, buf, from));
+    if srv.meta {
+        srv.sock.async_receive_msg(buf, move |e, meta, buf| {
+            if e.is_ok() && meta.local.is_none() {
+                fail("udp_server meta: no destination address");
+            }
+            on_request(srv, e, meta.len, buf, meta.from, meta.local)
+        });
+    } else {
+        srv.sock.async_receive_from(buf, move |e, n, buf, from| on_request(srv, e, n, buf, from, None));
+    }
 }
 
-fn on_request(srv: &'static Echo, e: Error, n: usize, buf: Vec<u8>, from: SocketAddr) {
+fn on_request(srv: &'static Echo, e: Error, n: usize, buf: Vec<u8>, from: SocketAddr, local: Option<IpAddr>) {
     if e == Error::OPERATION_ABORTED && srv.stopped.get() {
         return; // the other receives, ended by the close below
     }
@@ -474,21 +492,27 @@ fn on_request(srv: &'static Echo, e: Error, n: usize, buf: Vec<u8>, from: Socket
     }
     // The echo first (it is tried at once, S1), then the slot re-armed with
     // a spare buffer rather than after the send's completion.
-    srv.sock.async_send_to(Reply { buf, len: n, srv }, from, move |e, sent| {
+    let sent = move |e: Error, sent: usize| {
         if e.is_err() || sent != n {
             fail(format!("udp_server: send_to: {e:?} {sent} of {n}"));
         }
         srv.echoed.set(srv.echoed.get() + 1);
-    });
+    };
+    let reply = Reply { buf, len: n, srv };
+    match local {
+        Some(ip) => srv.sock.async_send_msg(reply, SendMeta::new().to(from).from_ip(ip), sent),
+        None => srv.sock.async_send_to(reply, from, sent),
+    };
     let spare = srv.pool.borrow_mut().pop().unwrap_or_else(|| vec![0u8; W6_BUF]);
     echo_receive(srv, spare);
 }
 
 fn udp_server(variant: Option<&str>) {
-    let (imp, gso, batch) = match variant {
-        None => ("ioctx", false, false),
-        Some("gso") => ("ioctx_gso", true, false),
-        Some("batch") => ("ioctx_batch", false, true),
+    let (imp, gso, batch, meta) = match variant {
+        None => ("ioctx", false, false, false),
+        Some("gso") => ("ioctx_gso", true, false, false),
+        Some("batch") => ("ioctx_batch", false, true, false),
+        Some("meta") => ("ioctx_meta", false, false, true),
         Some(v) => fail(format!("udp_server: unknown variant {v}")),
     };
     let k = match std::env::var("W6_RECEIVES") {
@@ -501,10 +525,16 @@ fn udp_server(variant: Option<&str>) {
     let sock = UdpSocket::bind(&ctx, local()).unwrap();
     sock.set_gso(gso).unwrap();
     sock.set_send_coalescing(batch).unwrap();
+    sock.set_recv_pktinfo(meta).unwrap();
     // Spares for the sends in flight: at most one per outstanding request.
     let pool = (0..W6_WINDOW as usize).map(|_| vec![0u8; W6_BUF]).collect();
-    let srv: &'static Echo =
-        Box::leak(Box::new(Echo { sock, pool: RefCell::new(pool), echoed: Cell::new(0), stopped: Cell::new(false) }));
+    let srv: &'static Echo = Box::leak(Box::new(Echo {
+        sock,
+        pool: RefCell::new(pool),
+        echoed: Cell::new(0),
+        stopped: Cell::new(false),
+        meta,
+    }));
     for _ in 0..k {
         echo_receive(srv, vec![0u8; W6_BUF]);
     }

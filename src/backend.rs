@@ -15,16 +15,19 @@
 //!
 //! Why a boundary: the reactor decides what to wait for and what readiness
 //! means for its queues, the backend only how waiting is done. Everything
-//! epoll-specific (event masks, the waker's reserved token, draining it)
-//! stays on this side, so that another backend (the simulated network of
+//! epoll- or kqueue-specific (event masks, the waker's reserved token,
+//! draining it; `sys::poll` is `sys/epoll.rs` on Linux, `sys/kqueue.rs` on
+//! macOS and the BSDs) stays on this side, so that another backend (the simulated network of
 //! DESIGN.md §1.7) can stand behind the same calls. It is a concrete type,
 //! called without dynamic dispatch: the wait and each event are on the
 //! hottest path of the loop.
 
-use crate::sys::epoll::{Epoll, Event, Events};
+use crate::sys::poll::{Events, Poller};
+use crate::sys::readiness::Event;
 // The types the boundary is called with, named from here so that its users
 // need not know which backend defines them.
-pub(crate) use crate::sys::epoll::{Interest, Waker};
+pub(crate) use crate::sys::poll::Waker;
+pub(crate) use crate::sys::readiness::Interest;
 use std::cell::{OnceCell, RefCell, RefMut};
 use std::fmt;
 use std::io;
@@ -33,7 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Events one wait takes at most; more ready registrations are reported by
-/// the next wait (epoll hands them out round-robin, so none starves).
+/// the next wait (epoll hands them out round-robin, so none starves; kqueue
+/// keeps the rest queued for the next wait).
 const EVENTS_PER_WAIT: usize = 256;
 
 /// The token the waker is reported with. The reactor's tokens are slab
@@ -52,17 +56,7 @@ pub(crate) struct Readiness(Event);
 impl Readiness {
     /// A simulated port's readiness (the simulation's waits report it).
     pub(crate) fn simulated(readable: bool, writable: bool, error: bool) -> Readiness {
-        let mut bits = 0;
-        if readable {
-            bits |= libc::EPOLLIN;
-        }
-        if writable {
-            bits |= libc::EPOLLOUT;
-        }
-        if error {
-            bits |= libc::EPOLLERR;
-        }
-        Readiness(Event::new(bits as u32, 0))
+        Readiness(Event::simulated(readable, writable, error))
     }
 
     /// Reading would not block (data, priority data, a closed peer, an error).
@@ -102,10 +96,10 @@ impl fmt::Debug for Readiness {
     }
 }
 
-/// The readiness backend: an epoll instance, the buffer its waits fill and,
-/// once asked for, the waker registered in it.
+/// The readiness backend: an epoll instance (kqueue on macOS and the BSDs),
+/// the buffer its waits fill and, once asked for, the waker registered in it.
 pub(crate) struct Backend {
-    epoll: Epoll,
+    poller: Poller,
     /// Borrowed by a wait until its [`Reported`] is dropped.
     events: RefCell<Events>,
     /// Created by the first [`waker`](Self::waker) call, then shared.
@@ -113,10 +107,10 @@ pub(crate) struct Backend {
 }
 
 impl Backend {
-    /// A new epoll instance with an empty event buffer and no waker yet.
+    /// A new epoll (kqueue) instance with an empty event buffer and no waker yet.
     pub(crate) fn new() -> io::Result<Backend> {
         Ok(Backend {
-            epoll: Epoll::new()?,
+            poller: Poller::new()?,
             events: RefCell::new(Events::with_capacity(EVENTS_PER_WAIT)),
             waker: OnceCell::new(),
         })
@@ -126,7 +120,7 @@ impl Backend {
     /// edge-triggered (reported once per change) rather than level-triggered
     /// (at every wait while it holds).
     pub(crate) fn register(&self, fd: BorrowedFd<'_>, token: usize, interest: Interest, edge: bool) -> io::Result<()> {
-        self.epoll.add(fd, token as u64, interest, edge)
+        self.poller.add(fd, token as u64, interest, edge)
     }
 
     /// Changes a registration. Readiness that already holds is reported
@@ -138,13 +132,13 @@ impl Backend {
         interest: Interest,
         edge: bool,
     ) -> io::Result<()> {
-        self.epoll.modify(fd, token as u64, interest, edge)
+        self.poller.modify(fd, token as u64, interest, edge)
     }
 
     /// Stops reporting `fd` (before it is closed: a duplicate of it would
     /// otherwise keep it registered).
     pub(crate) fn deregister(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.epoll.delete(fd)
+        self.poller.delete(fd)
     }
 
     /// Waits at most `timeout` (`None`: until something is ready or a wake)
@@ -152,7 +146,7 @@ impl Backend {
     /// interrupted by a signal reports nothing; any other error is returned.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<Reported<'_>> {
         let mut events = self.events.borrow_mut();
-        match self.epoll.wait(&mut events, timeout) {
+        match self.poller.wait(&mut events, timeout) {
             Ok(_) => {}
             // Not a failure: the loop goes round and waits again (after any
             // handler the signal's delivery queued).
@@ -162,16 +156,16 @@ impl Backend {
         Ok(Reported { events, waker: self.waker.get().map(|w| &**w) })
     }
 
-    /// The epoll descriptor: readable whenever a wait would report
+    /// The epoll (kqueue) descriptor: readable whenever a wait would report
     /// something. It is the same for the backend's whole life, whatever is
     /// registered, so a host loop can poll it once and for all.
     pub(crate) fn raw_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+        self.poller.as_raw_fd()
     }
 
     /// [`raw_fd`](Self::raw_fd), borrowed for as long as the backend lives.
     pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
-        self.epoll.as_fd()
+        self.poller.as_fd()
     }
 
     /// The waker (one per backend, created and registered on the first
@@ -184,7 +178,7 @@ impl Backend {
         let w = Arc::new(Waker::new()?);
         // Edge-triggered: a wake is reported once even if draining it
         // failed, so a broken waker cannot make every wait return at once.
-        self.epoll.add(w.as_fd(), WAKER_TOKEN, Interest::READABLE, true)?;
+        self.poller.add(w.as_fd(), WAKER_TOKEN, Interest::READABLE, true)?;
         Ok(self.waker.get_or_init(|| w).clone())
     }
 

@@ -182,9 +182,19 @@ impl SignalSet {
     /// (The C library reserves the first few for itself, so the range is
     /// known only at run time.) Real-time signals queue: each occurrence
     /// reaches a wait.
+    /// Linux only: `None` elsewhere (macOS has none, and FreeBSD's are not
+    /// taken yet).
     pub fn realtime(n: u32) -> Option<i32> {
-        let sig = i32::try_from(n).ok()?.checked_add(libc::SIGRTMIN())?;
-        (sig <= libc::SIGRTMAX()).then_some(sig)
+        #[cfg(target_os = "linux")]
+        {
+            let sig = i32::try_from(n).ok()?.checked_add(libc::SIGRTMIN())?;
+            (sig <= libc::SIGRTMAX()).then_some(sig)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = n;
+            None
+        }
     }
 }
 

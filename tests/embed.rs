@@ -2,6 +2,9 @@
 //! rustix) sleeps on the context's descriptor for at most `next_timeout()`
 //! and then calls `poll()`.
 
+// Linux only: a host loop on epoll, through rustix.
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use common::tick;

@@ -1,6 +1,9 @@
 //! `UdpSocket::set_gso`: sends of one pass leave together with UDP
 //! segmentation offload, and every operation still completes on its own.
 
+// Linux only: UDP segmentation offload.
+#![cfg(target_os = "linux")]
+
 use ioctx::net::UdpSocket;
 use ioctx::{CancellationType, Error, IoContext};
 use std::cell::RefCell;

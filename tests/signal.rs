@@ -397,6 +397,7 @@ fn dropping_the_last_handle_gives_the_signal_back_before_the_aborted_wait_runs()
 }
 
 #[test]
+#[cfg(target_os = "linux")] // errno through `__errno_location`
 fn the_handler_leaves_errno_as_it_found_it() {
     in_child!("the_handler_leaves_errno_as_it_found_it");
     let ctx = IoContext::new().unwrap();
@@ -410,6 +411,7 @@ fn the_handler_leaves_errno_as_it_found_it() {
 }
 
 #[test]
+#[cfg(target_os = "linux")] // `gettid` and /proc
 fn a_system_call_the_signal_interrupts_is_restarted() {
     in_child!("a_system_call_the_signal_interrupts_is_restarted");
     let ctx = IoContext::new().unwrap();
@@ -451,6 +453,7 @@ fn refused_installs_leave_no_registration_behind() {
 }
 
 #[test]
+#[cfg(target_os = "linux")] // real-time signals
 fn queued_realtime_signals_from_another_thread_all_arrive() {
     in_child!("queued_realtime_signals_from_another_thread_all_arrive");
     let ctx = IoContext::new().unwrap();
@@ -486,6 +489,7 @@ fn queued_realtime_signals_from_another_thread_all_arrive() {
 }
 
 #[test]
+#[cfg(target_os = "linux")] // real-time signals
 fn the_named_signals_are_the_platforms_and_a_set_waits_for_them() {
     in_child!("the_named_signals_are_the_platforms_and_a_set_waits_for_them");
     let named = [

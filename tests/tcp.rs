@@ -752,6 +752,7 @@ fn run_bounded_until(ctx: &IoContext, done: impl Fn() -> bool) {
 // ------------------------------------------------- 10. EMFILE on accept
 
 #[test]
+#[cfg(target_os = "linux")] // /proc/self/fd
 fn accept_out_of_descriptors_reports_emfile_and_the_listener_stays_usable() {
     const NAME: &str = "accept_out_of_descriptors_reports_emfile_and_the_listener_stays_usable";
     if !is_child(NAME) {

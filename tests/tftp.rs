@@ -762,6 +762,7 @@ fn a_write_that_fails_on_its_last_block_leaves_no_partial_file() {
 }
 
 #[test]
+#[cfg(target_os = "linux")] // prlimit
 fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
     // The file of a write request was created before the transfer's socket:
     // when the socket could not be had (out of descriptors), the request was
@@ -807,6 +808,7 @@ fn a_write_request_that_cannot_get_a_socket_leaves_no_file() {
 /// Sets the soft descriptor limit of process `pid` (hard limit kept) and
 /// returns the one it had. The system call rather than prlimit(1): the test
 /// then needs no program beyond the toolchain.
+#[cfg(target_os = "linux")]
 fn set_soft_nofile(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
     let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `old` is a valid rlimit to write to; no new limit is passed.

@@ -2,6 +2,9 @@
 //! `set_recv_*` switches): each test a real round trip on the loopback
 //! interface, and what the simulated backend fills.
 
+// Linux only: the metadata switches, error reports and GRO are Linux only for now.
+#![cfg(target_os = "linux")]
+
 mod common;
 use common::{addr, ip};
 use ioctx::net::{Ecn, MessageFlags, RecvMeta, SendMeta, UdpSocket};

@@ -146,16 +146,15 @@ fn too_many_buffers() -> io::Error {
     io::Error::from(Error::INVALID_ARGUMENT)
 }
 
-/// A switch's socket option: (level, name) for IPv4, and for IPv6.
-type Switch = ((i32, i32), (i32, i32));
-const PKTINFO: Switch = ((libc::IPPROTO_IP, libc::IP_PKTINFO), (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO));
-const ECN: Switch = ((libc::IPPROTO_IP, libc::IP_RECVTOS), (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS));
-const TTL: Switch = ((libc::IPPROTO_IP, libc::IP_RECVTTL), (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT));
-const TIMESTAMPS: Switch = ((libc::SOL_SOCKET, libc::SO_TIMESTAMPNS), (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS));
-const GRO: Switch = ((libc::SOL_UDP, libc::UDP_GRO), (libc::SOL_UDP, libc::UDP_GRO));
-const RECV_ERRORS: Switch = ((libc::IPPROTO_IP, libc::IP_RECVERR), (libc::IPPROTO_IPV6, libc::IPV6_RECVERR));
+use sys::msg::Switch;
+use sys::msg::switch::{ECN, GRO, PKTINFO, RECV_ERRORS, TIMESTAMPS, TTL};
 /// The switches that attach control messages to received datagrams.
-const METADATA: [Switch; 5] = [PKTINFO, ECN, TTL, TIMESTAMPS, GRO];
+const METADATA: [Option<Switch>; 5] = [PKTINFO, ECN, TTL, TIMESTAMPS, GRO];
+
+/// The error of a switch this system does not have (`Switch` `None`).
+fn no_switch(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, format!("{what}: not on this system (Linux only for now)"))
+}
 
 impl UdpSocket {
     /// Creates a socket bound to `addr` (`127.0.0.1:0` for an ephemeral port).
@@ -216,10 +215,12 @@ impl UdpSocket {
         // Switches turned on before (by us, before a `release`, or by the
         // caller): the loop must know, or a datagram read ahead would lose
         // its metadata, and reports would stay in the error queue.
-        let on = |((l4, n4), (l6, n6)): Switch| {
-            [(l4, n4), (l6, n6)]
-                .into_iter()
-                .any(|(level, name)| sys::msg::int_option(&sock, level, name).is_ok_and(|v| v != 0))
+        let on = |opts: Option<Switch>| {
+            opts.is_some_and(|((l4, n4), (l6, n6))| {
+                [(l4, n4), (l6, n6)]
+                    .into_iter()
+                    .any(|(level, name)| sys::msg::int_option(&sock, level, name).is_ok_and(|v| v != 0))
+            })
         };
         let (metadata, reports, gro) = (ip && METADATA.into_iter().any(on), ip && on(RECV_ERRORS), ip && on(GRO));
         let s = UdpSocket { b: Base::adopt(ex, sock, ip, false)? };
@@ -411,9 +412,12 @@ impl UdpSocket {
     /// `handler(err, meta, bufs)`. `meta.len` bytes were placed,
     /// `meta.truncated` says the datagram was longer, and the fields the
     /// `set_recv_*` switches ask for are filled (the others are `None`).
-    /// Such receives are never batched or read ahead, so each gets its own
-    /// metadata (a datagram a plain receive read ahead before a switch was
-    /// turned on has only its sender).
+    /// Such receives are never read ahead, so each gets its own metadata (a
+    /// datagram a plain receive read ahead before a switch was turned on
+    /// has only its sender); several queued on a socket whose switches are
+    /// on share one `recvmmsg`, each with its own control messages. On
+    /// macOS and FreeBSD only `len`, `from` and `truncated` are filled for
+    /// now (the switches are Linux only).
     ///
     /// ```
     /// use ioctx::net::UdpSocket;
@@ -451,7 +455,9 @@ impl UdpSocket {
     /// ECN codepoint, and a segment size (the kernel cuts it into datagrams
     /// of that size, at most 64 of them); `handler(err, n)`. A segment size
     /// of 0 or above 65,535 is `INVALID_ARGUMENT`. Such sends are never
-    /// batched or deferred.
+    /// batched or deferred. On macOS and FreeBSD only the destination is
+    /// taken for now: a send that sets the others completes with
+    /// `EOPNOTSUPP`.
     pub fn async_send_msg<B, F>(&self, bufs: B, meta: SendMeta, handler: F) -> Operation
     where
         B: ConstBufferSequence + 'static,
@@ -473,30 +479,32 @@ impl UdpSocket {
     /// With `true`, each datagram's destination address and arrival
     /// interface reach [`RecvMeta::local`] and [`RecvMeta::ifindex`]
     /// (`IP_PKTINFO`, `IPV6_RECVPKTINFO`). Simulated: the destination only.
+    /// Linux only for now: `Unsupported` on macOS and FreeBSD.
     pub fn set_recv_pktinfo(&self, on: bool) -> io::Result<()> {
         if let Some(port) = self.io().port() {
             port.set_recv_pktinfo(on);
             return Ok(());
         }
-        self.switch(on, PKTINFO)
+        self.switch(on, PKTINFO.ok_or_else(|| no_switch("pktinfo"))?)
     }
 
     /// With `true`, each datagram's ECN codepoint reaches [`RecvMeta::ecn`]
     /// (`IP_RECVTOS`, `IPV6_RECVTCLASS`). Not simulated (`Unsupported`).
+    /// Linux only for now: `Unsupported` on macOS and FreeBSD.
     pub fn set_recv_ecn(&self, on: bool) -> io::Result<()> {
         self.real_switch("ECN marks", on, ECN)
     }
 
     /// With `true`, each datagram's TTL (hop limit on IPv6) reaches
     /// [`RecvMeta::ttl`] (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`). Not simulated
-    /// (`Unsupported`).
+    /// (`Unsupported`). Linux only for now: `Unsupported` on macOS and FreeBSD.
     pub fn set_recv_ttl(&self, on: bool) -> io::Result<()> {
         self.real_switch("TTLs", on, TTL)
     }
 
     /// With `true`, the kernel's receive time of each datagram reaches
     /// [`RecvMeta::timestamp`] (`SO_TIMESTAMPNS`). Not simulated
-    /// (`Unsupported`).
+    /// (`Unsupported`). Linux only for now: `Unsupported` on macOS and FreeBSD.
     pub fn set_recv_timestamps(&self, on: bool) -> io::Result<()> {
         self.real_switch("receive timestamps", on, TIMESTAMPS)
     }
@@ -511,8 +519,8 @@ impl UdpSocket {
     /// the blocking ones) still gets one datagram: the loop receives the
     /// coalesced ones into its own space and hands them to the next
     /// receives one at a time, with the metadata they arrived with (a copy
-    /// each, which the metadata receive does not pay). Linux only; not
-    /// simulated (`Unsupported`).
+    /// each, which the metadata receive does not pay). Linux only
+    /// (`Unsupported` on macOS and FreeBSD); not simulated (`Unsupported`).
     pub fn set_gro(&self, on: bool) -> io::Result<()> {
         self.real_switch("coalesced receives", on, GRO)?;
         self.io().set_gro(on);
@@ -526,11 +534,12 @@ impl UdpSocket {
     /// receive: an unconnected server's receive loop goes on when one
     /// client's port is closed. A connected socket's refusal, too, becomes
     /// a report instead of failing its next operation. At most 64 reports
-    /// wait; older ones are dropped. Simulated: refusals (nobody bound
+    /// wait; older ones are dropped. Linux only (`Unsupported` on macOS and
+    /// FreeBSD, which have no error queue). Simulated: refusals (nobody bound
     /// where a datagram went).
     pub fn set_recv_errors(&self, on: bool) -> io::Result<()> {
         if self.io().port().is_none() {
-            self.switch_options(on, RECV_ERRORS)?;
+            self.switch_options(on, RECV_ERRORS.ok_or_else(|| no_switch("error reports"))?)?;
         }
         self.io().set_recv_errors(on);
         Ok(())
@@ -544,16 +553,14 @@ impl UdpSocket {
     /// messages lower the MTU the kernel knows). What QUIC, DTLS and path
     /// MTU probing need. With `false`, the kernel's default: IPv4 sets the
     /// bit on datagrams that fit and fragments the others, IPv6 fragments
-    /// at the sender. Not simulated (`Unsupported`).
+    /// at the sender. Not simulated (`Unsupported`). Linux only for now:
+    /// `Unsupported` on macOS and FreeBSD.
     pub fn set_dont_fragment(&self, on: bool) -> io::Result<()> {
         if self.io().port().is_some() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "fragmentation is not simulated"));
         }
-        let v4 = if on { libc::IP_PMTUDISC_DO } else { libc::IP_PMTUDISC_WANT };
-        self.set_options(
-            (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v4),
-            (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, i32::from(on)),
-        )
+        let (v4, v6) = sys::msg::dont_fragment(on).ok_or_else(|| no_switch("don't fragment"))?;
+        self.set_options(v4, v6)
     }
 
     /// Waits for the next error report (see
@@ -592,11 +599,11 @@ impl UdpSocket {
     }
 
     /// A switch the simulated backend does not have.
-    fn real_switch(&self, what: &str, on: bool, opts: Switch) -> io::Result<()> {
+    fn real_switch(&self, what: &str, on: bool, opts: Option<Switch>) -> io::Result<()> {
         if self.io().port().is_some() {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{what} are not simulated")));
         }
-        self.switch(on, opts)
+        self.switch(on, opts.ok_or_else(|| no_switch(what))?)
     }
 
     /// Sets a metadata switch: the IPv4 option, and on an IPv6 socket the
@@ -619,9 +626,9 @@ impl UdpSocket {
     /// Sets an integer option: `v4` (level, name, value) on an IPv4
     /// socket; `v6` on an IPv6 one, and `v4` there too, for the IPv4
     /// traffic of a dual-stack socket.
-    fn set_options(&self, v4: (i32, i32, i32), v6: (i32, i32, i32)) -> io::Result<()> {
+    fn set_options(&self, v4: sys::msg::IntOption, v6: sys::msg::IntOption) -> io::Result<()> {
         let sock = self.sock()?;
-        let set = |(level, name, value): (i32, i32, i32)| {
+        let set = |(level, name, value): sys::msg::IntOption| {
             sys::msg::set_int_option(&sock, level, name, value).map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => {
                     io::Error::new(io::ErrorKind::Unsupported, format!("the kernel refuses this switch: {e}"))
@@ -629,7 +636,7 @@ impl UdpSocket {
                 _ => e,
             })
         };
-        if sock.domain()? == Domain::IPV6 {
+        if sock.local_addr()?.is_ipv6() {
             set(v6)?;
             if v4 != v6 {
                 let _ = set(v4); // refused on a v6-only socket: nothing to report
@@ -696,9 +703,13 @@ impl UdpSocket {
     /// segmentation, the socket turns it off by itself and sends one by one
     /// ([`gso`](Self::gso) then reads false). A synchronous [`send`](Self::send)
     /// leaves at once, ahead of the deferred ones. Errs with `BAD_DESCRIPTOR`
-    /// when closed. Linux only.
+    /// when closed. Linux only: on macOS and FreeBSD, turning it on is
+    /// `Unsupported` (off is accepted).
     pub fn set_gso(&self, on: bool) -> io::Result<()> {
         self.sock()?;
+        if on && !sys::HAS_GSO {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "UDP segmentation offload is Linux only"));
+        }
         self.io().gso.set(on);
         log::debug!("udp gso {}", if on { "on" } else { "off" });
         Ok(())

@@ -25,6 +25,7 @@ fn unix_addr(a: SockAddr) -> io::Result<SocketAddr> {
     if let Some(a) = a.as_unix() {
         return Ok(a);
     }
+    #[cfg(target_os = "linux")]
     if let Some(name) = a.as_abstract_namespace() {
         use std::os::linux::net::SocketAddrExt;
         return SocketAddr::from_abstract_name(name);

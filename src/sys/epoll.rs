@@ -6,64 +6,48 @@
 //! [`Events`] is the buffer one [`Epoll::wait`] fills, reused from wait to
 //! wait. [`Waker`] makes a wait return from any thread.
 
+use super::readiness::{Event, Interest};
 use super::{cvt, retry};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// What a registration waits for. Readability, writability and priority
-/// data are all there is to ask of a socket; the bits are ours, not epoll's,
-/// so that a backend other than epoll can take the same type.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Interest(u8);
-
-impl Interest {
-    /// Data to read, a peer that closed, or an error.
-    pub(crate) const READABLE: Interest = Interest(1);
-    /// Room to write.
-    pub(crate) const WRITABLE: Interest = Interest(2);
-    /// Priority data or an error queued (`WaitType::Error`).
-    pub(crate) const PRIORITY: Interest = Interest(4);
-
-    /// Both `self` and `other`.
-    pub(crate) const fn add(self, other: Interest) -> Interest {
-        Interest(self.0 | other.0)
+/// The epoll event mask for an interest. `EPOLLRDHUP` comes with
+/// readability so that a peer's shutdown is reported as such.
+fn epoll_bits(interest: Interest, edge: bool) -> u32 {
+    let mut bits = 0;
+    if interest.is_readable() {
+        bits |= libc::EPOLLIN | libc::EPOLLRDHUP;
     }
-
-    /// Asks for readability.
-    pub(crate) const fn is_readable(self) -> bool {
-        self.0 & Self::READABLE.0 != 0
+    if interest.is_writable() {
+        bits |= libc::EPOLLOUT;
     }
-
-    /// Asks for writability.
-    pub(crate) const fn is_writable(self) -> bool {
-        self.0 & Self::WRITABLE.0 != 0
+    if interest.is_priority() {
+        bits |= libc::EPOLLPRI;
     }
-
-    /// Asks for priority data (and errors).
-    pub(crate) const fn is_priority(self) -> bool {
-        self.0 & Self::PRIORITY.0 != 0
+    if edge {
+        bits |= libc::EPOLLET;
     }
-
-    /// The epoll event mask for this interest. `EPOLLRDHUP` comes with
-    /// readability so that a peer's shutdown is reported as such.
-    fn epoll_bits(self, edge: bool) -> u32 {
-        let mut bits = 0;
-        if self.is_readable() {
-            bits |= libc::EPOLLIN | libc::EPOLLRDHUP;
-        }
-        if self.is_writable() {
-            bits |= libc::EPOLLOUT;
-        }
-        if self.is_priority() {
-            bits |= libc::EPOLLPRI;
-        }
-        if edge {
-            bits |= libc::EPOLLET;
-        }
-        bits as u32
-    }
+    bits as u32
 }
+
+/// What an [`Event`] says, in epoll's own bits (so that an event is the
+/// kernel's word, copied as it is).
+pub(crate) mod bits {
+    pub(crate) const READ: u32 = libc::EPOLLIN as u32;
+    pub(crate) const WRITE: u32 = libc::EPOLLOUT as u32;
+    pub(crate) const PRIORITY: u32 = libc::EPOLLPRI as u32;
+    pub(crate) const ERROR: u32 = libc::EPOLLERR as u32;
+    /// Hung up: both directions.
+    pub(crate) const HUP: u32 = libc::EPOLLHUP as u32;
+    /// The peer shut its sending side down.
+    pub(crate) const READ_HUP: u32 = libc::EPOLLRDHUP as u32;
+    /// No more can be sent (epoll says so with `HUP` only).
+    pub(crate) const WRITE_HUP: u32 = 0;
+}
+
+/// The readiness backend's instance on this system.
+pub(crate) type Poller = Epoll;
 
 /// An epoll instance. The descriptor is created close-on-exec, never
 /// changes, and closes when the `Epoll` drops.
@@ -84,14 +68,14 @@ impl Epoll {
     /// once per change) instead of level-triggered (at every wait while the
     /// condition holds).
     pub(crate) fn add(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest, edge: bool) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest.epoll_bits(edge))
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, epoll_bits(interest, edge))
     }
 
     /// Changes what a registered `fd` waits for and how. The kernel checks
     /// readiness again on a change, so a condition that already holds is
     /// reported at the next wait even when edge-triggered.
     pub(crate) fn modify(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest, edge: bool) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest.epoll_bits(edge))
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, epoll_bits(interest, edge))
     }
 
     /// Removes `fd`. (Closing a descriptor removes it too, but only once
@@ -173,69 +157,7 @@ impl Events {
     pub(crate) fn iter(&self) -> impl Iterator<Item = Event> + '_ {
         // Copied out field by field: `epoll_event` is packed on x86_64, so
         // its fields cannot be borrowed.
-        self.buf[..self.len].iter().map(|ev| Event { bits: ev.events, token: ev.u64 })
-    }
-}
-
-/// One readiness report: the registration's token and what holds.
-#[derive(Clone, Copy)]
-pub(crate) struct Event {
-    bits: u32,
-    token: u64,
-}
-
-impl Event {
-    /// An event with these `EPOLL*` bits (what a simulated wait reports).
-    pub(crate) fn new(bits: u32, token: u64) -> Event {
-        Event { bits, token }
-    }
-
-    /// The token the descriptor was registered with.
-    #[inline]
-    pub(crate) fn token(self) -> u64 {
-        self.token
-    }
-
-    /// Data to read (or priority data, which is read too).
-    #[inline]
-    pub(crate) fn is_readable(self) -> bool {
-        self.has(libc::EPOLLIN | libc::EPOLLPRI)
-    }
-
-    /// Room to write.
-    #[inline]
-    pub(crate) fn is_writable(self) -> bool {
-        self.has(libc::EPOLLOUT)
-    }
-
-    /// An error is pending on the descriptor (`SO_ERROR`).
-    #[inline]
-    pub(crate) fn is_error(self) -> bool {
-        self.has(libc::EPOLLERR)
-    }
-
-    /// Hung up, or the peer shut its sending side down: reading gives
-    /// end-of-file (or the error) at once.
-    #[inline]
-    pub(crate) fn is_read_closed(self) -> bool {
-        self.has(libc::EPOLLHUP | libc::EPOLLRDHUP)
-    }
-
-    /// Hung up: writing fails at once.
-    #[inline]
-    pub(crate) fn is_write_closed(self) -> bool {
-        self.has(libc::EPOLLHUP)
-    }
-
-    /// Priority (out-of-band) data.
-    #[inline]
-    pub(crate) fn is_priority(self) -> bool {
-        self.has(libc::EPOLLPRI)
-    }
-
-    #[inline]
-    fn has(self, mask: i32) -> bool {
-        self.bits & mask as u32 != 0
+        self.buf[..self.len].iter().map(|ev| Event::new(ev.events, ev.u64))
     }
 }
 

@@ -59,9 +59,9 @@ fn table() -> std::sync::MutexGuard<'static, Table> {
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    // SAFETY: `__errno_location` returns this thread's errno; saving and
-    // restoring it keeps the interrupted code's errno intact across send(2).
-    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: `errno_location` is this thread's errno; saving and restoring
+    // it keeps the interrupted code's errno intact across send(2).
+    let errno = unsafe { *super::errno_location() };
     INFLIGHT.fetch_add(1, Ordering::SeqCst);
     let high = HIGH.load(Ordering::SeqCst);
     let byte = sig as u8;
@@ -70,7 +70,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
         if v != 0 && (v >> 32) as i32 == sig {
             let fd = v as u32 as i32;
             // SAFETY: as above.
-            if !send_byte(fd, byte) && unsafe { *libc::__errno_location() } == libc::EAGAIN {
+            if !send_byte(fd, byte) && unsafe { *super::errno_location() } == libc::EAGAIN {
                 // Full socket: count the occurrence instead, then make sure
                 // the reader comes back for the count (if the wake does not
                 // fit either, the reader has bytes left to read, after which
@@ -82,7 +82,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
     INFLIGHT.fetch_sub(1, Ordering::SeqCst);
     // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
+    unsafe { *super::errno_location() = errno };
 }
 
 /// One byte to `fd`; false if it was not sent (errno says why).
@@ -95,6 +95,15 @@ fn send_byte(fd: i32, byte: u8) -> bool {
     // would end a process that has not ignored it, and spin forever in a set
     // that holds SIGPIPE.
     unsafe { libc::send(fd, (&byte as *const u8).cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) == 1 }
+}
+
+/// The highest signal number: `SIGRTMAX` on Linux; elsewhere the classic
+/// signals only (macOS has no real-time signals).
+fn max_signal() -> i32 {
+    #[cfg(target_os = "linux")]
+    return libc::SIGRTMAX();
+    #[cfg(not(target_os = "linux"))]
+    return 31;
 }
 
 /// Signals a set may not take: those that cannot be caught, and the ones
@@ -114,8 +123,7 @@ pub(crate) struct Registration {
 /// Delivers `sig` to `fd` (a non-blocking socket) as one byte per signal,
 /// until the registration is dropped. The descriptor must outlive it.
 pub(crate) fn register(sig: i32, fd: BorrowedFd<'_>) -> io::Result<Registration> {
-    let max = libc::SIGRTMAX();
-    if sig <= 0 || sig > max || sig as usize >= NSIG || refused(sig) {
+    if sig <= 0 || sig > max_signal() || sig as usize >= NSIG || refused(sig) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("signal {sig} cannot be waited for")));
     }
     let mut t = table();
