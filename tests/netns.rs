@@ -40,12 +40,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    // `cargo test <filter>`: the words that are not flags.
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let chosen: Vec<_> = TESTS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-        .collect();
+    let chosen: Vec<_> = TESTS.iter().filter(|(name, _)| Selection::from(&args).runs(name)).collect();
     if chosen.is_empty() {
         return ExitCode::SUCCESS;
     }
@@ -59,6 +54,39 @@ fn main() -> ExitCode {
         println!("test {name} ... ok");
     }
     ExitCode::SUCCESS
+}
+
+/// Which tests the arguments select, as libtest reads them: names
+/// containing a filter (or equal to it, with `--exact`), minus those
+/// containing a `--skip` word; the values of options are no filters.
+struct Selection<'a> {
+    filters: Vec<&'a str>,
+    skips: Vec<&'a str>,
+    exact: bool,
+}
+
+impl<'a> Selection<'a> {
+    fn from(args: &'a [String]) -> Selection<'a> {
+        // libtest's options that take a value as the next argument.
+        const VALUED: &[&str] = &["--test-threads", "--format", "--color", "--logfile", "--shuffle-seed", "-Z"];
+        let mut sel = Selection { filters: Vec::new(), skips: Vec::new(), exact: false };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--skip" => sel.skips.extend(it.next().map(String::as_str)),
+                "--exact" => sel.exact = true,
+                v if VALUED.contains(&v) => drop(it.next()),
+                flag if flag.starts_with('-') => {}
+                filter => sel.filters.push(filter),
+            }
+        }
+        sel
+    }
+
+    fn runs(&self, name: &str) -> bool {
+        let hit = |f: &&str| if self.exact { name == *f } else { name.contains(*f) };
+        (self.filters.is_empty() || self.filters.iter().any(hit)) && !self.skips.iter().any(|s| name.contains(*s))
+    }
 }
 
 /// Says why the tests cannot run here: a skip, or a failure where every

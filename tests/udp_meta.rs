@@ -731,3 +731,42 @@ fn plain_receives_on_a_gro_socket_still_get_one_datagram_each() {
     let expect: Vec<_> = (0..16u8).map(|i| (Error::NONE, if i == 15 { 40 } else { 64 }, i)).collect();
     assert_eq!(*lens.borrow(), expect);
 }
+
+#[test]
+fn available_on_a_gro_socket_leaves_a_pending_error_to_the_receive_it_belongs_to() {
+    let ctx = IoContext::new().unwrap();
+    // A connected socket with a datagram queued, then a refusal: the
+    // kernel holds the error ahead of the datagram.
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    rx.set_gro(true).unwrap();
+    rx.connect(peer.local_addr().unwrap()).unwrap();
+    peer.send_to(&b"data"[..], rx.local_addr().unwrap()).unwrap();
+    drop(peer);
+    rx.send(&b"x"[..]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // `available` answers without taking the error from the receive.
+    assert_eq!(rx.available().unwrap(), 4);
+    let got = Rc::new(RefCell::new(Vec::new()));
+    for _ in 0..2 {
+        let g = got.clone();
+        rx.async_receive(vec![0u8; 8], move |e, n, _| g.borrow_mut().push((e, n)));
+    }
+    ctx.run_for(Duration::from_millis(200));
+    assert_eq!(*got.borrow(), [(Error::CONNECTION_REFUSED, 0), (Error::NONE, 4)]);
+    // With error reports on, the refusal is a report, still there after `available`.
+    let rx = UdpSocket::bind(&ctx, addr("127.0.0.1:0")).unwrap();
+    rx.set_gro(true).unwrap();
+    rx.set_recv_errors(true).unwrap();
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    rx.send_to(&b"x"[..], closed).unwrap();
+    rx.send_to(&b"self"[..], rx.local_addr().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rx.available().unwrap(), 4);
+    let report = Rc::new(RefCell::new(None));
+    let r = report.clone();
+    rx.async_receive_error(move |e, icmp| *r.borrow_mut() = Some((e, icmp.error)));
+    ctx.restart();
+    ctx.run_for(Duration::from_millis(200));
+    assert_eq!(report.take(), Some((Error::NONE, Error::CONNECTION_REFUSED)));
+}

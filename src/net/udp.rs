@@ -519,7 +519,10 @@ impl UdpSocket {
     /// the blocking ones) still gets one datagram: the loop receives the
     /// coalesced ones into its own space and hands them to the next
     /// receives one at a time, with the metadata they arrived with (a copy
-    /// each, which the metadata receive does not pay). Linux only
+    /// each, which the metadata receive does not pay). Turn it off on a
+    /// drained socket only: datagrams the kernel has already coalesced stay
+    /// so, and without the switch it no longer says where they split.
+    /// Linux only
     /// (`Unsupported` on macOS and FreeBSD); not simulated (`Unsupported`).
     pub fn set_gro(&self, on: bool) -> io::Result<()> {
         self.real_switch("coalesced receives", on, GRO)?;

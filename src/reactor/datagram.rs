@@ -19,6 +19,7 @@ use socket2::{SockAddr, Socket};
 use std::cell::RefMut;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 /// Where the reactor assembles a batch of sends: their datagrams laid end
@@ -282,7 +283,16 @@ impl IoObject {
         match self.st.borrow().read_ahead.as_ref() {
             Some(d) if d.stride != 0 => Ok(d.stride.min(d.data.len() - d.offset)),
             Some(d) => Ok(d.data.len()),
-            None if self.gro.get() => self.first_coalesced(sock),
+            None if self.gro.get() => {
+                // A peek would take a pending error (the kernel reports it
+                // before any datagram) from the receive it belongs to: then
+                // `FIONREAD` answers, which may count coalesced datagrams as one.
+                let queued = sys::available(sock)?;
+                if queued == 0 || sys::error_pending(sock.as_raw_fd())? {
+                    return Ok(queued);
+                }
+                self.first_coalesced(sock)
+            }
             None => sys::available(sock),
         }
     }

@@ -314,10 +314,23 @@ pub(crate) fn wait_fd(fd: RawFd, what: Readiness) -> io::Result<bool> {
 /// Whether `fd` reports a hang-up now (`POLLHUP`), without waiting: a TCP
 /// socket still connecting does not, one whose connect failed does.
 pub(crate) fn hung_up(fd: RawFd) -> io::Result<bool> {
+    Ok(poll_now(fd)? & libc::POLLHUP != 0)
+}
+
+/// Whether `fd` has an error pending now (`POLLERR`: the socket's error,
+/// or a report in its error queue), without waiting and without taking
+/// it, as a receive or `SO_ERROR` would.
+pub(crate) fn error_pending(fd: RawFd) -> io::Result<bool> {
+    Ok(poll_now(fd)? & libc::POLLERR != 0)
+}
+
+/// What `poll(2)` reports of `fd` now (hang-ups and errors are always
+/// reported, whatever is asked).
+fn poll_now(fd: RawFd) -> io::Result<libc::c_short> {
     let mut pfd = libc::pollfd { fd, events: 0, revents: 0 };
     // SAFETY: `pfd` is a valid pollfd for the duration of the call and we pass a count of 1.
     let n = retry(|| cvt(unsafe { libc::poll(&mut pfd, 1, 0) }))?;
-    Ok(n > 0 && pfd.revents & libc::POLLHUP != 0)
+    Ok(if n > 0 { pfd.revents } else { 0 })
 }
 
 /// Bytes that can be read without blocking (`FIONREAD`; for a datagram
