@@ -42,7 +42,7 @@ const EVENTS_PER_WAIT: usize = 256;
 
 /// The token the waker is reported with. The reactor's tokens are slab
 /// keys, which never reach it.
-const WAKER_TOKEN: u64 = u64::MAX;
+const WAKER_TOKEN: u64 = usize::MAX as u64;
 
 /// What a wait reported for one registration. Hang-ups and errors count as
 /// readable and writable: the next call in either direction returns at once
