@@ -117,7 +117,7 @@ impl IoObject {
         let r = sys::recv_read_ahead(sock, bufs, from, &mut space)?;
         match r.second {
             Some((len, from)) => {
-                self.keep_read_ahead(&space[..len], from);
+                self.keep_read_ahead(&space[..len], from, 0);
             }
             // Drained. (Should the second receive have failed with an error
             // instead, such as an ICMP report racing in between, the kernel
@@ -181,10 +181,7 @@ impl IoObject {
         if first < info.len && flags & libc::MSG_PEEK == 0 {
             log::trace!("coalesced datagrams: {} bytes in segments of {first}", info.len);
             self.gro_info.set(info);
-            let mut data = std::mem::take(&mut *self.read_ahead_buf.borrow_mut());
-            data.clear();
-            data.extend_from_slice(&space[first..info.len]);
-            self.st.borrow_mut().read_ahead = Some(Datagram { data, from: info.from, stride: first, offset: 0 });
+            self.keep_read_ahead(&space[first..info.len], info.from, first);
         }
         Ok((sys::msg::MsgInfo { len, truncated: len < first, segment_size: None, ..info }, first))
     }
@@ -264,12 +261,13 @@ impl IoObject {
         Ok(info)
     }
 
-    /// Holds a datagram read ahead for the next receive, in the reused buffer.
-    fn keep_read_ahead(&self, datagram: &[u8], from: Option<SocketAddr>) {
+    /// Holds a datagram read ahead for the next receive, in the reused
+    /// buffer (`stride` > 0: the rest of coalesced datagrams, that long each).
+    fn keep_read_ahead(&self, datagram: &[u8], from: Option<SocketAddr>, stride: usize) {
         let mut data = std::mem::take(&mut *self.read_ahead_buf.borrow_mut());
         data.clear();
         data.extend_from_slice(datagram);
-        self.st.borrow_mut().read_ahead = Some(Datagram { data, from, stride: 0, offset: 0 });
+        self.st.borrow_mut().read_ahead = Some(Datagram { data, from, stride, offset: 0 });
     }
 
     /// True while a datagram read ahead waits for a receive.
@@ -404,7 +402,7 @@ impl IoObject {
                 self.batch_hint.set(hint as u8);
                 if received > ops {
                     let (len, from) = got[ops];
-                    self.keep_read_ahead(&space[..len], from);
+                    self.keep_read_ahead(&space[..len], from, 0);
                 } else {
                     // Fewer datagrams than slots: the socket is drained.
                     self.st.borrow_mut().kernel_ready[Dir::Read as usize] = false;

@@ -1,7 +1,7 @@
 //! The batch calls on Linux: `recvmmsg`, `sendmmsg` and UDP segmentation
 //! offload (`UDP_SEGMENT`).
 
-use super::{Part, RECV_BATCH, SEND_BATCH, cvt, ip_addr, retry};
+use super::{Part, RECV_BATCH, SEND_BATCH, batch_fits, cvt, ip_addr, retry};
 use crate::error::Error;
 use socket2::{SockAddr, Socket};
 use std::io::{self, IoSliceMut};
@@ -95,7 +95,7 @@ pub(crate) fn recv_many(
     got: &mut [(usize, Option<SocketAddr>)],
 ) -> io::Result<usize> {
     let n = counts.len() + 1;
-    if n > RECV_BATCH || got.len() < n || counts.iter().sum::<usize>() != bufs.len() {
+    if !batch_fits(bufs.len(), counts, n, got.len()) {
         return Err(io::Error::from(Error::INVALID_ARGUMENT));
     }
     // Nothing here is zeroed first: the kernel writes the names, and each

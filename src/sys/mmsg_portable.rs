@@ -3,7 +3,7 @@
 //! `recvmsg` or `sendmsg` per datagram, with the results the Linux calls
 //! give, so the reactor above is the same.
 
-use super::{Part, RECV_BATCH, SEND_BATCH, cvt, ip_addr, retry};
+use super::{Part, SEND_BATCH, batch_fits, cvt, ip_addr, retry};
 use crate::error::Error;
 use socket2::{SockAddr, Socket};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -46,7 +46,7 @@ pub(crate) fn recv_many(
     got: &mut [(usize, Option<SocketAddr>)],
 ) -> io::Result<usize> {
     let n = counts.len() + 1;
-    if n > RECV_BATCH || got.len() < n || counts.iter().sum::<usize>() != bufs.len() {
+    if !batch_fits(bufs.len(), counts, n, got.len()) {
         return Err(io::Error::from(Error::INVALID_ARGUMENT));
     }
     let mut rest = bufs;

@@ -233,6 +233,14 @@ pub(crate) fn recv_read_ahead(
     Ok(ReadAhead { first: len, second: (n > 1).then_some(got[1]) })
 }
 
+/// Whether a batch's arguments agree: `slots` messages (at most
+/// [`RECV_BATCH`], at least one), results room for each, and `counts`
+/// dividing exactly the `bufs` scatter lists among the receives. Shared by
+/// every `recv_many` and `recv_msg_many`, whatever system call they make.
+pub(crate) fn batch_fits(bufs: usize, counts: &[usize], slots: usize, room: usize) -> bool {
+    (1..=RECV_BATCH).contains(&slots) && room >= slots && counts.iter().sum::<usize>() == bufs
+}
+
 /// Most datagrams one [`recv_many`] takes (receives plus the read-ahead slot).
 pub(crate) const RECV_BATCH: usize = 17;
 

@@ -96,7 +96,7 @@ pub(crate) fn recv_msg_many(
 ) -> io::Result<usize> {
     const MAX: usize = super::super::RECV_BATCH;
     let n = counts.len();
-    if n == 0 || n > MAX || infos.len() < n || counts.iter().sum::<usize>() != bufs.len() {
+    if !super::super::batch_fits(bufs.len(), counts, n, infos.len()) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MAX];

@@ -40,7 +40,7 @@ pub(crate) fn recv_msg_many(
     counts: &[usize],
     infos: &mut [MsgInfo],
 ) -> io::Result<usize> {
-    if counts.is_empty() || infos.len() < counts.len() || counts.iter().sum::<usize>() != bufs.len() {
+    if !super::super::batch_fits(bufs.len(), counts, counts.len(), infos.len()) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut rest = bufs;
